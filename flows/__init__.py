@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks: ingestion today, later preprocessing, features, training ..."""

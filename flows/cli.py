@@ -1,0 +1,270 @@
+"""The ``survival-model`` command line.
+
+``run`` is the main job: make the default synthetic cohort when it is missing, run the pipeline flow
+as far as it exists, print where the results are. ``generate`` writes a synthetic cohort, ``check``
+validates ``params.yaml`` and shows what each institution holds, ``ui`` starts/stops the local Prefect
+server and MLflow UI.
+
+Prefect reads its settings when it is first imported, so this module imports Prefect (through
+``flows``) only inside the commands, after :func:`prefect_environment` has set them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from survival_model import local_servers
+from survival_model.config import Params, load_params, load_services, parse_override
+from survival_model.errors import SurvivalModelError
+from survival_model.synthetic.cohort import GeneratorConfig, existing_cohort, generate_cohort
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Survival prediction for brain metastases: cached Prefect flows tracked in MLflow.")
+ui_app = typer.Typer(no_args_is_help=True, help="Local Prefect server + UI and MLflow UI.")
+app.add_typer(ui_app, name="ui")
+console = Console()
+
+ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")]
+
+
+def _load(params_path: Path, overrides: list[str] | None) -> tuple[Params, dict[str, Any]]:
+    pairs = dict(parse_override(o) for o in overrides or [])
+    return load_params(params_path, pairs), pairs
+
+
+def _fail(exc: SurvivalModelError) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+def _generator_config(params: Params, workers: int | None = None) -> GeneratorConfig:
+    s = params.synthetic
+    return GeneratorConfig(out_dir=s.out_dir, seed=s.seed, patients=dict(s.patients), shape=s.shape,
+                           spacing_mm=s.spacing_mm, bad_patients=s.bad_patients,
+                           workers=workers or max(1, os.cpu_count() or 1))
+
+
+def _generate(config: GeneratorConfig) -> None:
+    columns = (TextColumn("[bold]generating synthetic cohort"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("patients", total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        generate_cohort(config, progress=update)
+    console.print(f"synthetic cohort written to [bold]{config.out_dir}[/] (ground truth in "
+                  f"{config.out_dir / 'ground_truth'})")
+
+
+def ensure_synthetic_cohort(params: Params) -> None:
+    """Generate the default cohort when an institution reads from it and it is missing or stale."""
+    out_dir = params.synthetic.out_dir
+    reads_synthetic = any(out_dir in inst.images.root.parents or out_dir == inst.images.root
+                          for inst in params.institutions.values())
+    if not reads_synthetic:
+        return
+    config = _generator_config(params)
+    manifest = existing_cohort(out_dir)
+    if manifest is not None and all(manifest.get(k) == v for k, v in config.identity().items()):
+        return
+    reason = "missing" if manifest is None else "made with other settings"
+    console.print(f"the synthetic cohort in {out_dir} is {reason}: generating it (first run only)")
+    _generate(config)
+
+
+def prefect_environment(params: Params) -> str:
+    """Point Prefect at the right API before it is imported; returns a description for the user.
+
+    A user's own ``PREFECT_API_URL`` wins. Otherwise a local server started by ``ui start`` is used
+    when it answers; otherwise Prefect starts its temporary server (given a longer start-up timeout:
+    the 20 s default expired on first runs on 2-core machines). Prefect's home (its SQLite database)
+    is under the work directory, so ``ui start`` later shows these runs too.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if os.environ.get("PREFECT_API_URL"):
+        return f"Prefect API {os.environ['PREFECT_API_URL']} (from PREFECT_API_URL)"
+    home = params.work_dir / "prefect" / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(home))
+    up = local_servers.endpoints(params)
+    if "prefect" in up:
+        os.environ["PREFECT_API_URL"] = f"{up['prefect']}/api"
+        return f"Prefect server {up['prefect']} (started by `survival-model ui start`)"
+    return "Prefect's temporary server (run `survival-model ui start` to keep a UI)"
+
+
+@app.command()
+def run(
+    params_path: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
+) -> None:
+    """The main job: synthetic cohort if missing -> pipeline flow -> where the results are."""
+    try:
+        params, pairs = _load(params_path, overrides)
+        if generate:
+            ensure_synthetic_cohort(params)
+        where = prefect_environment(params)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    console.print(f"orchestration: {where}")
+    up = local_servers.endpoints(params)
+    if "mlflow" in up and not params.tracking.ui_url:
+        pairs["tracking.ui_url"] = up["mlflow"]
+    from flows.pipeline import pipeline
+    from flows.runners import task_runner_for
+
+    flow = pipeline.with_options(task_runner=task_runner_for(params))
+    try:
+        result = flow(params_path=str(params_path.resolve()), overrides=pairs or None)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    _print_result(result, up)
+
+
+def _print_result(result: Any, up: dict[str, str]) -> None:
+    summary = result.summary
+    table = Table(title="Canonical cohort", show_lines=False)
+    for column in ("site", "patients", "events", "censored %", "quarantined"):
+        table.add_column(column, justify="left" if column == "site" else "right")
+    for site, s in summary["sites"].items():
+        censored = "" if s["censored_fraction"] is None else f"{100 * s['censored_fraction']:.0f}"
+        table.add_row(site, str(s["patients"]), str(s["events"]), censored, str(s["quarantined"]))
+    console.print()
+    console.print(table)
+    if summary["quarantine_by_reason"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["quarantine_by_reason"].items())
+        console.print(f"quarantined by reason: {reasons}")
+    errors = {**summary.get("clinical_errors", {}), **summary.get("image_source_errors", {})}
+    for site, message in errors.items():
+        console.print(f"[bold red]site {site} could not be read:[/] {message}")
+    console.print(f"\n[bold]results[/] (work directory {result.work_dir})")
+    console.print(f"  cohort      {result.cohort}")
+    console.print(f"  quarantine  {result.quarantine}")
+    console.print(f"  report      {result.cohort.parent / 'summary.md'} and cohort_summary.png")
+    console.print(f"  MLflow run  {result.mlflow_link}")
+    if "prefect" in up:
+        console.print(f"  Prefect UI  {up['prefect']}")
+    else:
+        console.print("  watch runs in a UI: survival-model ui start")
+
+
+@app.command()
+def generate(
+    params_path: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: synthetic.out_dir).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+    force: Annotated[bool, typer.Option(help="Regenerate even if the same cohort is there.")] = False,
+) -> None:
+    """Write a synthetic cohort (settings from the `synthetic` section, overridable with --set)."""
+    try:
+        params, _ = _load(params_path, overrides)
+        config = _generator_config(params, workers)
+        if out is not None:
+            config = GeneratorConfig(**{**config.__dict__, "out_dir": out.resolve()})
+        manifest = existing_cohort(config.out_dir)
+        if not force and manifest is not None and all(manifest.get(k) == v for k, v in config.identity().items()):
+            console.print(f"{config.out_dir} already holds this cohort (use --force to regenerate)")
+            return
+        _generate(config)
+    except SurvivalModelError as exc:
+        _fail(exc)
+
+
+@app.command()
+def check(params_path: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
+    """Validate params.yaml and show what each institution's folders hold."""
+    from survival_model.ingest.discovery import discover_cases
+
+    try:
+        params, _ = _load(params_path, overrides)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    table = Table(title=f"{params_path}: valid")
+    for column in ("institution", "layout", "labels", "cases found", "clinical table"):
+        table.add_column(column)
+    for name, inst in params.institutions.items():
+        try:
+            found = str(len(discover_cases(name, inst.images)))
+        except SurvivalModelError as exc:
+            found = f"[red]{exc}[/]"
+        clinical = "found" if inst.clinical.path.is_file() else "[red]missing[/]"
+        labels = inst.labels if isinstance(inst.labels, str) else "custom"
+        table.add_row(name, inst.images.layout, labels, found, clinical)
+    console.print(table)
+    console.print(f"work directory: {params.work_dir}\nMLflow: {params.mlflow_uri}")
+
+
+@ui_app.command("start")
+def ui_start(
+    params_path: ParamsOption = Path("params.yaml"),
+    services: Annotated[Path, typer.Option(help="Services file.")] = Path("infra/local/services.yaml"),
+) -> None:
+    """Start the Prefect server (with its UI) and the MLflow UI on the embedded stores."""
+    try:
+        params, _ = _load(params_path, None)
+        spec_path = services if services.is_absolute() else params_path.resolve().parent / services
+        running = local_servers.start(params, load_services(spec_path))
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    for name, service in running.items():
+        console.print(f"{name:8s} {service.ui_url}   (log: {service.log or 'already running'})")
+    console.print("later `survival-model run` commands report to these servers; stop them with "
+                  "`survival-model ui stop`")
+
+
+@ui_app.command("stop")
+def ui_stop(params_path: ParamsOption = Path("params.yaml")) -> None:
+    """Stop the servers started by `ui start` for this work directory."""
+    try:
+        params, _ = _load(params_path, None)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    stopped = local_servers.stop(params)
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@ui_app.command("status")
+def ui_status(params_path: ParamsOption = Path("params.yaml")) -> None:
+    """Show the local servers and whether they answer."""
+    try:
+        params, _ = _load(params_path, None)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    found = local_servers.status(params)
+    if not found:
+        console.print("no local server recorded (start them with `survival-model ui start`)")
+    for name, (service, ok) in found.items():
+        console.print(f"{name:8s} {service.ui_url}  {'[green]up[/]' if ok else '[red]down[/]'}")
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("survival_model").setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

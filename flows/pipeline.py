@@ -1,0 +1,56 @@
+"""The end-to-end pipeline flow. Today: ingestion, tracked in MLflow and summarised in the Prefect UI.
+
+Later stages (preprocessing, features, training, evaluation, registry) are added here as subflows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.ingest import ingest
+from flows.runners import task_runner_for
+from survival_model.config import Params, load_params
+from survival_model.fingerprint import code_version
+from tasks import tracking
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """Where a pipeline run's results are."""
+
+    work_dir: Path
+    cohort: Path
+    quarantine: Path
+    summary: dict[str, Any]
+    mlflow_run_id: str
+    mlflow_link: str
+
+
+@flow(name="brain-mets-pipeline")
+def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> PipelineResult:
+    """Run every stage that exists, in one MLflow run."""
+    params: Params = load_params(params_path, overrides)
+    logger = get_run_logger()
+    tags = {
+        "prefect.flow_run_id": str(flow_run.get_id()),
+        "prefect.flow_run_name": str(flow_run.get_name()),
+        "code_version": code_version("survival_model"),
+        "params_file": str(Path(params_path).resolve()),
+    }
+    run_id = tracking.start_run(params, f"pipeline-{flow_run.get_name()}", tags)
+    try:
+        cohort = ingest.with_options(task_runner=task_runner_for(params))(params)
+        link = tracking.log_ingestion(params, run_id, cohort)
+        tracking.publish_ingestion(cohort, link)
+    except BaseException:
+        tracking.end_run(params, run_id, "FAILED")
+        raise
+    tracking.end_run(params, run_id, "FINISHED")
+    logger.info("MLflow run: %s", link)
+    return PipelineResult(params.work_dir, cohort.cohort_path, cohort.quarantine_path, cohort.summary,
+                          run_id, link)

@@ -1,0 +1,515 @@
+"""The run configuration: ``params.yaml`` parsed once into validated, typed, frozen models.
+
+This is the only module that parses YAML. Unknown keys and bad values are errors that name the key
+(``institutions.site_b.clinical.survival.time_unit: ...``). Relative paths are resolved against the
+folder that holds the params file, so a run does not depend on the current directory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from survival_model.errors import ConfigError
+
+SequenceName = Literal["t1n", "t1c", "t2w", "t2f"]
+SEQUENCES: tuple[SequenceName, ...] = ("t1n", "t1c", "t2w", "t2f")
+
+RegionName = Literal["netc", "snfh", "et", "background"]
+#: Canonical label values of the output label maps (BraTS-METS convention).
+CANONICAL_LABELS: dict[str, int] = {"background": 0, "netc": 1, "snfh": 2, "et": 3}
+
+#: Preset label schemes; an institution may instead declare its own ``{value: region}`` mapping.
+LABEL_SCHEMES: dict[str, dict[int, RegionName]] = {
+    # BraTS-METS 2023+ pre-treatment: 1 NETC, 2 SNFH, 3 ET.
+    "brats_mets": {1: "netc", 2: "snfh", 3: "et"},
+    # BraTS-METS post-treatment adds 4 = resection cavity, which is not tumour: mapped to background.
+    "brats_mets_post": {1: "netc", 2: "snfh", 3: "et", 4: "background"},
+    # Old BraTS glioma (2017-2021): 1 NCR/NET, 2 ED, 4 ET.
+    "brats_glioma": {1: "netc", 2: "snfh", 4: "et"},
+    # BraTS 2013/2015: 1 necrosis, 2 edema, 3 non-enhancing tumour, 4 enhancing tumour.
+    # Necrosis and non-enhancing tumour together form BraTS-METS's "non-enhancing tumour core".
+    "brats2013": {1: "netc", 2: "snfh", 3: "netc", 4: "et"},
+}
+
+ClinicalField = Literal[
+    "age",
+    "sex",
+    "kps",
+    "primary",
+    "extracranial",
+    "n_brain_mets",
+    "gpa",
+    "egfr_mutant",
+    "alk_positive",
+    "her2_positive",
+    "hr_positive",
+    "braf_mutant",
+]
+IdStep = Literal["strip", "upper", "lower", "strip_leading_zeros", "digits_only", "int_like"]
+TimeUnit = Literal["days", "weeks", "months", "years"]
+ColumnRef = str | int
+
+_SITE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class StrictModel(BaseModel):
+    """Base: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Institutions: images
+# --------------------------------------------------------------------------------------------------
+
+
+class ImageSource(StrictModel):
+    """Where one institution's images are and how files are named.
+
+    Patterns are relative to ``root`` and contain ``{case}`` where the case identifier appears (it may
+    appear several times, e.g. ``{case}/{case}-t1c.nii.gz``). For ``layout: dicom`` a sequence pattern
+    names the folder holding that sequence's DICOM series. The mask is a NIfTI/NRRD file in every layout.
+    """
+
+    layout: Literal["brats", "pattern", "dicom"]
+    root: Path
+    sequences: dict[SequenceName, str] = Field(default_factory=dict)
+    mask: str | None = None
+    brain_mask: str | None = None
+    mask_reference: SequenceName = "t1c"
+    case_regex: str = r"[^/]+"
+
+    @model_validator(mode="after")
+    def _layout_defaults(self) -> ImageSource:
+        if self.layout == "brats":
+            seqs = self.sequences or {s: f"{{case}}/{{case}}-{s}.nii.gz" for s in SEQUENCES}
+            mask = self.mask or "{case}/{case}-seg.nii.gz"
+            object.__setattr__(self, "sequences", seqs)
+            object.__setattr__(self, "mask", mask)
+        if not self.sequences:
+            raise ValueError(f"layout '{self.layout}' needs 'sequences': a file pattern per sequence")
+        for name, pattern in {**self.sequences, "mask": self.mask or "{case}"}.items():
+            if "{case}" not in pattern:
+                raise ValueError(f"pattern for '{name}' must contain '{{case}}' (got {pattern!r})")
+        if self.mask_reference not in self.sequences:
+            raise ValueError(
+                f"mask_reference '{self.mask_reference}' is not among the declared sequences "
+                f"{sorted(self.sequences)}"
+            )
+        try:
+            re.compile(self.case_regex)
+        except re.error as exc:
+            raise ValueError(f"case_regex is not a valid regular expression: {exc}") from exc
+        return self
+
+
+class Acquisition(StrictModel):
+    """What the site's images already are; preprocessing skips what is already done."""
+
+    skull_stripped: bool = False
+    bias_corrected: bool = False
+    co_registered: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# Institutions: clinical table
+# --------------------------------------------------------------------------------------------------
+
+
+class DurationSurvival(StrictModel):
+    """Survival given as a duration and an event flag."""
+
+    kind: Literal["duration"] = "duration"
+    time_column: ColumnRef
+    time_unit: TimeUnit = "days"
+    event_column: ColumnRef
+    #: How raw event values (compared as normalised lower-case strings) map to 1 (death) / 0 (censored).
+    event_values: dict[str, Literal[0, 1]] = Field(
+        default_factory=lambda: {
+            "1": 1, "1.0": 1, "0": 0, "0.0": 0, "dead": 1, "deceased": 1, "death": 1, "died": 1,
+            "yes": 1, "true": 1, "alive": 0, "censored": 0, "no": 0, "false": 0,
+        }
+    )
+
+
+class DatesSurvival(StrictModel):
+    """Survival derived from dates: start (e.g. diagnosis), last contact, death (empty if alive)."""
+
+    kind: Literal["dates"] = "dates"
+    start_column: ColumnRef
+    last_contact_column: ColumnRef
+    death_column: ColumnRef
+
+
+class AgeFromDates(StrictModel):
+    """Age in years at a reference date (e.g. diagnosis) computed from a date of birth."""
+
+    birth_column: ColumnRef
+    reference_column: ColumnRef
+
+
+class ClinicalSource(StrictModel):
+    """How to read and harmonise one institution's clinical table (CSV or XLSX).
+
+    Only the columns named here are read into the cohort: everything else (names, MRNs, dates of
+    birth, free text) is dropped at the door. Columns are referred to by header text or by 0-based
+    position (an integer).
+    """
+
+    path: Path
+    sheet: str | int = 0
+    header_rows: list[int] = Field(default_factory=lambda: [0])
+    first_data_row: int | None = None
+    delimiter: str | None = None
+    encoding: str = "utf-8"
+    id_column: ColumnRef
+    id_normalise: list[IdStep] = Field(default_factory=lambda: ["strip"])
+    image_id_normalise: list[IdStep] | None = None
+    rows_per_patient: Literal["one", "many"] = "one"
+    count_rows_as: ClinicalField | None = None
+    #: With many rows per patient, fields must agree across rows unless a rule says how to merge them
+    #: (e.g. ``age: min`` when later rows repeat the age at a later visit).
+    merge_rules: dict[ClinicalField, Literal["agree", "first", "min", "max"]] = Field(default_factory=dict)
+    columns: dict[ClinicalField, ColumnRef] = Field(default_factory=dict)
+    values: dict[ClinicalField, dict[str, Any]] = Field(default_factory=dict)
+    missing_values: list[str] = Field(
+        default_factory=lambda: [
+            "", "na", "n/a", "nan", "none", "null", "not available", "unknown", "-", "?", "nd",
+        ]
+    )
+    survival: DurationSurvival | DatesSurvival = Field(discriminator="kind")
+    age_from_dates: AgeFromDates | None = None
+    date_format: str | None = None
+    dayfirst: bool = False
+    extra_columns: dict[str, ColumnRef] = Field(default_factory=dict)
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _string_keys(cls, value: Any) -> Any:
+        # YAML reads `1: female` with an integer key; raw cells are compared as normalised strings.
+        if isinstance(value, dict):
+            return {
+                field: {str(k).strip().lower(): v for k, v in mapping.items()}
+                if isinstance(mapping, dict) else mapping
+                for field, mapping in value.items()
+            }
+        return value
+
+    @field_validator("missing_values")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [v.strip().lower() for v in value]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClinicalSource:
+        if not self.header_rows or sorted(self.header_rows) != self.header_rows:
+            raise ValueError("header_rows must be a non-empty increasing list of 0-based row numbers")
+        if self.first_data_row is not None and self.first_data_row <= self.header_rows[-1]:
+            raise ValueError("first_data_row must come after the last header row")
+        if self.count_rows_as is not None and self.rows_per_patient != "many":
+            raise ValueError("count_rows_as needs rows_per_patient: many")
+        if self.merge_rules and self.rows_per_patient != "many":
+            raise ValueError("merge_rules needs rows_per_patient: many")
+        if self.age_from_dates is not None and "age" in self.columns:
+            raise ValueError("declare age either in 'columns' or in 'age_from_dates', not both")
+        if self.count_rows_as is not None and self.count_rows_as in self.columns:
+            raise ValueError(f"'{self.count_rows_as}' is both a column and count_rows_as")
+        unknown = set(self.values) - set(self.columns)
+        if unknown:
+            raise ValueError(f"'values' maps fields that are not in 'columns': {sorted(unknown)}")
+        for name in self.extra_columns:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"extra column name {name!r} must be lower_snake_case")
+        return self
+
+    @property
+    def image_id_steps(self) -> list[IdStep]:
+        return self.image_id_normalise if self.image_id_normalise is not None else self.id_normalise
+
+
+class Institution(StrictModel):
+    """One data source: its images, label scheme, clinical table and acquisition facts."""
+
+    images: ImageSource
+    labels: str | dict[int, RegionName] = "brats_mets"
+    clinical: ClinicalSource
+    acquisition: Acquisition = Field(default_factory=Acquisition)
+
+    @field_validator("labels")
+    @classmethod
+    def _known_scheme(cls, value: str | dict[int, RegionName]) -> str | dict[int, RegionName]:
+        if isinstance(value, str) and value not in LABEL_SCHEMES:
+            raise ValueError(f"unknown label scheme {value!r}; use one of {sorted(LABEL_SCHEMES)} "
+                             "or a mapping {{value: netc|snfh|et|background}}")
+        if isinstance(value, dict) and 0 in value:
+            raise ValueError("label 0 is always background; do not map it")
+        return value
+
+    @property
+    def label_map(self) -> dict[int, int]:
+        """Source label value -> canonical label value (0 stays 0)."""
+        scheme = LABEL_SCHEMES[self.labels] if isinstance(self.labels, str) else self.labels
+        return {0: 0, **{int(k): CANONICAL_LABELS[v] for k, v in scheme.items()}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------
+
+
+class IngestParams(StrictModel):
+    """Validation thresholds and output settings of ingestion."""
+
+    age_range: tuple[float, float] = (18.0, 110.0)
+    kps_range: tuple[float, float] = (0.0, 100.0)
+    gpa_range: tuple[float, float] = (0.0, 4.0)
+    max_time_days: float = 36500.0
+    #: Image and mask count as the same grid if origins differ by at most this (mm) and directions by
+    #: at most ``direction_tolerance`` per matrix entry; within it the mask takes the image's geometry.
+    grid_tolerance_mm: float = Field(0.05, ge=0)
+    direction_tolerance: float = Field(1e-3, ge=0)
+    compress_images: bool = True
+    #: Check the clinical number of brain metastases against connected components of the tumour mask.
+    check_lesion_count: bool = False
+
+    @model_validator(mode="after")
+    def _ranges(self) -> IngestParams:
+        for name in ("age_range", "kps_range", "gpa_range"):
+            lo, hi = getattr(self, name)
+            if lo >= hi:
+                raise ValueError(f"{name}: lower bound {lo} must be below upper bound {hi}")
+        return self
+
+
+class SyntheticParams(StrictModel):
+    """The default synthetic cohort the main command makes when it is missing."""
+
+    out_dir: Path = Path("data/synthetic")
+    seed: int = 20250515
+    patients: dict[str, int] = Field(default_factory=lambda: {"site_a": 60, "site_b": 50, "site_c": 38})
+    shape: tuple[int, int, int] = (96, 96, 62)
+    spacing_mm: float = Field(2.5, gt=0)
+    bad_patients: bool = True
+
+    @field_validator("patients")
+    @classmethod
+    def _known_sites(cls, value: dict[str, int]) -> dict[str, int]:
+        allowed = {"site_a", "site_b", "site_c"}
+        if not value or set(value) - allowed:
+            raise ValueError(f"synthetic sites must be among {sorted(allowed)} (got {sorted(value)})")
+        if any(n < 0 for n in value.values()):
+            raise ValueError("patient counts must be >= 0")
+        return value
+
+
+class PrivacyParams(StrictModel):
+    """Pseudonymisation: case ids are a keyed hash of (site, source id); the key lives outside the repo."""
+
+    key_file: Path = Path("~/.config/survival-model/pseudonym.key")
+    create_key_if_missing: bool = True
+
+
+class TrackingParams(StrictModel):
+    """MLflow. ``tracking_uri: null`` means an embedded SQLite file under the work directory."""
+
+    tracking_uri: str | None = None
+    experiment: str = "brain-mets-survival"
+    ui_url: str | None = None
+
+
+class OrchestrationParams(StrictModel):
+    """Prefect: task runner, retries, result persistence and cache isolation."""
+
+    task_runner: Literal["threads", "processes"] = "threads"
+    max_workers: int = Field(2, ge=1, le=256)
+    retries: int = Field(2, ge=0, le=10)
+    retry_delay_seconds: float = Field(2.0, ge=0)
+    #: Serialise concurrent computations of the same cache key with file locks.
+    cache_isolation: Literal["read_committed", "serializable"] = "serializable"
+    #: Per-task timeout. Prefect can only enforce it in a process pool (a thread cannot be
+    #: interrupted mid-I/O), so it is applied with ``task_runner: processes`` only.
+    task_timeout_seconds: float | None = Field(None, gt=0)
+
+
+class ServerParams(StrictModel):
+    """The local long-lived Prefect server and MLflow UI (``survival-model ui start``)."""
+
+    host: str = "127.0.0.1"
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    startup_timeout_seconds: float = Field(120.0, gt=0)
+
+
+class Params(StrictModel):
+    """The whole run configuration."""
+
+    work_dir: Path = Path("work")
+    privacy: PrivacyParams = Field(default_factory=PrivacyParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
+    servers: ServerParams = Field(default_factory=ServerParams)
+    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    institutions: dict[str, Institution]
+    ingest: IngestParams = Field(default_factory=IngestParams)
+
+    @field_validator("institutions")
+    @classmethod
+    def _site_names(cls, value: dict[str, Institution]) -> dict[str, Institution]:
+        if not value:
+            raise ValueError("declare at least one institution")
+        for name in value:
+            if not _SITE_NAME.match(name):
+                raise ValueError(f"institution name {name!r} must match {_SITE_NAME.pattern}")
+        return value
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{(self.work_dir / 'mlflow' / 'mlflow.db').as_posix()}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.work_dir / "mlflow" / "artifacts"
+
+    def section(self, name: str) -> dict[str, Any]:
+        """A JSON-able dump of one section, used in cache keys (a change invalidates that stage only)."""
+        value = getattr(self, name)
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        if isinstance(value, Mapping):
+            return {k: v.model_dump(mode="json") for k, v in value.items()}
+        raise ConfigError(f"params has no section {name!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and the section it is in)"
+        elif "input" in err and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  - {loc or '<top level>'}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def resolve_paths(params: Params, base: Path) -> Params:
+    """Return a copy of ``params`` with every relative path made absolute against ``base``."""
+    institutions = {}
+    for name, inst in params.institutions.items():
+        images = inst.images.model_copy(update={"root": _resolve(base, inst.images.root)})
+        clinical = inst.clinical.model_copy(update={"path": _resolve(base, inst.clinical.path)})
+        institutions[name] = inst.model_copy(update={"images": images, "clinical": clinical})
+    return params.model_copy(
+        update={
+            "work_dir": _resolve(base, params.work_dir),
+            "privacy": params.privacy.model_copy(
+                update={"key_file": _resolve(base, params.privacy.key_file)}
+            ),
+            "synthetic": params.synthetic.model_copy(
+                update={"out_dir": _resolve(base, params.synthetic.out_dir)}
+            ),
+            "institutions": institutions,
+        }
+    )
+
+
+def parse_params(data: Mapping[str, Any], *, base_dir: Path, source: str = "params") -> Params:
+    """Validate a parsed mapping into :class:`Params`, resolving relative paths against ``base_dir``."""
+    try:
+        params = Params.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    return resolve_paths(params, base_dir)
+
+
+def load_params(path: Path | str, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read ``params.yaml`` once into validated models.
+
+    ``overrides`` are dotted keys (``{"work_dir": "/tmp/w", "synthetic.shape": [48, 48, 31]}``)
+    applied before validation, so they are validated like the file itself.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path} (pass --params or create it from the README)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_params(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------------
+# Local services (infra/local/services.yaml) and command-line overrides
+# --------------------------------------------------------------------------------------------------
+
+
+class ServiceSpec(StrictModel):
+    """One long-lived local server: its command line, environment and health-check URL (templates)."""
+
+    command: list[str]
+    env: dict[str, str] = Field(default_factory=dict)
+    health_url: str
+    ui_url: str
+
+
+class ServicesSpec(StrictModel):
+    services: dict[str, ServiceSpec]
+
+
+def load_services(path: Path) -> ServicesSpec:
+    """Read the local services file (``infra/local/services.yaml``)."""
+    if not Path(path).is_file():
+        raise ConfigError(f"services file not found: {path}")
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return ServicesSpec.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, str(path))) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"synthetic.shape=[48, 48, 31]"`` -> ``("synthetic.shape", [48, 48, 31])`` (value read as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return key.strip(), value

@@ -1,0 +1,141 @@
+"""Content fingerprints: file digests, stable hashes of records, and the library code version.
+
+Cache keys in this project are built from *content* (DESIGN.md section 4): the bytes of the inputs a
+step reads, the params section it uses and the version of the library code it runs. This module
+provides the three ingredients.
+
+File digests are memoised in a small SQLite table keyed by (path, size, mtime_ns, inode), the way
+``git``'s index avoids re-reading unchanged files. The digest itself is always of the bytes; the
+memo only saves re-reading a file whose stat signature has not changed. Pass ``memo=None`` to hash
+every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, is_dataclass
+from functools import lru_cache
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return value.as_posix()
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if hasattr(value, "model_dump"):
+        return _jsonable(value.model_dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
+    if isinstance(value, bytes):
+        return sha256_bytes(value)
+    return value
+
+
+def stable_hash(*parts: Any) -> str:
+    """SHA-256 of a canonical JSON rendering of ``parts`` (dict order and Path types do not matter)."""
+    text = json.dumps([_jsonable(p) for p in parts], sort_keys=True, separators=(",", ":"), default=str)
+    return sha256_bytes(text.encode("utf-8"))
+
+
+class DigestMemo:
+    """A process- and thread-safe memo of file digests in a SQLite file (see module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER,"
+                " mtime_ns INTEGER, inode INTEGER, digest TEXT)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=60)
+
+    def lookup(self, path: Path, stat: os.stat_result) -> str | None:
+        with self._lock, self._connect() as con:
+            row = con.execute(
+                "SELECT digest FROM digests WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
+                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def store(self, path: Path, stat: os.stat_result, digest: str) -> None:
+        with self._lock, self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
+                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, digest),
+            )
+
+
+def file_digest(path: Path, memo: DigestMemo | None = None) -> str:
+    """Digest of a file, or of a folder (e.g. a DICOM series) as the hash of its files' digests."""
+    path = Path(path)
+    if path.is_dir():
+        entries = sorted(p for p in path.rglob("*") if p.is_file())
+        return stable_hash([(p.relative_to(path).as_posix(), file_digest(p, memo)) for p in entries])
+    if memo is None:
+        return sha256_file(path)
+    stat = path.stat()
+    cached = memo.lookup(path.resolve(), stat)
+    if cached is not None:
+        return cached
+    digest = sha256_file(path)
+    memo.store(path.resolve(), stat, digest)
+    return digest
+
+
+def digests(paths: Iterable[Path], memo: DigestMemo | None = None) -> dict[str, str]:
+    return {Path(p).as_posix(): file_digest(Path(p), memo) for p in paths}
+
+
+@lru_cache(maxsize=64)
+def code_version(*modules: str) -> str:
+    """A short hash of the source of the given library modules/packages (and the package version).
+
+    Stages put this in their cache keys: Prefect's own ``TASK_SOURCE`` policy only sees the text of the
+    task function, not the library it calls (Prefect issue #23062), so an edited helper here would
+    otherwise be served stale results from the cache.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        module = import_module(name)
+        file = getattr(module, "__file__", None)
+        if file is None:
+            raise ValueError(f"module {name!r} has no source file to version")
+        root = Path(file).parent if Path(file).name == "__init__.py" else Path(file)
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for f in files:
+            digest.update(f.relative_to(root.parent).as_posix().encode())
+            digest.update(f.read_bytes())
+    from survival_model import __version__
+
+    digest.update(__version__.encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,603 @@
+"""Clinical harmonisation: one institution's CSV/XLSX into the canonical clinical schema.
+
+What it does, in order:
+
+1. Reads the table as raw cells (no type guessing), builds column names from one or more header rows
+   (multi-row headers are joined with `` / ``, merged cells spanning to the right). A column is named
+   by its full name, case-insensitively, by the lower part of a multi-row name when that is
+   unambiguous (``Time`` or ``Death / Time`` for ``Death / Time``), or by its 0-based position.
+2. Keeps only the declared columns (an allow-list: names, MRNs, dates of birth and free text never
+   enter the cohort), normalises ids, and parses each canonical field: declared value maps first,
+   then built-in synonyms (``"F"``/``"female"``, ``"NSCLC"``/``"lung"``, ``"yes"``/``1``, the first
+   number in ``"KPS 80"``).
+3. Derives survival: a duration in a declared unit (months are 365.25/12 days) with an event flag, or
+   dates (start, last contact, death) to a duration in days with the event = death recorded. Age may
+   come from a date of birth and a reference date; the dates themselves are dropped.
+4. Validates ranges (age, KPS, GPA, time > 0, event 0/1, death not before the start date), merges
+   many-rows-per-patient tables (e.g. one row per lesion) and checks they agree, pseudonymises ids.
+
+A row or patient that fails becomes a quarantine record; the rest of the table proceeds. Messages
+name the field, never an identifying value (dates are never echoed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from survival_model.config import (
+    AgeFromDates,
+    ClinicalField,
+    ClinicalSource,
+    ColumnRef,
+    DatesSurvival,
+    DurationSurvival,
+    IngestParams,
+    Institution,
+)
+from survival_model.errors import DataSourceError, PatientDataError
+from survival_model.fingerprint import DigestMemo, code_version, file_digest, stable_hash
+from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet
+from survival_model.ingest.ids import normalise_id
+from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest_clinical"
+
+#: Canonical clinical fields and how each is parsed.
+FIELD_KINDS: dict[str, str] = {
+    "age": "number",
+    "sex": "category",
+    "kps": "number",
+    "primary": "category",
+    "extracranial": "bool",
+    "n_brain_mets": "integer",
+    "gpa": "number",
+    "egfr_mutant": "bool",
+    "alk_positive": "bool",
+    "her2_positive": "bool",
+    "hr_positive": "bool",
+    "braf_mutant": "bool",
+}
+CLINICAL_FIELDS: tuple[str, ...] = tuple(FIELD_KINDS)
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "sex": ("female", "male"),
+    "primary": ("lung", "breast", "melanoma", "gi", "renal", "other"),
+}
+#: Built-in synonyms (lower-case) for categorical fields; declared ``values`` maps take precedence.
+SYNONYMS: dict[str, dict[str, str]] = {
+    "sex": {
+        "f": "female", "female": "female", "w": "female", "woman": "female", "women": "female",
+        "m": "male", "male": "male", "man": "male", "men": "male",
+    },
+    "primary": {
+        "lung": "lung", "nsclc": "lung", "sclc": "lung", "non-small cell lung cancer": "lung",
+        "small cell lung cancer": "lung", "lung cancer": "lung", "lung adenocarcinoma": "lung",
+        "breast": "breast", "breast cancer": "breast", "breast ca": "breast",
+        "melanoma": "melanoma", "mel": "melanoma", "cutaneous melanoma": "melanoma",
+        "gi": "gi", "gastrointestinal": "gi", "colon": "gi", "colorectal": "gi", "crc": "gi",
+        "rectal": "gi", "rectum": "gi", "gastric": "gi", "stomach": "gi", "esophageal": "gi",
+        "oesophageal": "gi", "esophagus": "gi", "pancreas": "gi", "pancreatic": "gi", "liver": "gi",
+        "renal": "renal", "kidney": "renal", "rcc": "renal", "renal cell carcinoma": "renal",
+        "other": "other",
+    },
+}
+BOOL_WORDS: dict[str, bool] = {
+    "1": True, "yes": True, "y": True, "true": True, "present": True, "positive": True, "pos": True,
+    "+": True, "mutant": True, "mutated": True, "mut": True,
+    "0": False, "no": False, "n": False, "false": False, "absent": False, "negative": False,
+    "neg": False, "-": False, "wildtype": False, "wild-type": False, "wt": False,
+}
+DAYS_PER_UNIT: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12.0, "years": 365.25}
+_EXCEL_EPOCH = dt.datetime(1899, 12, 30)
+_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+
+CLINICAL_DTYPES: dict[str, str] = {
+    "age": "Float64", "sex": "string", "kps": "Float64", "primary": "string", "extracranial": "boolean",
+    "n_brain_mets": "Int64", "gpa": "Float64", "egfr_mutant": "boolean", "alk_positive": "boolean",
+    "her2_positive": "boolean", "hr_positive": "boolean", "braf_mutant": "boolean",
+    "time_days": "Float64", "event": "Int64",
+}
+
+
+@dataclass(frozen=True)
+class ClinicalResult:
+    """A site's harmonised clinical rows (pseudonymous), what was quarantined, and a mapping report."""
+
+    site: str
+    key: str
+    table_path: Path | None
+    quarantine: tuple[QuarantineRecord, ...] = ()
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def table(self) -> pd.DataFrame:
+        if self.table_path is None:
+            return empty_clinical_table()
+        return pd.read_parquet(self.table_path)
+
+
+def empty_clinical_table() -> pd.DataFrame:
+    cols = {"site": "string", "case_id": "string", **CLINICAL_DTYPES}
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the raw table
+# --------------------------------------------------------------------------------------------------
+
+
+def _clean_header(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return re.sub(r"\s+", " ", str(value).replace("\xa0", " ")).strip()
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """Raw cells (object dtype) with column names (multi-row headers joined with `` / ``)."""
+
+    cells: pd.DataFrame
+    names: list[str]
+    first_row_number: int  # 1-based spreadsheet row number of cells.iloc[0]
+
+    def resolve(self, ref: ColumnRef, what: str) -> int:
+        """The position of a declared column, or a DataSourceError listing what exists."""
+        if isinstance(ref, int):
+            if 0 <= ref < len(self.names):
+                return ref
+            raise DataSourceError(f"{what}: column position {ref} is outside the table's {len(self.names)} columns")
+        target = _clean_header(ref)
+        lowered = [n.lower() for n in self.names]
+        rules = (
+            lambda n, raw: raw == target,  # exact
+            lambda n, raw: n == target.lower(),  # case-insensitive
+            # the lower part of a multi-row name: "Time" or "Death / Time" for "Death / Time"
+            lambda n, raw: n.endswith(" / " + target.lower()),
+        )
+        for rule in rules:
+            hits = [i for i, (n, raw) in enumerate(zip(lowered, self.names, strict=True)) if rule(n, raw)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                shown = ", ".join(repr(self.names[i]) for i in hits[:5])
+                raise DataSourceError(f"{what}: column {ref!r} is ambiguous ({shown}); "
+                                      "use more of its multi-row name or its 0-based position")
+        shown = ", ".join(repr(n) for n in self.names[:40] if n)
+        raise DataSourceError(f"{what}: no column named {ref!r}; the table has: {shown}")
+
+
+def read_raw_table(src: ClinicalSource) -> RawTable:
+    """Read every cell of the declared CSV/XLSX sheet as raw values and build the header."""
+    path = src.path
+    if not path.is_file():
+        raise DataSourceError(f"clinical table {path} not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".xlsx", ".xlsm", ".xls"}:
+            raw = pd.read_excel(path, sheet_name=src.sheet, header=None, dtype=object, engine="openpyxl")
+        else:
+            raw = pd.read_csv(
+                path, header=None, dtype=object, keep_default_na=False, sep=src.delimiter,
+                engine="python", encoding=src.encoding,
+            )
+    except (ValueError, OSError, UnicodeDecodeError, KeyError) as exc:
+        raise DataSourceError(f"clinical table {path} cannot be read: {exc}") from None
+    if len(raw) <= src.header_rows[-1]:
+        raise DataSourceError(f"clinical table {path} has {len(raw)} rows; the header ends at row "
+                              f"{src.header_rows[-1] + 1}")
+    header_rows = [[_clean_header(v) for v in raw.iloc[r].tolist()] for r in src.header_rows]
+    for row in header_rows[:-1]:  # merged cells in upper header rows span to the right
+        for i in range(1, len(row)):
+            if not row[i]:
+                row[i] = row[i - 1]
+    names = [" / ".join(part for part in parts if part) for parts in zip(*header_rows, strict=True)]
+    first = src.first_data_row if src.first_data_row is not None else src.header_rows[-1] + 1
+    cells = raw.iloc[first:].reset_index(drop=True)
+    cells.columns = range(cells.shape[1])
+    return RawTable(cells=cells, names=names, first_row_number=first + 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cell parsing
+# --------------------------------------------------------------------------------------------------
+
+
+def _text(value: Any, missing: Sequence[str]) -> str | None:
+    """A cell as stripped text, or None when missing."""
+    if value is None or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return str(int(value))
+    text = str(value).replace("\xa0", " ").strip()
+    return None if text.lower() in missing else text
+
+
+def _parse_number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        match = _NUMBER.search(text)
+        if match is None:
+            raise
+        return float(match.group().replace(",", "."))
+
+
+def parse_field(name: str, value: Any, src: ClinicalSource) -> Any:
+    """Parse one raw cell into the canonical value of field ``name`` (None when missing).
+
+    Raises ``ValueError`` with a short description when the value cannot be parsed.
+    """
+    text = _text(value, src.missing_values)
+    if text is None:
+        return None
+    mapping = src.values.get(name)  # type: ignore[call-overload]
+    if mapping is not None and text.lower() in mapping:
+        mapped = mapping[text.lower()]
+        if mapped is None:
+            return None
+        text = str(mapped)
+    kind = FIELD_KINDS[name]
+    if kind in {"number", "integer"}:
+        try:
+            number = _parse_number(text)
+        except ValueError:
+            raise ValueError(f"{name} is not a number") from None
+        if kind == "integer":
+            if not float(number).is_integer():
+                raise ValueError(f"{name} is not a whole number")
+            return int(number)
+        return float(number)
+    if kind == "bool":
+        word = text.lower()
+        if word in BOOL_WORDS:
+            return BOOL_WORDS[word]
+        raise ValueError(f"{name} value is not yes/no (declare a values map)")
+    word = text.lower()
+    if word in CATEGORIES[name]:
+        return word
+    if word in SYNONYMS[name]:
+        return SYNONYMS[name][word]
+    if name == "primary":
+        return "other"  # counted in the report as a fallback, see _fallbacks
+    raise ValueError(f"{name} value is not one of {', '.join(CATEGORIES[name])} (declare a values map)")
+
+
+def parse_date(value: Any, src: ClinicalSource) -> dt.datetime | None:
+    """A date cell as a datetime (Excel dates, Excel serial numbers, or text in ``date_format``)."""
+    if isinstance(value, pd.Timestamp):
+        return None if pd.isna(value) else value.to_pydatetime()
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    text = _text(value, src.missing_values)
+    if text is None:
+        return None
+    if src.date_format == "excel_serial" or (src.date_format is None and re.fullmatch(r"\d{4,5}(\.\d+)?", text)):
+        return _EXCEL_EPOCH + dt.timedelta(days=float(text))
+    try:
+        stamp = pd.to_datetime(text, format=src.date_format, dayfirst=src.dayfirst)
+    except (ValueError, TypeError):
+        raise ValueError("a date cannot be parsed (declare date_format)") from None
+    return stamp.to_pydatetime()
+
+
+def _event(value: Any, survival: DurationSurvival, src: ClinicalSource) -> int | None:
+    text = _text(value, src.missing_values)
+    if text is None:
+        return None
+    key = text.lower()
+    mapping = {str(k).strip().lower(): v for k, v in survival.event_values.items()}
+    if key in mapping:
+        return int(mapping[key])
+    raise ValueError("event status is not a declared value (see survival.event_values)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Harmonisation
+# --------------------------------------------------------------------------------------------------
+
+
+def _row_record(
+    row: pd.Series, table: RawTable, src: ClinicalSource, cols: dict[str, int], params: IngestParams
+) -> dict[str, Any]:
+    """Parse one row into canonical values; raises PatientDataError for invalid content."""
+    out: dict[str, Any] = {}
+    for name in CLINICAL_FIELDS:
+        if name in cols:
+            try:
+                out[name] = parse_field(name, row[cols[name]], src)
+            except ValueError as exc:
+                raise PatientDataError("invalid_clinical_value", str(exc)) from None
+        else:
+            out[name] = None
+    survival = src.survival
+    if isinstance(survival, DurationSurvival):
+        try:
+            time_text = _text(row[cols["__time"]], src.missing_values)
+            time = None if time_text is None else _parse_number(time_text)
+        except ValueError:
+            raise PatientDataError("invalid_clinical_value", "survival time is not a number") from None
+        try:
+            event = _event(row[cols["__event"]], survival, src)
+        except ValueError as exc:
+            raise PatientDataError("invalid_clinical_value", str(exc)) from None
+        if time is None or event is None:
+            raise PatientDataError("missing_survival", "survival time or event is missing")
+        out["time_days"] = float(time) * DAYS_PER_UNIT[survival.time_unit]
+        out["event"] = event
+    else:
+        out.update(_survival_from_dates(row, cols, src))
+    if src.age_from_dates is not None:
+        out["age"] = _age_from_dates(row, cols, src)
+    for name in src.extra_columns:
+        out[f"extra_{name}"] = _text(row[cols[f"__extra_{name}"]], src.missing_values)
+    _check_ranges(out, params)
+    return out
+
+
+def _survival_from_dates(row: pd.Series, cols: dict[str, int], src: ClinicalSource) -> dict[str, Any]:
+    try:
+        start = parse_date(row[cols["__start"]], src)
+        last = parse_date(row[cols["__last"]], src)
+        death = parse_date(row[cols["__death"]], src)
+    except ValueError as exc:
+        raise PatientDataError("invalid_clinical_value", f"survival dates: {exc}") from None
+    if start is None or (last is None and death is None):
+        raise PatientDataError("missing_survival", "the start date, or both last-contact and death dates, are missing")
+    end = death if death is not None else last
+    if end is None:  # pragma: no cover - excluded above
+        raise PatientDataError("missing_survival", "no end date")
+    if end < start:
+        which = "death" if death is not None else "last-contact"
+        raise PatientDataError("death_before_diagnosis", f"the {which} date precedes the start date")
+    return {"time_days": float((end - start).days), "event": int(death is not None)}
+
+
+def _age_from_dates(row: pd.Series, cols: dict[str, int], src: ClinicalSource) -> float | None:
+    try:
+        birth = parse_date(row[cols["__birth"]], src)
+        reference = parse_date(row[cols["__age_ref"]], src)
+    except ValueError as exc:
+        raise PatientDataError("invalid_clinical_value", f"age dates: {exc}") from None
+    if birth is None or reference is None:
+        return None
+    return round((reference - birth).days / 365.25, 2)
+
+
+def _check_ranges(out: dict[str, Any], params: IngestParams) -> None:
+    checks = {"age": params.age_range, "kps": params.kps_range, "gpa": params.gpa_range}
+    for name, (lo, hi) in checks.items():
+        value = out.get(name)
+        if value is not None and not lo <= value <= hi:
+            raise PatientDataError("clinical_out_of_range", f"{name} {value:g} is outside {lo:g}-{hi:g}")
+    n = out.get("n_brain_mets")
+    if n is not None and n < 1:
+        raise PatientDataError("clinical_out_of_range", f"n_brain_mets {n} is below 1")
+    time = out["time_days"]
+    if not math.isfinite(time) or time <= 0:
+        raise PatientDataError("invalid_survival_time", f"survival time {time:g} days is not positive")
+    if time > params.max_time_days:
+        raise PatientDataError("clinical_out_of_range", f"survival time {time:g} days exceeds {params.max_time_days:g}")
+    if out["event"] not in (0, 1):  # pragma: no cover - _event only returns 0/1
+        raise PatientDataError("invalid_clinical_value", "event must be 0 or 1")
+
+
+def _resolve_columns(table: RawTable, src: ClinicalSource, site: str) -> dict[str, int]:
+    what = f"institution '{site}' clinical table"
+    cols: dict[str, int] = {"__id": table.resolve(src.id_column, what)}
+    for name, ref in src.columns.items():
+        cols[name] = table.resolve(ref, what)
+    survival = src.survival
+    if isinstance(survival, DurationSurvival):
+        cols["__time"] = table.resolve(survival.time_column, what)
+        cols["__event"] = table.resolve(survival.event_column, what)
+    elif isinstance(survival, DatesSurvival):
+        cols["__start"] = table.resolve(survival.start_column, what)
+        cols["__last"] = table.resolve(survival.last_contact_column, what)
+        cols["__death"] = table.resolve(survival.death_column, what)
+    if isinstance(src.age_from_dates, AgeFromDates):
+        cols["__birth"] = table.resolve(src.age_from_dates.birth_column, what)
+        cols["__age_ref"] = table.resolve(src.age_from_dates.reference_column, what)
+    for name, ref in src.extra_columns.items():
+        cols[f"__extra_{name}"] = table.resolve(ref, what)
+    return cols
+
+
+def _merge_patient_rows(
+    records: list[dict[str, Any]], src: ClinicalSource
+) -> dict[str, Any]:
+    """One patient from several rows (e.g. one per lesion): fields must agree; rows may be counted."""
+    merged: dict[str, Any] = {}
+    for name in records[0]:
+        present = [r[name] for r in records if r[name] is not None]
+        rule = src.merge_rules.get(name, "agree")  # type: ignore[call-overload]
+        if not present:
+            merged[name] = None
+        elif rule == "first":
+            merged[name] = present[0]
+        elif rule in ("min", "max"):
+            merged[name] = min(present) if rule == "min" else max(present)
+        elif len(set(present)) > 1:
+            raise PatientDataError("inconsistent_rows", f"{len(records)} rows disagree on {name.removeprefix('extra_')} "
+                                                        "(declare a merge rule in clinical.merge_rules)")
+        else:
+            merged[name] = present[0]
+    if src.count_rows_as is not None:
+        merged[src.count_rows_as] = len(records)
+    return merged
+
+
+def harmonise_table(
+    site: str,
+    src: ClinicalSource,
+    params: IngestParams,
+    pseudonymiser: Pseudonymiser,
+) -> tuple[pd.DataFrame, list[QuarantineRecord], dict[str, Any]]:
+    """Harmonise a site's clinical table in memory: (canonical rows, quarantine, mapping report)."""
+    table = read_raw_table(src)
+    cols = _resolve_columns(table, src, site)
+    quarantine: list[QuarantineRecord] = []
+    by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    failed: dict[str, PatientDataError] = {}
+    rows_read = 0
+    fallbacks: Counter[str] = Counter()
+    for index, row in table.cells.iterrows():
+        if all(_text(v, src.missing_values) is None for v in row.tolist()):
+            continue
+        rows_read += 1
+        row_number = table.first_row_number + int(str(index))
+        source_id = normalise_id(_text(row[cols["__id"]], []), src.id_normalise)
+        if source_id is None:
+            quarantine.append(QuarantineRecord(site, f"{site}-row{row_number}", "clinical", "missing_id",
+                                               f"row {row_number} of the clinical table has no patient id"))
+            continue
+        case_id = pseudonymiser.case_id(site, source_id)
+        try:
+            record = _row_record(row, table, src, cols, params)
+        except PatientDataError as exc:
+            failed.setdefault(case_id, exc)
+            by_patient[case_id]  # noqa: B018 - the patient exists even if its row failed
+            continue
+        if "primary" in cols:
+            raw_primary = _text(row[cols["primary"]], src.missing_values)
+            if record["primary"] == "other" and raw_primary is not None and raw_primary.lower() not in {"other"} \
+                    and raw_primary.lower() not in src.values.get("primary", {}):  # type: ignore[call-overload]
+                fallbacks[raw_primary[:40]] += 1
+        by_patient[case_id].append(record)
+
+    rows = []
+    for case_id, records in by_patient.items():
+        if case_id in failed:
+            exc = failed[case_id]
+            quarantine.append(QuarantineRecord(site, case_id, "clinical", exc.reason, f"{case_id}: {exc.message}"))
+            continue
+        if len(records) > 1 and src.rows_per_patient == "one":
+            quarantine.append(QuarantineRecord(site, case_id, "clinical", "duplicate_clinical_row",
+                                               f"{case_id}: {len(records)} rows in a one-row-per-patient table"))
+            continue
+        try:
+            merged = _merge_patient_rows(records, src)
+        except PatientDataError as exc:
+            quarantine.append(QuarantineRecord(site, case_id, "clinical", exc.reason, f"{case_id}: {exc.message}"))
+            continue
+        rows.append({"site": site, "case_id": case_id, **merged})
+    frame = _typed_frame(rows, src)
+    report = {
+        "rows_read": rows_read,
+        "patients": len(by_patient),
+        "harmonised": len(frame),
+        "quarantined": len({q.case_id for q in quarantine}),
+        "fields_declared": sorted(k for k in cols if not k.startswith("__")),
+        "missing_per_field": {c: int(frame[c].isna().sum()) for c in CLINICAL_FIELDS if c in frame},
+        "primary_mapped_to_other": dict(fallbacks),
+    }
+    return frame, quarantine, report
+
+
+def _typed_frame(rows: list[dict[str, Any]], src: ClinicalSource) -> pd.DataFrame:
+    base = empty_clinical_table()
+    extra = [f"extra_{n}" for n in src.extra_columns]
+    frame = pd.DataFrame(rows, columns=[*base.columns, *extra])
+    for column, dtype in {"site": "string", "case_id": "string", **CLINICAL_DTYPES}.items():
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None).astype(dtype)
+    for column in extra:
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        all_numeric = numeric.notna().sum() == frame[column].notna().sum()
+        frame[column] = numeric.astype("Float64") if all_numeric else frame[column].astype("string")
+    return frame.sort_values("case_id").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Content-keyed, persisted result
+# --------------------------------------------------------------------------------------------------
+
+
+def clinical_code_version() -> str:
+    return code_version("survival_model.ingest.clinical", "survival_model.ingest.ids",
+                        "survival_model.ingest.quarantine")
+
+
+def clinical_key(
+    site: str, institution: Institution, params: IngestParams, pseudonymiser: Pseudonymiser,
+    memo: DigestMemo | None = None,
+) -> str:
+    src = institution.clinical
+    digest = file_digest(src.path, memo) if src.path.is_file() else None
+    return stable_hash(
+        STAGE, clinical_code_version(), site, digest, src.model_dump(mode="json", exclude={"path"}),
+        params.model_dump(mode="json"), pseudonymiser.fingerprint,
+    )
+
+
+def clinical_folder(work_dir: Path, site: str, key: str) -> Path:
+    return work_dir / "ingest" / "clinical" / site / key[:16]
+
+
+def harmonise_site(
+    site: str,
+    institution: Institution,
+    params: IngestParams,
+    pseudonymiser: Pseudonymiser,
+    work_dir: Path,
+    memo: DigestMemo | None = None,
+) -> ClinicalResult:
+    """Harmonise a site's clinical table into a content-keyed folder (reused when present).
+
+    A table that cannot be used at all (missing file, undeclared column) gives a result with
+    ``error`` set; cohort assembly then quarantines that site's patients with the message.
+    """
+    key = clinical_key(site, institution, params, pseudonymiser, memo)
+    folder = clinical_folder(work_dir, site, key)
+    existing = load_clinical(folder, site, key)
+    if existing is not None:
+        return existing
+    with atomic_directory(folder) as tmp:
+        try:
+            frame, quarantine, report = harmonise_table(site, institution.clinical, params, pseudonymiser)
+        except DataSourceError as exc:
+            log.error("institution %s: clinical table unusable: %s", site, exc)
+            write_json({"error": str(exc)}, tmp / "error.json")
+        else:
+            write_parquet(frame, tmp / "clinical.parquet")
+            write_parquet(quarantine_frame(quarantine), tmp / "quarantine.parquet")
+            write_json(report, tmp / "report.json")
+    result = load_clinical(folder, site, key)
+    if result is None:  # pragma: no cover
+        raise RuntimeError(f"clinical output missing in {folder}")
+    return result
+
+
+def load_clinical(folder: Path, site: str, key: str) -> ClinicalResult | None:
+    if (folder / "error.json").is_file():
+        return ClinicalResult(site, key, None, (), {}, read_json(folder / "error.json")["error"])
+    if not (folder / "report.json").is_file():
+        return None
+    qframe = pd.read_parquet(folder / "quarantine.parquet")
+    records = tuple(
+        QuarantineRecord(str(r.site), str(r.case_id), str(r.stage), str(r.reason), str(r.message))
+        for r in qframe.itertuples(index=False)
+    )
+    return ClinicalResult(site, key, folder / "clinical.parquet", records, read_json(folder / "report.json"))
+
+
+def clinical_expected_output(work_dir: Path, site: str, key: str) -> list[Path]:
+    folder = clinical_folder(work_dir, site, key)
+    return [folder / "error.json"] if (folder / "error.json").exists() else [folder / "report.json"]
+
+

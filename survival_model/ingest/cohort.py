@@ -1,0 +1,241 @@
+"""Cohort assembly: join each site's image outcomes with its harmonised clinical rows.
+
+Rules (each violation is a quarantine record; the rest of the cohort proceeds):
+
+- images ingested and a clinical row present: the patient is in the cohort;
+- images quarantined, or clinical row quarantined: quarantined with that reason (both if both);
+- images but no clinical row: ``missing_clinical``; clinical row but no images: ``missing_images``;
+- a site whose clinical table could not be used: all its patients ``clinical_table_error``;
+- two image folders normalising to the same id: ``duplicate_id``;
+- optionally (``ingest.check_lesion_count``) the clinical metastasis count must equal the mask's
+  tumour components: ``lesion_count_mismatch``.
+
+Outputs (content-keyed folder): ``cohort.parquet`` (DESIGN.md 3.2), ``quarantine.parquet``,
+``summary.json`` and a data fingerprint that depends on the data only (source file digests and
+clinical values), not on paths or code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from survival_model.config import SEQUENCES, IngestParams
+from survival_model.fingerprint import code_version, stable_hash
+from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
+from survival_model.ingest import report
+from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult
+from survival_model.ingest.images import ImageOutcome
+from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
+
+STAGE = "ingest_cohort"
+REPORT_FILES = ("summary.json", "summary.md", "quarantine.csv", "cohort_summary.png")
+PATH_COLUMNS = [*(f"path_{s}" for s in SEQUENCES), "path_mask", "path_brain_mask"]
+
+
+@dataclass(frozen=True)
+class CohortResult:
+    """Where the canonical cohort and quarantine tables are, with the summary and fingerprint."""
+
+    folder: Path
+    cohort_path: Path
+    quarantine_path: Path
+    summary: dict[str, Any]
+    fingerprint: str
+
+    def cohort(self) -> pd.DataFrame:
+        return pd.read_parquet(self.cohort_path)
+
+    def quarantine(self) -> pd.DataFrame:
+        return pd.read_parquet(self.quarantine_path)
+
+    def report_files(self) -> list[Path]:
+        """Human-facing outputs: summary JSON and Markdown, quarantine CSV, the cohort figure."""
+        return [self.folder / name for name in REPORT_FILES]
+
+
+def cohort_key(
+    outcomes: Sequence[ImageOutcome],
+    clinical: Sequence[ClinicalResult],
+    params: IngestParams,
+    site_errors: Mapping[str, str] | None = None,
+) -> str:
+    return stable_hash(
+        STAGE,
+        code_version("survival_model.ingest.cohort"),
+        sorted(o.key for o in outcomes),
+        sorted((c.site, c.key) for c in clinical),
+        params.model_dump(mode="json"),
+        dict(site_errors or {}),
+    )
+
+
+def _image_row(outcome: ImageOutcome) -> dict[str, Any]:
+    images = outcome.images
+    if images is None:  # pragma: no cover - only called for ok outcomes
+        raise ValueError("no images")
+    row: dict[str, Any] = {"case_id": outcome.case_id, "images_key": images.digest,
+                           "source_digest": images.qc.get("source_digest")}
+    for seq in SEQUENCES:
+        path = images.sequences.get(seq)
+        row[f"path_{seq}"] = str(path) if path is not None else None
+    row["path_mask"] = str(images.mask)
+    row["path_brain_mask"] = str(images.brain_mask) if images.brain_mask is not None else None
+    row["qc_tumour_components"] = int(images.qc["tumour_components"])
+    row["qc_mask_geometry_fixed"] = bool(images.qc["mask_geometry_fixed"])
+    return row
+
+
+def assemble(
+    outcomes: Sequence[ImageOutcome],
+    clinical: Sequence[ClinicalResult],
+    params: IngestParams,
+    site_errors: Mapping[str, str] | None = None,
+) -> tuple[pd.DataFrame, list[QuarantineRecord]]:
+    """Join images and clinical rows in memory: (cohort table, quarantine records).
+
+    ``site_errors`` maps a site whose images could not be listed at all to the error message.
+    """
+    site_errors = dict(site_errors or {})
+    quarantine: list[QuarantineRecord] = []
+    id_counts = Counter(o.case_id for o in outcomes)
+    ok: dict[str, ImageOutcome] = {}
+    for outcome in outcomes:
+        if id_counts[outcome.case_id] > 1:
+            quarantine.append(QuarantineRecord(outcome.site, outcome.case_id, "cohort", "duplicate_id",
+                                               f"{outcome.case_id}: {id_counts[outcome.case_id]} image folders "
+                                               "normalise to the same patient id"))
+        elif outcome.ok:
+            ok[outcome.case_id] = outcome
+        quarantine.extend(outcome.quarantine)
+    imaged = {o.case_id: o.site for o in outcomes}
+
+    frames = []
+    for result in clinical:
+        if result.error is not None:
+            for case_id, site in imaged.items():
+                if site == result.site:
+                    quarantine.append(QuarantineRecord(site, case_id, "clinical", "clinical_table_error",
+                                                       f"{case_id}: {result.error}"))
+            ok = {k: v for k, v in ok.items() if v.site != result.site}
+            continue
+        quarantine.extend(result.quarantine)
+        table = result.table()
+        if result.site in site_errors:
+            for case_id in table["case_id"]:
+                quarantine.append(QuarantineRecord(result.site, str(case_id), "images", "image_source_error",
+                                                   f"{case_id}: {site_errors[result.site]}"))
+            continue
+        for case_id in table["case_id"]:
+            if case_id not in imaged:
+                quarantine.append(QuarantineRecord(result.site, str(case_id), "cohort", "missing_images",
+                                                   f"{case_id}: a clinical row but no images were found"))
+        frames.append(table)
+    clinical_rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["site", "case_id"])
+    clinical_ids = set(clinical_rows["case_id"].astype(str))
+    clinical_quarantined = {q.case_id for r in clinical for q in r.quarantine}
+    errored_sites = {r.site for r in clinical if r.error is not None}
+    for case_id, outcome in ok.items():
+        if case_id not in clinical_ids and case_id not in clinical_quarantined and outcome.site not in errored_sites:
+            quarantine.append(QuarantineRecord(outcome.site, case_id, "cohort", "missing_clinical",
+                                               f"{case_id}: images but no clinical row"))
+
+    image_frame = pd.DataFrame([_image_row(o) for o in ok.values()])
+    if image_frame.empty:
+        image_frame = pd.DataFrame(columns=["case_id", "images_key", "source_digest", *PATH_COLUMNS,
+                                            "qc_tumour_components", "qc_mask_geometry_fixed"])
+    cohort = clinical_rows.merge(image_frame, on="case_id", how="inner")
+    if params.check_lesion_count and not cohort.empty:
+        declared = cohort["n_brain_mets"]
+        mismatch = declared.notna() & (declared != cohort["qc_tumour_components"])
+        for row in cohort[mismatch.fillna(False)].itertuples(index=False):
+            quarantine.append(QuarantineRecord(
+                str(row.site), str(row.case_id), "cohort", "lesion_count_mismatch",
+                f"{row.case_id}: {row.n_brain_mets} metastases declared, {row.qc_tumour_components} "
+                "tumour components in the mask"))
+        cohort = cohort[~mismatch.fillna(False)]
+    return cohort.sort_values(["site", "case_id"]).reset_index(drop=True), quarantine
+
+
+def data_fingerprint(cohort: pd.DataFrame) -> str:
+    """A digest of the cohort's data (ids, source file digests, clinical values): no paths, no code."""
+    columns = [c for c in cohort.columns if c not in PATH_COLUMNS and c != "images_key"]
+    records = cohort[columns].astype(object).where(cohort[columns].notna(), None).to_dict("records")
+    return stable_hash(records)[:16]
+
+
+def summarise(cohort: pd.DataFrame, quarantine: pd.DataFrame, sites: Sequence[str]) -> dict[str, Any]:
+    """Counts per site and quarantine reasons: the numbers logged to MLflow and shown in Prefect."""
+    per_site: dict[str, Any] = {}
+    for site in sites:
+        rows = cohort[cohort["site"] == site]
+        events = int(rows["event"].sum()) if len(rows) else 0
+        per_site[site] = {
+            "patients": len(rows),
+            "events": events,
+            "censored": len(rows) - events,
+            "censored_fraction": round(1 - events / len(rows), 3) if len(rows) else None,
+            "median_time_days": float(np.median(rows["time_days"])) if len(rows) else None,
+            "quarantined": int(quarantine.loc[quarantine["site"] == site, "case_id"].nunique()),
+        }
+    reasons = quarantine.groupby("reason")["case_id"].nunique().to_dict() if len(quarantine) else {}
+    return {
+        "patients": len(cohort),
+        "events": int(cohort["event"].sum()) if len(cohort) else 0,
+        "quarantined_patients": int(quarantine["case_id"].nunique()) if len(quarantine) else 0,
+        "quarantine_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
+        "sites": per_site,
+        "missing_per_field": {f: int(cohort[f].isna().sum()) for f in CLINICAL_FIELDS if f in cohort},
+    }
+
+
+def build_cohort(
+    outcomes: Sequence[ImageOutcome],
+    clinical: Sequence[ClinicalResult],
+    params: IngestParams,
+    work_dir: Path,
+    site_errors: Mapping[str, str] | None = None,
+) -> CohortResult:
+    """Assemble and write the cohort into a content-keyed folder (reused when present)."""
+    key = cohort_key(outcomes, clinical, params, site_errors)
+    folder = cohort_folder(work_dir, key)
+    existing = load_cohort(folder)
+    if existing is not None:
+        return existing
+    sites = sorted({o.site for o in outcomes} | {c.site for c in clinical})
+    cohort, records = assemble(outcomes, clinical, params, site_errors)
+    quarantine = quarantine_frame(records)
+    with atomic_directory(folder) as tmp:
+        write_parquet(cohort, tmp / "cohort.parquet")
+        write_parquet(quarantine, tmp / "quarantine.parquet")
+        summary = summarise(cohort, quarantine, sites)
+        summary["fingerprint"] = data_fingerprint(cohort)
+        summary["clinical_reports"] = {c.site: c.report for c in clinical}
+        summary["clinical_errors"] = {c.site: c.error for c in clinical if c.error}
+        summary["image_source_errors"] = dict(site_errors or {})
+        write_text(report.summary_markdown(summary), tmp / "summary.md")
+        write_text(quarantine.to_csv(index=False), tmp / "quarantine.csv")
+        report.plot_cohort(cohort, quarantine, tmp / "cohort_summary.png")
+        write_json(summary, tmp / "summary.json")
+    result = load_cohort(folder)
+    if result is None:  # pragma: no cover
+        raise RuntimeError(f"cohort output missing in {folder}")
+    return result
+
+
+def cohort_folder(work_dir: Path, key: str) -> Path:
+    return work_dir / "ingest" / "cohort" / key[:16]
+
+
+def load_cohort(folder: Path) -> CohortResult | None:
+    if not (folder / "summary.json").is_file():
+        return None
+    summary = read_json(folder / "summary.json")
+    return CohortResult(folder, folder / "cohort.parquet", folder / "quarantine.parquet", summary,
+                        summary["fingerprint"])

@@ -1,0 +1,359 @@
+"""Per-patient image ingestion: read, validate, remap labels, write canonical NIfTI.
+
+For one discovered case this module reads every declared sequence and the mask (SimpleITK: NIfTI,
+NRRD or a DICOM series), checks them (readable, 3D scalar, finite, not constant; mask labels known,
+not empty, on the reference sequence's grid), remaps the mask to the canonical labels (1 NETC,
+2 SNFH, 3 ET) and writes the images under a content-keyed folder with a ``manifest.json``. Images keep
+their own grid and pixel type: resampling and registration are preprocessing's job. Metadata (DICOM
+tags such as names and dates) is not carried into the canonical files.
+
+Grid rule (documented fix): if the mask and its reference sequence have the same size and spacing and
+their origins/directions differ by no more than ``ingest.grid_tolerance_mm`` /
+``ingest.direction_tolerance`` (rounding in a writer), the mask takes the sequence's geometry and the
+manifest records ``mask_geometry_fixed``. Anything larger is ``mask_grid_mismatch``.
+
+Failures raise :class:`PatientDataError` internally and come back as a quarantined
+:class:`ImageOutcome`; the folder then holds ``quarantine.json`` instead, so a bad patient is not
+re-read on every run either.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from survival_model.config import IngestParams, Institution
+from survival_model.errors import PatientDataError
+from survival_model.fingerprint import DigestMemo, code_version, stable_hash
+from survival_model.imageio import (
+    ImageReadError,
+    atomic_directory,
+    count_non_finite_nifti,
+    image_suffix,
+    read_image,
+    read_json,
+    write_image,
+    write_json,
+)
+from survival_model.ingest.discovery import CaseFiles
+from survival_model.ingest.ids import normalise_id
+from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.ingest.quarantine import QuarantineRecord
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest_images"
+MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.json"
+
+
+@dataclass(frozen=True)
+class PatientImages:
+    """A patient's canonical images: paths under the work directory plus QC values."""
+
+    site: str
+    case_id: str
+    folder: Path
+    sequences: dict[str, Path]
+    mask: Path
+    brain_mask: Path | None
+    digest: str
+    qc: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What ingesting one case produced: canonical images, or the reasons it was quarantined."""
+
+    site: str
+    case_id: str
+    key: str
+    images: PatientImages | None
+    quarantine: tuple[QuarantineRecord, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.images is not None
+
+
+def image_code_version() -> str:
+    return code_version("survival_model.ingest.images", "survival_model.imageio",
+                        "survival_model.ingest.ids", "survival_model.ingest.discovery")
+
+
+def case_id_for(case: CaseFiles, institution: Institution, pseudonymiser: Pseudonymiser) -> str:
+    source = normalise_id(case.source_id, institution.clinical.image_id_steps) or case.source_id
+    return pseudonymiser.case_id(case.site, source)
+
+
+def source_digest(case: CaseFiles, memo: DigestMemo | None = None) -> str:
+    """Digest of the bytes of every declared raw file of the case (absent files count as absent)."""
+    return stable_hash(case.content_digests(memo))
+
+
+def case_key(
+    case_id: str,
+    source: str,
+    institution: Institution,
+    params: IngestParams,
+) -> str:
+    """Content key of one case's ingestion: file bytes (``source``), params used, code version."""
+    images_decl = institution.images.model_dump(mode="json", exclude={"root"})
+    return stable_hash(
+        STAGE,
+        image_code_version(),
+        case_id,
+        source,
+        images_decl,
+        institution.label_map,
+        institution.acquisition.co_registered,
+        params.model_dump(mode="json"),
+    )
+
+
+def output_folder(work_dir: Path, site: str, case_id: str, key: str) -> Path:
+    return work_dir / "ingest" / "images" / site / case_id / key[:16]
+
+
+def expected_output(work_dir: Path, site: str, case_id: str, key: str) -> list[Path]:
+    """Files whose presence means this key's work is on disk (either outcome)."""
+    folder = output_folder(work_dir, site, case_id, key)
+    return [folder / MANIFEST] if (folder / MANIFEST).exists() else [folder / QUARANTINE]
+
+
+def ingest_case(
+    case: CaseFiles,
+    institution: Institution,
+    params: IngestParams,
+    pseudonymiser: Pseudonymiser,
+    work_dir: Path,
+    memo: DigestMemo | None = None,
+) -> ImageOutcome:
+    """Ingest one case's images (reusing the content-keyed output when it already exists)."""
+    case_id = case_id_for(case, institution, pseudonymiser)
+    source = source_digest(case, memo)
+    key = case_key(case_id, source, institution, params)
+    folder = output_folder(work_dir, case.site, case_id, key)
+    existing = load_outcome(folder, case.site, case_id, key)
+    if existing is not None:
+        return existing
+    with atomic_directory(folder) as tmp:
+        try:
+            qc = _validate_and_write(case, institution, params, case_id, tmp)
+            qc["qc"]["source_digest"] = source
+        except PatientDataError as exc:
+            log.warning("quarantined %s (%s): %s", case_id, exc.reason, exc.message)
+            write_json({"site": case.site, "case_id": case_id, "reason": exc.reason,
+                        "message": exc.message}, tmp / QUARANTINE)
+        else:
+            write_json({"site": case.site, "case_id": case_id, "key": key, **qc}, tmp / MANIFEST)
+    outcome = load_outcome(folder, case.site, case_id, key)
+    if outcome is None:  # pragma: no cover - atomic_directory guarantees the folder
+        raise RuntimeError(f"{case_id}: ingestion output missing in {folder}")
+    return outcome
+
+
+def load_outcome(folder: Path, site: str, case_id: str, key: str) -> ImageOutcome | None:
+    """Rebuild the outcome from a finished output folder, or ``None`` if there is none."""
+    if (folder / MANIFEST).is_file():
+        manifest = read_json(folder / MANIFEST)
+        images = PatientImages(
+            site=site,
+            case_id=case_id,
+            folder=folder,
+            sequences={s: folder / f for s, f in manifest["files"]["sequences"].items()},
+            mask=folder / manifest["files"]["mask"],
+            brain_mask=(folder / manifest["files"]["brain_mask"]) if manifest["files"].get("brain_mask") else None,
+            digest=key,
+            qc=manifest["qc"],
+        )
+        return ImageOutcome(site, case_id, key, images)
+    if (folder / QUARANTINE).is_file():
+        record = read_json(folder / QUARANTINE)
+        q = QuarantineRecord(site, case_id, "images", record["reason"], record["message"])
+        return ImageOutcome(site, case_id, key, None, (q,))
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _scrub(text: str, case: CaseFiles) -> str:
+    """Remove anything path- or id-like from a reader's message (it may name the patient)."""
+    for path in sorted(case.present_paths(), key=lambda p: -len(str(p))):
+        text = text.replace(str(path), "<file>").replace(path.name, "<file>")
+    return text.replace(case.source_id, "<id>")
+
+
+def _read(case: CaseFiles, name: str, path: Path, case_id: str) -> sitk.Image:
+    try:
+        return read_image(path)
+    except ImageReadError as exc:
+        reason = "unsupported_image" if "expected a" in exc.detail else "unreadable_image"
+        raise PatientDataError(reason, f"{case_id}: {name} cannot be used: {_scrub(exc.detail, case)}") from None
+
+
+def _check_values(image: sitk.Image, name: str, case_id: str, path: Path) -> None:
+    array = sitk.GetArrayViewFromImage(image)
+    bad = 0
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad == 0 and image_suffix(path) in {".nii", ".nii.gz"}:
+            bad = count_non_finite_nifti(path)  # ITK reads NaN in NIfTI as 0: check the file itself
+    if bad:
+        raise PatientDataError("non_finite", f"{case_id}: {name} has {bad} NaN/infinite voxels; "
+                                             "re-export the image from the source")
+    if array.size == 0 or array.min() == array.max():
+        raise PatientDataError("empty_image", f"{case_id}: {name} is constant ({array.min() if array.size else 'empty'}); "
+                                              "the file holds no image")
+
+
+def _geometry(image: sitk.Image) -> dict[str, Any]:
+    return {
+        "size": list(image.GetSize()),
+        "spacing": [round(s, 6) for s in image.GetSpacing()],
+        "origin": [round(o, 4) for o in image.GetOrigin()],
+        "direction": [round(d, 6) for d in image.GetDirection()],
+        "pixel_type": image.GetPixelIDTypeAsString(),
+    }
+
+
+def _grid_difference(a: sitk.Image, b: sitk.Image) -> tuple[bool, float, float]:
+    """(same size and spacing, max origin difference mm, max direction entry difference)."""
+    same_lattice = a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-4, atol=1e-5)
+    origin = float(np.max(np.abs(np.subtract(a.GetOrigin(), b.GetOrigin()))))
+    direction = float(np.max(np.abs(np.subtract(a.GetDirection(), b.GetDirection()))))
+    return same_lattice, origin, direction
+
+
+def _on_grid(image: sitk.Image, reference: sitk.Image, params: IngestParams) -> str:
+    """'same', 'fixable' (within tolerance) or 'different'."""
+    same_lattice, origin, direction = _grid_difference(image, reference)
+    if not same_lattice or origin > params.grid_tolerance_mm or direction > params.direction_tolerance:
+        return "different"
+    return "same" if origin == 0.0 and direction == 0.0 else "fixable"
+
+
+def _describe_grid(image: sitk.Image) -> str:
+    size = "x".join(str(s) for s in image.GetSize())
+    spacing = "x".join(f"{s:.3g}" for s in image.GetSpacing())
+    return f"{size} voxels at {spacing} mm"
+
+
+def _remap_labels(mask: sitk.Image, label_map: dict[int, int], case_id: str, scheme: str) -> sitk.Image:
+    array = sitk.GetArrayViewFromImage(mask)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or not np.all(np.equal(np.mod(array, 1), 0)):
+            raise PatientDataError("unknown_label", f"{case_id}: the mask has non-integer values; "
+                                                    "it must be a label map, not a probability map")
+    values = np.unique(array).astype(np.int64)
+    unknown = sorted(int(v) for v in values if int(v) not in label_map)
+    if unknown:
+        raise PatientDataError(
+            "unknown_label",
+            f"{case_id}: mask label value(s) {unknown} are not in the site's label scheme {scheme} "
+            f"(known: {sorted(label_map)}); declare the scheme in institutions.<site>.labels",
+        )
+    lut_keys = np.array(sorted(label_map), dtype=np.int64)
+    lut_values = np.array([label_map[k] for k in lut_keys], dtype=np.uint8)
+    canonical = lut_values[np.searchsorted(lut_keys, array.astype(np.int64))]
+    if not canonical.any():
+        raise PatientDataError("empty_mask", f"{case_id}: the mask contains no tumour label "
+                                             "(no NETC, SNFH or ET voxel)")
+    out = sitk.GetImageFromArray(canonical)
+    out.CopyInformation(mask)
+    return out
+
+
+def _strip_metadata(image: sitk.Image) -> sitk.Image:
+    for key in image.GetMetaDataKeys():
+        image.EraseMetaData(key)
+    return image
+
+
+def _tumour_components(mask: sitk.Image) -> int:
+    """Connected components of the tumour (NETC or ET), 26-connectivity, no minimum size."""
+    tumour = sitk.Cast((mask == 1) | (mask == 3), sitk.sitkUInt8)
+    components = sitk.ConnectedComponent(tumour, True)
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(components)
+    return int(stats.GetNumberOfLabels())
+
+
+def _validate_and_write(
+    case: CaseFiles, institution: Institution, params: IngestParams, case_id: str, out: Path
+) -> dict[str, Any]:
+    missing = [s for s, p in case.sequences.items() if p is None]
+    if missing:
+        patterns = ", ".join(f"{s}: '{case.expected.get(s, '?')}'" for s in missing)
+        raise PatientDataError("missing_sequence", f"{case_id}: sequence(s) {', '.join(missing)} not found ({patterns})")
+    if case.mask is None:
+        raise PatientDataError("missing_segmentation", f"{case_id}: no segmentation found "
+                                                       f"(pattern '{case.expected.get('mask', '?')}')")
+    images: dict[str, sitk.Image] = {}
+    present = {name: path for name, path in case.sequences.items() if path is not None}
+    for name, path in present.items():
+        image = _read(case, name, path, case_id)
+        _check_values(image, name, case_id, path)
+        images[name] = image
+    reference_name = institution.images.mask_reference
+    reference = images[reference_name]
+    if institution.acquisition.co_registered:
+        for name, image in images.items():
+            if _on_grid(image, reference, params) == "different":
+                raise PatientDataError(
+                    "sequence_grid_mismatch",
+                    f"{case_id}: the site is declared co-registered but {name} ({_describe_grid(image)}) is not on "
+                    f"the grid of {reference_name} ({_describe_grid(reference)}); set "
+                    "acquisition.co_registered: false for this site to have sequences registered",
+                )
+    mask = _read(case, "mask", case.mask, case_id)
+    grid = _on_grid(mask, reference, params)
+    if grid == "different":
+        _, origin_diff, direction_diff = _grid_difference(mask, reference)
+        raise PatientDataError(
+            "mask_grid_mismatch",
+            f"{case_id}: the mask ({_describe_grid(mask)}) is not on the grid of {reference_name} "
+            f"({_describe_grid(reference)}; origins differ by {origin_diff:.2f} mm, directions by "
+            f"{direction_diff:.3f}); it must be drawn on {reference_name}",
+        )
+    if grid == "fixable":
+        mask.CopyInformation(reference)
+    scheme = institution.labels if isinstance(institution.labels, str) else "(custom mapping)"
+    canonical = _remap_labels(mask, institution.label_map, case_id, scheme)
+
+    brain_mask_file = None
+    if case.brain_mask is not None:
+        brain = _read(case, "brain_mask", case.brain_mask, case_id)
+        if _on_grid(brain, reference, params) == "different":
+            raise PatientDataError("mask_grid_mismatch", f"{case_id}: the brain mask is not on the grid of {reference_name}")
+        brain.CopyInformation(reference)
+        brain = sitk.Cast(brain > 0, sitk.sitkUInt8)
+        write_image(_strip_metadata(brain), out / "brain_mask.nii.gz", compress=params.compress_images)
+        brain_mask_file = "brain_mask.nii.gz"
+
+    files = {}
+    for name, image in images.items():
+        files[name] = f"{name}.nii.gz"
+        write_image(_strip_metadata(image), out / files[name], compress=params.compress_images)
+    write_image(canonical, out / "seg.nii.gz", compress=params.compress_images)
+
+    labels = sitk.GetArrayViewFromImage(canonical)
+    voxel_mm3 = float(np.prod(canonical.GetSpacing()))
+    counts = np.bincount(labels.ravel(), minlength=4)
+    qc = {
+        "reference": reference_name,
+        "geometry": {name: _geometry(image) for name, image in images.items()},
+        "mask_geometry_fixed": grid == "fixable",
+        "label_voxels": {"netc": int(counts[1]), "snfh": int(counts[2]), "et": int(counts[3])},
+        "label_volume_mm3": {"netc": counts[1] * voxel_mm3, "snfh": counts[2] * voxel_mm3, "et": counts[3] * voxel_mm3},
+        "tumour_components": _tumour_components(canonical),
+    }
+    return {"files": {"sequences": files, "mask": "seg.nii.gz", "brain_mask": brain_mask_file}, "qc": qc}

@@ -1,0 +1,113 @@
+"""The cohort at a glance: a summary table, a Markdown digest and a figure.
+
+The figure shows what a reader would otherwise have to assemble from tables: Kaplan-Meier curves per
+site (scikit-survival's estimator, with pointwise 95% intervals), patients and censoring per site, and
+quarantined patients by reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from io import BytesIO
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sksurv.nonparametric import kaplan_meier_estimator
+
+from survival_model.imageio import write_bytes
+from survival_model.ingest.quarantine import REASONS
+
+
+def site_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per site: the table shown in the Prefect UI and logged to MLflow."""
+    rows = []
+    for site, s in summary["sites"].items():
+        rows.append({
+            "site": site,
+            "patients": s["patients"],
+            "events": s["events"],
+            "censored": s["censored"],
+            "censored %": None if s["censored_fraction"] is None else round(100 * s["censored_fraction"], 1),
+            "median time (days)": None if s["median_time_days"] is None else round(s["median_time_days"], 1),
+            "quarantined": s["quarantined"],
+        })
+    return rows
+
+
+def quarantine_table(quarantine: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"site": r.site, "case_id": r.case_id, "reason": r.reason, "message": r.message}
+        for r in quarantine.itertuples(index=False)
+    ]
+
+
+def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> str:
+    """A short Markdown digest of the ingestion (for the Prefect UI and the MLflow run)."""
+    lines = [
+        "# Ingestion summary",
+        "",
+        f"**{summary['patients']} patients** in the canonical cohort, {summary['events']} deaths observed; "
+        f"**{summary['quarantined_patients']} quarantined**. Data fingerprint `{summary['fingerprint']}`.",
+        "",
+        "| site | patients | events | censored % | median time (days) | quarantined |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in site_table(summary):
+        lines.append(f"| {row['site']} | {row['patients']} | {row['events']} | {row['censored %']} | "
+                     f"{row['median time (days)']} | {row['quarantined']} |")
+    if summary["quarantine_by_reason"]:
+        lines += ["", "| quarantine reason | patients | meaning |", "| --- | ---: | --- |"]
+        for reason, n in summary["quarantine_by_reason"].items():
+            lines.append(f"| `{reason}` | {n} | {REASONS.get(reason, '')} |")
+    errors = {**summary.get("clinical_errors", {}), **summary.get("image_source_errors", {})}
+    if errors:
+        lines += ["", "**Site-level errors** (every patient of the site is quarantined):", ""]
+        lines += [f"- `{site}`: {msg}" for site, msg in errors.items()]
+    if run_link:
+        lines += ["", f"MLflow run: {run_link}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> Path:
+    """Kaplan-Meier per site, patients/censoring per site, quarantine by reason -> PNG."""
+    # The object-oriented Figure API (no pyplot): no global backend state, safe in worker threads.
+    fig = Figure(figsize=(16, 4.6))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.4, 1, 1.2]})
+    km, bars, reasons = axes
+    for site, rows in cohort.groupby("site", sort=True):
+        if len(rows) < 2:
+            continue
+        months = rows["time_days"].to_numpy(dtype=float) / (365.25 / 12)
+        event = rows["event"].to_numpy(dtype=bool)
+        t, s, (lo, hi) = kaplan_meier_estimator(event, months, conf_type="log-log")
+        line = km.step(t, s, where="post", label=f"{site} (n={len(rows)}, {event.sum()} deaths)")[0]
+        km.fill_between(t, lo, hi, step="post", alpha=0.15, color=line.get_color())
+    km.set(xlabel="months since start", ylabel="overall survival", ylim=(0, 1.02),
+           title="Kaplan-Meier by site (95% CI)")
+    km.legend(fontsize=8)
+    km.grid(alpha=0.3)
+
+    sites = sorted(cohort["site"].unique()) if len(cohort) else []
+    events = [int(cohort.loc[cohort["site"] == s, "event"].sum()) for s in sites]
+    totals = [int((cohort["site"] == s).sum()) for s in sites]
+    x = np.arange(len(sites))
+    bars.bar(x, events, label="deaths", color="#c44e52")
+    bars.bar(x, np.subtract(totals, events), bottom=events, label="censored", color="#8c8c8c")
+    bars.set_xticks(x, sites)
+    bars.set(title="Patients per site", ylabel="patients")
+    bars.legend(fontsize=8)
+
+    if len(quarantine):
+        counts = quarantine.groupby("reason")["case_id"].nunique().sort_values()
+        reasons.barh(counts.index.astype(str), counts.to_numpy(), color="#dd8452")
+        reasons.set(title="Quarantined patients by reason", xlabel="patients")
+    else:
+        reasons.text(0.5, 0.5, "no patient quarantined", ha="center", va="center")
+        reasons.set_axis_off()
+    fig.tight_layout()
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return write_bytes(buffer.getvalue(), path)

@@ -1,0 +1,152 @@
+"""Start, stop and find the local long-lived servers (Prefect server with its UI, MLflow UI).
+
+The services are declared in ``infra/local/services.yaml``. Each runs detached (its own session, so
+it outlives the command that started it), logs to ``<work_dir>/servers/<name>.log`` and is recorded
+in ``<work_dir>/servers/state.json``; later pipeline runs read that file to point at the servers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from survival_model.config import Params, ServicesSpec
+from survival_model.errors import SurvivalModelError
+from survival_model.imageio import write_json
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(SurvivalModelError):
+    """A local server did not start, or could not be stopped."""
+
+
+@dataclass(frozen=True)
+class RunningService:
+    name: str
+    pid: int
+    ui_url: str
+    health_url: str
+    log: str
+
+
+def state_file(params: Params) -> Path:
+    return params.work_dir / "servers" / "state.json"
+
+
+def _placeholders(params: Params) -> dict[str, str]:
+    return {
+        "python": sys.executable,
+        "host": params.servers.host,
+        "prefect_port": str(params.servers.prefect_port),
+        "mlflow_port": str(params.servers.mlflow_port),
+        "work_dir": str(params.work_dir),
+        "mlflow_uri": params.mlflow_uri,
+        "artifact_root": params.mlflow_artifact_root.resolve().as_uri(),
+    }
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """True if ``url`` answers 2xx within ``timeout`` seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local URL from our spec
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def read_state(params: Params) -> dict[str, RunningService]:
+    path = state_file(params)
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {name: RunningService(**entry) for name, entry in data.items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start(params: Params, spec: ServicesSpec) -> dict[str, RunningService]:
+    """Start every declared service that is not already answering; wait until all are healthy."""
+    values = _placeholders(params)
+    (params.work_dir / "servers").mkdir(parents=True, exist_ok=True)
+    (params.work_dir / "prefect" / "home").mkdir(parents=True, exist_ok=True)
+    params.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
+    running = read_state(params)
+    for name, service in spec.services.items():
+        health = service.health_url.format(**values)
+        if healthy(health):
+            log.info("%s already answers at %s", name, health)
+            if name not in running:
+                running[name] = RunningService(name, -1, service.ui_url.format(**values), health, "")
+            continue
+        log_path = params.work_dir / "servers" / f"{name}.log"
+        env = {**os.environ, **{k: v.format(**values) for k, v in service.env.items()}}
+        command = [part.format(**values) for part in service.command]
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(  # noqa: S603 - command from our own services file
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=True, cwd=params.work_dir,
+            )
+        running[name] = RunningService(name, process.pid, service.ui_url.format(**values), health, str(log_path))
+    write_json({k: asdict(v) for k, v in running.items()}, state_file(params))
+    deadline = time.monotonic() + params.servers.startup_timeout_seconds
+    pending = dict(running)
+    while pending and time.monotonic() < deadline:
+        for name, service in list(pending.items()):
+            if healthy(service.health_url):
+                pending.pop(name)
+            elif service.pid > 0 and not _alive(service.pid):
+                raise ServerError(f"{name} exited during start-up; see its log {service.log}")
+        time.sleep(0.5)
+    if pending:
+        names = ", ".join(pending)
+        raise ServerError(f"{names} did not answer within {params.servers.startup_timeout_seconds:.0f} s; "
+                          f"see the logs in {params.work_dir / 'servers'}")
+    return running
+
+
+def stop(params: Params, timeout: float = 20.0) -> list[str]:
+    """Stop the services this work directory started; returns their names."""
+    stopped = []
+    for name, service in read_state(params).items():
+        if service.pid > 0 and _alive(service.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(service.pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(service.pid, os.WNOHANG)
+                time.sleep(0.2)
+            if _alive(service.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.pid, signal.SIGKILL)
+            stopped.append(name)
+    state_file(params).unlink(missing_ok=True)
+    return stopped
+
+
+def status(params: Params) -> dict[str, tuple[RunningService, bool]]:
+    return {name: (s, healthy(s.health_url)) for name, s in read_state(params).items()}
+
+
+def endpoints(params: Params) -> dict[str, str]:
+    """UI URLs of the running local servers that answer now (empty when none is up)."""
+    return {name: s.ui_url for name, (s, ok) in status(params).items() if ok}

@@ -1,0 +1,106 @@
+"""Ingestion tasks: discovery per institution, images per patient, clinical per institution, cohort.
+
+Each cached task has a key function that mirrors the library's own content key, so a Prefect cache
+hit and the library's content-keyed folder always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from survival_model.config import IngestParams, Institution
+from survival_model.errors import DataSourceError
+from survival_model.fingerprint import DigestMemo
+from survival_model.ingest import clinical as clinical_lib
+from survival_model.ingest import cohort as cohort_lib
+from survival_model.ingest import images as images_lib
+from survival_model.ingest.discovery import CaseFiles, discover_cases
+from survival_model.ingest.privacy import Pseudonymiser
+from tasks.common import digest_memo_path
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """One case found on disk, with its pseudonymous id (the raw files stay inside ingestion)."""
+
+    case_id: str
+    files: CaseFiles
+
+
+@dataclass(frozen=True)
+class SiteDiscovery:
+    site: str
+    cases: list[Discovered]
+    error: str | None = None
+
+
+@task(name="discover-cases", tags=["ingest"], persist_result=False)
+def discover(site: str, institution: Institution, pseudonymiser: Pseudonymiser) -> SiteDiscovery:
+    """List a site's cases. Not cached and not persisted: it must look at the disk every run, and
+    its result holds source identifiers that must not be stored by the orchestrator."""
+    try:
+        cases = discover_cases(site, institution.images)
+    except DataSourceError as exc:
+        return SiteDiscovery(site, [], str(exc))
+    found = [Discovered(images_lib.case_id_for(c, institution, pseudonymiser), c) for c in cases]
+    return SiteDiscovery(site, found)
+
+
+def images_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
+    case: CaseFiles = inputs["case"]
+    work_dir: Path = inputs["work_dir"]
+    source = images_lib.source_digest(case, DigestMemo(digest_memo_path(work_dir)))
+    key = images_lib.case_key(inputs["case_id"], source, inputs["institution"], inputs["params"])
+    return key, images_lib.expected_output(work_dir, case.site, inputs["case_id"], key)
+
+
+@task(name="ingest-images", tags=["ingest", "per-patient"], task_run_name="images-{case_id}")
+def ingest_images(
+    case_id: str,
+    case: CaseFiles,
+    institution: Institution,
+    params: IngestParams,
+    pseudonymiser: Pseudonymiser,
+    work_dir: Path,
+) -> images_lib.ImageOutcome:
+    return images_lib.ingest_case(case, institution, params, pseudonymiser, work_dir,
+                                  DigestMemo(digest_memo_path(work_dir)))
+
+
+def clinical_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
+    work_dir: Path = inputs["work_dir"]
+    key = clinical_lib.clinical_key(inputs["site"], inputs["institution"], inputs["params"],
+                                    inputs["pseudonymiser"], DigestMemo(digest_memo_path(work_dir)))
+    return key, clinical_lib.clinical_expected_output(work_dir, inputs["site"], key)
+
+
+@task(name="harmonise-clinical", tags=["ingest"], task_run_name="clinical-{site}")
+def harmonise_clinical(
+    site: str,
+    institution: Institution,
+    params: IngestParams,
+    pseudonymiser: Pseudonymiser,
+    work_dir: Path,
+) -> clinical_lib.ClinicalResult:
+    return clinical_lib.harmonise_site(site, institution, params, pseudonymiser, work_dir,
+                                       DigestMemo(digest_memo_path(work_dir)))
+
+
+def cohort_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
+    key = cohort_lib.cohort_key(inputs["outcomes"], inputs["clinical"], inputs["params"], inputs["site_errors"])
+    return key, [cohort_lib.cohort_folder(inputs["work_dir"], key) / "summary.json"]
+
+
+@task(name="assemble-cohort", tags=["ingest"])
+def assemble_cohort(
+    outcomes: list[images_lib.ImageOutcome],
+    clinical: list[clinical_lib.ClinicalResult],
+    site_errors: dict[str, str],
+    params: IngestParams,
+    work_dir: Path,
+) -> cohort_lib.CohortResult:
+    return cohort_lib.build_cohort(outcomes, clinical, params, work_dir, site_errors=site_errors)

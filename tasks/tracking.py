@@ -1,0 +1,54 @@
+"""Tracking tasks: one MLflow run per pipeline run, and the ingestion summary in MLflow and Prefect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from survival_model.config import Params
+from survival_model.ingest import report
+from survival_model.ingest.cohort import CohortResult
+from survival_model.tracking import Tracker
+from survival_model.tracking_summary import ingestion_metrics, run_params
+
+
+@task(name="start-mlflow-run", tags=["tracking"], retries=2, retry_delay_seconds=[2, 10])
+def start_run(params: Params, run_name: str, tags: dict[str, str]) -> str:
+    tracker = Tracker.from_params(params)
+    run_id = tracker.start_run(run_name, tags=tags)
+    tracker.log_params(run_id, run_params(params))
+    return run_id
+
+
+@task(name="end-mlflow-run", tags=["tracking"], retries=2, retry_delay_seconds=[2, 10])
+def end_run(params: Params, run_id: str, status: str) -> None:
+    Tracker.from_params(params).end_run(run_id, status)
+
+
+@task(name="log-ingestion", tags=["tracking"], retries=2, retry_delay_seconds=[2, 10])
+def log_ingestion(params: Params, run_id: str, cohort: CohortResult) -> str:
+    """Counts, quarantine by reason, fingerprint, dataset input and artifacts on the MLflow run."""
+    tracker = Tracker.from_params(params)
+    frame = cohort.cohort()
+    tracker.log_metrics(run_id, ingestion_metrics(cohort.summary))
+    tracker.set_tags(run_id, {"data_fingerprint": cohort.fingerprint})
+    tracker.log_dataset(run_id, frame, name="canonical-cohort", digest=cohort.fingerprint,
+                        source=cohort.cohort_path.as_uri(), context="ingestion")
+    tracker.log_artifacts(run_id, cohort.report_files(), artifact_path="ingestion")
+    return tracker.run_url(run_id)
+
+
+@task(name="publish-ingestion-artifacts", tags=["ui"])
+def publish_ingestion(cohort: CohortResult, run_link: str) -> None:
+    """The same summary in the Prefect UI: Markdown digest, per-site table, quarantine table, link."""
+    summary: dict[str, Any] = cohort.summary
+    create_markdown_artifact(report.summary_markdown(summary, run_link), key="ingestion-summary",
+                             description="Canonical cohort and quarantine at a glance")
+    create_table_artifact(report.site_table(summary), key="cohort-by-site",
+                          description="Patients, events and quarantine per site")
+    create_table_artifact(report.quarantine_table(cohort.quarantine()) or [{"reason": "none"}],
+                          key="quarantine", description="Patients kept out of the cohort, with reasons")
+    if run_link.startswith("http"):
+        create_link_artifact(run_link, link_text="MLflow run", key="mlflow-run")

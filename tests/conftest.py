@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny synthetic cohort (generated once per session), params pointing at it,
+and Prefect settings for tests (analytics off, a throw-away Prefect home)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# Before anything imports Prefect: its settings are read on import.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="prefect-home-"))
+os.environ.setdefault("PREFECT_HOME", str(_PREFECT_HOME))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import pytest  # noqa: E402
+
+from survival_model.config import Params, load_params  # noqa: E402
+from survival_model.synthetic.cohort import GeneratorConfig, generate_cohort  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"patients": {"site_a": 4, "site_b": 3, "site_c": 3}, "shape": (48, 48, 31), "spacing_mm": 5.0}
+
+
+def tiny_config(out_dir: Path, **changes: Any) -> GeneratorConfig:
+    return GeneratorConfig(out_dir=out_dir, seed=7, **{**TINY, **changes})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny three-site cohort with every bad patient, generated once (read-only: copy to modify)."""
+    out = tmp_path_factory.mktemp("cohort") / "synthetic"
+    generate_cohort(tiny_config(out))
+    return out
+
+
+@pytest.fixture()
+def tiny_cohort(tiny_cohort_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny cohort that a test may modify."""
+    copy = tmp_path / "synthetic"
+    shutil.copytree(tiny_cohort_master, copy)
+    return copy
+
+
+def params_for(data_dir: Path, work_dir: Path, **overrides: Any) -> Params:
+    """The repository's params.yaml pointed at a generated cohort and a private work directory."""
+    values: dict[str, Any] = {
+        "work_dir": str(work_dir),
+        "privacy.key_file": str(work_dir.parent / "pseudonym.key"),
+        "synthetic.out_dir": str(data_dir),
+        "institutions.site_a.images.root": str(data_dir / "site_a" / "images"),
+        "institutions.site_a.clinical.path": str(data_dir / "site_a" / "clinical.csv"),
+        "institutions.site_b.images.root": str(data_dir / "site_b" / "images"),
+        "institutions.site_b.clinical.path": str(data_dir / "site_b" / "clinical.xlsx"),
+        "institutions.site_c.images.root": str(data_dir / "site_c" / "images"),
+        "institutions.site_c.clinical.path": str(data_dir / "site_c" / "clinical.csv"),
+        **overrides,
+    }
+    return load_params(REPO / "params.yaml", values)
+
+
+@pytest.fixture()
+def tiny_params(tiny_cohort_master: Path, tmp_path: Path) -> Params:
+    return params_for(tiny_cohort_master, tmp_path / "work")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the whole session (starting one takes 10-30 s here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def realdata_dir() -> Path | None:
+    """The shared real-data folder, if this machine has it (tests using it skip otherwise)."""
+    candidates = [os.environ.get("SURVIVAL_MODEL_REALDATA"), REPO.parent / "shared" / "realdata",
+                  Path("/work/shared/realdata")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None

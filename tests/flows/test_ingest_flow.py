@@ -1,0 +1,169 @@
+"""The ingestion flow under a Prefect test harness: quarantine reasons, caching, re-runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+from flows.ingest import ingest
+from survival_model.config import Params
+from survival_model.ingest.privacy import Pseudonymiser
+from tests.conftest import params_for
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def expected_quarantine(data_dir: Path, params: Params) -> dict[str, str]:
+    """case id -> reason, from the generator's ground truth."""
+    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    table = pd.read_csv(data_dir / "ground_truth" / "expected_quarantine.csv", dtype=str)
+    return {pseudonymiser.case_id(r.site, r.patient_key): r.reason for r in table.itertuples()}
+
+
+def task_states(flow_run_id: UUID) -> dict[str, str]:
+    """task-run name -> state name, for every task run of a flow run."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run.state.name for run in runs if run.state is not None}
+
+
+def run_ingest(params: Params) -> tuple[object, dict[str, str]]:
+    state = ingest(params, return_state=True)
+    cohort = state.result()
+    return cohort, task_states(state.state_details.flow_run_id)
+
+
+def test_every_bad_patient_is_quarantined_for_its_reason_and_the_rest_is_intact(
+    tiny_cohort_master: Path, tmp_path: Path
+) -> None:
+    params = params_for(tiny_cohort_master, tmp_path / "work")
+    cohort_result, _ = run_ingest(params)
+    cohort = cohort_result.cohort()
+    quarantine = cohort_result.quarantine()
+    expected = expected_quarantine(tiny_cohort_master, params)
+
+    assert len(expected) == 13
+    found = {(r.case_id, r.reason) for r in quarantine.itertuples()}
+    for case_id, reason in expected.items():
+        assert (case_id, reason) in found, f"{reason} not reported for {case_id}"
+    assert set(quarantine["case_id"]) == set(expected), "a good patient was quarantined"
+
+    truth = pd.read_csv(tiny_cohort_master / "ground_truth" / "patients.csv", dtype={"patient_key": str})
+    good = truth[truth["bad_reason"].isna()]
+    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    good_ids = {pseudonymiser.case_id(r.site, r.patient_key) for r in good.itertuples()}
+    assert set(cohort["case_id"]) == good_ids
+    assert cohort_result.summary["patients"] == 10
+
+    # clinical values survive three formats (days / months / dates) within rounding
+    merged = cohort.merge(good.assign(case_id=[pseudonymiser.case_id(r.site, r.patient_key)
+                                               for r in good.itertuples()]), on="case_id")
+    assert len(merged) == 10
+    assert (merged["event_x"].astype(int) == merged["event_y"]).all()
+    assert np.allclose(merged["time_days_x"].astype(float), merged["time_days_y"], atol=0.6)
+    known_kps = merged["kps"].notna()
+    assert known_kps.sum() >= 8
+    assert (merged.loc[known_kps, "kps"].astype(float) == merged.loc[known_kps, "clin_kps"]).all()
+    assert (merged["sex"].astype(str) == merged["clin_sex"]).all()
+    assert (merged["primary"].astype(str) == merged["clin_primary"]).all()
+    assert (merged["n_brain_mets"].astype(int) == merged["clin_n_brain_mets"]).all()
+    site_c = merged[merged["site_x"] == "site_c"]
+    assert np.allclose(site_c["age"].astype(float), site_c["clin_age"], atol=0.1)
+
+    # identifying columns never reach the cohort
+    for column in ("patient_name", "mrn", "date_of_birth", "Name", "MRN", "DOB", "surname", "birth_date"):
+        assert column not in cohort.columns
+    text = cohort.to_csv() + quarantine.to_csv()
+    assert "SYN-MET-" not in text and "P000" not in text
+
+
+def test_second_run_is_cached_and_a_changed_image_reruns_that_patient_only(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    params = params_for(tiny_cohort, tmp_path / "work")
+    first, states1 = run_ingest(params)
+    assert any(s == "Completed" for n, s in states1.items() if n.startswith("images-"))
+
+    second, states2 = run_ingest(params)
+    computing = {n: s for n, s in states2.items() if not n.startswith("discover")}
+    assert computing and all(s == "Cached" for s in computing.values()), computing
+    assert second.cohort_path == first.cohort_path
+
+    # change the bytes of one patient's image
+    case_dir = tiny_cohort / "site_a" / "images" / "SYN-MET-00002-000"
+    path = case_dir / "SYN-MET-00002-000-t1c.nii.gz"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    array[array.shape[0] // 2, 10, 10] += 5.0
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(image)
+    sitk.WriteImage(changed, str(path), True)
+
+    _, states3 = run_ingest(params)
+    changed_id = Pseudonymiser.from_params(params.privacy).case_id("site_a", "SYN-MET-00002-000")
+    images = {n: s for n, s in states3.items() if n.startswith("images-")}
+    assert images[f"images-{changed_id}"] == "Completed"
+    assert all(s == "Cached" for n, s in images.items() if n != f"images-{changed_id}")
+    assert all(s == "Cached" for n, s in states3.items() if n.startswith("clinical-"))
+    assert [s for n, s in states3.items() if n.startswith("assemble-cohort")] == ["Completed"]
+
+
+def test_a_cache_hit_whose_outputs_are_missing_is_recomputed(tiny_cohort_master: Path, tmp_path: Path) -> None:
+    params = params_for(tiny_cohort_master, tmp_path / "work")
+    first, _ = run_ingest(params)
+    victim = Path(first.cohort()["path_t1c"].iloc[0]).parent
+    shutil.rmtree(victim)
+
+    second, states = run_ingest(params)
+    rerun = [n for n, s in states.items() if n.startswith("images-") and s == "Completed"]
+    assert len(rerun) == 1
+    assert victim.is_dir() and (victim / "manifest.json").is_file()
+    assert second.cohort_path == first.cohort_path
+
+    _, states3 = run_ingest(params)
+    assert all(s == "Cached" for n, s in states3.items() if not n.startswith("discover"))
+
+
+def test_a_changed_clinical_mapping_reruns_only_that_sites_clinical_task(
+    tiny_cohort_master: Path, tmp_path: Path
+) -> None:
+    params = params_for(tiny_cohort_master, tmp_path / "work")
+    run_ingest(params)
+    changed = params_for(tiny_cohort_master, tmp_path / "work",
+                         **{"institutions.site_b.clinical.values": {"primary": {"thyroid": "other", "ovary": "gi"}}})
+    _, states = run_ingest(changed)
+    assert states["clinical-site_b"] == "Completed"
+    assert states["clinical-site_a"] == "Cached" and states["clinical-site_c"] == "Cached"
+    assert all(s == "Cached" for n, s in states.items() if n.startswith("images-"))
+
+
+def test_subflow_is_registered_under_the_pipeline(tiny_cohort_master: Path, tmp_path: Path) -> None:
+    """The pipeline flow runs ingestion as a child flow with its own task runs."""
+    from flows.pipeline import pipeline
+
+    params = params_for(tiny_cohort_master, tmp_path / "work")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    overrides = {
+        "work_dir": str(params.work_dir),
+        "privacy.key_file": str(params.privacy.key_file),
+        **{f"institutions.{s}.images.root": str(i.images.root) for s, i in params.institutions.items()},
+        **{f"institutions.{s}.clinical.path": str(i.clinical.path) for s, i in params.institutions.items()},
+    }
+    state = pipeline(str(params_file), overrides, return_state=True)
+    result = state.result()
+    assert result.summary["patients"] == 10
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert [c.name for c in children] == ["ingest"]
+    assert children[0].state is not None and children[0].state.is_completed()
+    assert result.mlflow_run_id
