@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,10 +30,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Survival prediction for brain metastases: cached Prefect flows tracked in MLflow.")
 ui_app = typer.Typer(no_args_is_help=True, help="Local Prefect server + UI and MLflow UI.")
 app.add_typer(ui_app, name="ui")
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
-SetOption = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
+]
 
 
 def _load(params_path: Path, overrides: list[str] | None) -> tuple[Params, dict[str, Any]]:
@@ -267,4 +268,4 @@ def main() -> None:  # pragma: no cover - console-script shim
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -94,7 +94,9 @@ class ImageSource(StrictModel):
             object.__setattr__(self, "mask", mask)
         if not self.sequences:
             raise ValueError(f"layout '{self.layout}' needs 'sequences': a file pattern per sequence")
-        for name, pattern in {**self.sequences, "mask": self.mask or "{case}"}.items():
+        patterns: dict[str, str] = {str(k): v for k, v in self.sequences.items()}
+        patterns["mask"] = self.mask or "{case}"
+        for name, pattern in patterns.items():
             if "{case}" not in pattern:
                 raise ValueError(f"pattern for '{name}' must contain '{{case}}' (got {pattern!r})")
         if self.mask_reference not in self.sequences:
@@ -131,7 +133,7 @@ class DurationSurvival(StrictModel):
     event_column: ColumnRef
     #: How raw event values (compared as normalised lower-case strings) map to 1 (death) / 0 (censored).
     event_values: dict[str, Literal[0, 1]] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "1": 1, "1.0": 1, "0": 0, "0.0": 0, "dead": 1, "deceased": 1, "death": 1, "died": 1,
             "yes": 1, "true": 1, "alive": 0, "censored": 0, "no": 0, "false": 0,
         }
@@ -169,7 +171,7 @@ class ClinicalSource(StrictModel):
     delimiter: str | None = None
     encoding: str = "utf-8"
     id_column: ColumnRef
-    id_normalise: list[IdStep] = Field(default_factory=lambda: ["strip"])
+    id_normalise: list[IdStep] = Field(default_factory=lambda: ["strip"])  # type: ignore[arg-type]
     image_id_normalise: list[IdStep] | None = None
     rows_per_patient: Literal["one", "many"] = "one"
     count_rows_as: ClinicalField | None = None
@@ -239,7 +241,7 @@ class Institution(StrictModel):
     images: ImageSource
     labels: str | dict[int, RegionName] = "brats_mets"
     clinical: ClinicalSource
-    acquisition: Acquisition = Field(default_factory=Acquisition)
+    acquisition: Acquisition = Field(default_factory=lambda: Acquisition())
 
     @field_validator("labels")
     @classmethod
@@ -350,13 +352,13 @@ class Params(StrictModel):
     """The whole run configuration."""
 
     work_dir: Path = Path("work")
-    privacy: PrivacyParams = Field(default_factory=PrivacyParams)
-    tracking: TrackingParams = Field(default_factory=TrackingParams)
-    orchestration: OrchestrationParams = Field(default_factory=OrchestrationParams)
-    servers: ServerParams = Field(default_factory=ServerParams)
-    synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
+    privacy: PrivacyParams = Field(default_factory=lambda: PrivacyParams())
+    tracking: TrackingParams = Field(default_factory=lambda: TrackingParams())
+    orchestration: OrchestrationParams = Field(default_factory=lambda: OrchestrationParams())
+    servers: ServerParams = Field(default_factory=lambda: ServerParams())
+    synthetic: SyntheticParams = Field(default_factory=lambda: SyntheticParams())
     institutions: dict[str, Institution]
-    ingest: IngestParams = Field(default_factory=IngestParams)
+    ingest: IngestParams = Field(default_factory=lambda: IngestParams())
 
     @field_validator("institutions")
     @classmethod
@@ -380,7 +382,7 @@ class Params(StrictModel):
 
     def section(self, name: str) -> dict[str, Any]:
         """A JSON-able dump of one section, used in cache keys (a change invalidates that stage only)."""
-        value = getattr(self, name)
+        value = getattr(self, name, None)
         if isinstance(value, BaseModel):
             return value.model_dump(mode="json")
         if isinstance(value, Mapping):

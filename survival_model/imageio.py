@@ -57,7 +57,8 @@ def read_dicom_series(folder: Path) -> sitk.Image:
     files = reader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        image: sitk.Image = reader.Execute()
+        return image
     except RuntimeError as exc:
         raise ImageReadError(folder, _first_line(exc)) from None
 
@@ -79,8 +80,8 @@ def count_non_finite_nifti(path: Path) -> int:
     import nibabel as nib
 
     try:
-        image = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for bad headers
+        image: Any = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - nibabel raises several types for bad headers
         raise ImageReadError(path, f"not a valid NIfTI file ({exc})") from None
     if not np.issubdtype(image.get_data_dtype(), np.floating):
         return 0

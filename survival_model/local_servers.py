@@ -90,22 +90,22 @@ def start(params: Params, spec: ServicesSpec) -> dict[str, RunningService]:
     (params.work_dir / "prefect" / "home").mkdir(parents=True, exist_ok=True)
     params.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     running = read_state(params)
-    for name, service in spec.services.items():
-        health = service.health_url.format(**values)
+    for name, declared in spec.services.items():
+        health = declared.health_url.format(**values)
         if healthy(health):
             log.info("%s already answers at %s", name, health)
             if name not in running:
-                running[name] = RunningService(name, -1, service.ui_url.format(**values), health, "")
+                running[name] = RunningService(name, -1, declared.ui_url.format(**values), health, "")
             continue
         log_path = params.work_dir / "servers" / f"{name}.log"
-        env = {**os.environ, **{k: v.format(**values) for k, v in service.env.items()}}
-        command = [part.format(**values) for part in service.command]
+        env = {**os.environ, **{k: v.format(**values) for k, v in declared.env.items()}}
+        command = [part.format(**values) for part in declared.command]
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(  # noqa: S603 - command from our own services file
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, cwd=params.work_dir,
             )
-        running[name] = RunningService(name, process.pid, service.ui_url.format(**values), health, str(log_path))
+        running[name] = RunningService(name, process.pid, declared.ui_url.format(**values), health, str(log_path))
     write_json({k: asdict(v) for k, v in running.items()}, state_file(params))
     deadline = time.monotonic() + params.servers.startup_timeout_seconds
     pending = dict(running)

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import Task
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
+from prefect.client.schemas.objects import State, TaskRun
 
 from survival_model.config import Params
 from survival_model.errors import SurvivalModelError, TransientIOError
@@ -50,4 +49,4 @@ def configure(task: T, params: Params, key_fn: KeyFn | None = None) -> T:
         )
         options["persist_result"] = True
         options["result_storage"] = result_storage(params.work_dir)
-    return task.with_options(**options)
+    return task.with_options(**options)  # type: ignore[return-value]

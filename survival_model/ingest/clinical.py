@@ -27,7 +27,7 @@ import logging
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ import pandas as pd
 
 from survival_model.config import (
     AgeFromDates,
-    ClinicalField,
     ClinicalSource,
     ColumnRef,
     DatesSurvival,
@@ -160,14 +159,15 @@ class RawTable:
             raise DataSourceError(f"{what}: column position {ref} is outside the table's {len(self.names)} columns")
         target = _clean_header(ref)
         lowered = [n.lower() for n in self.names]
-        rules = (
-            lambda n, raw: raw == target,  # exact
-            lambda n, raw: n == target.lower(),  # case-insensitive
+        wanted = target.lower()
+        rules: tuple[Callable[[str, str], bool], ...] = (
+            lambda low, raw: raw == target,  # exact
+            lambda low, raw: low == wanted,  # case-insensitive
             # the lower part of a multi-row name: "Time" or "Death / Time" for "Death / Time"
-            lambda n, raw: n.endswith(" / " + target.lower()),
+            lambda low, raw: low.endswith(" / " + wanted),
         )
         for rule in rules:
-            hits = [i for i, (n, raw) in enumerate(zip(lowered, self.names, strict=True)) if rule(n, raw)]
+            hits = [i for i, (low, raw) in enumerate(zip(lowered, self.names, strict=True)) if rule(low, raw)]
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
@@ -205,7 +205,7 @@ def read_raw_table(src: ClinicalSource) -> RawTable:
     names = [" / ".join(part for part in parts if part) for parts in zip(*header_rows, strict=True)]
     first = src.first_data_row if src.first_data_row is not None else src.header_rows[-1] + 1
     cells = raw.iloc[first:].reset_index(drop=True)
-    cells.columns = range(cells.shape[1])
+    cells.columns = pd.RangeIndex(cells.shape[1])
     return RawTable(cells=cells, names=names, first_row_number=first + 1)
 
 
@@ -401,8 +401,8 @@ def _check_ranges(out: dict[str, Any], params: IngestParams) -> None:
 def _resolve_columns(table: RawTable, src: ClinicalSource, site: str) -> dict[str, int]:
     what = f"institution '{site}' clinical table"
     cols: dict[str, int] = {"__id": table.resolve(src.id_column, what)}
-    for name, ref in src.columns.items():
-        cols[name] = table.resolve(ref, what)
+    for field_name, ref in src.columns.items():
+        cols[field_name] = table.resolve(ref, what)
     survival = src.survival
     if isinstance(survival, DurationSurvival):
         cols["__time"] = table.resolve(survival.time_column, what)
@@ -434,7 +434,8 @@ def _merge_patient_rows(
         elif rule in ("min", "max"):
             merged[name] = min(present) if rule == "min" else max(present)
         elif len(set(present)) > 1:
-            raise PatientDataError("inconsistent_rows", f"{len(records)} rows disagree on {name.removeprefix('extra_')} "
+            field_name = name.removeprefix("extra_")
+            raise PatientDataError("inconsistent_rows", f"{len(records)} rows disagree on {field_name} "
                                                         "(declare a merge rule in clinical.merge_rules)")
         else:
             merged[name] = present[0]
@@ -472,20 +473,21 @@ def harmonise_table(
             record = _row_record(row, table, src, cols, params)
         except PatientDataError as exc:
             failed.setdefault(case_id, exc)
-            by_patient[case_id]  # noqa: B018 - the patient exists even if its row failed
+            by_patient[case_id]
             continue
         if "primary" in cols:
             raw_primary = _text(row[cols["primary"]], src.missing_values)
-            if record["primary"] == "other" and raw_primary is not None and raw_primary.lower() not in {"other"} \
-                    and raw_primary.lower() not in src.values.get("primary", {}):  # type: ignore[call-overload]
+            declared = src.values.get("primary", {})
+            if record["primary"] == "other" and raw_primary is not None \
+                    and raw_primary.lower() not in {"other", *declared}:
                 fallbacks[raw_primary[:40]] += 1
         by_patient[case_id].append(record)
 
     rows = []
     for case_id, records in by_patient.items():
         if case_id in failed:
-            exc = failed[case_id]
-            quarantine.append(QuarantineRecord(site, case_id, "clinical", exc.reason, f"{case_id}: {exc.message}"))
+            error = failed[case_id]
+            quarantine.append(QuarantineRecord(site, case_id, "clinical", error.reason, f"{case_id}: {error.message}"))
             continue
         if len(records) > 1 and src.rows_per_patient == "one":
             quarantine.append(QuarantineRecord(site, case_id, "clinical", "duplicate_clinical_row",
@@ -515,7 +517,7 @@ def _typed_frame(rows: list[dict[str, Any]], src: ClinicalSource) -> pd.DataFram
     extra = [f"extra_{n}" for n in src.extra_columns]
     frame = pd.DataFrame(rows, columns=[*base.columns, *extra])
     for column, dtype in {"site": "string", "case_id": "string", **CLINICAL_DTYPES}.items():
-        frame[column] = frame[column].astype(object).where(frame[column].notna(), None).astype(dtype)
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None).astype(dtype)  # type: ignore[call-overload]
     for column in extra:
         numeric = pd.to_numeric(frame[column], errors="coerce")
         all_numeric = numeric.notna().sum() == frame[column].notna().sum()

@@ -37,7 +37,8 @@ class CaseFiles:
 
     def content_digests(self, memo: DigestMemo | None = None) -> dict[str, str | None]:
         """Digest of every declared file (``None`` if absent): the content part of cache keys."""
-        named: dict[str, Path | None] = {**self.sequences, "mask": self.mask}
+        named: dict[str, Path | None] = {str(k): v for k, v in self.sequences.items()}
+        named["mask"] = self.mask
         if self.brain_mask is not None or "brain_mask" in self.expected:
             named["brain_mask"] = self.brain_mask
         return {k: (file_digest(p, memo) if p is not None and p.exists() else None)
@@ -69,7 +70,7 @@ def discover_cases(site: str, source: ImageSource) -> list[CaseFiles]:
     root = source.root
     if not root.is_dir():
         raise DataSourceError(f"institution '{site}': image folder {root} does not exist")
-    named: dict[str, str] = {**source.sequences}
+    named: dict[str, str] = {str(k): v for k, v in source.sequences.items()}
     if source.mask:
         named["mask"] = source.mask
     if source.brain_mask:

@@ -211,8 +211,8 @@ def _check_values(image: sitk.Image, name: str, case_id: str, path: Path) -> Non
         raise PatientDataError("non_finite", f"{case_id}: {name} has {bad} NaN/infinite voxels; "
                                              "re-export the image from the source")
     if array.size == 0 or array.min() == array.max():
-        raise PatientDataError("empty_image", f"{case_id}: {name} is constant ({array.min() if array.size else 'empty'}); "
-                                              "the file holds no image")
+        value = array.min() if array.size else "empty"
+        raise PatientDataError("empty_image", f"{case_id}: {name} is constant ({value}); the file holds no image")
 
 
 def _geometry(image: sitk.Image) -> dict[str, Any]:
@@ -249,10 +249,11 @@ def _describe_grid(image: sitk.Image) -> str:
 
 def _remap_labels(mask: sitk.Image, label_map: dict[int, int], case_id: str, scheme: str) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(mask)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all() or not np.all(np.equal(np.mod(array, 1), 0)):
-            raise PatientDataError("unknown_label", f"{case_id}: the mask has non-integer values; "
-                                                    "it must be a label map, not a probability map")
+    if np.issubdtype(array.dtype, np.floating) and (
+        not np.isfinite(array).all() or not np.all(np.equal(np.mod(array, 1), 0))
+    ):
+        raise PatientDataError("unknown_label", f"{case_id}: the mask has non-integer values; "
+                                                "it must be a label map, not a probability map")
     values = np.unique(array).astype(np.int64)
     unknown = sorted(int(v) for v in values if int(v) not in label_map)
     if unknown:
@@ -293,7 +294,8 @@ def _validate_and_write(
     missing = [s for s, p in case.sequences.items() if p is None]
     if missing:
         patterns = ", ".join(f"{s}: '{case.expected.get(s, '?')}'" for s in missing)
-        raise PatientDataError("missing_sequence", f"{case_id}: sequence(s) {', '.join(missing)} not found ({patterns})")
+        raise PatientDataError("missing_sequence",
+                               f"{case_id}: sequence(s) {', '.join(missing)} not found ({patterns})")
     if case.mask is None:
         raise PatientDataError("missing_segmentation", f"{case_id}: no segmentation found "
                                                        f"(pattern '{case.expected.get('mask', '?')}')")
@@ -306,11 +308,11 @@ def _validate_and_write(
     reference_name = institution.images.mask_reference
     reference = images[reference_name]
     if institution.acquisition.co_registered:
-        for name, image in images.items():
+        for seq, image in images.items():
             if _on_grid(image, reference, params) == "different":
                 raise PatientDataError(
                     "sequence_grid_mismatch",
-                    f"{case_id}: the site is declared co-registered but {name} ({_describe_grid(image)}) is not on "
+                    f"{case_id}: the site is declared co-registered but {seq} ({_describe_grid(image)}) is not on "
                     f"the grid of {reference_name} ({_describe_grid(reference)}); set "
                     "acquisition.co_registered: false for this site to have sequences registered",
                 )
@@ -333,16 +335,17 @@ def _validate_and_write(
     if case.brain_mask is not None:
         brain = _read(case, "brain_mask", case.brain_mask, case_id)
         if _on_grid(brain, reference, params) == "different":
-            raise PatientDataError("mask_grid_mismatch", f"{case_id}: the brain mask is not on the grid of {reference_name}")
+            raise PatientDataError("mask_grid_mismatch",
+                                   f"{case_id}: the brain mask is not on the grid of {reference_name}")
         brain.CopyInformation(reference)
         brain = sitk.Cast(brain > 0, sitk.sitkUInt8)
         write_image(_strip_metadata(brain), out / "brain_mask.nii.gz", compress=params.compress_images)
         brain_mask_file = "brain_mask.nii.gz"
 
     files = {}
-    for name, image in images.items():
-        files[name] = f"{name}.nii.gz"
-        write_image(_strip_metadata(image), out / files[name], compress=params.compress_images)
+    for seq, image in images.items():
+        files[seq] = f"{seq}.nii.gz"
+        write_image(_strip_metadata(image), out / files[seq], compress=params.compress_images)
     write_image(canonical, out / "seg.nii.gz", compress=params.compress_images)
 
     labels = sitk.GetArrayViewFromImage(canonical)
@@ -350,7 +353,7 @@ def _validate_and_write(
     counts = np.bincount(labels.ravel(), minlength=4)
     qc = {
         "reference": reference_name,
-        "geometry": {name: _geometry(image) for name, image in images.items()},
+        "geometry": {seq: _geometry(image) for seq, image in images.items()},
         "mask_geometry_fixed": grid == "fixable",
         "label_voxels": {"netc": int(counts[1]), "snfh": int(counts[2]), "et": int(counts[3])},
         "label_volume_mm3": {"netc": counts[1] * voxel_mm3, "snfh": counts[2] * voxel_mm3, "et": counts[3] * voxel_mm3},

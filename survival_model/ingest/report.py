@@ -7,10 +7,9 @@ quarantined patients by reason.
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 from typing import Any
-
-from io import BytesIO
 
 import numpy as np
 import pandas as pd
@@ -87,7 +86,8 @@ def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> P
         km.fill_between(t, lo, hi, step="post", alpha=0.15, color=line.get_color())
     km.set(xlabel="months since start", ylabel="overall survival", ylim=(0, 1.02),
            title="Kaplan-Meier by site (95% CI)")
-    km.legend(fontsize=8)
+    if km.get_lines():
+        km.legend(fontsize=8)
     km.grid(alpha=0.3)
 
     sites = sorted(cohort["site"].unique()) if len(cohort) else []

@@ -139,7 +139,7 @@ def _patient_rng(config: GeneratorConfig, plan: PatientPlan) -> np.random.Genera
 
 def _identity(rng: np.random.Generator, age: float, entry_months: float) -> dict[str, str]:
     diagnosis = dt.date(2016, 1, 4) + dt.timedelta(days=int(entry_months * sv.DAYS_PER_MONTH))
-    birth = diagnosis - dt.timedelta(days=int(round(age * 365.25)))
+    birth = diagnosis - dt.timedelta(days=round(age * 365.25))
     return {
         "name": f"{rng.choice(sites.FIRST_NAMES)} {rng.choice(sites.LAST_NAMES)}",
         "mrn": f"{int(rng.integers(10_000_000, 99_999_999))}",

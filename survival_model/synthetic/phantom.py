@@ -226,9 +226,7 @@ _LESION_INTENSITY = np.array(
     dtype=np.float32,
 )
 # Relative texture amplitude per tissue code (multiplies a unit-variance random field).
-_TEXTURE_AMPLITUDE = np.array(
-    [0.0, 0.06, 0.10, 0.02, 0.03, 0.03, 0.02, 0.03, 0.05, 0.06, 0.02], dtype=np.float32
-)
+_TEXTURE_AMPLITUDE = np.array([0.0, 0.06, 0.10, 0.02, 0.03, 0.03, 0.02, 0.03, 0.05, 0.06, 0.02], dtype=np.float32)
 _ET_TEXTURE = 0.30  # relative modulation of enhancing tissue per unit heterogeneity and field std
 _NETC_TEXTURE = 0.15
 _EDEMA_EDGE_WEIGHT = 0.6  # edema signal at the outer edge, as a fraction of its full value
@@ -784,16 +782,10 @@ class _Anatomy:
         self.fold = _make_field(rng, 24, (0.8 * w, 1.25 * w), bounded=False)
         self.fold_krms = self.fold.rms_wavenumber()
         self._fold_table: F32 | None = None
-        self.folia = _make_field(
-            np.random.default_rng([head.seed, _FIELD_FOLIA]), 12, (20.0, 35.0), bounded=False
-        )
-        self.low = _make_field(
-            np.random.default_rng([head.seed, _FIELD_LOW]), 10, (40.0, 90.0), bounded=False
-        )
+        self.folia = _make_field(np.random.default_rng([head.seed, _FIELD_FOLIA]), 12, (20.0, 35.0), bounded=False)
+        self.low = _make_field(np.random.default_rng([head.seed, _FIELD_LOW]), 10, (40.0, 90.0), bounded=False)
         self.mid = _make_field(np.random.default_rng([head.seed, _FIELD_MID]), 6, (60.0, 120.0), bounded=True)
-        self.texture = _make_field(
-            np.random.default_rng([head.seed, _FIELD_TEXTURE]), 30, (2.5, 8.0), bounded=False
-        )
+        self.texture = _make_field(np.random.default_rng([head.seed, _FIELD_TEXTURE]), 30, (2.5, 8.0), bounded=False)
 
     # -- geometry helpers (patient-frame flat float32 arrays) --------------------------------------
     def template(self, x: F32, y: F32, z: F32) -> tuple[F32, F32, F32]:
@@ -871,9 +863,7 @@ class _Anatomy:
         return out
 
     # -- tissue classification ---------------------------------------------------------------------
-    def classify(
-        self, smp: _Samples, junction: bool = False, within: IntArray | None = None
-    ) -> tuple[U8, F32]:
+    def classify(self, smp: _Samples, junction: bool = False, within: IntArray | None = None) -> tuple[U8, F32]:
         """Tissue code of every sample point and, if ``junction``, its distance (mm) to the GM/WM junction.
 
         The distance is infinite outside GM/WM and 8 mm in deep grey nuclei; an empty array when not
@@ -1008,9 +998,7 @@ class _Anatomy:
         d_tent: F32 = np.abs(np.where(infra, np.minimum(dz, dy), outside)).astype(np.float32)
         return infra, d_tent
 
-    def _fissure(
-        self, smp: _Samples, sel: IntArray, qy: F32, qz: F32, infra: BoolArray
-    ) -> tuple[BoolArray, F32, F32]:
+    def _fissure(self, smp: _Samples, sel: IntArray, qy: F32, qz: F32, infra: BoolArray) -> tuple[BoolArray, F32, F32]:
         """Interhemispheric fissure above the corpus callosum: (region, midline x in mm, depth in mm).
 
         The depth is the distance (mm) from the fissure's CSF, infinite outside its region.
@@ -1127,9 +1115,7 @@ def _ventricles(qx: F32, qy: F32, qz: F32, scale: float) -> BoolArray:
     half_width = np.float32(4.5) * v * (one + np.float32(0.25) * yy / np.float32(30.0))
     xc = np.float32(2.0) + half_width + np.float32(0.08) * np.maximum(yy, 0)
     half_length = np.float32(30.0) + np.float32(3.0) * v
-    lateral = ((ax - xc) / half_width) ** 2 + (yy / half_length) ** 2 + (
-        zz / (np.float32(6.0) * v)
-    ) ** 2 < 1.0
+    lateral = ((ax - xc) / half_width) ** 2 + (yy / half_length) ** 2 + (zz / (np.float32(6.0) * v)) ** 2 < 1.0
     third = (qx / (np.float32(1.5) * v)) ** 2 + ((qy - 6.0) / 12.0) ** 2 + ((qz + 2.0) / 8.0) ** 2 < 1.0
     fourth = (qx / 6.0) ** 2 + ((qy - 22.0) / 3.5) ** 2 + ((qz + 30.0) / 8.0) ** 2 < 1.0
     out: BoolArray = lateral | third | fourth
@@ -1324,9 +1310,7 @@ def _rasterise_lesion(lesion: Lesion, sub: _AffineMap, tis: U8, with_modulators:
     return prio.reshape(sub.shape), tex, edw
 
 
-def _render_lesions(
-    lesions: Sequence[Lesion], amap: _AffineMap, tissue: U8, with_modulators: bool
-) -> _LesionLayers:
+def _render_lesions(lesions: Sequence[Lesion], amap: _AffineMap, tissue: U8, with_modulators: bool) -> _LesionLayers:
     """Rasterise lesions on ``amap`` (tissue codes on the same block restrict the edema)."""
     prio = np.zeros(amap.shape, dtype=np.uint8)  # 0 none, 1 SNFH, 2 NETC, 3 ET
     shape = amap.shape if with_modulators else (1, 1, 1)
@@ -1381,9 +1365,7 @@ class LesionSummary:
     infratentorial: bool
 
 
-def lesion_summaries(
-    head: Head, lesions: Sequence[Lesion], *, n_directions: int = 4096
-) -> list[LesionSummary]:
+def lesion_summaries(head: Head, lesions: Sequence[Lesion], *, n_directions: int = 4096) -> list[LesionSummary]:
     """Per-lesion true tumour, ET and NETC volumes (mm3) and whether the centre is infratentorial.
 
     Volumes integrate ``r(u)^3 / 3`` over directions, so they do not depend on any grid; tumours never
@@ -1501,18 +1483,14 @@ def sample_lesions(
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
 
     anat = _Anatomy(head)
-    radii = np.sort(np.clip(rng.lognormal(math.log(radius_median_mm), radius_sigma, int(n)), r_lo, r_hi))[
-        ::-1
-    ]
+    radii = np.sort(np.clip(rng.lognormal(math.log(radius_median_mm), radius_sigma, int(n)), r_lo, r_hi))[::-1]
     placed: list[Lesion] = []
     directions = _fibonacci_sphere(64)
     half_box = anat.semi * np.array([0.9, 0.9, 0.9])
     for radius in radii:
         lesion = _sample_lesion_attributes(float(radius), rng, edema_ratio_median)
         want_infra = bool(rng.uniform() < infratentorial_fraction)
-        centre = _place_lesion(
-            anat, lesion, placed, want_infra, rng, directions, half_box, min_gap_mm, max_attempts
-        )
+        centre = _place_lesion(anat, lesion, placed, want_infra, rng, directions, half_box, min_gap_mm, max_attempts)
         placed.append(
             Lesion(
                 centre_mm=centre,
@@ -1533,9 +1511,7 @@ def _sample_lesion_attributes(radius: float, rng: np.random.Generator, edema_rat
     irregular = float(np.clip(rng.beta(2.0, 3.0) + 0.02 * (radius - 7.0), 0.0, 1.0))
     hetero = float(rng.uniform(0.1, 0.8))
     ratio = float(rng.lognormal(math.log(edema_ratio_median), 0.6))
-    edema = float(
-        np.clip(ratio * radius * (0.5 + 0.5 * min(radius / 8.0, 1.5)), 0.0, min(2.0 * radius + 4.0, 30.0))
-    )
+    edema = float(np.clip(ratio * radius * (0.5 + 0.5 * min(radius / 8.0, 1.5)), 0.0, min(2.0 * radius + 4.0, 30.0)))
     return Lesion(
         centre_mm=(0.0, 0.0, 0.0),
         radius_mm=radius,
@@ -1715,9 +1691,7 @@ def _build_scene(
     return _Scene(tissue=tissue, lesions=layers, texture_gain=gain, lesion_index=lesion_index)
 
 
-def _scenes(
-    anat: _Anatomy, lesions: Sequence[Lesion], grid: Grid, motion: RigidMotion | None
-) -> list[_Scene]:
+def _scenes(anat: _Anatomy, lesions: Sequence[Lesion], grid: Grid, motion: RigidMotion | None) -> list[_Scene]:
     return [_build_scene(anat, lesions, grid, motion, off) for off in _sub_offsets(grid)]
 
 

@@ -76,7 +76,7 @@ def site_grid(spec: SiteSpec, base_shape: tuple[int, int, int], base_spacing: fl
     """The site's acquisition grid: the base field of view at the site's voxel size and direction."""
     fov = np.array(base_shape, dtype=float) * base_spacing
     spacing = tuple(float(base_spacing * f) for f in spec.spacing_factor)
-    size = tuple(max(4, int(round(fov[i] / spacing[i]))) for i in range(3))
+    size = tuple(max(4, round(fov[i] / spacing[i])) for i in range(3))
     return Grid.centred((size[0], size[1], size[2]), (spacing[0], spacing[1], spacing[2]),
                         tuple(float(d) for d in spec.direction))
 
@@ -100,7 +100,8 @@ def to_image(array: np.ndarray, grid: Grid, dtype: int | None = None) -> sitk.Im
 
 
 def as_int16(array: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(array), 0, 32767).astype(np.int16)
+    out: np.ndarray = np.clip(np.rint(array), 0, 32767).astype(np.int16)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

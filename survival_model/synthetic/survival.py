@@ -15,8 +15,8 @@ Survival
 Weibull proportional hazards, time in months: ``S(t) = exp(-(t / lambda_gpa)^k * exp(eta))`` with
 shape ``k = 1.3``. The baseline scale follows the patient's GPA class (Sperduto et al., IJROBP
 2008;70:510-514: GPA 0-1 median 2.6 months, 1.5-2.5 3.8, 3 6.9, 3.5-4 11.0), so a patient with
-``eta = 0`` has the published median of their class. GPA points: age < 50: 1, 50-59: 0.5; KPS 90-100:
-1.5, 70-80: 1; no extracranial metastases: 1; one brain metastasis: 1, two or three: 0.5.
+``eta = 0`` has the published median of their class. GPA points: age < 50: 1, 50-60: 0.5; KPS 90-100:
+1, 70-80: 0.5; no extracranial metastases: 1; one brain metastasis: 1, two or three: 0.5 (0-4 in all).
 
 ``eta`` adds effects the GPA does not contain (log hazard ratios, each centred near the cohort mean):
 
@@ -142,8 +142,8 @@ def sample_clinical(rng: np.random.Generator) -> ClinicalDraw:
 
 def gpa_score(age: float, kps: float, extracranial: bool, n_brain_mets: int) -> float:
     """Sperduto 2008 Graded Prognostic Assessment (0-4, higher = better prognosis)."""
-    score = 1.0 if age < 50 else 0.5 if age < 60 else 0.0
-    score += 1.5 if kps >= 90 else 1.0 if kps >= 70 else 0.0
+    score = 1.0 if age < 50 else 0.5 if age <= 60 else 0.0
+    score += 1.0 if kps >= 90 else 0.5 if kps >= 70 else 0.0
     score += 0.0 if extracranial else 1.0
     score += 1.0 if n_brain_mets == 1 else 0.5 if n_brain_mets <= 3 else 0.0
     return score

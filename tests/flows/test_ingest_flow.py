@@ -145,8 +145,11 @@ def test_a_changed_clinical_mapping_reruns_only_that_sites_clinical_task(
     assert all(s == "Cached" for n, s in states.items() if n.startswith("images-"))
 
 
-def test_subflow_is_registered_under_the_pipeline(tiny_cohort_master: Path, tmp_path: Path) -> None:
-    """The pipeline flow runs ingestion as a child flow with its own task runs."""
+def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_ui(
+    tiny_cohort_master: Path, tmp_path: Path
+) -> None:
+    """One MLflow run per pipeline run (counts, quarantine, fingerprint, dataset, artifacts) and
+    Prefect artifacts (summary, per-site table, quarantine table) for the UI."""
     from flows.pipeline import pipeline
 
     params = params_for(tiny_cohort_master, tmp_path / "work")
@@ -166,4 +169,32 @@ def test_subflow_is_registered_under_the_pipeline(tiny_cohort_master: Path, tmp_
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
     assert [c.name for c in children] == ["ingest"]
     assert children[0].state is not None and children[0].state.is_completed()
-    assert result.mlflow_run_id
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=params.mlflow_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["cohort.patients"] == 10
+    assert run.data.metrics["cohort.site_b.patients"] == 3
+    assert run.data.metrics["quarantine.reason.unknown_label"] == 1
+    assert run.data.metrics["quarantine.patients"] == 13
+    assert run.data.tags["data_fingerprint"] == result.summary["fingerprint"]
+    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert run.data.params["ingest.grid_tolerance_mm"] == "0.05"
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == result.summary["fingerprint"]
+    artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "ingestion")}
+    assert artifacts == {"ingestion/summary.json", "ingestion/summary.md", "ingestion/quarantine.csv",
+                         "ingestion/cohort_summary.png"}
+    assert "site_a-" not in str(run.data.params) and "SYN-MET" not in str(run.data.params)
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as prefect_client:
+        published = prefect_client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in published}
+    assert {"ingestion-summary", "cohort-by-site", "quarantine"} <= set(by_key)
+    assert "mlflow" in str(by_key["ingestion-summary"].data).lower()
+    assert "unknown_label" in str(by_key["quarantine"].data)

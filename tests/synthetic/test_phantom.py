@@ -184,9 +184,7 @@ def test_lesions_stay_inside_the_brain() -> None:
         assert radii == sorted(radii, reverse=True)
         for i, a in enumerate(lesions):
             for b in lesions[i + 1 :]:
-                gap = (
-                    np.linalg.norm(np.subtract(a.centre_mm, b.centre_mm)) - a.max_radius_mm - b.max_radius_mm
-                )
+                gap = np.linalg.norm(np.subtract(a.centre_mm, b.centre_mm)) - a.max_radius_mm - b.max_radius_mm
                 assert gap >= 3.0
 
 
@@ -260,9 +258,7 @@ def test_region_volumes_of_a_sphere_match_the_formula() -> None:
 
 def test_lesion_summaries_agree_with_region_volumes() -> None:
     head, lesions = _patient(15, n=3)
-    lesions = [
-        dataclasses.replace(les, rim_irregularity=1.0, necrosis_fraction=0.5, edema_mm=0.0) for les in lesions
-    ]
+    lesions = [dataclasses.replace(les, rim_irregularity=1.0, necrosis_fraction=0.5, edema_mm=0.0) for les in lesions]
     summaries = ph.lesion_summaries(head, lesions)
     vols = ph.region_volumes(head, lesions, resolution_mm=0.5)
     assert [s.index for s in summaries] == [0, 1, 2]
@@ -496,7 +492,5 @@ def test_default_grid_timing_report() -> None:
     t0 = time.perf_counter()
     ph.render_case(head, lesions, grid, seed=0, bias=bias, motions=motions)
     moving = time.perf_counter() - t0
-    print(
-        f"\nphantom render_case on (96, 96, 62) @ 2.5 mm: {plain:.3f} s (one pose), {moving:.3f} s (4 poses)"
-    )
+    print(f"\nphantom render_case on (96, 96, 62) @ 2.5 mm: {plain:.3f} s (one pose), {moving:.3f} s (4 poses)")
     assert case["seg"].shape == grid.shape

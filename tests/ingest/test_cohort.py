@@ -1,0 +1,102 @@
+"""Cohort assembly rules, on hand-made image outcomes and clinical results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from survival_model.config import IngestParams
+from survival_model.imageio import write_parquet
+from survival_model.ingest.clinical import ClinicalResult, empty_clinical_table
+from survival_model.ingest.cohort import assemble, build_cohort, data_fingerprint
+from survival_model.ingest.images import ImageOutcome, PatientImages
+from survival_model.ingest.quarantine import QuarantineRecord
+
+
+def outcome(case_id: str, site: str = "a", components: int = 1, key: str | None = None) -> ImageOutcome:
+    folder = Path("/w") / case_id
+    images = PatientImages(site, case_id, folder, {"t1c": folder / "t1c.nii.gz"}, folder / "seg.nii.gz", None,
+                           key or f"key-{case_id}", {"tumour_components": components, "mask_geometry_fixed": False,
+                                                     "source_digest": f"src-{case_id}"})
+    return ImageOutcome(site, case_id, key or f"key-{case_id}", images)
+
+
+def clinical(tmp_path: Path, site: str, rows: list[dict],
+             quarantine: tuple[QuarantineRecord, ...] = ()) -> ClinicalResult:
+    frame = empty_clinical_table()
+    table = pd.DataFrame([{**{c: None for c in frame.columns}, "site": site, **r} for r in rows], columns=frame.columns)
+    path = write_parquet(table.astype(frame.dtypes.to_dict()), tmp_path / f"{site}.parquet")
+    return ClinicalResult(site, f"ck-{site}", path, quarantine)
+
+
+def row(case_id: str, n: int | None = None) -> dict:
+    return {"case_id": case_id, "time_days": 100.0, "event": 1, "n_brain_mets": n, "age": 60.0}
+
+
+def reasons(records: list[QuarantineRecord]) -> dict[str, str]:
+    return {r.case_id: r.reason for r in records}
+
+
+def test_join_and_the_missing_sides(tmp_path: Path) -> None:
+    outcomes = [outcome("a-1"), outcome("a-2"), outcome("a-3")]
+    bad = QuarantineRecord("a", "a-5", "clinical", "missing_survival", "a-5: survival missing")
+    result = clinical(tmp_path, "a", [row("a-1"), row("a-2"), row("a-4")], (bad,))
+    cohort, records = assemble(outcomes, [result], IngestParams())
+    assert list(cohort["case_id"]) == ["a-1", "a-2"]
+    assert reasons(records) == {"a-3": "missing_clinical", "a-4": "missing_images", "a-5": "missing_survival"}
+    assert cohort["path_t1c"].tolist() == ["/w/a-1/t1c.nii.gz", "/w/a-2/t1c.nii.gz"]
+    assert cohort["path_t2w"].isna().all()
+
+
+def test_quarantined_images_and_duplicates(tmp_path: Path) -> None:
+    failed = ImageOutcome("a", "a-2", "k2", None, (QuarantineRecord("a", "a-2", "images", "empty_mask", "a-2: empty"),))
+    outcomes = [outcome("a-1"), failed, outcome("a-3", key="x"), outcome("a-3", key="y")]
+    result = clinical(tmp_path, "a", [row("a-1"), row("a-2"), row("a-3")])
+    cohort, records = assemble(outcomes, [result], IngestParams())
+    assert list(cohort["case_id"]) == ["a-1"]
+    assert reasons(records) == {"a-2": "empty_mask", "a-3": "duplicate_id"}
+
+
+def test_site_level_errors_quarantine_the_whole_site(tmp_path: Path) -> None:
+    broken = ClinicalResult("b", "ck", None, (), {}, "clinical table /x.csv not found")
+    outcomes = [outcome("a-1"), outcome("b-1", site="b"), outcome("b-2", site="b")]
+    cohort, records = assemble(outcomes, [clinical(tmp_path, "a", [row("a-1")]), broken], IngestParams())
+    assert list(cohort["case_id"]) == ["a-1"]
+    assert reasons(records) == {"b-1": "clinical_table_error", "b-2": "clinical_table_error"}
+
+    cohort, records = assemble([outcome("a-1")], [clinical(tmp_path, "a", [row("a-1")]),
+                                                  clinical(tmp_path, "c", [row("c-1")])], IngestParams(),
+                               site_errors={"c": "image folder /c does not exist"})
+    assert list(cohort["case_id"]) == ["a-1"]
+    assert reasons(records) == {"c-1": "image_source_error"}
+
+
+@pytest.mark.parametrize(("check", "expected_ids"), [(False, ["a-1", "a-2"]), (True, ["a-1"])])
+def test_lesion_count_check(tmp_path: Path, check: bool, expected_ids: list[str]) -> None:
+    outcomes = [outcome("a-1", components=2), outcome("a-2", components=3)]
+    result = clinical(tmp_path, "a", [row("a-1", n=2), row("a-2", n=5)])
+    cohort, records = assemble(outcomes, [result], IngestParams(check_lesion_count=check))
+    assert list(cohort["case_id"]) == expected_ids
+    assert (reasons(records) == {"a-2": "lesion_count_mismatch"}) is check
+
+
+def test_fingerprint_ignores_paths_but_not_data(tmp_path: Path) -> None:
+    result = clinical(tmp_path, "a", [row("a-1")])
+    cohort, _ = assemble([outcome("a-1")], [result], IngestParams())
+    moved = cohort.assign(path_t1c="/elsewhere/t1c.nii.gz")
+    assert data_fingerprint(moved) == data_fingerprint(cohort)
+    assert data_fingerprint(cohort.assign(time_days=101.0)) != data_fingerprint(cohort)
+
+
+def test_build_cohort_writes_reports_and_is_content_keyed(tmp_path: Path) -> None:
+    result = clinical(tmp_path, "a", [row("a-1"), row("a-4")])
+    built = build_cohort([outcome("a-1")], [result], IngestParams(), tmp_path / "work")
+    assert built.cohort().shape[0] == 1
+    assert [p.name for p in built.report_files() if p.is_file()] == [
+        "summary.json", "summary.md", "quarantine.csv", "cohort_summary.png"]
+    assert built.summary["quarantine_by_reason"] == {"missing_images": 1}
+    assert "missing_images" in (built.folder / "summary.md").read_text()
+    again = build_cohort([outcome("a-1")], [result], IngestParams(), tmp_path / "work")
+    assert again.folder == built.folder

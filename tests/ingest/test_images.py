@@ -1,0 +1,184 @@
+"""Per-patient image ingestion on tiny synthetic volumes: every validation path."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from survival_model.config import IngestParams, Institution
+from survival_model.ingest.discovery import discover_cases
+from survival_model.ingest.images import ImageOutcome, ingest_case
+from survival_model.ingest.privacy import Pseudonymiser
+
+CASE = "PAT-0042"
+PSEUDO = Pseudonymiser(b"k" * 32)
+
+
+def volume(values: np.ndarray, spacing: tuple[float, float, float] = (2.0, 2.0, 3.0),
+           origin: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> sitk.Image:
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+def tumour_mask(shape: tuple[int, int, int] = (8, 12, 12), labels: tuple[int, int, int] = (1, 2, 3)) -> np.ndarray:
+    netc, snfh, et = labels
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[2:7, 2:10, 2:10] = snfh
+    mask[3:6, 4:8, 4:8] = et
+    mask[4, 5:7, 5:7] = netc
+    return mask
+
+
+def write_case(root: Path, *, mask: np.ndarray | None = None, skip: tuple[str, ...] = (),
+               overrides: dict[str, sitk.Image] | None = None, suffix: str = ".nii.gz") -> None:
+    rng = np.random.default_rng(0)
+    folder = root / CASE
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {s: volume(rng.uniform(10, 100, (8, 12, 12)).astype(np.float32)) for s in ("t1n", "t1c", "t2w", "t2f")}
+    images["seg"] = volume(tumour_mask() if mask is None else mask)
+    images.update(overrides or {})
+    for name, image in images.items():
+        if name not in skip:
+            sitk.WriteImage(image, str(folder / f"{CASE}-{name}{suffix}"))
+
+
+def institution(root: Path, **changes: Any) -> Institution:
+    suffix = changes.pop("suffix", ".nii.gz")
+    data: dict[str, Any] = {
+        "images": {"layout": "pattern", "root": str(root),
+                   "sequences": {s: f"{{case}}/{{case}}-{s}{suffix}" for s in ("t1n", "t1c", "t2w", "t2f")},
+                   "mask": f"{{case}}/{{case}}-seg{suffix}"},
+        "labels": "brats_mets",
+        "clinical": {"path": "/unused.csv", "id_column": "id",
+                     "survival": {"kind": "duration", "time_column": "t", "event_column": "e"}},
+    }
+    for key, value in changes.items():
+        data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
+    return Institution.model_validate(data)
+
+
+def ingest(root: Path, work: Path, inst: Institution | None = None, params: IngestParams | None = None) -> ImageOutcome:
+    inst = inst or institution(root)
+    (case,) = discover_cases("site_x", inst.images)
+    return ingest_case(case, inst, params or IngestParams(), PSEUDO, work)
+
+
+def reason(outcome: ImageOutcome) -> str:
+    assert not outcome.ok
+    (record,) = outcome.quarantine
+    assert CASE not in record.message, "the source id leaked into a message"
+    return record.reason
+
+
+def test_a_good_case_is_written_canonically(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw")
+    outcome = ingest(tmp_path / "raw", tmp_path / "work")
+    assert outcome.ok and outcome.images is not None
+    images = outcome.images
+    assert outcome.case_id == PSEUDO.case_id("site_x", CASE)
+    assert set(images.sequences) == {"t1n", "t1c", "t2w", "t2f"}
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(images.mask)))
+    assert seg.dtype == np.uint8 and set(np.unique(seg)) == {0, 1, 2, 3}
+    assert images.qc["label_voxels"] == {"netc": 4, "snfh": int((tumour_mask() == 2).sum()), "et": 44}
+    assert images.qc["tumour_components"] == 1
+    assert images.qc["label_volume_mm3"]["et"] == pytest.approx(44 * 12.0)
+    assert CASE not in str(images.folder)
+    assert (images.folder / "manifest.json").is_file()
+
+
+def test_reuse_does_not_rewrite_and_changed_bytes_make_a_new_folder(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw")
+    first = ingest(tmp_path / "raw", tmp_path / "work")
+    assert first.images is not None
+    stamp = first.images.mask.stat().st_mtime_ns
+    again = ingest(tmp_path / "raw", tmp_path / "work")
+    assert again.key == first.key and again.images is not None
+    assert again.images.mask.stat().st_mtime_ns == stamp
+    other = volume(np.full((8, 12, 12), 7.0, dtype=np.float32) + np.arange(12, dtype=np.float32))
+    write_case(tmp_path / "raw", overrides={"t2w": other})
+    changed = ingest(tmp_path / "raw", tmp_path / "work")
+    assert changed.key != first.key and changed.images is not None
+    assert changed.images.folder != first.images.folder
+
+
+def test_glioma_labels_are_remapped(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw", mask=tumour_mask(labels=(1, 2, 4)))
+    outcome = ingest(tmp_path / "raw", tmp_path / "work", institution(tmp_path / "raw", labels="brats_glioma"))
+    assert outcome.images is not None
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(outcome.images.mask)))
+    assert set(np.unique(seg)) == {0, 1, 2, 3} and int((seg == 3).sum()) == 44
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ({"skip": ("t2w",)}, "missing_sequence"),
+        ({"skip": ("seg",)}, "missing_segmentation"),
+        ({"mask": np.zeros((8, 12, 12), dtype=np.uint8)}, "empty_mask"),
+        ({"mask": tumour_mask(labels=(1, 2, 7))}, "unknown_label"),
+        ({"overrides": {"t1n": volume(np.full((8, 12, 12), 3.0, dtype=np.float32))}}, "empty_image"),
+        ({"overrides": {"seg": volume(tumour_mask()[:, :, :10])}}, "mask_grid_mismatch"),
+        ({"overrides": {"seg": volume(tumour_mask(), origin=(5.0, 0.0, 0.0))}}, "mask_grid_mismatch"),
+        ({"overrides": {"seg": volume(tumour_mask().astype(np.float32) * 0.5)}}, "unknown_label"),
+        ({"overrides": {"t1c": volume(np.ones((8, 12, 12), np.float32) * np.arange(12, dtype=np.float32),
+                                      spacing=(1.0, 1.0, 1.0))}}, "sequence_grid_mismatch"),
+    ],
+)
+def test_quarantine_reasons(tmp_path: Path, setup: dict[str, Any], expected: str) -> None:
+    write_case(tmp_path / "raw", **setup)
+    assert reason(ingest(tmp_path / "raw", tmp_path / "work")) == expected
+
+
+def test_nan_is_caught_in_nrrd_and_in_nifti_where_itk_would_hide_it(tmp_path: Path) -> None:
+    bad = np.random.default_rng(1).uniform(1, 9, (8, 12, 12)).astype(np.float32)
+    bad[0, 0, :3] = np.nan
+    for suffix in (".nrrd", ".nii.gz"):
+        root = tmp_path / suffix.strip(".")
+        write_case(root, overrides={"t2f": volume(bad)}, suffix=suffix)
+        outcome = ingest(root, tmp_path / "work", institution(root, suffix=suffix))
+        assert reason(outcome) == "non_finite"
+        assert "3 NaN/infinite voxels" in outcome.quarantine[0].message
+
+
+def test_unreadable_and_unsupported_files(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw")
+    (tmp_path / "raw" / CASE / f"{CASE}-t1c.nii.gz").write_bytes(b"not an image at all")
+    assert reason(ingest(tmp_path / "raw", tmp_path / "work")) == "unreadable_image"
+
+    write_case(tmp_path / "raw2", overrides={"t1c": sitk.GetImageFromArray(np.ones((5, 5), np.float32))})
+    assert reason(ingest(tmp_path / "raw2", tmp_path / "work")) == "unsupported_image"
+
+
+def test_mask_within_tolerance_takes_the_image_geometry(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw", overrides={"seg": volume(tumour_mask(), origin=(0.01, 0.0, 0.0))})
+    outcome = ingest(tmp_path / "raw", tmp_path / "work")
+    assert outcome.images is not None and outcome.images.qc["mask_geometry_fixed"] is True
+    seg = sitk.ReadImage(str(outcome.images.mask))
+    assert seg.GetOrigin() == (0.0, 0.0, 0.0)
+
+
+def test_sequences_on_other_grids_are_kept_when_not_co_registered(tmp_path: Path) -> None:
+    other = volume(np.random.default_rng(2).uniform(1, 9, (6, 10, 10)).astype(np.float32), spacing=(2.5, 2.5, 4.0))
+    write_case(tmp_path / "raw", overrides={"t2w": other})
+    inst = institution(tmp_path / "raw", acquisition={"co_registered": False})
+    outcome = ingest(tmp_path / "raw", tmp_path / "work", inst)
+    assert outcome.images is not None
+    assert outcome.images.qc["geometry"]["t2w"]["size"] == [10, 10, 6]
+    assert outcome.images.qc["geometry"]["t1c"]["size"] == [12, 12, 8]
+
+
+def test_metadata_such_as_names_is_not_carried_over(tmp_path: Path) -> None:
+    tagged = volume(np.random.default_rng(3).uniform(1, 9, (8, 12, 12)).astype(np.float32))
+    tagged.SetMetaData("ITK_FileNotes", "Doe^Jane")  # what ITK writes into the NIfTI `descrip` field
+    write_case(tmp_path / "raw", overrides={"t1n": tagged}, suffix=".nrrd")
+    outcome = ingest(tmp_path / "raw", tmp_path / "work", institution(tmp_path / "raw", suffix=".nrrd"))
+    assert outcome.images is not None
+    assert b"Doe^Jane" not in gzip.decompress(outcome.images.sequences["t1n"].read_bytes())
+    assert b"Doe^Jane" in (tmp_path / "raw" / CASE / f"{CASE}-t1n.nrrd").read_bytes()

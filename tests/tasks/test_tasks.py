@@ -1,0 +1,74 @@
+"""Task adapters tested through `.fn()`: thin wrappers, keys that mirror the library's, retry policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.states import Failed
+
+from survival_model.config import Params
+from survival_model.errors import ConfigError, PatientDataError, TransientIOError
+from survival_model.ingest.privacy import Pseudonymiser
+from tasks import ingest as t
+from tasks.caching import ContentCache
+from tasks.common import configure, is_transient
+
+
+def test_discover_gives_pseudonymous_ids_and_reports_a_missing_folder(tiny_params: Params) -> None:
+    pseudonymiser = Pseudonymiser.from_params(tiny_params.privacy)
+    found = t.discover.fn("site_b", tiny_params.institutions["site_b"], pseudonymiser)
+    assert found.error is None and len(found.cases) == 7  # 3 good + 4 bad with images
+    assert found.cases[0].case_id == pseudonymiser.case_id("site_b", "1")
+    broken = tiny_params.institutions["site_b"].model_copy(update={
+        "images": tiny_params.institutions["site_b"].images.model_copy(update={"root": Path("/nonexistent")})})
+    missing = t.discover.fn("site_b", broken, pseudonymiser)
+    assert missing.cases == [] and "does not exist" in (missing.error or "")
+
+
+def test_image_task_key_matches_the_library_output(tiny_params: Params) -> None:
+    pseudonymiser = Pseudonymiser.from_params(tiny_params.privacy)
+    inst = tiny_params.institutions["site_a"]
+    case = t.discover.fn("site_a", inst, pseudonymiser).cases[0]
+    inputs = {"case_id": case.case_id, "case": case.files, "institution": inst, "params": tiny_params.ingest,
+              "pseudonymiser": pseudonymiser, "work_dir": tiny_params.work_dir}
+    key, outputs = t.images_key(inputs)
+    assert not any(p.exists() for p in outputs)
+    outcome = t.ingest_images.fn(**inputs)
+    assert outcome.key == key and outcome.ok
+    assert all(p.exists() for p in t.images_key(inputs)[1])
+
+
+def test_clinical_task_key_matches_the_library_output(tiny_params: Params) -> None:
+    pseudonymiser = Pseudonymiser.from_params(tiny_params.privacy)
+    inputs = {"site": "site_c", "institution": tiny_params.institutions["site_c"], "params": tiny_params.ingest,
+              "pseudonymiser": pseudonymiser, "work_dir": tiny_params.work_dir}
+    key, _ = t.clinical_key(inputs)
+    result = t.harmonise_clinical.fn(**inputs)
+    assert result.key == key and result.error is None
+    assert {q.reason for q in result.quarantine} == {"death_before_diagnosis", "missing_survival"}
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (TransientIOError("network file system busy"), True),
+        (OSError("I/O error"), True),
+        (PatientDataError("empty_mask", "x: empty"), False),
+        (ConfigError("bad key"), False),
+    ],
+)
+def test_only_transient_failures_are_retried(error: Exception, retry: bool) -> None:
+    assert is_transient(t.ingest_images, None, Failed(data=error)) is retry  # type: ignore[arg-type]
+
+
+def test_configure_sets_cache_retries_and_storage(tiny_params: Params) -> None:
+    configured = configure(t.ingest_images, tiny_params, t.images_key)
+    assert isinstance(configured.cache_policy, ContentCache)
+    assert configured.retries == tiny_params.orchestration.retries
+    assert configured.retry_delay_seconds == [2.0, 6.0]
+    assert configured.persist_result is True
+    assert Path(str(configured.result_storage)) == tiny_params.work_dir / "prefect" / "results"
+    assert configured.cache_policy.isolation_level == "SERIALIZABLE"
+    plain = configure(t.discover, tiny_params)
+    assert plain.cache_policy is t.discover.cache_policy

@@ -1,0 +1,77 @@
+"""The command line as a user runs it: check, generate, run (main job), errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SETTINGS = [
+    "--set", "synthetic.shape=[48, 48, 31]", "--set", "synthetic.spacing_mm=5",
+    "--set", "synthetic.patients={site_a: 3, site_b: 2, site_c: 2}",
+]
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A copy of the repository's params.yaml in an empty folder, with a private key file."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["privacy"]["key_file"] = str(tmp_path / "pseudonym.key")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    shutil.copytree(REPO / "infra", tmp_path / "infra")
+    return tmp_path
+
+
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run` sets Prefect environment defaults for its process; keep them out of other tests."""
+    for name in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+        monkeypatch.setenv(name, os.environ.get(name, "")) if name in os.environ else monkeypatch.delenv(
+            name, raising=False)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_generate_then_check(project: Path) -> None:
+    params = str(project / "params.yaml")
+    code, out = invoke("generate", "--params", params, "--workers", "1", *TINY_SETTINGS)
+    assert code == 0, out
+    assert (project / "data/synthetic/manifest.json").is_file()
+    code, out = invoke("generate", "--params", params, "--workers", "1", *TINY_SETTINGS)
+    assert code == 0 and "already holds this cohort" in out
+    code, out = invoke("check", "--params", params)
+    assert code == 0, out
+    assert "valid" in out and "site_c" in out and "dicom" in out
+
+
+def test_bad_settings_exit_with_a_message(project: Path) -> None:
+    code, out = invoke("check", "--params", str(project / "params.yaml"), "--set", "ingest.bogus=1")
+    assert code == 2 and "ingest.bogus: unknown key" in out
+    code, out = invoke("check", "--params", str(project / "missing.yaml"))
+    assert code == 2 and "params file not found" in out
+
+
+@pytest.mark.usefixtures("prefect_harness", "clean_env")
+def test_run_makes_the_cohort_when_missing_and_reports_where_results_are(project: Path) -> None:
+    params = str(project / "params.yaml")
+    code, out = invoke("run", "--params", params, *TINY_SETTINGS)
+    assert code == 0, out
+    assert "generating it" in out
+    assert "results" in out and "cohort.parquet" in out and "MLflow run" in out
+    cohort_path = next((project / "work/ingest/cohort").glob("*/cohort.parquet"))
+    cohort = pd.read_parquet(cohort_path)
+    assert len(cohort) == 7 and set(cohort["site"]) == {"site_a", "site_b", "site_c"}
+    assert (project / "work/mlflow/mlflow.db").is_file()
+    code, out = invoke("run", "--params", params, *TINY_SETTINGS)
+    assert code == 0 and "generating" not in out

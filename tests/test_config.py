@@ -1,0 +1,123 @@
+"""params.yaml parsing: validated, typed, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from survival_model.config import (
+    LABEL_SCHEMES,
+    Institution,
+    load_params,
+    load_services,
+    parse_override,
+    parse_params,
+)
+from survival_model.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_the_repository_params_file_is_valid_and_paths_are_absolute() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert set(params.institutions) == {"site_a", "site_b", "site_c"}
+    assert params.work_dir == REPO / "work"
+    assert params.institutions["site_b"].images.root == REPO / "data" / "synthetic" / "site_b" / "images"
+    assert params.mlflow_uri == f"sqlite:///{REPO / 'work' / 'mlflow' / 'mlflow.db'}"
+    assert params.institutions["site_b"].label_map == {0: 0, 1: 1, 2: 2, 4: 3}
+    # brats layout fills in the BraTS-METS file names
+    assert params.institutions["site_a"].images.sequences["t1c"] == "{case}/{case}-t1c.nii.gz"
+    assert params.institutions["site_a"].images.mask == "{case}/{case}-seg.nii.gz"
+
+
+def test_unknown_key_is_an_error_that_names_it(tmp_path: Path) -> None:
+    data = repo_params()
+    data["ingest"]["grid_tolerence_mm"] = 1.0
+    with pytest.raises(ConfigError, match=r"ingest\.grid_tolerence_mm: unknown key"):
+        parse_params(data, base_dir=tmp_path)
+
+
+def test_bad_value_is_an_error_that_names_the_key_and_value(tmp_path: Path) -> None:
+    data = repo_params()
+    data["institutions"]["site_b"]["clinical"]["survival"]["time_unit"] = "fortnights"
+    with pytest.raises(ConfigError, match=r"institutions\.site_b\.clinical\.survival\.duration\.time_unit.*fortnights"):
+        parse_params(data, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("orchestration", "max_workers"), 0, r"orchestration\.max_workers"),
+        (("ingest", "age_range"), [90, 20], r"age_range: lower bound"),
+        (("institutions", "site_a", "labels"), "brats_2099", r"unknown label scheme 'brats_2099'"),
+        (("institutions", "site_a", "images", "mask_reference"), "t1x", r"mask_reference"),
+        (("synthetic", "patients"), {"site_z": 3}, r"synthetic sites must be among"),
+    ],
+)
+def test_invalid_settings(tmp_path: Path, path: tuple[str, ...], value: object, message: str) -> None:
+    data = repo_params()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_params(data, base_dir=tmp_path)
+
+
+def test_pattern_without_case_placeholder_is_rejected(tmp_path: Path) -> None:
+    data = repo_params()
+    data["institutions"]["site_b"]["images"]["sequences"]["t1c"] = "T1GD.nrrd"
+    with pytest.raises(ConfigError, match=r"pattern for 't1c' must contain '\{case\}'"):
+        parse_params(data, base_dir=tmp_path)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("work_dir: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML"):
+        load_params(bad)
+
+
+def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    params = load_params(REPO / "params.yaml", {"synthetic.shape": [32, 32, 20], "work_dir": str(tmp_path)})
+    assert params.synthetic.shape == (32, 32, 20)
+    assert params.work_dir == tmp_path
+    with pytest.raises(ConfigError, match=r"synthetic\.shape"):
+        load_params(REPO / "params.yaml", {"synthetic.shape": "big"})
+    assert parse_override("synthetic.patients={site_a: 3}") == ("synthetic.patients", {"site_a": 3})
+    with pytest.raises(ConfigError, match=r"must look like section\.key=value"):
+        parse_override("nonsense")
+
+
+def test_custom_label_mapping_and_presets() -> None:
+    inst = Institution.model_validate({
+        "images": {"layout": "brats", "root": "/x"},
+        "labels": {1: "netc", 2: "snfh", 4: "et", 5: "background"},
+        "clinical": {"path": "/c.csv", "id_column": "id",
+                     "survival": {"kind": "duration", "time_column": "t", "event_column": "e"}},
+    })
+    assert inst.label_map == {0: 0, 1: 1, 2: 2, 4: 3, 5: 0}
+    assert LABEL_SCHEMES["brats2013"] == {1: "netc", 2: "snfh", 3: "netc", 4: "et"}
+
+
+def test_params_section_dump_is_json_ready() -> None:
+    params = load_params(REPO / "params.yaml")
+    ingest = params.section("ingest")
+    assert ingest["grid_tolerance_mm"] == 0.05
+    assert set(params.section("institutions")) == {"site_a", "site_b", "site_c"}
+    with pytest.raises(ConfigError, match="no section"):
+        params.section("nonexistent")
+
+
+def test_services_file_of_the_repository_is_valid() -> None:
+    spec = load_services(REPO / "infra" / "local" / "services.yaml")
+    assert set(spec.services) == {"prefect", "mlflow"}
+    assert "{prefect_port}" in spec.services["prefect"].health_url

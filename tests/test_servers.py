@@ -1,0 +1,54 @@
+"""`survival-model ui start|status|stop`: real Prefect and MLflow servers on free local ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from flows.cli import prefect_environment
+from survival_model import local_servers
+from survival_model.config import load_params, load_services
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = load_params(REPO / "params.yaml", {
+        "work_dir": str(tmp_path / "work"),
+        "servers.prefect_port": free_port(),
+        "servers.mlflow_port": free_port(),
+        "servers.startup_timeout_seconds": 240,
+    })
+    spec = load_services(REPO / "infra/local/services.yaml")
+    try:
+        running = local_servers.start(params, spec)
+        assert set(running) == {"prefect", "mlflow"}
+        assert local_servers.healthy(running["prefect"].health_url)
+        assert local_servers.healthy(running["mlflow"].health_url)
+        assert (tmp_path / "work/prefect/home").is_dir()  # the server's database lives in the work dir
+        endpoints = local_servers.endpoints(params)
+        assert endpoints["prefect"] == f"http://127.0.0.1:{params.servers.prefect_port}"
+        # a second start reuses what answers
+        again = local_servers.start(params, spec)
+        assert again["prefect"].pid == running["prefect"].pid
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        where = prefect_environment(params)
+        assert os.environ["PREFECT_API_URL"] == f"{endpoints['prefect']}/api"
+        assert "started by `survival-model ui start`" in where
+    finally:
+        stopped = local_servers.stop(params)
+    assert set(stopped) == {"prefect", "mlflow"}
+    assert not local_servers.healthy(running["prefect"].health_url)
+    assert local_servers.endpoints(params) == {}
