@@ -1,7 +1,7 @@
 """The run configuration: ``params.yaml`` parsed once into validated, typed, frozen models.
 
 This is the only module that parses YAML. Unknown keys and bad values are errors that name the key
-(``institutions.site_b.clinical.survival.time_unit: ...``). Relative paths are resolved against the
+(``institutions.site_b.clinical.survival.duration.time_unit: ...``). Relative paths are resolved against the
 folder that holds the params file, so a run does not depend on the current directory.
 """
 
@@ -172,6 +172,11 @@ class ClinicalSource(StrictModel):
     encoding: str = "utf-8"
     id_column: ColumnRef
     id_normalise: list[IdStep] = Field(default_factory=lambda: ["strip"])  # type: ignore[arg-type]
+    #: Rows whose normalised id does not fully match this regular expression are not patients
+    #: (notes or totals under a table) and are skipped, counted in the harmonisation report.
+    id_pattern: str | None = None
+    #: The decimal mark of numbers written as text: "." (then "," groups thousands) or ",".
+    decimal: Literal[".", ","] = "."
     image_id_normalise: list[IdStep] | None = None
     rows_per_patient: Literal["one", "many"] = "one"
     count_rows_as: ClinicalField | None = None
@@ -212,6 +217,11 @@ class ClinicalSource(StrictModel):
     def _consistent(self) -> ClinicalSource:
         if not self.header_rows or sorted(self.header_rows) != self.header_rows:
             raise ValueError("header_rows must be a non-empty increasing list of 0-based row numbers")
+        if self.id_pattern is not None:
+            try:
+                re.compile(self.id_pattern)
+            except re.error as exc:
+                raise ValueError(f"id_pattern is not a valid regular expression: {exc}") from None
         if self.first_data_row is not None and self.first_data_row <= self.header_rows[-1]:
             raise ValueError("first_data_row must come after the last header row")
         if self.count_rows_as is not None and self.rows_per_patient != "many":

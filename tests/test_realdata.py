@@ -101,11 +101,17 @@ def link_files(folder: Path, names: dict[str, Path]) -> Path:
 def test_brats_mets_case_without_segmentation_is_quarantined(real: Path, tmp_path: Path) -> None:
     root = need(real / "brats_met_00110")
     case = "BraTS-MET-00110-000"
-    institution = Institution.model_validate({
-        "images": {"layout": "pattern", "root": str(root),
-                   "sequences": {s: f"{{case}}-{s}.nii.gz" for s in SEQUENCES}, "mask": "{case}-seg.nii.gz"},
-        "clinical": clinical_decl(clinical_csv(tmp_path / "clinical.csv", [case])),
-    })
+    institution = Institution.model_validate(
+        {
+            "images": {
+                "layout": "pattern",
+                "root": str(root),
+                "sequences": {s: f"{{case}}-{s}.nii.gz" for s in SEQUENCES},
+                "mask": "{case}-seg.nii.gz",
+            },
+            "clinical": clinical_decl(clinical_csv(tmp_path / "clinical.csv", [case])),
+        }
+    )
     cases = discover_cases("mets", institution.images)
     assert [c.source_id for c in cases] == [case]
     assert all(p is not None for p in cases[0].sequences.values()) and cases[0].mask is None
@@ -142,9 +148,13 @@ def test_brats2013_expert_cases_as_a_fourth_institution(
     from flows.ingest import ingest
 
     brats2013 = {
-        "images": {"layout": "pattern", "root": str(root),
-                   "sequences": {"t1c": "{case}/T1c_subtrMeanDivStd.nii.gz", "t2f": "{case}/Flair_subtrMeanDivStd.nii.gz"},
-                   "mask": "{case}/OTMultiClass.nii.gz", "brain_mask": "{case}/brainmask.nii.gz"},
+        "images": {
+            "layout": "pattern",
+            "root": str(root),
+            "sequences": {"t1c": "{case}/T1c_subtrMeanDivStd.nii.gz", "t2f": "{case}/Flair_subtrMeanDivStd.nii.gz"},
+            "mask": "{case}/OTMultiClass.nii.gz",
+            "brain_mask": "{case}/brainmask.nii.gz",
+        },
         "labels": "brats2013",
         "acquisition": {"skull_stripped": True, "bias_corrected": True, "co_registered": True},
         "clinical": clinical_decl(clinical_csv(tmp_path / "brats2013.csv", BRATS2013_CASES)),
@@ -202,14 +212,23 @@ def test_tcga_registered_case_with_old_brats_labels(real: Path, tmp_path: Path) 
     names["segmentation_fused_mav.nii.gz"] = folder / "segmentation_fused_mav.nii.gz"
     root = tmp_path / "images"
     link_files(root / case, names)
-    institution = Institution.model_validate({
-        "images": {"layout": "pattern", "root": str(root),
-                   "sequences": {"t1n": "{case}/{case}_t1_bet.nii.gz", "t1c": "{case}/{case}_t1c_bet.nii.gz",
-                                 "t2w": "{case}/{case}_t2_bet.nii.gz", "t2f": "{case}/{case}_fla_bet.nii.gz"},
-                   "mask": "{case}/segmentation_fused_mav.nii.gz"},
-        "labels": "brats_glioma",
-        "clinical": clinical_decl(clinical_csv(tmp_path / "clinical.csv", [case])),
-    })
+    institution = Institution.model_validate(
+        {
+            "images": {
+                "layout": "pattern",
+                "root": str(root),
+                "sequences": {
+                    "t1n": "{case}/{case}_t1_bet.nii.gz",
+                    "t1c": "{case}/{case}_t1c_bet.nii.gz",
+                    "t2w": "{case}/{case}_t2_bet.nii.gz",
+                    "t2f": "{case}/{case}_fla_bet.nii.gz",
+                },
+                "mask": "{case}/segmentation_fused_mav.nii.gz",
+            },
+            "labels": "brats_glioma",
+            "clinical": clinical_decl(clinical_csv(tmp_path / "clinical.csv", [case])),
+        }
+    )
     outcome = ingest_one("tcga", institution, tmp_path / "work")
     assert outcome.ok, outcome.quarantine
     assert outcome.images is not None
@@ -219,9 +238,13 @@ def test_tcga_registered_case_with_old_brats_labels(real: Path, tmp_path: Path) 
     assert set(np.unique(seg).tolist()) == {0, 1, 2, 3}
     assert int((seg == 3).sum()) == int((source == 4).sum()) > 0
     assert outcome.images.qc["label_voxels"] == {
-        "netc": int((source == 1).sum()), "snfh": int((source == 2).sum()), "et": int((source == 4).sum())}
-    assert outcome.images.qc["tumour_components"] == components(np.isin(source, (1, 4)), sitk.ReadImage(
-        str(folder / "segmentation_fused_mav.nii.gz")))
+        "netc": int((source == 1).sum()),
+        "snfh": int((source == 2).sum()),
+        "et": int((source == 4).sum()),
+    }
+    assert outcome.images.qc["tumour_components"] == components(
+        np.isin(source, (1, 4)), sitk.ReadImage(str(folder / "segmentation_fused_mav.nii.gz"))
+    )
     t1c = array(outcome.images.sequences["t1c"])
     assert np.array_equal(t1c, array(folder / f"{case}_t1c_bet.nii.gz")) and t1c.min() < 0
 
@@ -249,12 +272,18 @@ def raw_tcga(real: Path, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def raw_institution(root: Path, tmp_path: Path, co_registered: bool) -> Institution:
-    return Institution.model_validate({
-        "images": {"layout": "pattern", "root": str(root),
-                   "sequences": {s: f"{{case}}/{s}.nii.gz" for s in SEQUENCES}, "mask": "{case}/seg.nii.gz"},
-        "acquisition": {"skull_stripped": False, "bias_corrected": False, "co_registered": co_registered},
-        "clinical": clinical_decl(tmp_path / "clinical.csv"),
-    })
+    return Institution.model_validate(
+        {
+            "images": {
+                "layout": "pattern",
+                "root": str(root),
+                "sequences": {s: f"{{case}}/{s}.nii.gz" for s in SEQUENCES},
+                "mask": "{case}/seg.nii.gz",
+            },
+            "acquisition": {"skull_stripped": False, "bias_corrected": False, "co_registered": co_registered},
+            "clinical": clinical_decl(tmp_path / "clinical.csv"),
+        }
+    )
 
 
 def test_tcga_raw_declared_co_registered_is_a_grid_mismatch(real: Path, tmp_path: Path) -> None:
@@ -287,34 +316,54 @@ def test_tcga_raw_not_co_registered_keeps_each_sequence_on_its_grid(real: Path, 
 # e. MOLAB: a real brain-metastasis clinical sheet
 # --------------------------------------------------------------------------------------------------
 
-MOLAB_PRIMARY = {1: "breast", 2: "lung", 3: "lung", 4: "melanoma", 5: "renal", 6: "gi",
-                 **{code: "other" for code in range(7, 13)}}
+MOLAB_PRIMARY = {
+    1: "breast",
+    2: "lung",
+    3: "lung",
+    4: "melanoma",
+    5: "renal",
+    6: "gi",
+    **{code: "other" for code in range(7, 13)},
+}
 MOLAB_STEPS = ["strip", "int_like", "strip_leading_zeros"]
 
 
 def molab_source(path: Path, **changes: Any) -> ClinicalSource:
-    return ClinicalSource.model_validate({
-        "path": str(path),
-        "header_rows": [12, 13, 14],
-        "id_column": "Patient ID",
-        "id_normalise": MOLAB_STEPS,
-        "rows_per_patient": "many",
-        "count_rows_as": "n_brain_mets",
-        "merge_rules": {"age": "min"},
-        "columns": {"age": "Age at RM1", "sex": "Sex", "gpa": "GPA", "primary": "PRIMARY TUMOR / Type"},
-        "values": {"sex": {1: "female", 2: "male"}, "primary": MOLAB_PRIMARY},
-        "survival": {"kind": "duration", "time_column": "Death / Time", "time_unit": "days",
-                     "event_column": "Ocurrence"},
-        **changes,
-    })
+    return ClinicalSource.model_validate(
+        {
+            "path": str(path),
+            "header_rows": [12, 13, 14],
+            "id_column": "Patient ID",
+            "id_normalise": MOLAB_STEPS,
+            "rows_per_patient": "many",
+            "count_rows_as": "n_brain_mets",
+            "merge_rules": {"age": "min"},
+            "columns": {"age": "Age at RM1", "sex": "Sex", "gpa": "GPA", "primary": "PRIMARY TUMOR / Type"},
+            "values": {"sex": {1: "female", 2: "male"}, "primary": MOLAB_PRIMARY},
+            "survival": {
+                "kind": "duration",
+                "time_column": "Death / Time",
+                "time_unit": "days",
+                "event_column": "Ocurrence",
+            },
+            **changes,
+        }
+    )
 
 
 def molab_raw(path: Path) -> pd.DataFrame:
     """The data rows of the sheet read directly: id (col 0), GPA (3), primary (5), occurrence (71), time (72)."""
     raw = pd.read_excel(path, header=None, dtype=object).iloc[15:]
     raw = raw[raw[0].notna()]
-    return pd.DataFrame({"id": [normalise_id(v, MOLAB_STEPS) for v in raw[0]], "gpa": raw[3].to_numpy(),
-                         "primary": raw[5].to_numpy(), "event": raw[71].to_numpy(), "time": raw[72].to_numpy()})
+    return pd.DataFrame(
+        {
+            "id": [normalise_id(v, MOLAB_STEPS) for v in raw[0]],
+            "gpa": raw[3].to_numpy(),
+            "primary": raw[5].to_numpy(),
+            "event": raw[71].to_numpy(),
+            "time": raw[72].to_numpy(),
+        }
+    )
 
 
 def test_molab_clinical_sheet(real: Path) -> None:
@@ -356,10 +405,19 @@ def test_molab_clinical_sheet(real: Path) -> None:
 
     # declaring how to merge GPA harmonises every numbered patient
     frame_all, quarantine_all, _ = harmonise_table(
-        "molab", molab_source(path, merge_rules={"age": "min", "gpa": "min"}), IngestParams(), PSEUDONYMISER)
+        "molab", molab_source(path, merge_rules={"age": "min", "gpa": "min"}), IngestParams(), PSEUDONYMISER
+    )
     numbered = {c for c, i in ids.items() if i.isdigit()}
     assert set(frame_all["case_id"]) == numbered and len(numbered) >= 75
     assert {q.reason for q in quarantine_all} == {"missing_survival"}
+
+    # and an id pattern keeps the notes under the table out of the patients altogether
+    frame_clean, quarantine_clean, report_clean = harmonise_table(
+        "molab", molab_source(path, merge_rules={"age": "min", "gpa": "min"}, id_pattern=r"\d+"),
+        IngestParams(), PSEUDONYMISER,
+    )
+    assert quarantine_clean == [] and set(frame_clean["case_id"]) == numbered
+    assert report_clean["rows_skipped_by_id_pattern"] == 2
 
 
 def test_molab_morphology_ids_meet_the_clinical_ids(real: Path) -> None:
@@ -380,7 +438,8 @@ def test_molab_morphology_ids_meet_the_clinical_ids(real: Path) -> None:
     assert len(from_float & clinical) >= 70
     # without the normalisation the two files do not meet at all
     assert not case_ids(raw_clinical[raw_clinical.astype(str).str.isdigit()], ["strip"]) & case_ids(
-        {str(v) for v in morphology["PATIENT"].unique()}, ["strip"])
+        {str(v) for v in morphology["PATIENT"].unique()}, ["strip"]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,14 +449,21 @@ def test_molab_morphology_ids_meet_the_clinical_ids(real: Path) -> None:
 
 def test_ucsf_pdgm_metadata(real: Path, tmp_path: Path) -> None:
     path = need(real / UCSF)
-    src = ClinicalSource.model_validate({
-        "path": str(path),
-        "id_column": "ID",
-        "columns": {"sex": "Sex", "age": "Age at MRI"},
-        "values": {"sex": {"M": "male", "F": "female"}},
-        "survival": {"kind": "duration", "time_column": "OS", "time_unit": "days", "event_column": "1-dead 0-alive"},
-        "extra_columns": {"who_grade": "WHO CNS Grade", "idh": "IDH", "mgmt": "MGMT status"},
-    })
+    src = ClinicalSource.model_validate(
+        {
+            "path": str(path),
+            "id_column": "ID",
+            "columns": {"sex": "Sex", "age": "Age at MRI"},
+            "values": {"sex": {"M": "male", "F": "female"}},
+            "survival": {
+                "kind": "duration",
+                "time_column": "OS",
+                "time_unit": "days",
+                "event_column": "1-dead 0-alive",
+            },
+            "extra_columns": {"who_grade": "WHO CNS Grade", "idh": "IDH", "mgmt": "MGMT status"},
+        }
+    )
     frame, quarantine, report = harmonise_table("ucsf", src, IngestParams(), PSEUDONYMISER)
 
     raw = pd.read_csv(path, dtype=str, keep_default_na=False)

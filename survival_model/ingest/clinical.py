@@ -22,10 +22,12 @@ name the field, never an identifying value (dates are never echoed).
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import logging
 import math
 import re
+import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -100,7 +102,7 @@ BOOL_WORDS: dict[str, bool] = {
 }
 DAYS_PER_UNIT: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12.0, "years": 365.25}
 _EXCEL_EPOCH = dt.datetime(1899, 12, 30)
-_NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)?")
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
 CLINICAL_DTYPES: dict[str, str] = {
     "age": "Float64", "sex": "string", "kps": "Float64", "primary": "string", "extracranial": "boolean",
@@ -178,6 +180,12 @@ class RawTable:
         raise DataSourceError(f"{what}: no column named {ref!r}; the table has: {shown}")
 
 
+def _csv_encoding(encoding: str) -> str:
+    """Plain UTF-8 is read as ``utf-8-sig``: a byte-order mark (Excel's "CSV UTF-8") must not stick
+    to the first header."""
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
+
+
 def read_raw_table(src: ClinicalSource) -> RawTable:
     """Read every cell of the declared CSV/XLSX sheet as raw values and build the header."""
     path = src.path
@@ -190,9 +198,9 @@ def read_raw_table(src: ClinicalSource) -> RawTable:
         else:
             raw = pd.read_csv(
                 path, header=None, dtype=object, keep_default_na=False, sep=src.delimiter,
-                engine="python", encoding=src.encoding,
+                engine="python", encoding=_csv_encoding(src.encoding),
             )
-    except (ValueError, OSError, UnicodeDecodeError, KeyError) as exc:
+    except (ValueError, OSError, UnicodeDecodeError, KeyError, csv.Error, zipfile.BadZipFile) as exc:
         raise DataSourceError(f"clinical table {path} cannot be read: {exc}") from None
     if len(raw) <= src.header_rows[-1]:
         raise DataSourceError(f"clinical table {path} has {len(raw)} rows; the header ends at row "
@@ -227,14 +235,21 @@ def _text(value: Any, missing: Sequence[str]) -> str | None:
     return None if text.lower() in missing else text
 
 
-def _parse_number(text: str) -> float:
+def _parse_number(text: str, decimal: str = ".") -> float:
+    """A number from a cell: ``1,084`` (thousands) and ``3,5`` (decimal comma, when declared), or the
+    single number inside text such as ``KPS 80`` or ``80%``. Text with several numbers is refused
+    rather than guessed (``3,5`` with a decimal point declared could be 3.5 or 35)."""
+    if decimal == ".":
+        cleaned = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text.strip())
+    else:
+        cleaned = re.sub(r"(?<=\d)\.(?=\d{3}(?!\d))", "", text.strip()).replace(",", ".")
     try:
-        return float(text)
+        return float(cleaned)
     except ValueError:
-        match = _NUMBER.search(text)
-        if match is None:
-            raise
-        return float(match.group().replace(",", "."))
+        numbers = _NUMBER.findall(cleaned)
+        if len(numbers) != 1:
+            raise ValueError(f"not a single number: {text[:20]!r}") from None
+        return float(numbers[0])
 
 
 def parse_field(name: str, value: Any, src: ClinicalSource) -> Any:
@@ -254,7 +269,7 @@ def parse_field(name: str, value: Any, src: ClinicalSource) -> Any:
     kind = FIELD_KINDS[name]
     if kind in {"number", "integer"}:
         try:
-            number = _parse_number(text)
+            number = _parse_number(text, src.decimal)
         except ValueError:
             raise ValueError(f"{name} is not a number") from None
         if kind == "integer":
@@ -291,7 +306,9 @@ def parse_date(value: Any, src: ClinicalSource) -> dt.datetime | None:
     if src.date_format == "excel_serial" or (src.date_format is None and re.fullmatch(r"\d{4,5}(\.\d+)?", text)):
         return _EXCEL_EPOCH + dt.timedelta(days=float(text))
     try:
-        stamp = pd.to_datetime(text, format=src.date_format, dayfirst=src.dayfirst)
+        # ISO dates (2020-01-03) are unambiguous: dayfirst must not turn them into year-day-month
+        iso = src.date_format is None and re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}([ T].*)?", text) is not None
+        stamp = pd.to_datetime(text, format="ISO8601" if iso else src.date_format, dayfirst=src.dayfirst and not iso)
     except (ValueError, TypeError):
         raise ValueError("a date cannot be parsed (declare date_format)") from None
     return stamp.to_pydatetime()
@@ -330,7 +347,7 @@ def _row_record(
     if isinstance(survival, DurationSurvival):
         try:
             time_text = _text(row[cols["__time"]], src.missing_values)
-            time = None if time_text is None else _parse_number(time_text)
+            time = None if time_text is None else _parse_number(time_text, src.decimal)
         except ValueError:
             raise PatientDataError("invalid_clinical_value", "survival time is not a number") from None
         try:
@@ -457,6 +474,7 @@ def harmonise_table(
     by_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     failed: dict[str, PatientDataError] = {}
     rows_read = 0
+    skipped_by_pattern = 0
     fallbacks: Counter[str] = Counter()
     for index, row in table.cells.iterrows():
         if all(_text(v, src.missing_values) is None for v in row.tolist()):
@@ -464,6 +482,9 @@ def harmonise_table(
         rows_read += 1
         row_number = table.first_row_number + int(str(index))
         source_id = normalise_id(_text(row[cols["__id"]], []), src.id_normalise)
+        if source_id is not None and src.id_pattern is not None and not re.fullmatch(src.id_pattern, source_id):
+            skipped_by_pattern += 1  # e.g. a footnote under the table
+            continue
         if source_id is None:
             quarantine.append(QuarantineRecord(site, f"{site}-row{row_number}", "clinical", "missing_id",
                                                f"row {row_number} of the clinical table has no patient id"))
@@ -502,6 +523,7 @@ def harmonise_table(
     frame = _typed_frame(rows, src)
     report = {
         "rows_read": rows_read,
+        "rows_skipped_by_id_pattern": skipped_by_pattern,
         "patients": len(by_patient),
         "harmonised": len(frame),
         "quarantined": len({q.case_id for q in quarantine}),
