@@ -261,8 +261,8 @@ def ui_status(params_path: ParamsOption = Path("params.yaml")) -> None:
 
 
 def main() -> None:  # pragma: no cover - console-script shim
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("survival_model").setLevel(logging.INFO)
+    # Logging is configured by Prefect when the flows are imported (its console format, and its API
+    # handler inside runs); library warnings reach it through the root logger.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     app()
 

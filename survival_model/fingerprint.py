@@ -70,45 +70,62 @@ class DigestMemo:
         self.path = path
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, size INTEGER,"
-                " mtime_ns INTEGER, inode INTEGER, digest TEXT)"
+        self._con = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        with self._lock, self._con:
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS digests_v2 (path TEXT PRIMARY KEY, signature TEXT, digest TEXT)"
             )
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=60)
+    def close(self) -> None:
+        self._con.close()
 
-    def lookup(self, path: Path, stat: os.stat_result) -> str | None:
-        with self._lock, self._connect() as con:
-            row = con.execute(
-                "SELECT digest FROM digests WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
-                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino),
+    def lookup(self, path: Path, signature: str) -> str | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT digest FROM digests_v2 WHERE path=? AND signature=?", (str(path), signature)
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def store(self, path: Path, stat: os.stat_result, digest: str) -> None:
-        with self._lock, self._connect() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
-                (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, digest),
-            )
+    def store(self, path: Path, signature: str, digest: str) -> None:
+        with self._lock, self._con:
+            self._con.execute("INSERT OR REPLACE INTO digests_v2 VALUES (?, ?, ?)", (str(path), signature, digest))
+
+
+def _stat_signature(stat: os.stat_result) -> str:
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 def file_digest(path: Path, memo: DigestMemo | None = None) -> str:
-    """Digest of a file, or of a folder (e.g. a DICOM series) as the hash of its files' digests."""
+    """Digest of a file, or of a folder (e.g. a DICOM series) as the hash of its files' digests.
+
+    With a memo, a folder is looked up once by the stat signature of all its files (a DICOM series
+    is hundreds of files), and a file by its own signature.
+    """
     path = Path(path)
     if path.is_dir():
-        entries = sorted(p for p in path.rglob("*") if p.is_file())
-        return stable_hash([(p.relative_to(path).as_posix(), file_digest(p, memo)) for p in entries])
+        files = _folder_files(path)
+        signature = ""
+        if memo is not None:
+            signature = stable_hash([(p.relative_to(path).as_posix(), _stat_signature(p.stat())) for p in files])
+            cached = memo.lookup(path.resolve(), signature)
+            if cached is not None:
+                return cached
+        digest = stable_hash([(p.relative_to(path).as_posix(), sha256_file(p)) for p in files])
+        if memo is not None:
+            memo.store(path.resolve(), signature, digest)
+        return digest
     if memo is None:
         return sha256_file(path)
-    stat = path.stat()
-    cached = memo.lookup(path.resolve(), stat)
+    signature = _stat_signature(path.stat())
+    cached = memo.lookup(path.resolve(), signature)
     if cached is not None:
         return cached
     digest = sha256_file(path)
-    memo.store(path.resolve(), stat, digest)
+    memo.store(path.resolve(), signature, digest)
     return digest
 
 

@@ -147,7 +147,7 @@ def ingest_case(
             qc = _validate_and_write(case, institution, params, case_id, tmp)
             qc["qc"]["source_digest"] = source
         except PatientDataError as exc:
-            log.warning("quarantined %s (%s): %s", case_id, exc.reason, exc.message)
+            log.warning("quarantined (%s): %s", exc.reason, exc.message)
             write_json({"site": case.site, "case_id": case_id, "reason": exc.reason,
                         "message": exc.message}, tmp / QUARANTINE)
         else:
