@@ -10,6 +10,7 @@ is an embedded SQLite file under the work directory with artifacts beside it; a 
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -85,8 +86,6 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

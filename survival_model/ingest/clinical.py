@@ -331,7 +331,7 @@ def _event(value: Any, survival: DurationSurvival, src: ClinicalSource) -> int |
 
 
 def _row_record(
-    row: pd.Series, table: RawTable, src: ClinicalSource, cols: dict[str, int], params: IngestParams
+    row: pd.Series, src: ClinicalSource, cols: dict[str, int], params: IngestParams
 ) -> dict[str, Any]:
     """Parse one row into canonical values; raises PatientDataError for invalid content."""
     out: dict[str, Any] = {}
@@ -491,7 +491,7 @@ def harmonise_table(
             continue
         case_id = pseudonymiser.case_id(site, source_id)
         try:
-            record = _row_record(row, table, src, cols, params)
+            record = _row_record(row, src, cols, params)
         except PatientDataError as exc:
             failed.setdefault(case_id, exc)
             by_patient[case_id]

@@ -176,7 +176,7 @@ def _imaging_truth(head: phantom.Head, lesions: list[phantom.Lesion]) -> tuple[s
     return truth, rows
 
 
-def _corrupt(plan: PatientPlan, volumes: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+def _corrupt(plan: PatientPlan, volumes: dict[str, np.ndarray]) -> None:
     """Apply a bad patient's image defect in place (the clinical defects are applied later)."""
     if plan.bad == "missing_sequence":
         del volumes["t2w"]
@@ -215,7 +215,7 @@ def make_patient(config: GeneratorConfig, plan: PatientPlan) -> dict[str, Any]:
             noise_sigma=spec.noise_sigma, seed=render_seed, skull_stripped=spec.skull_stripped,
             scale=spec.intensity_scale,
         ))
-        _corrupt(plan, volumes, rng)
+        _corrupt(plan, volumes)
         if plan.site == "site_a":
             sites.write_site_a(root, sid, volumes, grid)
         elif plan.site == "site_b":
@@ -327,7 +327,7 @@ def _clinical_tables(config: GeneratorConfig, patients: list[dict[str, Any]], ro
             writers[site](root / site, rows)
 
 
-def _ground_truth(config: GeneratorConfig, patients: list[dict[str, Any]], root: Path) -> None:
+def _ground_truth(patients: list[dict[str, Any]], root: Path) -> None:
     gt = root / "ground_truth"
     records, lesions = [], []
     for p in patients:
@@ -388,7 +388,7 @@ def generate_cohort(config: GeneratorConfig, progress: Callable[[int, int], None
         patients = _render_all(staged, plans, progress)
         _apply_censoring(staged, patients)
         _clinical_tables(staged, patients, staging)
-        _ground_truth(staged, patients, staging)
+        _ground_truth(patients, staging)
         counts = {s: sum(1 for p in patients if p["site"] == s and not p["bad"]) for s in SITE_ORDER}
         write_json({**config.identity(), "good_patients": counts,
                     "bad_patients_generated": sum(1 for p in patients if p["bad"])}, staging / "manifest.json")
