@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,9 @@ def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
         assert local_servers.healthy(running["prefect"].health_url)
         assert local_servers.healthy(running["mlflow"].health_url)
         assert (tmp_path / "work/prefect/home").is_dir()  # the server's database lives in the work dir
+        for service in running.values():  # the UIs themselves answer with a page
+            with urllib.request.urlopen(service.ui_url, timeout=10) as response:
+                assert response.status == 200 and b"<html" in response.read(4096).lower()
         endpoints = local_servers.endpoints(params)
         assert endpoints["prefect"] == f"http://127.0.0.1:{params.servers.prefect_port}"
         # a second start reuses what answers

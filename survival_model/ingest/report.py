@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sksurv.nonparametric import kaplan_meier_estimator
 
 from survival_model.imageio import write_bytes
@@ -103,6 +104,7 @@ def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> P
     if len(quarantine):
         counts = quarantine.groupby("reason")["case_id"].nunique().sort_values()
         reasons.barh(counts.index.astype(str), counts.to_numpy(), color="#dd8452")
+        reasons.xaxis.set_major_locator(MaxNLocator(integer=True))
         reasons.set(title="Quarantined patients by reason", xlabel="patients")
     else:
         reasons.text(0.5, 0.5, "no patient quarantined", ha="center", va="center")
