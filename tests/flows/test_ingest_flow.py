@@ -209,3 +209,15 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     assert {"ingestion-summary", "cohort-by-site", "quarantine"} <= set(by_key)
     assert "mlflow" in str(by_key["ingestion-summary"].data).lower()
     assert "unknown_label" in str(by_key["quarantine"].data)
+
+
+def test_a_process_pool_gives_the_same_cohort_as_threads(tiny_cohort_master: Path, tmp_path: Path) -> None:
+    from flows.runners import task_runner_for
+
+    threads = params_for(tiny_cohort_master, tmp_path / "threads")
+    processes = params_for(tiny_cohort_master, tmp_path / "processes", **{
+        "orchestration.task_runner": "processes", "orchestration.max_workers": 2})
+    by_threads = ingest.with_options(task_runner=task_runner_for(threads))(threads)
+    by_processes = ingest.with_options(task_runner=task_runner_for(processes))(processes)
+    assert by_processes.fingerprint == by_threads.fingerprint
+    assert by_processes.quarantine().drop(columns="message").equals(by_threads.quarantine().drop(columns="message"))
