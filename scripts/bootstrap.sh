@@ -73,12 +73,30 @@ PY
   touch "$deps/.complete"
 }
 
+prune_old() {
+  # Each dependency change builds a new multi-GB environment: keep the three most recently used.
+  local old
+  for old in $(ls -1dt "$cache"/deps-*/.last_used 2>/dev/null | tail -n +4); do
+    old=$(dirname "$old")
+    [ "$old" = "$deps" ] && continue
+    (
+      exec 8>"$old.lock"
+      flock -n 8 || exit 0   # in use or being built: leave it
+      echo "bootstrap: removing the unused dependency environment $old" >&2
+      rm -rf "$old" "$old.lock"
+    )
+  done
+}
+
 if [ ! -f "$deps/.complete" ]; then
   exec 9>"$deps.lock"
   flock 9
   [ -f "$deps/.complete" ] || build_deps
   flock -u 9
+  touch "$deps/.last_used"
+  prune_old
 fi
+touch "$deps/.last_used"
 
 venv="$root/.venv"
 site_deps=$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
