@@ -71,10 +71,15 @@ class DigestMemo:
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(path, timeout=60, check_same_thread=False)
-        with self._lock, self._con:
-            self._con.execute(
-                "CREATE TABLE IF NOT EXISTS digests_v2 (path TEXT PRIMARY KEY, signature TEXT, digest TEXT)"
-            )
+        with self._lock:
+            exists = self._con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='digests_v2'").fetchone()
+            if not exists:  # a write (and its lock) only the first time
+                with self._con:
+                    self._con.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+                    self._con.execute(
+                        "CREATE TABLE IF NOT EXISTS digests_v2 (path TEXT PRIMARY KEY, signature TEXT, digest TEXT)"
+                    )
 
     def close(self) -> None:
         self._con.close()
@@ -95,8 +100,17 @@ def _stat_signature(stat: os.stat_result) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+def _folder_files(folder: Path) -> list[tuple[str, os.stat_result]]:
+    """(relative posix path, stat) of every file below ``folder``, sorted (os.walk: a DICOM series
+    is hundreds of files, and pathlib's rglob/relative_to cost more than the stats)."""
+    entries = []
+    for dirpath, _dirs, names in os.walk(folder):
+        prefix = os.path.relpath(dirpath, folder)
+        for name in names:
+            full = os.path.join(dirpath, name)
+            relative = name if prefix == "." else f"{prefix}/{name}"
+            entries.append((relative.replace(os.sep, "/"), os.stat(full)))
+    return sorted(entries, key=lambda e: e[0])
 
 
 def file_digest(path: Path, memo: DigestMemo | None = None) -> str:
@@ -110,11 +124,11 @@ def file_digest(path: Path, memo: DigestMemo | None = None) -> str:
         files = _folder_files(path)
         signature = ""
         if memo is not None:
-            signature = stable_hash([(p.relative_to(path).as_posix(), _stat_signature(p.stat())) for p in files])
+            signature = stable_hash([(name, _stat_signature(stat)) for name, stat in files])
             cached = memo.lookup(path.resolve(), signature)
             if cached is not None:
                 return cached
-        digest = stable_hash([(p.relative_to(path).as_posix(), sha256_file(p)) for p in files])
+        digest = stable_hash([(name, sha256_file(path / name)) for name, _ in files])
         if memo is not None:
             memo.store(path.resolve(), signature, digest)
         return digest

@@ -2,6 +2,10 @@
 
 Each cached task has a key function that mirrors the library's own content key, so a Prefect cache
 hit and the library's content-keyed folder always agree.
+
+The tasks carry no tags: Prefect acquires a tag-concurrency slot through its API for every run of a
+tagged task, which measured 0.1-0.5 s per task here (retried 503s from the temporary server) and
+dominated warm re-runs. Runs are told apart by their names (``images-<case id>``) and flows.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class SiteDiscovery:
     error: str | None = None
 
 
-@task(name="discover-cases", tags=["ingest"], persist_result=False)
+@task(name="discover-cases", persist_result=False)
 def discover(site: str, institution: Institution, pseudonymiser: Pseudonymiser) -> SiteDiscovery:
     """List a site's cases. Not cached and not persisted: it must look at the disk every run, and
     its result holds source identifiers that must not be stored by the orchestrator."""
@@ -58,7 +62,7 @@ def images_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
     return key, images_lib.expected_output(work_dir, case.site, inputs["case_id"], key)
 
 
-@task(name="ingest-images", tags=["ingest", "per-patient"], task_run_name="images-{case_id}")
+@task(name="ingest-images", task_run_name="images-{case_id}")
 def ingest_images(
     case_id: str,
     case: CaseFiles,
@@ -78,7 +82,7 @@ def clinical_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
     return key, clinical_lib.clinical_expected_output(work_dir, inputs["site"], key)
 
 
-@task(name="harmonise-clinical", tags=["ingest"], task_run_name="clinical-{site}")
+@task(name="harmonise-clinical", task_run_name="clinical-{site}")
 def harmonise_clinical(
     site: str,
     institution: Institution,
@@ -95,7 +99,7 @@ def cohort_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
     return key, [cohort_lib.cohort_folder(inputs["work_dir"], key) / "summary.json"]
 
 
-@task(name="assemble-cohort", tags=["ingest"])
+@task(name="assemble-cohort")
 def assemble_cohort(
     outcomes: list[images_lib.ImageOutcome],
     clinical: list[clinical_lib.ClinicalResult],

@@ -14,7 +14,7 @@ from survival_model.tracking import Tracker
 from survival_model.tracking_summary import ingestion_metrics, run_params
 
 
-@task(name="start-mlflow-run", tags=["tracking"], retries=2, retry_delay_seconds=[2, 10])
+@task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
 def start_run(params: Params, run_name: str, tags: dict[str, str]) -> str:
     tracker = Tracker.from_params(params)
     run_id = tracker.start_run(run_name, tags=tags)
@@ -22,12 +22,12 @@ def start_run(params: Params, run_name: str, tags: dict[str, str]) -> str:
     return run_id
 
 
-@task(name="end-mlflow-run", tags=["tracking"], retries=2, retry_delay_seconds=[2, 10])
+@task(name="end-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
 def end_run(params: Params, run_id: str, status: str) -> None:
     Tracker.from_params(params).end_run(run_id, status)
 
 
-@task(name="log-ingestion", tags=["tracking"], retries=2, retry_delay_seconds=[2, 10])
+@task(name="log-ingestion", retries=2, retry_delay_seconds=[2, 10])
 def log_ingestion(params: Params, run_id: str, cohort: CohortResult) -> str:
     """Counts, quarantine by reason, fingerprint, dataset input and artifacts on the MLflow run."""
     tracker = Tracker.from_params(params)
@@ -40,7 +40,7 @@ def log_ingestion(params: Params, run_id: str, cohort: CohortResult) -> str:
     return tracker.run_url(run_id)
 
 
-@task(name="publish-ingestion-artifacts", tags=["ui"])
+@task(name="publish-ingestion-artifacts")
 def publish_ingestion(cohort: CohortResult, run_link: str) -> None:
     """The same summary in the Prefect UI: Markdown digest, per-site table, quarantine table, link."""
     summary: dict[str, Any] = cohort.summary
