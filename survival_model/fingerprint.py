@@ -107,9 +107,9 @@ def _folder_files(folder: Path) -> list[tuple[str, os.stat_result]]:
     for dirpath, _dirs, names in os.walk(folder):
         prefix = os.path.relpath(dirpath, folder)
         for name in names:
-            full = os.path.join(dirpath, name)
+            full = os.path.join(dirpath, name)  # noqa: PTH118 - hot loop, see docstring
             relative = name if prefix == "." else f"{prefix}/{name}"
-            entries.append((relative.replace(os.sep, "/"), os.stat(full)))
+            entries.append((relative.replace(os.sep, "/"), os.stat(full)))  # noqa: PTH116
     return sorted(entries, key=lambda e: e[0])
 
 
