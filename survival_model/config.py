@@ -390,15 +390,6 @@ class Params(StrictModel):
     def mlflow_artifact_root(self) -> Path:
         return self.work_dir / "mlflow" / "artifacts"
 
-    def section(self, name: str) -> dict[str, Any]:
-        """A JSON-able dump of one section, used in cache keys (a change invalidates that stage only)."""
-        value = getattr(self, name, None)
-        if isinstance(value, BaseModel):
-            return value.model_dump(mode="json")
-        if isinstance(value, Mapping):
-            return {k: v.model_dump(mode="json") for k, v in value.items()}
-        raise ConfigError(f"params has no section {name!r}")
-
 
 # --------------------------------------------------------------------------------------------------
 # Loading

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
 from importlib import import_module
@@ -141,10 +141,6 @@ def file_digest(path: Path, memo: DigestMemo | None = None) -> str:
     digest = sha256_file(path)
     memo.store(path.resolve(), signature, digest)
     return digest
-
-
-def digests(paths: Iterable[Path], memo: DigestMemo | None = None) -> dict[str, str]:
-    return {Path(p).as_posix(): file_digest(Path(p), memo) for p in paths}
 
 
 @lru_cache(maxsize=64)

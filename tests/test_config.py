@@ -108,15 +108,6 @@ def test_custom_label_mapping_and_presets() -> None:
     assert LABEL_SCHEMES["brats2013"] == {1: "netc", 2: "snfh", 3: "netc", 4: "et"}
 
 
-def test_params_section_dump_is_json_ready() -> None:
-    params = load_params(REPO / "params.yaml")
-    ingest = params.section("ingest")
-    assert ingest["grid_tolerance_mm"] == 0.05
-    assert set(params.section("institutions")) == {"site_a", "site_b", "site_c"}
-    with pytest.raises(ConfigError, match="no section"):
-        params.section("nonexistent")
-
-
 def test_services_file_of_the_repository_is_valid() -> None:
     spec = load_services(REPO / "infra" / "local" / "services.yaml")
     assert set(spec.services) == {"prefect", "mlflow"}

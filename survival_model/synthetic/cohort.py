@@ -211,7 +211,7 @@ def make_patient(config: GeneratorConfig, plan: PatientPlan) -> dict[str, Any]:
 
     if plan.bad != "missing_images":
         volumes: dict[str, np.ndarray] = dict(phantom.render_case(
-            head, lesions, grid, motions=motions, bias=dict.fromkeys(sites.SEQUENCES, bias) if bias else None,
+            head, lesions, grid, motions=motions, bias=dict.fromkeys(phantom.SEQUENCES, bias) if bias else None,
             noise_sigma=spec.noise_sigma, seed=render_seed, skull_stripped=spec.skull_stripped,
             scale=spec.intensity_scale,
             # a point spread about one base voxel wide: partial volume as a real acquisition at this

@@ -40,10 +40,8 @@ import pandas as pd
 import SimpleITK as sitk
 
 from survival_model.imageio import write_image, write_text
-from survival_model.synthetic.phantom import Grid
+from survival_model.synthetic.phantom import SEQUENCES, Grid
 from survival_model.synthetic.survival import DAYS_PER_MONTH
-
-SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
 
 FIRST_NAMES = ("Anna", "Ben", "Clara", "David", "Elena", "Farid", "Grete", "Hugo", "Ines", "Jonas",
                "Karin", "Luca", "Maria", "Nils", "Olga", "Pablo", "Rosa", "Sven", "Tara", "Ugo")

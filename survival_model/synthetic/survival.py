@@ -47,7 +47,7 @@ own draws) so that the censored fraction is ``censor_fraction`` (default 0.28). 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -258,6 +258,3 @@ def model_description() -> dict[str, Any]:
         "days_per_month": DAYS_PER_MONTH,
     }
 
-
-def as_record(obj: Any) -> dict[str, Any]:
-    return asdict(obj)
