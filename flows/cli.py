@@ -33,13 +33,16 @@ app.add_typer(ui_app, name="ui")
 console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
+RealisticOption = Annotated[bool, typer.Option(
+    "--realistic", help="BraTS-size cohort: 240x240x155 at 1 mm, preprocessed at 1 mm (regenerates data/synthetic).")]
+REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1]}
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]
 
 
-def _load(params_path: Path, overrides: list[str] | None) -> tuple[Params, dict[str, Any]]:
-    pairs = dict(parse_override(o) for o in overrides or [])
+def _load(params_path: Path, overrides: list[str] | None, realistic: bool = False) -> tuple[Params, dict[str, Any]]:
+    pairs = {**(REALISTIC if realistic else {}), **dict(parse_override(o) for o in overrides or [])}
     return load_params(params_path, pairs), pairs
 
 
@@ -112,11 +115,12 @@ def prefect_environment(params: Params) -> str:
 def run(
     params_path: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
+    realistic: RealisticOption = False,
     generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
 ) -> None:
     """The main job: synthetic cohort if missing -> pipeline flow -> where the results are."""
     try:
-        params, pairs = _load(params_path, overrides)
+        params, pairs = _load(params_path, overrides, realistic)
         if generate:
             ensure_synthetic_cohort(params)
         where = prefect_environment(params)
@@ -155,9 +159,17 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
     errors = {**summary.get("clinical_errors", {}), **summary.get("image_source_errors", {})}
     for site, message in errors.items():
         console.print(f"[bold red]site {site} could not be read:[/] {message}")
+    features = result.features_summary
+    families = ", ".join(f"{n} {prefix}*" for prefix, n in features["feature_columns"].items())
+    console.print(f"features: {features['patients']} patients x {features['columns']} columns ({families})")
+    later = {k: v for k, v in features["quarantined_by_stage"].items() if k in ("preprocess", "features")}
+    if later:
+        console.print(f"[bold yellow]quarantined after ingestion:[/] {later} (reasons in the quarantine table)")
     console.print(f"\n[bold]results[/] (work directory {result.work_dir})")
+    console.print(f"  features    {result.features}")
     console.print(f"  cohort      {result.cohort}")
-    console.print(f"  quarantine  {result.quarantine}")
+    console.print(f"  quarantine  {result.all_quarantine} (all stages)")
+    console.print(f"  QC          {result.features.parent / 'qc_table.csv'}")
     console.print(f"  report      {result.cohort.parent / 'summary.md'} and cohort_summary.png")
     console.print(f"  MLflow run  {result.mlflow_link}")
     if "prefect" in up:
@@ -170,13 +182,14 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
 def generate(
     params_path: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
+    realistic: RealisticOption = False,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: synthetic.out_dir).")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     force: Annotated[bool, typer.Option(help="Regenerate even if the same cohort is there.")] = False,
 ) -> None:
     """Write a synthetic cohort (settings from the `synthetic` section, overridable with --set)."""
     try:
-        params, _ = _load(params_path, overrides)
+        params, _ = _load(params_path, overrides, realistic)
         config = _generator_config(params, workers)
         if out is not None:
             config = GeneratorConfig(**{**config.__dict__, "out_dir": out.resolve()})

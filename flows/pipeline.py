@@ -1,6 +1,6 @@
-"""The end-to-end pipeline flow. Today: ingestion, tracked in MLflow and summarised in the Prefect UI.
+"""The end-to-end pipeline flow: ingestion -> imaging (preprocessing, features) in one MLflow run.
 
-Later stages (preprocessing, features, training, evaluation, registry) are added here as subflows.
+Later stages (training, evaluation, registry) are added here as subflows.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.runners import task_runner_for
 from survival_model.config import Params, load_params
@@ -27,6 +28,9 @@ class PipelineResult:
     cohort: Path
     quarantine: Path
     summary: dict[str, Any]
+    features: Path
+    features_summary: dict[str, Any]
+    all_quarantine: Path
     mlflow_run_id: str
     mlflow_link: str
 
@@ -47,10 +51,13 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         cohort = ingest.with_options(task_runner=task_runner_for(params))(params)
         link = tracking.log_ingestion(params, run_id, cohort)
         tracking.publish_ingestion(cohort, link)
+        table = imaging.with_options(task_runner=task_runner_for(params))(params, cohort)
+        tracking.log_imaging(params, run_id, table)
+        tracking.publish_imaging(table)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")
         raise
     tracking.end_run(params, run_id, "FINISHED")
     logger.info("MLflow run: %s", link)
     return PipelineResult(params.work_dir, cohort.cohort_path, cohort.quarantine_path, cohort.summary,
-                          run_id, link)
+                          table.table_path, table.summary, table.quarantine_path, run_id, link)

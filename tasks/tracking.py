@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from survival_model.config import Params
+from survival_model.features.stage import FeatureTable
 from survival_model.ingest import report
 from survival_model.ingest.cohort import CohortResult
 from survival_model.tracking import Tracker
-from survival_model.tracking_summary import ingestion_metrics, run_params
+from survival_model.tracking_summary import features_markdown, imaging_metrics, ingestion_metrics, run_params
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
@@ -52,3 +54,24 @@ def publish_ingestion(cohort: CohortResult, run_link: str) -> None:
                           key="quarantine", description="Patients kept out of the cohort, with reasons")
     if run_link.startswith("http"):
         create_link_artifact(run_link, link_text="MLflow run", key="mlflow-run")
+
+
+@task(name="log-imaging", retries=2, retry_delay_seconds=[2, 10])
+def log_imaging(params: Params, run_id: str, table: FeatureTable) -> None:
+    """QC summary, feature-table schema and counts, pyradiomics version on the MLflow run."""
+    tracker = Tracker.from_params(params)
+    tracker.log_metrics(run_id, imaging_metrics(table.summary))
+    tracker.set_tags(run_id, {"pyradiomics_version": table.summary["pyradiomics_version"]})
+    tracker.log_artifacts(run_id, table.report_files(), artifact_path="features")
+
+
+@task(name="publish-imaging-artifacts")
+def publish_imaging(table: FeatureTable) -> None:
+    """The preprocessing QC table and a feature summary in the Prefect UI."""
+    qc = pd.read_csv(table.folder / "qc_table.csv")
+    values = qc.round(4).astype(object).where(qc.notna(), None)
+    rows = [{str(k): v for k, v in r.items()} for r in values.to_dict("records")]
+    create_table_artifact(rows or [{"status": "no patient"}], key="preprocessing-qc",
+                          description="Per-patient preprocessing QC (quarantined patients show their reason)")
+    create_markdown_artifact(features_markdown(table.summary, table.table_path), key="features-summary",
+                             description="The feature table at a glance")

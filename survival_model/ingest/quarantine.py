@@ -38,6 +38,11 @@ REASONS: dict[str, str] = {
     "lesion_count_mismatch": "the clinical number of metastases disagrees with the mask",
     "clinical_table_error": "the site's clinical table could not be harmonised at all",
     "image_source_error": "the site's image folder could not be listed at all",
+    "qc_brain_volume": "preprocessing: the brain mask's volume is implausible (skull stripping failed)",
+    "qc_registration": "preprocessing: a sequence could not be registered to the reference well enough",
+    "qc_resampling": "preprocessing: resampling changed the tumour volume more than allowed",
+    "preprocess_failed": "preprocessing failed numerically (e.g. registration or N4 raised an error)",
+    "features_failed": "feature extraction failed for the patient",
 }
 
 QUARANTINE_COLUMNS = ["site", "case_id", "stage", "reason", "message"]
