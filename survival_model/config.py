@@ -363,6 +363,12 @@ class PreprocessQC(StrictModel):
 class PreprocessParams(StrictModel):
     """Reorientation, co-registration, N4, resampling, cropping, normalisation (per patient)."""
 
+    #: ITK threads per patient. ITK's multi-threaded filters (N4, registration metrics, statistics)
+    #: sum partial results in thread order, so their last bits depend on the thread count; with 1
+    #: thread every run and every task runner gives identical images. Patients run in parallel on
+    #: the task runner instead. Raise it to speed up one patient on many cores (results then vary
+    #: in the last bits).
+    itk_threads: int = Field(1, ge=1, le=256)
     orientation: str = "LPS"
     target_spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     image_interpolator: Literal["linear", "bspline"] = "linear"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
 from prefect import task
 
 from survival_model.config import FeaturesParams, PreprocessParams
@@ -28,6 +29,9 @@ def preprocess_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
 def preprocess(
     case_id: str, inp: PatientInput, images_key: str, params: PreprocessParams, work_dir: Path
 ) -> preprocess_lib.PreprocessOutcome:
+    # The same ITK thread count for every preprocessing task in this worker: results then do not
+    # depend on which task ran beside which (see PreprocessParams.itk_threads).
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(params.itk_threads)
     return preprocess_lib.run_preprocess(inp, images_key, params, work_dir)
 
 
