@@ -251,7 +251,7 @@ class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             if covariates is not None:
                 params["continuous_covariates"] = covariates.loc[rows].set_axis(index)
             group.model.set_params(**params)
-            adjusted = group.model.transform(data).to_numpy(dtype="float64")
+            adjusted = group.model.transform(data).to_numpy(dtype="float64", copy=True)
             adjusted[nan.loc[rows].to_numpy()] = np.nan
             block = values.to_numpy(dtype="float64", copy=True)
             block[rows] = adjusted

@@ -159,8 +159,8 @@ def test_a_changed_clinical_mapping_reruns_only_that_sites_clinical_task(
 def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_ui(
     tiny_cohort_master: Path, tmp_path: Path
 ) -> None:
-    """One MLflow run per pipeline run (counts, quarantine, fingerprint, dataset, artifacts) and
-    Prefect artifacts (summary, per-site table, quarantine table) for the UI."""
+    """One MLflow run per pipeline run (counts, quarantine, fingerprint, dataset, ingestion and feature
+    artifacts) and Prefect artifacts (summaries, per-site table, quarantine and QC tables) for the UI."""
     from flows.pipeline import pipeline
 
     params = params_for(tiny_cohort_master, tmp_path / "work")
@@ -178,8 +178,8 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
-    assert [c.name for c in children] == ["ingest"]
-    assert children[0].state is not None and children[0].state.is_completed()
+    assert sorted(c.name for c in children) == ["imaging", "ingest"]
+    assert all(c.state is not None and c.state.is_completed() for c in children)
 
     from mlflow import MlflowClient
 
@@ -199,6 +199,13 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     assert artifacts == {"ingestion/summary.json", "ingestion/summary.md", "ingestion/quarantine.csv",
                          "ingestion/cohort_summary.png"}
     assert "site_a-" not in str(run.data.params) and "SYN-MET" not in str(run.data.params)
+    assert run.data.metrics["features.patients"] == result.features_summary["patients"] == 10
+    assert run.data.metrics["features.columns.rad"] > 0 and run.data.metrics["features.columns.vol"] > 0
+    assert run.data.metrics["qc.patients_preprocessed"] == 10
+    assert run.data.tags["pyradiomics_version"] == result.features_summary["pyradiomics_version"]
+    feature_artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "features")}
+    assert feature_artifacts == {"features/schema.json", "features/qc_summary.json", "features/qc_table.csv",
+                                 "features/quarantine.csv"}
 
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -206,9 +213,10 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
         published = prefect_client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     by_key = {a.key: a for a in published}
-    assert {"ingestion-summary", "cohort-by-site", "quarantine"} <= set(by_key)
+    assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary"} <= set(by_key)
     assert "mlflow" in str(by_key["ingestion-summary"].data).lower()
     assert "unknown_label" in str(by_key["quarantine"].data)
+    assert "brain_volume_ml" in str(by_key["preprocessing-qc"].data)
 
 
 def test_a_process_pool_gives_the_same_cohort_as_threads(tiny_cohort_master: Path, tmp_path: Path) -> None:
