@@ -35,7 +35,8 @@ console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
 RealisticOption = Annotated[bool, typer.Option(
     "--realistic", help="BraTS-size cohort: 240x240x155 at 1 mm, preprocessed at 1 mm (regenerates data/synthetic).")]
-REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1]}
+REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1],
+             "preprocess.n4.max_shrunk_spacing_mm": 8.0}
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]

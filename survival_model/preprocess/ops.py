@@ -95,7 +95,7 @@ _INTERPOLATORS: dict[str, int] = {
     "label_gaussian": sitk.sitkLabelGaussian,
 }
 _HEAD_CLOSING_MM = 5.0  # gaps in the scalp narrower than about twice this are closed
-_QUICK_N4_MM = 8.0  # voxel size of the quick bias correction inside the skull strip
+_QUICK_N4_MM = 16.0  # voxel size of the quick bias correction inside the skull strip (levelling only)
 _DEEP_MM = 20.0  # depth below the head surface that is (almost) all intracranial
 
 
@@ -454,7 +454,7 @@ def _levelled(image: sitk.Image, head: sitk.Image, deep: npt.NDArray[np.bool_]) 
     """``image`` with a quick, coarse N4 bias correction over the head, divided by its median deep in
     the head (so 1.0 is a typical intracranial value whatever the scanner's scale)."""
     factor = max(1, round(_QUICK_N4_MM / min(image.GetSpacing())))
-    quick = N4Params(shrink_factor=min(factor, 16), iterations=[30, 30])
+    quick = N4Params(shrink_factor=min(factor, 16), max_shrunk_spacing_mm=_QUICK_N4_MM, iterations=[20, 20])
     corrected = sitk.GetArrayFromImage(n4_correct(image, head, quick).corrected)
     level = float(np.median(corrected[deep])) if deep.any() else float(corrected.mean())
     out: npt.NDArray[np.float32] = (corrected / max(level, 1e-6)).astype(np.float32)

@@ -170,7 +170,10 @@ def _run(inp: PatientInput, params: PreprocessParams, out_dir: Path, stages: _St
         volumes, tumour_change = _check_labels(case, seg, seg_target, params)
 
     with stages.stage("head_mask"):
-        work = ops.target_grid(reference, (params.brain_mask_spacing_mm,) * 3, params.orientation)
+        # Never finer than the reference's own voxel volume (its geometric-mean spacing): upsampling a
+        # coarse or thick-slice image only adds voxels to process, not information.
+        work_mm = max(params.brain_mask_spacing_mm, float(np.prod(reference.GetSpacing())) ** (1 / 3))
+        work = ops.target_grid(reference, (work_mm,) * 3, params.orientation)
         reference_work = ops.resample_onto(reference, work)
         head = ops.head_mask(reference_work) if not inp.acquisition.co_registered else None
 
