@@ -19,6 +19,7 @@ from survival_model.ingest.privacy import Pseudonymiser
 from survival_model.preprocess import ops
 from survival_model.preprocess.stage import PatientInput, PreprocessedPatient, run_preprocess
 from tests.conftest import realdata_dir
+from tests.preprocess.images import dice
 
 pytestmark = pytest.mark.realdata
 PSEUDONYMISER = Pseudonymiser(b"r" * 32)
@@ -144,10 +145,6 @@ def align_registered_t1c(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transfor
     fixed_2mm = sitk.Resample(fixed, ops.target_grid(fixed, (2.0, 2.0, 2.0), "LPS"), sitk.Transform(), sitk.sitkLinear)
     transform: sitk.Transform = method.Execute(fixed_2mm, moving)
     return transform
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 @pytest.fixture(scope="module")

@@ -526,11 +526,11 @@ class N4Result:
 
 def shrink_factors(spacing: tuple[float, ...], factor: int,
                    max_spacing_mm: float = float("inf")) -> tuple[int, int, int]:
-    """Per-axis shrink factors: ``factor`` on the finest axis (lowered so the shrunk voxel is at most
-    ``max_spacing_mm`` there), coarser axes shrunk towards isotropic voxels; never below 1."""
+    """Per-axis shrink factors: ``factor`` on the finest axis, coarser axes shrunk towards isotropic
+    voxels; on every axis lowered so the shrunk voxel is at most ``max_spacing_mm``; never below 1."""
     finest = min(spacing)
     factor = max(1, min(factor, math.floor(max_spacing_mm / finest + 1e-9)))
-    out = [max(1, round(factor * finest / s)) for s in spacing]
+    out = [max(1, min(round(factor * finest / s), math.floor(max_spacing_mm / s + 1e-9))) for s in spacing]
     return (out[0], out[1], out[2])
 
 

@@ -14,26 +14,10 @@ from survival_model.config import N4Params, RegistrationParams
 from survival_model.preprocess import ops
 from survival_model.synthetic import phantom as ph
 from survival_model.synthetic.sites import SITES, site_grid
+from tests.preprocess.images import dice, grid_of, to_image
 
 FLIP = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 PERMUTED = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0, -1.0, 0.0, 0.0)  # axes point A, I, R
-
-
-def to_image(array: np.ndarray, grid: ph.Grid) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
-    return image
-
-
-def grid_of(image: sitk.Image) -> ph.Grid:
-    return ph.Grid(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    return float(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 @pytest.fixture(scope="module")

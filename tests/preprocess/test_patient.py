@@ -25,6 +25,7 @@ from survival_model.preprocess import ops
 from survival_model.preprocess.patient import PatientInput, preprocess_patient
 from survival_model.synthetic import phantom as ph
 from survival_model.synthetic.sites import SITES, site_grid
+from tests.preprocess.images import dice, grid_of, to_image
 
 ACQUISITION = {
     "site_a": Acquisition(skull_stripped=True, bias_corrected=True, co_registered=True),
@@ -66,23 +67,6 @@ def write_case(root: Path, site: str, seed: int, base: tuple[tuple[int, int, int
     mask = write_image(to_image(volumes["seg"], grid), root / "seg.nii.gz")
     inp = PatientInput(site, f"{site}-{seed}", images, mask, None, "t1c", ACQUISITION[site])
     return Case(inp, head, lesions, motions, bias)
-
-
-def to_image(array: np.ndarray, grid: ph.Grid) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(grid.spacing)
-    image.SetOrigin(grid.origin)
-    image.SetDirection(grid.direction)
-    return image
-
-
-def grid_of(image: sitk.Image) -> ph.Grid:
-    return ph.Grid(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    return float(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
 
 
 def params(**changes: Any) -> PreprocessParams:
