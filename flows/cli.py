@@ -89,13 +89,21 @@ def ensure_synthetic_cohort(params: Params) -> None:
     _generate(config)
 
 
-def prefect_environment(params: Params) -> str:
+def default_services_file(params_path: Path) -> Path:
+    """``infra/local/services.yaml`` beside the params file, else the one in this repository."""
+    beside = params_path.resolve().parent / "infra" / "local" / "services.yaml"
+    return beside if beside.is_file() else Path(__file__).resolve().parents[1] / "infra" / "local" / "services.yaml"
+
+
+def prefect_environment(params: Params, services_file: Path | None = None) -> str:
     """Point Prefect at the right API before it is imported; returns a description for the user.
 
-    A user's own ``PREFECT_API_URL`` wins. Otherwise a local server started by ``ui start`` is used
-    when it answers; otherwise Prefect starts its temporary server (given a longer start-up timeout:
-    the 20 s default expired on first runs on 2-core machines). Prefect's home (its SQLite database)
-    is under the work directory, so ``ui start`` later shows these runs too.
+    A user's own ``PREFECT_API_URL`` wins. Otherwise the local server (``ui start``) is used when it
+    answers; when it does not and ``services_file`` is given, it is started and left running (the
+    UI shows this run, and the next run skips Prefect's 10-30 s temporary-server start). Otherwise,
+    or if that start fails, Prefect starts its temporary server (given a longer start-up timeout: the
+    20 s default expired on first runs on 2-core machines). Prefect's home (its SQLite database) is
+    under the work directory either way, so ``ui start`` later shows these runs too.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -108,7 +116,17 @@ def prefect_environment(params: Params) -> str:
     up = local_servers.endpoints(params)
     if "prefect" in up:
         os.environ["PREFECT_API_URL"] = f"{up['prefect']}/api"
-        return f"Prefect server {up['prefect']} (started by `survival-model ui start`)"
+        return f"Prefect server {up['prefect']} (local; `survival-model ui stop` stops it)"
+    if services_file is not None:
+        try:
+            with console.status("starting the local Prefect server (first run only)"):
+                running = local_servers.start(params, load_services(services_file), only=["prefect"])
+        except SurvivalModelError as exc:
+            console.print(f"[yellow]the local Prefect server did not start ({exc}); using a temporary one[/]")
+        else:
+            url = running["prefect"].ui_url
+            os.environ["PREFECT_API_URL"] = f"{url}/api"
+            return f"Prefect server {url} (started now and left running; `survival-model ui stop` stops it)"
     return "Prefect's temporary server (run `survival-model ui start` to keep a UI)"
 
 
@@ -118,13 +136,16 @@ def run(
     overrides: SetOption = None,
     realistic: RealisticOption = False,
     generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
+    temporary_server: Annotated[bool, typer.Option(
+        "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
 ) -> None:
     """The main job: synthetic cohort if missing -> pipeline flow -> where the results are."""
     try:
         params, pairs = _load(params_path, overrides, realistic)
         if generate:
             ensure_synthetic_cohort(params)
-        where = prefect_environment(params)
+        local = params.servers.prefect_api == "local" and not temporary_server
+        where = prefect_environment(params, default_services_file(params_path) if local else None)
     except SurvivalModelError as exc:
         _fail(exc)
         return

@@ -7,8 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from survival_model import stages
 from survival_model.config import Params
-from survival_model.features.stage import FeatureTable
+from survival_model.features.stage import FeatureTable, load_table, stage_outputs
 from survival_model.ingest.cohort import CohortResult
 from survival_model.preprocess.stage import patient_input
 from tasks import imaging as t
@@ -17,17 +18,29 @@ from tasks.common import configure
 
 @flow(name="imaging", flow_run_name="imaging")
 def imaging(params: Params, cohort: CohortResult) -> FeatureTable:
-    """Preprocess every cohort patient, extract features as each finishes, assemble the table."""
+    """Preprocess every cohort patient, extract features as each finishes, assemble the table.
+
+    When neither the cohort nor the preprocessing/feature settings changed since a recorded run, that
+    run's table is returned without submitting the per-patient tasks (``survival_model.stages``).
+    """
     logger = get_run_logger()
+    rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
+    inputs = [(row, patient_input(row, params.institutions[str(row["site"])])) for row in rows]
+    stage_key = t.imaging_stage_key(inputs, params, cohort)
+    if params.orchestration.reuse_unchanged_stages:
+        hit = stages.load_stage(params.work_dir, "imaging", stage_key)
+        reused = load_table(hit.folder) if hit is not None else None
+        if reused is not None:
+            logger.info("imaging unchanged (stage key %s, %d patients): reusing %s", stage_key[:12], len(rows),
+                        reused.table_path)
+            return reused
+
     preprocess_task = configure(t.preprocess, params, t.preprocess_key)
     features_task = configure(t.features, params, t.features_key)
     table_task = configure(t.feature_table, params, t.table_key)
-
-    rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
     pending = [
-        preprocess_task.submit(str(row["case_id"]), patient_input(row, params.institutions[str(row["site"])]),
-                               str(row["images_key"]), params.preprocess, params.work_dir)
-        for row in rows
+        preprocess_task.submit(str(row["case_id"]), inp, str(row["images_key"]), params.preprocess, params.work_dir)
+        for row, inp in inputs
     ]
     preprocessed, feature_futures = [], []
     for future in as_completed(pending):  # patients stream: features start as each preprocessing ends
@@ -40,6 +53,9 @@ def imaging(params: Params, cohort: CohortResult) -> FeatureTable:
     preprocessed.sort(key=lambda o: o.case_id)
     outcomes.sort(key=lambda o: o.case_id)
     table = table_task(outcomes, preprocessed, cohort, params.work_dir)
+    stages.save_stage(params.work_dir, "imaging", stage_key, table.folder,
+                      [*stage_outputs(outcomes, preprocessed, params.work_dir), table.table_path,
+                       table.quarantine_path, table.folder / "schema.json", table.folder / "summary.json"])
     logger.info("features: %d patients x %d columns -> %s", table.summary["patients"], table.summary["columns"],
                 table.table_path)
     return table

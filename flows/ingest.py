@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from survival_model import stages
 from survival_model.config import Params
-from survival_model.ingest.cohort import CohortResult
+from survival_model.ingest.cohort import CohortResult, load_cohort
 from survival_model.ingest.privacy import Pseudonymiser
 from tasks import ingest as t
 from tasks.common import configure
@@ -13,30 +14,48 @@ from tasks.common import configure
 
 @flow(name="ingest", flow_run_name="ingest")
 def ingest(params: Params) -> CohortResult:
-    """Discover -> images per patient and clinical per site (in parallel) -> cohort + quarantine."""
+    """Discover -> images per patient and clinical per site (in parallel) -> cohort + quarantine.
+
+    When nothing the stage reads has changed since a recorded run, that run's cohort is returned
+    without submitting the per-case tasks (``survival_model.stages``).
+    """
     logger = get_run_logger()
     pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    found, site_errors = [], {}
+    for site, institution in params.institutions.items():
+        discovery = t.discover(site, institution, pseudonymiser)
+        if discovery.error:
+            logger.error("institution %s: %s", site, discovery.error)
+            site_errors[site] = discovery.error
+        logger.info("institution %s: %d cases found", site, len(discovery.cases))
+        found.append(discovery)
+    stage = t.ingest_stage(params, found, pseudonymiser, site_errors)
+    if params.orchestration.reuse_unchanged_stages:
+        hit = stages.load_stage(params.work_dir, "ingest", stage.key)
+        reused = load_cohort(hit.folder) if hit is not None else None
+        if reused is not None:
+            logger.info("ingestion unchanged (stage key %s, %d cases): reusing %s", stage.key[:12],
+                        len(stage.cases), reused.cohort_path)
+            return reused
+
     images_task = configure(t.ingest_images, params, t.images_key)
     clinical_task = configure(t.harmonise_clinical, params, t.clinical_key)
     cohort_task = configure(t.assemble_cohort, params, t.cohort_key)
-
-    image_futures, clinical_futures, site_errors = [], [], {}
-    for site, institution in params.institutions.items():
-        found = t.discover(site, institution, pseudonymiser)
-        if found.error:
-            logger.error("institution %s: %s", site, found.error)
-            site_errors[site] = found.error
-        logger.info("institution %s: %d cases found", site, len(found.cases))
-        image_futures += [
-            images_task.submit(c.case_id, c.files, institution, params.ingest, pseudonymiser, params.work_dir)
-            for c in found.cases
-        ]
-        clinical_futures.append(
-            clinical_task.submit(site, institution, params.ingest, pseudonymiser, params.work_dir)
-        )
+    clinical_futures = [
+        clinical_task.submit(site, institution, params.ingest, pseudonymiser, params.work_dir)
+        for site, institution in params.institutions.items()
+    ]
+    image_futures = [
+        images_task.submit(c.case_id, c.files, params.institutions[d.site], params.ingest, pseudonymiser,
+                           params.work_dir)
+        for d in found for c in d.cases
+    ]
     outcomes = [f.result() for f in image_futures]
     clinical = [f.result() for f in clinical_futures]
     cohort = cohort_task(outcomes, clinical, site_errors, params.ingest, params.work_dir)
+    stages.save_stage(params.work_dir, "ingest", stage.key, cohort.folder,
+                      [*stage.outputs(params.work_dir), cohort.cohort_path, cohort.quarantine_path,
+                       *cohort.report_files()])
     logger.info("cohort: %d patients, %d quarantined -> %s", cohort.summary["patients"],
                 cohort.summary["quarantined_patients"], cohort.cohort_path)
     return cohort

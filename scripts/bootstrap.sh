@@ -108,5 +108,12 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.deps" 2>/dev/null)" != "$deps
   echo "import site; site.addsitedir('$site_deps')" > "$site_venv/_survival_model_deps.pth"
   echo "$deps" > "$venv/.deps"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$root" >&2
+# The editable install only changes when the project metadata or its top-level packages do: skip
+# pip (seconds) when neither has changed since the last install into this .venv.
+stamp=$(cat "$root/pyproject.toml" <(cd "$root" && ls -1d -- */__init__.py 2>/dev/null) | "$py" -c \
+  'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
+if [ "$(cat "$venv/.editable" 2>/dev/null)" != "$stamp" ] || [ ! -x "$venv/bin/survival-model" ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e "$root" >&2
+  echo "$stamp" > "$venv/.editable"
+fi
 echo "$venv/bin/python"

@@ -476,6 +476,10 @@ class OrchestrationParams(StrictModel):
     #: Per-task timeout. Prefect can only enforce it in a process pool (a thread cannot be
     #: interrupted mid-I/O), so it is applied with ``task_runner: processes`` only.
     task_timeout_seconds: float | None = Field(None, gt=0)
+    #: A stage (ingestion, imaging) none of whose inputs changed since a recorded run returns that
+    #: run's result without submitting its per-patient tasks (``survival_model.stages``); false
+    #: always goes through the per-patient tasks (each still cached).
+    reuse_unchanged_stages: bool = True
 
 
 class ServerParams(StrictModel):
@@ -485,6 +489,10 @@ class ServerParams(StrictModel):
     prefect_port: int = Field(4200, ge=1, le=65535)
     mlflow_port: int = Field(5000, ge=1, le=65535)
     startup_timeout_seconds: float = Field(120.0, gt=0)
+    #: Where ``survival-model run`` reports its flow runs: ``local`` - the local Prefect server of
+    #: ``ui start``, started (and left running, for the UI and the next run) when it is not up;
+    #: ``temporary`` - Prefect's temporary server, started and stopped by every run (10-30 s each).
+    prefect_api: Literal["local", "temporary"] = "local"
 
 
 class Params(StrictModel):

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,14 +84,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def start(params: Params, spec: ServicesSpec) -> dict[str, RunningService]:
-    """Start every declared service that is not already answering; wait until all are healthy."""
+def start(params: Params, spec: ServicesSpec, only: Collection[str] | None = None) -> dict[str, RunningService]:
+    """Start every declared service (or those named in ``only``) that is not already answering; wait
+    until all are healthy."""
     values = _placeholders(params)
     (params.work_dir / "servers").mkdir(parents=True, exist_ok=True)
     (params.work_dir / "prefect" / "home").mkdir(parents=True, exist_ok=True)
     params.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     running = read_state(params)
+    unknown = sorted(set(only or ()) - set(spec.services))
+    if unknown:
+        raise ServerError(f"no such service in the services file: {', '.join(unknown)}")
     for name, declared in spec.services.items():
+        if only is not None and name not in only:
+            continue
         health = declared.health_url.format(**values)
         if healthy(health):
             log.info("%s already answers at %s", name, health)
@@ -108,7 +115,7 @@ def start(params: Params, spec: ServicesSpec) -> dict[str, RunningService]:
         running[name] = RunningService(name, process.pid, declared.ui_url.format(**values), health, str(log_path))
     write_json({k: asdict(v) for k, v in running.items()}, state_file(params))
     deadline = time.monotonic() + params.servers.startup_timeout_seconds
-    pending = dict(running)
+    pending = {n: s for n, s in running.items() if only is None or n in only}
     while pending and time.monotonic() < deadline:
         for name, service in list(pending.items()):
             if healthy(service.health_url):

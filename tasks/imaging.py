@@ -12,7 +12,7 @@ from typing import Any
 import SimpleITK as sitk
 from prefect import task
 
-from survival_model.config import FeaturesParams, PreprocessParams
+from survival_model.config import FeaturesParams, Params, PreprocessParams
 from survival_model.features import stage as features_lib
 from survival_model.ingest.cohort import CohortResult
 from survival_model.preprocess import stage as preprocess_lib
@@ -46,6 +46,12 @@ def features(
     case_id: str, patient: preprocess_lib.PreprocessedPatient, params: FeaturesParams, work_dir: Path
 ) -> features_lib.FeatureOutcome:
     return features_lib.run_features(patient, params, work_dir)
+
+
+def imaging_stage_key(inputs: list[tuple[dict[str, Any], PatientInput]], params: Params, cohort: CohortResult) -> str:
+    """The imaging stage's key (``survival_model.stages``) from the per-patient preprocessing keys."""
+    keys = [preprocess_lib.preprocess_key(inp, str(row["images_key"]), params.preprocess) for row, inp in inputs]
+    return features_lib.imaging_stage_key(keys, params.features, cohort.fingerprint, cohort.folder.name)
 
 
 def table_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect import task
 
-from survival_model.config import IngestParams, Institution
+from survival_model.config import IngestParams, Institution, Params
 from survival_model.errors import DataSourceError
 from survival_model.fingerprint import DigestMemo
 from survival_model.ingest import clinical as clinical_lib
@@ -92,6 +92,41 @@ def harmonise_clinical(
 ) -> clinical_lib.ClinicalResult:
     return clinical_lib.harmonise_site(site, institution, params, pseudonymiser, work_dir,
                                        DigestMemo(digest_memo_path(work_dir)))
+
+
+@dataclass(frozen=True)
+class IngestStage:
+    """The ingestion stage's key (``survival_model.stages``) and the per-item keys it is made of."""
+
+    key: str
+    cases: list[tuple[str, str, str]]  # (site, case id, content key)
+    clinical: list[tuple[str, str]]  # (site, content key)
+
+    def outputs(self, work_dir: Path) -> list[Path]:
+        """The per-case and per-site files a reuse of this stage needs (either outcome of each)."""
+        images = [images_lib.expected_output(work_dir, site, case_id, key) for site, case_id, key in self.cases]
+        clinical = [clinical_lib.clinical_expected_output(work_dir, site, key) for site, key in self.clinical]
+        return [p for paths in (*images, *clinical) for p in paths]
+
+
+def ingest_stage(
+    params: Params, found: list[SiteDiscovery], pseudonymiser: Pseudonymiser, site_errors: dict[str, str]
+) -> IngestStage:
+    """The stage key from the same key functions the per-case and per-site tasks use."""
+    cases = []
+    for discovery in found:
+        institution = params.institutions[discovery.site]
+        for c in discovery.cases:
+            key, _ = images_key({"case": c.files, "work_dir": params.work_dir, "case_id": c.case_id,
+                                 "institution": institution, "params": params.ingest})
+            cases.append((discovery.site, c.case_id, key))
+    clinical = [
+        (site, clinical_key({"site": site, "institution": institution, "params": params.ingest,
+                             "pseudonymiser": pseudonymiser, "work_dir": params.work_dir})[0])
+        for site, institution in params.institutions.items()
+    ]
+    key = cohort_lib.stage_key([k for _, _, k in cases], clinical, params.ingest, site_errors)
+    return IngestStage(key, cases, clinical)
 
 
 def cohort_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:

@@ -65,7 +65,7 @@ def test_bad_settings_exit_with_a_message(project: Path) -> None:
 @pytest.mark.usefixtures("prefect_harness", "clean_env")
 def test_run_makes_the_cohort_when_missing_and_reports_where_results_are(project: Path) -> None:
     params = str(project / "params.yaml")
-    code, out = invoke("run", "--params", params, *TINY_SETTINGS)
+    code, out = invoke("run", "--params", params, "--temporary-server", *TINY_SETTINGS)
     assert code == 0, out
     assert "generating it" in out
     assert "results" in out and "cohort.parquet" in out and "MLflow run" in out
@@ -73,5 +73,5 @@ def test_run_makes_the_cohort_when_missing_and_reports_where_results_are(project
     cohort = pd.read_parquet(cohort_path)
     assert len(cohort) == 7 and set(cohort["site"]) == {"site_a", "site_b", "site_c"}
     assert (project / "work/mlflow/mlflow.db").is_file()
-    code, out = invoke("run", "--params", params, *TINY_SETTINGS)
+    code, out = invoke("run", "--params", params, "--temporary-server", *TINY_SETTINGS)
     assert code == 0 and "generating" not in out

@@ -34,8 +34,15 @@ def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
     })
     spec = load_services(REPO / "infra/local/services.yaml")
     try:
+        # `run` starts the local Prefect server alone when none answers, and leaves it running
+        monkeypatch.delenv("PREFECT_API_URL", raising=False)
+        where = prefect_environment(params, REPO / "infra/local/services.yaml")
+        assert "started now and left running" in where
+        assert set(local_servers.endpoints(params)) == {"prefect"}
+        first_pid = local_servers.read_state(params)["prefect"].pid
         running = local_servers.start(params, spec)
         assert set(running) == {"prefect", "mlflow"}
+        assert running["prefect"].pid == first_pid  # what answers is reused
         assert local_servers.healthy(running["prefect"].health_url)
         assert local_servers.healthy(running["mlflow"].health_url)
         assert (tmp_path / "work/prefect/home").is_dir()  # the server's database lives in the work dir
@@ -50,7 +57,7 @@ def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
         monkeypatch.delenv("PREFECT_API_URL", raising=False)
         where = prefect_environment(params)
         assert os.environ["PREFECT_API_URL"] == f"{endpoints['prefect']}/api"
-        assert "started by `survival-model ui start`" in where
+        assert "(local; `survival-model ui stop` stops it)" in where
     finally:
         stopped = local_servers.stop(params)
     assert set(stopped) == {"prefect", "mlflow"}

@@ -28,6 +28,7 @@ from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
 from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
 from survival_model.preprocess.stage import PreprocessedPatient, PreprocessOutcome
+from survival_model.preprocess.stage import expected_output as preprocess_expected_output
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,43 @@ def table_key(outcomes: Sequence[FeatureOutcome], pre: Sequence[PreprocessOutcom
                        sorted(p.key for p in pre), cohort_fingerprint, cohort_key)
 
 
+def imaging_stage_key(preprocess_keys: Sequence[str], params: FeaturesParams, cohort_fingerprint: str,
+                      cohort_key: str) -> str:
+    """Key of the whole imaging stage (``survival_model.stages``): every patient's preprocessing key
+    (which holds its images' digests, the preprocessing params and code version), the feature
+    settings and code version, and the cohort the table joins."""
+    return stable_hash(
+        STAGE,
+        "imaging-stage",
+        features_code_version(),
+        sorted(preprocess_keys),
+        params.model_dump(mode="json", exclude={"radiomics": {"params_file"}}),
+        radiomics_settings_digest(params.radiomics),
+        cohort_fingerprint,
+        cohort_key,
+    )
+
+
+def stage_outputs(outcomes: Sequence[FeatureOutcome], pre: Sequence[PreprocessOutcome], work_dir: Path) -> list[Path]:
+    """The files a reuse of the imaging stage needs: every patient's preprocessing record and images,
+    and feature row."""
+    paths: list[Path] = []
+    for p in pre:
+        paths += preprocess_expected_output(work_dir, p.site, p.case_id, p.key)
+        if p.patient is not None:
+            paths += [*p.patient.images.values(), p.patient.mask, p.patient.brain_mask]
+    paths += [o.row_path for o in outcomes if o.row_path is not None]
+    return paths
+
+
+def load_table(folder: Path) -> FeatureTable | None:
+    """The feature table written in ``folder``, or None when it is not (completely) there."""
+    if not (folder / "summary.json").is_file():
+        return None
+    return FeatureTable(folder, folder / "features.parquet", folder / "quarantine.parquet",
+                        read_json(folder / "schema.json"), read_json(folder / "summary.json"))
+
+
 def build_table(
     outcomes: Sequence[FeatureOutcome],
     pre: Sequence[PreprocessOutcome],
@@ -184,9 +222,10 @@ def build_table(
             write_json(schema, tmp / "schema.json")
             write_json(summary["qc"], tmp / "qc_summary.json")
             write_json(summary, tmp / "summary.json")
-    summary = read_json(folder / "summary.json")
-    return FeatureTable(folder, folder / "features.parquet", folder / "quarantine.parquet",
-                        read_json(folder / "schema.json"), summary)
+    table_files = load_table(folder)
+    if table_files is None:  # pragma: no cover - just written atomically
+        raise FileNotFoundError(folder / "summary.json")
+    return table_files
 
 
 def table_summary(table: pd.DataFrame, qc: pd.DataFrame, quarantine: pd.DataFrame) -> dict[str, Any]:

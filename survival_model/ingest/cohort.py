@@ -76,6 +76,25 @@ def cohort_key(
     )
 
 
+def stage_key(
+    image_keys: Sequence[str],
+    clinical_keys: Sequence[tuple[str, str]],
+    params: IngestParams,
+    site_errors: Mapping[str, str] | None = None,
+) -> str:
+    """Key of the whole ingestion stage (``survival_model.stages``): every case's and site's content
+    key, the params and site errors, and the version of the whole ingestion package."""
+    return stable_hash(
+        STAGE,
+        "stage",
+        code_version("survival_model.ingest"),
+        sorted(image_keys),
+        sorted(clinical_keys),
+        params.model_dump(mode="json"),
+        dict(site_errors or {}),
+    )
+
+
 def _image_row(outcome: ImageOutcome) -> dict[str, Any]:
     images = outcome.images
     if images is None:  # pragma: no cover - only called for ok outcomes

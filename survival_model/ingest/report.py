@@ -13,9 +13,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-from sksurv.nonparametric import kaplan_meier_estimator
 
 from survival_model.imageio import write_bytes
 from survival_model.ingest.quarantine import REASONS
@@ -73,6 +70,12 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
 
 def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> Path:
     """Kaplan-Meier per site, patients/censoring per site, quarantine by reason -> PNG."""
+    # Imported here: matplotlib and scikit-survival cost about 2 s to import, and only a cohort that
+    # is being (re)built draws its figure; a warm pipeline run never does.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from sksurv.nonparametric import kaplan_meier_estimator
+
     # The object-oriented Figure API (no pyplot): no global backend state, safe in worker threads.
     fig = Figure(figsize=(16, 4.6))
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.4, 1, 1.2]})

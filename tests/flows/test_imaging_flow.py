@@ -64,10 +64,20 @@ def test_warm_run_is_cached_and_a_features_change_keeps_preprocessing(
 ) -> None:
     params = params_for(tiny_cohort_master, tmp_path / "work")
     first, _, _ = run_pipeline(params)
+    # nothing changed: both stages are reused whole, without a single per-patient task
     second, ingest_states, states = run_pipeline(params)
-    assert all(s == "Cached" for n, s in ingest_states.items() if not n.startswith("discover"))
-    assert states and all(s == "Cached" for s in states.values()), states
+    assert {n for n in ingest_states if not n.startswith("discover")} == set(), ingest_states
+    assert states == {}
     assert second.table_path == first.table_path
+    pd.testing.assert_frame_equal(second.table(), first.table())
+
+    # without stage reuse every per-patient task is a cache hit
+    per_task = params_for(tiny_cohort_master, tmp_path / "work", **{"orchestration.reuse_unchanged_stages": False})
+    again, ingest_states, states = run_pipeline(per_task)
+    assert all(s == "Cached" for n, s in ingest_states.items() if not n.startswith("discover"))
+    assert sum(n.startswith("preprocess-") for n in states) == 10
+    assert states and all(s == "Cached" for s in states.values()), states
+    assert again.table_path == first.table_path
 
     changed = params_for(tiny_cohort_master, tmp_path / "work", **{"features.min_lesion_mm3": 50.0})
     third, _, states = run_pipeline(changed)

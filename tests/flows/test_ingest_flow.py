@@ -102,11 +102,18 @@ def test_second_run_is_cached_and_a_changed_image_reruns_that_patient_only(
     first, states1 = run_ingest(params)
     assert any(s == "Completed" for n, s in states1.items() if n.startswith("images-"))
 
+    # nothing changed: the whole stage is reused, no per-case task is even submitted
     second, states2 = run_ingest(params)
-    computing = {n: s for n, s in states2.items() if not n.startswith("discover")}
+    assert {n for n in states2 if not n.startswith("discover")} == set(), states2
+    assert second.cohort_path == first.cohort_path and second.summary == first.summary
+
+    # without stage reuse, every per-case task is a cache hit
+    per_task = params_for(tiny_cohort, tmp_path / "work", **{"orchestration.reuse_unchanged_stages": False})
+    third, states3 = run_ingest(per_task)
+    computing = {n: s for n, s in states3.items() if not n.startswith("discover")}
     assert len(computing) == len([n for n in states1 if not n.startswith("discover")]) == 22 + 3 + 1
     assert all(s == "Cached" for s in computing.values()), computing
-    assert second.cohort_path == first.cohort_path
+    assert third.cohort_path == first.cohort_path
 
     # change the bytes of one patient's image
     case_dir = tiny_cohort / "site_a" / "images" / "SYN-MET-00002-000"
@@ -118,13 +125,14 @@ def test_second_run_is_cached_and_a_changed_image_reruns_that_patient_only(
     changed.CopyInformation(image)
     sitk.WriteImage(changed, str(path), True)
 
-    _, states3 = run_ingest(params)
+    # one changed case makes a new stage key: the per-case tasks run, and only that case recomputes
+    _, states4 = run_ingest(params)
     changed_id = Pseudonymiser.from_params(params.privacy).case_id("site_a", "SYN-MET-00002-000")
-    images = {n: s for n, s in states3.items() if n.startswith("images-")}
+    images = {n: s for n, s in states4.items() if n.startswith("images-")}
     assert images[f"images-{changed_id}"] == "Completed"
     assert all(s == "Cached" for n, s in images.items() if n != f"images-{changed_id}")
-    assert all(s == "Cached" for n, s in states3.items() if n.startswith("clinical-"))
-    assert [s for n, s in states3.items() if n.startswith("assemble-cohort")] == ["Completed"]
+    assert all(s == "Cached" for n, s in states4.items() if n.startswith("clinical-"))
+    assert [s for n, s in states4.items() if n.startswith("assemble-cohort")] == ["Completed"]
 
 
 def test_a_cache_hit_whose_outputs_are_missing_is_recomputed(tiny_cohort_master: Path, tmp_path: Path) -> None:
@@ -139,8 +147,8 @@ def test_a_cache_hit_whose_outputs_are_missing_is_recomputed(tiny_cohort_master:
     assert victim.is_dir() and (victim / "manifest.json").is_file()
     assert second.cohort_path == first.cohort_path
 
-    _, states3 = run_ingest(params)
-    assert all(s == "Cached" for n, s in states3.items() if not n.startswith("discover"))
+    _, states3 = run_ingest(params)  # whole again: the stage is reused
+    assert {n for n in states3 if not n.startswith("discover")} == set(), states3
 
 
 def test_a_changed_clinical_mapping_reruns_only_that_sites_clinical_task(
