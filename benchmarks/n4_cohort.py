@@ -1,12 +1,13 @@
 """N4 on the default synthetic cohort's raw sites: time and residual bias per setting, in one run.
 
-    .venv/bin/python benchmarks/n4_cohort.py [--patients 6] [--max-shrunk MM ...]
+    .venv/bin/python benchmarks/n4_cohort.py [--patients 8] [--setting MM/ITERATIONS/CONTROL_POINTS ...]
 
 For the first ``--patients`` patients of site B (NRRD, 2.25 x 2.25 x 7.5 mm) and site C (DICOM,
 2.5 x 2.5 x 3 mm) of ``data/synthetic`` (made by the main command), the T1c as the site wrote it is
 corrected by :func:`survival_model.preprocess.ops.n4_correct` inside the brain mask that preprocessing
-computes (skull strip on a 2 mm working grid), once per ``n4.max_shrunk_spacing_mm`` setting, all else
-at the library defaults (shrink 8, 3 levels of 30 iterations). Scored against the true field the
+computes (skull strip on a 2 mm working grid), once per setting: ``n4.max_shrunk_spacing_mm``, the
+iterations per fitting level (their number is the number of levels) and the control points of the
+first level, e.g. ``10/30,30,30/4`` (shrink factor 8, as the library default). Scored against the true field the
 generator saved (``ground_truth/bias/<site>/<case>.nii.gz``, resampled linearly onto the image):
 residual log bias = the standard deviation, inside the brain, of ``log(estimated) - log(true)`` after
 removing its mean (0: perfect up to scale). Time: one run each, single-threaded ITK (as in the
@@ -45,17 +46,29 @@ def read_t1c(site: str, index: int) -> tuple[str, sitk.Image]:
     return case, ops.reorient(sitk.Cast(image, sitk.sitkFloat32), "LPS")
 
 
+DEFAULT_SETTINGS = ["8/30,30,30/4", "10/30,30,30/4", "12/30,30,30/4", "10/5,5,30/4", "10/20,20,20/4",
+                    "10/30/7", "10/50/6"]
+
+
+def parse_setting(text: str) -> tuple[str, N4Params]:
+    """``"10/30,30,30/4"`` -> N4 params (max shrunk voxel mm / iterations per level / control points)."""
+    mm, iterations, points = text.split("/")
+    return text, N4Params(max_shrunk_spacing_mm=float(mm), iterations=[int(i) for i in iterations.split(",")],
+                          control_points=int(points))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=6, help="per site")
-    parser.add_argument("--max-shrunk", type=float, action="append", default=[], help="mm (default: 8, 10, 12)")
+    parser.add_argument("--patients", type=int, default=8, help="per site")
+    parser.add_argument("--setting", action="append", default=[],
+                        help=f"MM/ITERATIONS/CONTROL_POINTS (default: {' '.join(DEFAULT_SETTINGS)})")
     args = parser.parse_args()
-    spacings = args.max_shrunk or [8.0, 10.0, 12.0]
+    settings = [parse_setting(t) for t in (args.setting or DEFAULT_SETTINGS)]
     if not (DATA / "ground_truth" / "bias").is_dir():
         raise SystemExit(f"{DATA} has no ground-truth bias fields: run `bash scripts/run.sh` "
                          "(or `survival-model generate`)")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    rows: dict[tuple[str, float], list[tuple[float, float]]] = {}
+    rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
     before: dict[str, list[float]] = {}
     for site in ("site_b", "site_c"):
         for index in range(1, args.patients + 1):
@@ -67,25 +80,25 @@ def main() -> None:
             brain = ops.resample_mask(ops.compute_brain_mask(ops.resample_onto(image, work)), image)
             inside = sitk.GetArrayViewFromImage(brain) > 0
             before.setdefault(site, []).append(float(np.std(true_log[inside])))
-            for mm in spacings:
+            for name, params in settings:
                 start = time.perf_counter()
-                result = ops.n4_correct(image, brain, N4Params(max_shrunk_spacing_mm=mm))
+                result = ops.n4_correct(image, brain, params)
                 seconds = time.perf_counter() - start
                 error = sitk.GetArrayViewFromImage(result.log_field)[inside] - true_log[inside]
-                rows.setdefault((site, mm), []).append((seconds, float(np.std(error - error.mean()))))
+                rows.setdefault((site, name), []).append((seconds, float(np.std(error - error.mean()))))
     print(f"N4 on the default cohort's T1c, {args.patients} patients per raw site; SimpleITK "
           f"{sitk.Version.VersionString()}, 1 thread, Python {platform.python_version()}")
     print()
-    print("| site | max shrunk voxel (mm) | seconds per image | residual log bias | before correction "
-          "| speed vs 8 mm |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| site | max shrunk voxel mm / iterations per level / control points | seconds per image "
+          "| residual log bias | before correction | speed vs first |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for site in ("site_b", "site_c"):
-        base = float(np.mean([t for t, _ in rows[(site, spacings[0])]]))
-        for mm in spacings:
-            values = rows[(site, mm)]
+        base = float(np.mean([t for t, _ in rows[(site, settings[0][0])]]))
+        for name, _ in settings:
+            values = rows[(site, name)]
             seconds = float(np.mean([t for t, _ in values]))
             residual = float(np.mean([r for _, r in values]))
-            print(f"| {site} | {mm:g} | {seconds:.2f} | {residual:.4f} | {np.mean(before[site]):.4f} | "
+            print(f"| {site} | {name} | {seconds:.2f} | {residual:.4f} | {np.mean(before[site]):.4f} | "
                   f"{base / seconds:.2f}x |")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,8 +36,13 @@ console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
 RealisticOption = Annotated[bool, typer.Option(
     "--realistic", help="BraTS-size cohort: 240x240x155 at 1 mm, preprocessed at 1 mm (regenerates data/synthetic).")]
+# The BraTS-size run: 1 mm data preprocessed at 1 mm, N4 and registration at the library defaults (chosen
+# on 240x240x155 volumes, benchmarks/n4.py), images gzipped (uncompressed they would take ~15 GB).
 REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1],
-             "preprocess.n4.max_shrunk_spacing_mm": 8.0}
+             "preprocess.n4.max_shrunk_spacing_mm": 8.0, "preprocess.n4.iterations": [30, 30, 30],
+             "preprocess.n4.control_points": 4, "preprocess.registration.spacing_mm": 2.0,
+             "preprocess.registration.max_samples": 20000, "preprocess.compress_images": True,
+             "ingest.compress_images": True}
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]
@@ -95,22 +101,25 @@ def default_services_file(params_path: Path) -> Path:
     return beside if beside.is_file() else Path(__file__).resolve().parents[1] / "infra" / "local" / "services.yaml"
 
 
-def prefect_environment(params: Params, services_file: Path | None = None) -> str:
+def prefect_environment(
+    params: Params, services_file: Path | None = None, warm_up: Callable[[], None] | None = None
+) -> str:
     """Point Prefect at the right API before it is imported; returns a description for the user.
 
     A user's own ``PREFECT_API_URL`` wins. Otherwise the local server (``ui start``) is used when it
     answers; when it does not and ``services_file`` is given, it is started and left running (the
-    UI shows this run, and the next run skips Prefect's 10-30 s temporary-server start). Otherwise,
-    or if that start fails, Prefect starts its temporary server (given a longer start-up timeout: the
-    20 s default expired on first runs on 2-core machines). Prefect's home (its SQLite database) is
-    under the work directory either way, so ``ui start`` later shows these runs too.
+    UI shows this run, and the next run skips the server's ~20 s start), and ``warm_up`` (e.g. the
+    heavy imports) runs while it boots. When its port is taken by another program, or no
+    ``services_file`` is given, Prefect starts its temporary server (given a longer start-up timeout:
+    the 20 s default expired on first runs on 2-core machines). Prefect's home (its SQLite database)
+    is ``servers.home``/prefect either way, so ``ui start`` later shows these runs too.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if os.environ.get("PREFECT_API_URL"):
         return f"Prefect API {os.environ['PREFECT_API_URL']} (from PREFECT_API_URL)"
-    home = params.work_dir / "prefect" / "home"
+    home = local_servers.prefect_home(params)
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home))
     up = local_servers.endpoints(params)
@@ -118,16 +127,34 @@ def prefect_environment(params: Params, services_file: Path | None = None) -> st
         os.environ["PREFECT_API_URL"] = f"{up['prefect']}/api"
         return f"Prefect server {up['prefect']} (local; `survival-model ui stop` stops it)"
     if services_file is not None:
-        try:
-            with console.status("starting the local Prefect server (first run only)"):
-                running = local_servers.start(params, load_services(services_file), only=["prefect"])
-        except SurvivalModelError as exc:
-            console.print(f"[yellow]the local Prefect server did not start ({exc}); using a temporary one[/]")
+        host, port = params.servers.host, params.servers.prefect_port
+        if local_servers.port_in_use(host, port):
+            console.print(f"[yellow]{host}:{port} is taken by another program (servers.prefect_port); "
+                          "using Prefect's temporary server[/]")
         else:
+            running = local_servers.launch(params, load_services(services_file), only=["prefect"])
             url = running["prefect"].ui_url
             os.environ["PREFECT_API_URL"] = f"{url}/api"
+            with console.status("starting the local Prefect server (first run only)"):
+                if warm_up is not None:
+                    warm_up()  # in this process, while the server boots in its own
+                try:
+                    local_servers.wait_healthy(params, running)
+                except local_servers.ServerError as exc:
+                    raise local_servers.ServerError(
+                        f"{exc} (or run with --temporary-server to use Prefect's temporary server)") from None
             return f"Prefect server {url} (started now and left running; `survival-model ui stop` stops it)"
     return "Prefect's temporary server (run `survival-model ui start` to keep a UI)"
+
+
+def _warm_up(params: Params) -> None:
+    """What a run needs before its first task (Prefect and the flows imported, MLflow's store opened,
+    its database created on a first run: ~8 s on 2 cores), done early to overlap the local server's
+    start."""
+    import flows.pipeline  # noqa: F401
+    from survival_model.tracking import Tracker
+
+    Tracker.from_params(params)
 
 
 @app.command()
@@ -145,7 +172,8 @@ def run(
         if generate:
             ensure_synthetic_cohort(params)
         local = params.servers.prefect_api == "local" and not temporary_server
-        where = prefect_environment(params, default_services_file(params_path) if local else None)
+        where = prefect_environment(params, default_services_file(params_path) if local else None,
+                                    lambda: _warm_up(params))
     except SurvivalModelError as exc:
         _fail(exc)
         return

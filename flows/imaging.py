@@ -26,6 +26,10 @@ def imaging(params: Params, cohort: CohortResult) -> FeatureTable:
     logger = get_run_logger()
     rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
     inputs = [(row, patient_input(row, params.institutions[str(row["site"])])) for row in rows]
+    # Longest first (sites needing registration, then bias correction, then a skull strip): the last
+    # patients to finish are then quick ones, so no core idles at the end waiting for a slow one.
+    inputs.sort(key=lambda item: (item[1].acquisition.co_registered, item[1].acquisition.bias_corrected,
+                                  item[1].acquisition.skull_stripped))
     stage_key = t.imaging_stage_key(inputs, params, cohort)
     if params.orchestration.reuse_unchanged_stages:
         hit = stages.load_stage(params.work_dir, "imaging", stage_key)

@@ -1,8 +1,9 @@
 """Start, stop and find the local long-lived servers (Prefect server with its UI, MLflow UI).
 
 The services are declared in ``infra/local/services.yaml``. Each runs detached (its own session, so
-it outlives the command that started it), logs to ``<work_dir>/servers/<name>.log`` and is recorded
-in ``<work_dir>/servers/state.json``; later pipeline runs read that file to point at the servers.
+it outlives the command that started it), logs to ``<servers.home>/<name>.log`` and is recorded in
+``<servers.home>/state.json``; later pipeline runs read that file to point at the servers. The Prefect
+server's database is ``<servers.home>/prefect`` (its ``PREFECT_HOME``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,7 +44,12 @@ class RunningService:
 
 
 def state_file(params: Params) -> Path:
-    return params.work_dir / "servers" / "state.json"
+    return params.servers.home / "state.json"
+
+
+def prefect_home(params: Params) -> Path:
+    """``PREFECT_HOME`` of the local server (and of Prefect's temporary server): its SQLite database."""
+    return params.servers.home / "prefect"
 
 
 def _placeholders(params: Params) -> dict[str, str]:
@@ -52,6 +59,7 @@ def _placeholders(params: Params) -> dict[str, str]:
         "prefect_port": str(params.servers.prefect_port),
         "mlflow_port": str(params.servers.mlflow_port),
         "work_dir": str(params.work_dir),
+        "prefect_home": str(prefect_home(params)),
         "mlflow_uri": params.mlflow_uri,
         "artifact_root": params.mlflow_artifact_root.resolve().as_uri(),
     }
@@ -64,6 +72,13 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
             return 200 <= int(response.status) < 300
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True if something accepts connections on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex((host, port)) == 0
 
 
 def read_state(params: Params) -> dict[str, RunningService]:
@@ -87,9 +102,18 @@ def _alive(pid: int) -> bool:
 def start(params: Params, spec: ServicesSpec, only: Collection[str] | None = None) -> dict[str, RunningService]:
     """Start every declared service (or those named in ``only``) that is not already answering; wait
     until all are healthy."""
+    running = launch(params, spec, only)
+    wait_healthy(params, running)
+    return running
+
+
+def launch(params: Params, spec: ServicesSpec, only: Collection[str] | None = None) -> dict[str, RunningService]:
+    """Start the services (all, or those in ``only``) that do not answer, without waiting for them:
+    the caller can do other work while they boot, then :func:`wait_healthy`. Returns the services
+    asked for (running or starting)."""
     values = _placeholders(params)
-    (params.work_dir / "servers").mkdir(parents=True, exist_ok=True)
-    (params.work_dir / "prefect" / "home").mkdir(parents=True, exist_ok=True)
+    params.servers.home.mkdir(parents=True, exist_ok=True)
+    prefect_home(params).mkdir(parents=True, exist_ok=True)
     params.mlflow_artifact_root.mkdir(parents=True, exist_ok=True)
     running = read_state(params)
     unknown = sorted(set(only or ()) - set(spec.services))
@@ -104,30 +128,35 @@ def start(params: Params, spec: ServicesSpec, only: Collection[str] | None = Non
             if name not in running:
                 running[name] = RunningService(name, -1, declared.ui_url.format(**values), health, "")
             continue
-        log_path = params.work_dir / "servers" / f"{name}.log"
+        log_path = params.servers.home / f"{name}.log"
         env = {**os.environ, **{k: v.format(**values) for k, v in declared.env.items()}}
         command = [part.format(**values) for part in declared.command]
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(  # noqa: S603 - command from our own services file
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, start_new_session=True, cwd=params.work_dir,
+                env=env, start_new_session=True, cwd=params.servers.home,
             )
         running[name] = RunningService(name, process.pid, declared.ui_url.format(**values), health, str(log_path))
     write_json({k: asdict(v) for k, v in running.items()}, state_file(params))
+    return {n: s for n, s in running.items() if only is None or n in only}
+
+
+def wait_healthy(params: Params, services: dict[str, RunningService]) -> None:
+    """Wait until every service answers; :class:`ServerError` if one exits or the start-up timeout passes."""
     deadline = time.monotonic() + params.servers.startup_timeout_seconds
-    pending = {n: s for n, s in running.items() if only is None or n in only}
+    pending = dict(services)
     while pending and time.monotonic() < deadline:
         for name, service in list(pending.items()):
             if healthy(service.health_url):
                 pending.pop(name)
             elif service.pid > 0 and not _alive(service.pid):
                 raise ServerError(f"{name} exited during start-up; see its log {service.log}")
-        time.sleep(0.5)
+        if pending:
+            time.sleep(0.25)
     if pending:
         names = ", ".join(pending)
         raise ServerError(f"{names} did not answer within {params.servers.startup_timeout_seconds:.0f} s; "
-                          f"see the logs in {params.work_dir / 'servers'}")
-    return running
+                          f"see the logs in {params.servers.home}")
 
 
 def stop(params: Params, timeout: float = 20.0) -> list[str]:

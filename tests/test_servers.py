@@ -31,6 +31,7 @@ def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
         "servers.prefect_port": free_port(),
         "servers.mlflow_port": free_port(),
         "servers.startup_timeout_seconds": 240,
+        "servers.home": str(tmp_path / "servers"),
     })
     spec = load_services(REPO / "infra/local/services.yaml")
     try:
@@ -45,7 +46,7 @@ def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
         assert running["prefect"].pid == first_pid  # what answers is reused
         assert local_servers.healthy(running["prefect"].health_url)
         assert local_servers.healthy(running["mlflow"].health_url)
-        assert (tmp_path / "work/prefect/home").is_dir()  # the server's database lives in the work dir
+        assert (tmp_path / "servers/prefect/prefect.db").is_file()  # the database lives in servers.home
         for service in running.values():  # the UIs themselves answer with a page
             with urllib.request.urlopen(service.ui_url, timeout=10) as response:
                 assert response.status == 200 and b"<html" in response.read(4096).lower()

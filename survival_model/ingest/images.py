@@ -332,6 +332,7 @@ def _validate_and_write(
     canonical = _remap_labels(mask, institution.label_map, case_id, scheme)
 
     brain_mask_file = None
+    suffix = ".nii.gz" if params.compress_images else ".nii"  # ITK gzips any .nii.gz, whatever the flag
     if case.brain_mask is not None:
         brain = _read(case, "brain_mask", case.brain_mask, case_id)
         if _on_grid(brain, reference, params) == "different":
@@ -339,14 +340,14 @@ def _validate_and_write(
                                    f"{case_id}: the brain mask is not on the grid of {reference_name}")
         brain.CopyInformation(reference)
         brain = sitk.Cast(brain > 0, sitk.sitkUInt8)
-        write_image(_strip_metadata(brain), out / "brain_mask.nii.gz", compress=params.compress_images)
-        brain_mask_file = "brain_mask.nii.gz"
+        brain_mask_file = f"brain_mask{suffix}"
+        write_image(_strip_metadata(brain), out / brain_mask_file, compress=params.compress_images)
 
     files = {}
     for seq, image in images.items():
-        files[seq] = f"{seq}.nii.gz"
+        files[seq] = f"{seq}{suffix}"
         write_image(_strip_metadata(image), out / files[seq], compress=params.compress_images)
-    write_image(canonical, out / "seg.nii.gz", compress=params.compress_images)
+    write_image(canonical, out / f"seg{suffix}", compress=params.compress_images)
 
     labels = sitk.GetArrayViewFromImage(canonical)
     voxel_mm3 = float(np.prod(canonical.GetSpacing()))
@@ -359,4 +360,4 @@ def _validate_and_write(
         "label_volume_mm3": {"netc": counts[1] * voxel_mm3, "snfh": counts[2] * voxel_mm3, "et": counts[3] * voxel_mm3},
         "tumour_components": _tumour_components(canonical),
     }
-    return {"files": {"sequences": files, "mask": "seg.nii.gz", "brain_mask": brain_mask_file}, "qc": qc}
+    return {"files": {"sequences": files, "mask": f"seg{suffix}", "brain_mask": brain_mask_file}, "qc": qc}

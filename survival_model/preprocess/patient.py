@@ -25,7 +25,8 @@ Order (each output image is interpolated exactly once)
    transform (``image_interpolator``); the brain mask label-aware.
 7. **Crop** every output to the brain's bounding box plus ``crop_margin_mm``.
 8. **Normalise** each sequence inside the brain: percentile clipping, z-score, zero outside.
-9. **Write** ``<seq>.nii.gz`` (float32), ``seg.nii.gz`` (uint8 labels) and ``brain_mask.nii.gz`` (uint8).
+9. **Write** ``<seq>.nii.gz`` (float32), ``seg.nii.gz`` (uint8 labels) and ``brain_mask.nii.gz`` (uint8);
+   ``.nii`` instead with ``compress_images: false``.
 
 Failures raise :class:`PatientDataError` with reason ``qc_brain_volume``, ``qc_registration``,
 ``qc_resampling`` or ``preprocess_failed`` (an ITK exception or unreadable input, with the first line
@@ -53,8 +54,6 @@ from survival_model.preprocess import ops
 
 log = logging.getLogger(__name__)
 
-SEG_FILE = "seg.nii.gz"
-BRAIN_MASK_FILE = "brain_mask.nii.gz"
 REASONS: dict[str, str] = {
     "qc_brain_volume": "the brain mask volume is outside preprocess.qc.brain_volume_ml",
     "qc_registration": "a sequence could not be registered to the reference (metric above the threshold)",
@@ -76,8 +75,9 @@ class PatientInput:
     acquisition: Acquisition
 
 
-def sequence_file(sequence: str) -> str:
-    return f"{sequence}.nii.gz"
+def output_file(name: str, compress: bool = True) -> str:
+    """``<name>.nii.gz``, or ``<name>.nii`` uncompressed (ITK gzips any ``.nii.gz`` whatever its flag)."""
+    return f"{name}.nii.gz" if compress else f"{name}.nii"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,9 +121,10 @@ def _is_itk_error(exc: RuntimeError) -> bool:
 
 def preprocess_patient(inp: PatientInput, params: PreprocessParams, out_dir: Path) -> dict[str, Any]:
     """Write ``<seq>.nii.gz`` (float32, normalised), ``seg.nii.gz`` (uint8 canonical labels) and
-    ``brain_mask.nii.gz`` (uint8) into ``out_dir`` (an existing empty folder; the caller makes it
-    atomic and content-keyed) and return the QC dict (JSON-serialisable, the written file names under
-    ``"files"``). Raises :class:`PatientDataError` for QC failures and ITK errors.
+    ``brain_mask.nii.gz`` (uint8; ``.nii`` with ``params.compress_images`` false) into ``out_dir``
+    (an existing empty folder; the caller makes it atomic and content-keyed) and return the QC dict
+    (JSON-serialisable, the written file names under ``"files"``). Raises :class:`PatientDataError`
+    for QC failures and ITK errors.
     """
     if inp.reference not in inp.images:
         raise ValueError(f"{inp.case_id}: reference {inp.reference!r} is not among the images {sorted(inp.images)}")
@@ -239,11 +240,13 @@ def _run(inp: PatientInput, params: PreprocessParams, out_dir: Path, stages: _St
                                 "mean": norm.mean, "std": norm.std}
 
     with stages.stage("write"):
-        files = {s: sequence_file(s) for s in names}
+        files = {s: output_file(s, params.compress_images) for s in names}
+        seg_file = output_file("seg", params.compress_images)
+        brain_file = output_file("brain_mask", params.compress_images)
         for s in names:
-            write_image(outputs[s], out_dir / files[s])
-        write_image(seg_out, out_dir / SEG_FILE)
-        write_image(brain_out, out_dir / BRAIN_MASK_FILE)
+            write_image(outputs[s], out_dir / files[s], compress=params.compress_images)
+        write_image(seg_out, out_dir / seg_file, compress=params.compress_images)
+        write_image(brain_out, out_dir / brain_file, compress=params.compress_images)
 
     log.info("%s: preprocessed %s onto %s voxels at %s mm (brain %.0f ml)", case, ",".join(names),
              "x".join(map(str, brain_out.GetSize())), params.target_spacing_mm, brain_ml)
@@ -265,7 +268,7 @@ def _run(inp: PatientInput, params: PreprocessParams, out_dir: Path, stages: _St
         "tumour_volume_change": tumour_change,
         "normalisation": normalisation,
         "timings_s": dict(stages.seconds),
-        "files": {"sequences": files, "mask": SEG_FILE, "brain_mask": BRAIN_MASK_FILE},
+        "files": {"sequences": files, "mask": seg_file, "brain_mask": brain_file},
     }
 
 

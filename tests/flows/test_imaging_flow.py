@@ -44,7 +44,7 @@ def test_the_flow_writes_preprocessed_images_qc_and_the_feature_table(
     assert table_result.schema["vol_wt_mm3"].startswith("float")
     # every patient's preprocessed images are on one grid, in LPS
     folder = next((params.work_dir / "preprocess").glob("site_c/*/*"))
-    grids = {name: sitk.ReadImage(str(folder / name)) for name in ("t1c.nii.gz", "t2f.nii.gz", "seg.nii.gz")}
+    grids = {name: sitk.ReadImage(str(next(folder.glob(f"{name}.nii*")))) for name in ("t1c", "t2f", "seg")}
     sizes = {image.GetSize() for image in grids.values()}
     assert len(sizes) == 1
     assert all(np.allclose(image.GetDirection(), np.eye(3).ravel()) for image in grids.values())
