@@ -503,6 +503,29 @@ class ServerParams(StrictModel):
     prefect_api: Literal["local", "temporary"] = "local"
 
 
+class SplitParams(StrictModel):
+    """Patient-level splits: a locked test set first, then cross-validation folds on the rest.
+
+    Both are stratified by event, survival-time band (quantiles of the time among all patients) and
+    site; strata too small for the split are merged step by step (band first, then site) so that
+    every stratum can be divided, and the coarsening used is recorded with the splits.
+    """
+
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    folds: int = Field(5, ge=2, le=20)
+    #: ``kfold``: stratified K-fold on the non-test patients; ``leave_one_site_out``: one fold per
+    #: site (validation = that site's non-test patients), to see how a model travels.
+    scheme: Literal["kfold", "leave_one_site_out"] = "kfold"
+    time_bands: int = Field(3, ge=1, le=10)
+    seed: int = 20250515
+
+
+class TrainingParams(StrictModel):
+    """Model training (issue 4): splits so far."""
+
+    splits: SplitParams = Field(default_factory=lambda: SplitParams())
+
+
 class Params(StrictModel):
     """The whole run configuration."""
 
@@ -516,6 +539,7 @@ class Params(StrictModel):
     ingest: IngestParams = Field(default_factory=lambda: IngestParams())
     preprocess: PreprocessParams = Field(default_factory=lambda: PreprocessParams())
     features: FeaturesParams = Field(default_factory=lambda: FeaturesParams())
+    training: TrainingParams = Field(default_factory=lambda: TrainingParams())
 
     @field_validator("institutions")
     @classmethod

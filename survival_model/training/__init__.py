@@ -1,0 +1,1 @@
+"""Model training: patient-level splits (``splits``); models and per-fold training follow."""
