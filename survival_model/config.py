@@ -520,10 +520,31 @@ class SplitParams(StrictModel):
     seed: int = 20250515
 
 
+class NetworkParams(StrictModel):
+    """The hybrid network: a 2D timm backbone over K slices, pooled, fused with a tabular MLP."""
+
+    #: Any timm model name (``resnet50`` and ``efficientnet_b0`` are the paper's).
+    backbone: str = "resnet50"
+    #: Pretrained weights from a local file only (safetensors or a PyTorch state dict for this
+    #: backbone, any number of input channels: timm adapts the first convolution); null: random init.
+    pretrained_weights: Path | None = None
+    #: How per-slice embeddings become one image embedding: their mean, or attention weights.
+    pooling: Literal["mean", "attention"] = "mean"
+    tabular_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    head_hidden: list[int] = Field(default_factory=lambda: [64])
+    dropout: float = Field(0.2, ge=0, lt=1)
+    #: ``hybrid``: image + tabular; ``tabular`` / ``image``: one branch only (ablations).
+    variant: Literal["hybrid", "tabular", "image"] = "hybrid"
+    #: ``cox``: a risk score (partial likelihood); ``mse``: survival time (the paper's regression);
+    #: ``weibull``: a parametric survival distribution (log scale and log shape per patient).
+    objective: Literal["cox", "mse", "weibull"] = "cox"
+
+
 class TrainingParams(StrictModel):
-    """Model training (issue 4): splits so far."""
+    """Model training (issue 4): splits and the network so far."""
 
     splits: SplitParams = Field(default_factory=lambda: SplitParams())
+    network: NetworkParams = Field(default_factory=lambda: NetworkParams())
 
 
 class Params(StrictModel):

@@ -1,0 +1,1 @@
+"""Survival models: the hybrid CNN + tabular network (``network``); losses and training follow."""
