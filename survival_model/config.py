@@ -520,6 +520,26 @@ class SplitParams(StrictModel):
     seed: int = 20250515
 
 
+class ImageInputParams(StrictModel):
+    """The network's image input per patient: K axial slices through the tumour, an S x S ROI crop."""
+
+    #: K: slices centred on the largest lesion and spread across the tumour's extent.
+    slices: int = Field(8, ge=1, le=64)
+    #: S: the in-plane ROI (the tumour's bounding box plus ``roi_margin_mm``, made square) resized to S x S.
+    size: int = Field(96, ge=16, le=512)
+    roi_margin_mm: float = Field(15.0, ge=0)
+    #: Image channels, in this order; a sequence a patient lacks is a channel of zeros (z-score 0).
+    sequences: list[SequenceName] = Field(default_factory=lambda: list(SEQUENCES))
+    #: Region masks appended as extra 0/1 channels (optional).
+    mask_channels: list[Literal["et", "netc", "snfh", "tc", "wt"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_channel(self) -> ImageInputParams:
+        if not self.sequences and not self.mask_channels:
+            raise ValueError("give at least one of sequences, mask_channels")
+        return self
+
+
 class NetworkParams(StrictModel):
     """The hybrid network: a 2D timm backbone over K slices, pooled, fused with a tabular MLP."""
 
@@ -544,6 +564,7 @@ class TrainingParams(StrictModel):
     """Model training (issue 4): splits and the network so far."""
 
     splits: SplitParams = Field(default_factory=lambda: SplitParams())
+    inputs: ImageInputParams = Field(default_factory=lambda: ImageInputParams())
     network: NetworkParams = Field(default_factory=lambda: NetworkParams())
 
 

@@ -1,0 +1,119 @@
+"""The network's image input per patient, built once from the preprocessed images: ``(K, C, S, S)``.
+
+From one patient's preprocessed folder (every image on one grid in the declared orientation, LPS by
+default, so numpy axis 0 is the axial direction; intensities z-scored inside the brain, 0 outside):
+
+- **Slices.** The K axial positions are spread evenly across the tumour's axial extent (whole tumour:
+  NETC + SNFH + ET), and the one nearest the centre of the largest lesion (the largest connected
+  component of the tumour core, NETC + ET, or of the whole tumour when there is no core) is moved onto
+  it, so the slice through the main lesion is always there. A tumour thinner than K slices gives
+  repeated slices (each stays a real slice; no interpolation across slices).
+- **ROI.** One in-plane square for all K slices: the tumour's bounding box over all slices plus
+  ``roi_margin_mm``, made square around its centre (side = the longer edge), taken from the image with
+  zero padding where it leaves the grid (0 = the brain's mean, and outside the brain), resized to
+  S x S: images bilinearly (``torch.nn.functional.interpolate``, antialiased when shrinking), masks by
+  nearest neighbour so they stay 0/1.
+- **Channels.** ``ImageInputParams.sequences`` in order (a sequence the patient lacks is zeros), then
+  ``mask_channels`` (region masks, 0/1).
+
+The array is float32; the training stage stores it per patient (content-keyed) and stacks patients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from survival_model.config import ImageInputParams
+from survival_model.errors import PatientDataError
+from survival_model.features.volumetric import region_mask
+from survival_model.imageio import ImageReadError, read_image
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def slice_positions(labels: npt.NDArray[np.integer], k: int) -> list[int]:
+    """K axial indices (numpy axis 0) spread over the tumour, one through the largest lesion's centre."""
+    tumour = region_mask(labels, "wt")
+    if not tumour.any():
+        raise PatientDataError("empty_mask", "no tumour voxel in the label map: no slice to choose")
+    axial = np.flatnonzero(tumour.any(axis=(1, 2)))
+    low, high = int(axial.min()), int(axial.max())
+    positions = np.rint(np.linspace(low, high, k)).astype(int) if k > 1 else np.array([(low + high) // 2])
+    core = region_mask(labels, "tc")
+    components, _ = ndimage.label(core if core.any() else tumour, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(components.ravel())[1:]
+    largest = components == (int(np.argmax(sizes)) + 1)
+    centre = int(np.rint(np.flatnonzero(largest.any(axis=(1, 2))).mean()))
+    positions[int(np.argmin(np.abs(positions - centre)))] = centre
+    return sorted(int(p) for p in positions)
+
+
+def roi_square(labels: npt.NDArray[np.integer], spacing_yx: tuple[float, float],
+               margin_mm: float) -> tuple[int, int, int]:
+    """(row0, col0, side) of a square in-plane ROI in voxels: tumour bounding box + margin, squared."""
+    tumour: npt.NDArray[np.bool_] = np.asarray(region_mask(labels, "wt").any(axis=0))
+    rows, cols = np.flatnonzero(tumour.any(axis=1)), np.flatnonzero(tumour.any(axis=0))
+    margin = (margin_mm / spacing_yx[0], margin_mm / spacing_yx[1])
+    extent = max(rows.max() - rows.min() + 1 + 2 * margin[0], cols.max() - cols.min() + 1 + 2 * margin[1])
+    side = max(2, round(extent))
+    centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
+    return round(centre[0] - (side - 1) / 2), round(centre[1] - (side - 1) / 2), side
+
+
+def _crop(plane: npt.NDArray[np.generic], row0: int, col0: int, side: int) -> npt.NDArray[np.generic]:
+    """``side x side`` window of ``plane`` at (row0, col0), zero-padded where it leaves the plane."""
+    out = np.zeros((side, side), dtype=plane.dtype)
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row0 + side, plane.shape[0]), min(col0 + side, plane.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - row0:r1 - row0, c0 - col0:c1 - col0] = plane[r0:r1, c0:c1]
+    return out
+
+
+def _resize(stack: FloatArray, size: int, nearest: bool) -> FloatArray:
+    """(K, side, side) -> (K, size, size)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
+    if nearest:
+        out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="nearest-exact")
+    else:
+        out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False,
+                                              antialias=stack.shape[-1] > size)
+    result: FloatArray = out[:, 0].numpy().astype(np.float32)
+    return result
+
+
+def build_image_input(images: Mapping[str, Path], seg: Path, params: ImageInputParams) -> FloatArray:
+    """``(K, C, S, S)`` float32 for one preprocessed patient (see the module docstring)."""
+    try:
+        label_image = read_image(seg)
+    except ImageReadError as exc:
+        raise PatientDataError("preprocess_failed", f"cannot read the label map: {exc}") from None
+    labels = sitk.GetArrayFromImage(label_image)
+    positions = slice_positions(labels, params.slices)
+    spacing = label_image.GetSpacing()  # (x, y, z); numpy planes are (y, x)
+    row0, col0, side = roi_square(labels, (spacing[1], spacing[0]), params.roi_margin_mm)
+
+    def planes(volume: npt.NDArray[np.generic]) -> FloatArray:
+        return np.stack([_crop(volume[z], row0, col0, side) for z in positions]).astype(np.float32)
+
+    channels: list[FloatArray] = []
+    for sequence in params.sequences:
+        path = images.get(sequence)
+        if path is None:
+            channels.append(np.zeros((params.slices, params.size, params.size), dtype=np.float32))
+            continue
+        image = read_image(path)
+        if image.GetSize() != label_image.GetSize():
+            raise PatientDataError("preprocess_failed", f"{sequence} is not on the label map's grid")
+        channels.append(_resize(planes(sitk.GetArrayViewFromImage(image)), params.size, nearest=False))
+    for region in params.mask_channels:
+        mask = region_mask(labels, region).astype(np.float32)
+        channels.append(_resize(planes(mask), params.size, nearest=True))
+    return np.stack(channels, axis=1)

@@ -1,0 +1,95 @@
+"""The network's image input: slices through the tumour, one square ROI, channels, on tiny volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from survival_model.config import ImageInputParams
+from survival_model.errors import PatientDataError
+from survival_model.models.inputs import build_image_input, roi_square, slice_positions
+
+SHAPE = (30, 40, 40)  # z, y, x
+SPACING = (2.0, 2.0, 2.5)  # x, y, z (mm)
+
+
+def ball(centre: tuple[int, int, int], radius: float) -> np.ndarray:
+    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
+    return ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2) <= radius**2
+
+
+def labels() -> np.ndarray:
+    """A large lesion (ET rim, NETC core) centred at z=12 and a small one at z=21, both with edema."""
+    out = np.zeros(SHAPE, dtype=np.uint8)
+    out[ball((12, 18, 18), 8)] = 2
+    out[ball((21, 26, 27), 4)] = 2
+    out[ball((12, 18, 18), 5)] = 3
+    out[ball((12, 18, 18), 2)] = 1
+    out[ball((21, 26, 27), 2)] = 3
+    return out
+
+
+def write(array: np.ndarray, path: Path) -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture()
+def patient(tmp_path: Path) -> tuple[dict[str, Path], Path]:
+    z = np.broadcast_to(np.arange(SHAPE[0], dtype=np.float32)[:, None, None], SHAPE).copy()
+    images = {"t1c": write(z, tmp_path / "t1c.nii"), "t2f": write(-z, tmp_path / "t2f.nii")}
+    return images, write(labels(), tmp_path / "seg.nii")
+
+
+def test_slices_span_the_tumour_and_one_goes_through_the_largest_lesion() -> None:
+    seg = labels()
+    extent = np.flatnonzero((seg > 0).any(axis=(1, 2)))
+    positions = slice_positions(seg, 5)
+    assert len(positions) == 5 and positions == sorted(positions)
+    assert positions[0] == extent.min() and positions[-1] == extent.max()
+    assert 12 in positions
+    thin = np.zeros(SHAPE, dtype=np.uint8)
+    thin[10:12, 5:8, 5:8] = 3
+    assert slice_positions(thin, 4) == [10, 10, 11, 11]  # real slices, repeated
+    with pytest.raises(PatientDataError, match="no tumour voxel"):
+        slice_positions(np.zeros(SHAPE, dtype=np.uint8), 4)
+
+
+def test_the_roi_is_a_square_holding_the_whole_tumour_with_its_margin() -> None:
+    seg = labels()
+    row0, col0, side = roi_square(seg, (2.0, 2.0), margin_mm=4.0)
+    tumour = (seg > 0).any(axis=0)
+    rows, cols = np.flatnonzero(tumour.any(axis=1)), np.flatnonzero(tumour.any(axis=0))
+    assert row0 <= rows.min() - 2 and col0 <= cols.min() - 2
+    assert row0 + side > rows.max() + 1 and col0 + side > cols.max() + 1
+    assert side == max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 + 4
+
+
+def test_the_input_holds_the_chosen_slices_channels_in_order_and_masks_as_zero_one(
+    patient: tuple[dict[str, Path], Path]
+) -> None:
+    images, seg = patient
+    params = ImageInputParams(slices=5, size=32, roi_margin_mm=4.0, sequences=["t1n", "t1c", "t2f"],
+                              mask_channels=["et", "wt"])
+    x = build_image_input(images, seg, params)
+    assert x.shape == (5, 5, 32, 32) and x.dtype == np.float32
+    positions = slice_positions(labels(), 5)
+    assert np.all(x[:, 0] == 0)  # t1n is missing: zeros
+    centre = x[:, 1, 12:20, 12:20]  # away from the zero padding at the ROI's edge
+    assert np.allclose(centre, np.array(positions, dtype=np.float32)[:, None, None], atol=1e-4)
+    assert np.allclose(x[:, 2, 12:20, 12:20], -centre)
+    assert set(np.unique(x[:, 3:])) <= {0.0, 1.0}
+    assert (x[:, 4].sum(axis=(1, 2)) > 0).all()  # whole tumour on every chosen slice
+    assert x[:, 3].sum() < x[:, 4].sum()  # ET inside WT
+
+
+def test_a_label_map_without_tumour_is_refused(tmp_path: Path, patient: tuple[dict[str, Path], Path]) -> None:
+    images, _ = patient
+    empty = write(np.zeros(SHAPE, dtype=np.uint8), tmp_path / "empty.nii")
+    with pytest.raises(PatientDataError, match="no tumour voxel"):
+        build_image_input(images, empty, ImageInputParams(slices=3, size=16))
