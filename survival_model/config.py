@@ -540,6 +540,21 @@ class ImageInputParams(StrictModel):
         return self
 
 
+class TabularParams(StrictModel):
+    """The tabular vector: clinical fields and imaging features through a pipeline fitted per fold."""
+
+    #: Canonical clinical fields used (categorical ones are one-hot encoded, missing values imputed).
+    clinical: list[str] = Field(default_factory=lambda: [
+        "age", "sex", "kps", "primary", "extracranial", "n_brain_mets",
+        "egfr_mutant", "alk_positive", "her2_positive", "hr_positive", "braf_mutant"])
+    volumetric: bool = True
+    intensity: bool = False
+    #: ``rad_*`` columns kept, ranked on the training rows by univariate concordance with survival.
+    radiomics_k: int = Field(0, ge=0)
+    #: ComBat site harmonisation of the imaging features, fitted on the training rows.
+    harmonise: bool = False
+
+
 class NetworkParams(StrictModel):
     """The hybrid network: a 2D timm backbone over K slices, pooled, fused with a tabular MLP."""
 
@@ -565,6 +580,7 @@ class TrainingParams(StrictModel):
 
     splits: SplitParams = Field(default_factory=lambda: SplitParams())
     inputs: ImageInputParams = Field(default_factory=lambda: ImageInputParams())
+    tabular: TabularParams = Field(default_factory=lambda: TabularParams())
     network: NetworkParams = Field(default_factory=lambda: NetworkParams())
 
 

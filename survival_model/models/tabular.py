@@ -1,0 +1,146 @@
+"""The tabular vector: a scikit-learn pipeline fitted on a fold's training rows only.
+
+Input: rows of the feature table (``site, case_id, <clinical fields>, time_days, event, vol_*, int_*,
+rad_*``). Steps, each fitted on the training rows and then applied unchanged to validation and test rows:
+
+1. ``harmonise`` (optional): ComBat per site on the imaging features
+   (:class:`survival_model.features.harmonise.SiteHarmoniser`; never the outcome as a covariate);
+2. ``columns``: the configured clinical fields and feature families; booleans become 0/1 (missing
+   stays missing), text becomes categories; outcome and identifier columns are never passed on;
+3. ``radiomics``: the ``radiomics_k`` ``rad_*`` columns with the strongest univariate concordance with
+   survival on the training rows (Harrell's C from scikit-survival, ``|C - 0.5|``), the others dropped;
+4. ``encode``: numbers imputed with the training median (plus a missing-value indicator column where
+   training rows had missing values) and standardised; categories imputed as ``missing`` and one-hot
+   encoded (a category unseen in training is all zeros).
+
+``fit`` takes the survival outcome as ``y`` (scikit-survival's structured array, ``Surv.from_arrays``)
+because the radiomics ranking needs it; no other step sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer, make_column_selector
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.validation import check_is_fitted
+from sksurv.metrics import concordance_index_censored
+
+from survival_model.config import TabularParams
+from survival_model.features.harmonise import SiteHarmoniser, outcome_like
+
+
+class FeatureColumns(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Keep the configured clinical fields and feature families, with model-ready dtypes."""
+
+    def __init__(self, clinical: Sequence[str] = (), prefixes: Sequence[str] = ("vol_",)) -> None:
+        self.clinical = clinical
+        self.prefixes = prefixes
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureColumns:  # noqa: N803 - scikit-learn's name
+        missing = [c for c in self.clinical if c not in X.columns]
+        if missing:
+            raise ValueError(f"clinical field(s) {missing} are not in the feature table")
+        columns = [*self.clinical, *(c for c in X.columns if str(c).startswith(tuple(self.prefixes)))]
+        leaking = [c for c in columns if outcome_like(str(c))]
+        if leaking:
+            raise ValueError(f"column(s) {leaking} look like survival outcomes and cannot be model inputs")
+        self.columns_ = columns
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803 - scikit-learn's name
+        check_is_fitted(self, "columns_")
+        out = {}
+        for column in self.columns_:
+            values = X[column]
+            if pd.api.types.is_bool_dtype(values) or str(values.dtype) == "boolean":
+                out[column] = values.astype("Float64").astype(float)
+            elif pd.api.types.is_numeric_dtype(values):
+                out[column] = values.astype(float)
+            else:
+                out[column] = values.astype(object).where(values.notna(), np.nan)
+        return pd.DataFrame(out, index=X.index)
+
+    def get_feature_names_out(self, input_features: Any = None) -> npt.NDArray[np.object_]:
+        return np.asarray(self.columns_, dtype=object)
+
+
+class ConcordanceSelector(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Keep the ``k`` columns with ``prefix`` whose univariate Harrell's C on the training rows is
+    furthest from 0.5 (either direction); other columns pass through."""
+
+    def __init__(self, k: int = 0, prefix: str = "rad_") -> None:
+        self.k = k
+        self.prefix = prefix
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> ConcordanceSelector:  # noqa: N803 - scikit-learn's name
+        candidates = [c for c in X.columns if str(c).startswith(self.prefix)]
+        self.scores_: dict[str, float] = {}
+        if self.k > 0 and candidates:
+            if y is None:
+                raise ValueError("ranking features by concordance needs the survival outcome as y")
+            event, time = np.asarray(y["event"], dtype=bool), np.asarray(y["time"], dtype=float)
+            for column in candidates:
+                values = X[column].to_numpy(dtype=float)
+                seen = np.isfinite(values)
+                if seen.sum() < 3 or not event[seen].any() or np.nanstd(values) == 0:
+                    continue
+                c_index = concordance_index_censored(event[seen], time[seen], values[seen])[0]
+                self.scores_[column] = abs(float(c_index) - 0.5)
+        ranked = sorted(self.scores_, key=lambda c: (-self.scores_[c], c))
+        self.selected_ = ranked[: self.k]
+        self.dropped_ = [c for c in candidates if c not in self.selected_]
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803 - scikit-learn's name
+        check_is_fitted(self, "selected_")
+        return X.drop(columns=[c for c in self.dropped_ if c in X.columns])
+
+
+def build_tabular_pipeline(params: TabularParams) -> Pipeline:
+    """The unfitted pipeline (see the module docstring)."""
+    prefixes = ["vol_"] * params.volumetric + ["int_"] * params.intensity + ["rad_"] * (params.radiomics_k > 0)
+    numbers = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler())
+    categories = make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                               OneHotEncoder(handle_unknown="ignore", sparse_output=False))
+    encode = ColumnTransformer(
+        [("numbers", numbers, make_column_selector(dtype_include="number")),
+         ("categories", categories, make_column_selector(dtype_include=object))],
+        verbose_feature_names_out=True,
+    )
+    steps: list[tuple[str, Any]] = [
+        ("harmonise", SiteHarmoniser() if params.harmonise else "passthrough"),
+        ("columns", FeatureColumns(clinical=list(params.clinical), prefixes=prefixes)),
+        ("radiomics", ConcordanceSelector(k=params.radiomics_k)),
+        ("encode", encode),
+    ]
+    return Pipeline(steps)
+
+
+def feature_names(pipeline: Pipeline) -> list[str]:
+    """Names of the fitted pipeline's output columns (``numbers__age``, ``categories__sex_male``, ...)."""
+    return [str(n) for n in pipeline.named_steps["encode"].get_feature_names_out()]
+
+
+def survival_target(frame: pd.DataFrame) -> npt.NDArray[np.void]:
+    """scikit-survival's structured outcome (``event``, ``time``) from ``event`` and ``time_days``."""
+    out = np.empty(len(frame), dtype=[("event", bool), ("time", float)])
+    out["event"] = frame["event"].astype(int).to_numpy() == 1
+    out["time"] = frame["time_days"].astype(float).to_numpy()
+    return out
+
+
+def fit_transform_fold(params: TabularParams, train: pd.DataFrame,
+                       others: Sequence[pd.DataFrame] = ()) -> tuple[Pipeline, list[npt.NDArray[np.float32]]]:
+    """Fit on ``train`` only; return the fitted pipeline and float32 matrices for train and ``others``."""
+    pipeline = build_tabular_pipeline(params)
+    pipeline.fit(train, survival_target(train))
+    matrices = [np.asarray(pipeline.transform(frame), dtype=np.float32) for frame in (train, *others)]
+    return pipeline, matrices
