@@ -16,7 +16,9 @@ default, so numpy axis 0 is the axial direction; intensities z-scored inside the
 - **Channels.** ``ImageInputParams.sequences`` in order (a sequence the patient lacks is zeros), then
   ``mask_channels`` (region masks, 0/1).
 
-The array is float32; the training stage stores it per patient (content-keyed) and stacks patients.
+The array is float32. :func:`store_image_input` writes it once per patient under a content key
+(the patient's preprocessing key, these params and this module's code version):
+``<work_dir>/inputs/<site>/<case id>/<key>/input.npy``, reused while none of them changes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ from scipy import ndimage
 from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
 from survival_model.features.volumetric import region_mask
-from survival_model.imageio import ImageReadError, read_image
+from survival_model.fingerprint import code_version, stable_hash
+from survival_model.imageio import ImageReadError, atomic_directory, read_image, read_json, write_json
+from survival_model.preprocess.stage import PreprocessedPatient
+
+STAGE = "inputs"
+INPUT_FILE = "input.npy"
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -117,3 +124,35 @@ def build_image_input(images: Mapping[str, Path], seg: Path, params: ImageInputP
         mask = region_mask(labels, region).astype(np.float32)
         channels.append(_resize(planes(mask), params.size, nearest=True))
     return np.stack(channels, axis=1)
+
+
+def input_key(patient: PreprocessedPatient, params: ImageInputParams) -> str:
+    """Content key of one patient's image input: its preprocessing key, the params, this code."""
+    return stable_hash(STAGE, code_version("survival_model.models.inputs"), patient.key,
+                       params.model_dump(mode="json"))
+
+
+def input_folder(work_dir: Path, site: str, case_id: str, key: str) -> Path:
+    return work_dir / STAGE / site / case_id / key[:16]
+
+
+def store_image_input(patient: PreprocessedPatient, params: ImageInputParams, work_dir: Path) -> Path:
+    """Build the patient's ``(K, C, S, S)`` input once (atomically, content-keyed) and return its path."""
+    key = input_key(patient, params)
+    folder = input_folder(work_dir, patient.site, patient.case_id, key)
+    if not (folder / INPUT_FILE).is_file():
+        array = build_image_input(patient.images, patient.mask, params)
+        with atomic_directory(folder) as tmp:
+            np.save(tmp / INPUT_FILE, array, allow_pickle=False)
+            write_json({"case_id": patient.case_id, "site": patient.site, "key": key, "shape": list(array.shape),
+                        "channels": [*params.sequences, *params.mask_channels]}, tmp / "manifest.json")
+    return folder / INPUT_FILE
+
+
+def load_image_input(path: Path) -> FloatArray:
+    """The stored input (no pickle: plain float32 array)."""
+    array: FloatArray = np.load(path, allow_pickle=False)
+    manifest = read_json(Path(path).parent / "manifest.json")
+    if list(array.shape) != manifest["shape"]:
+        raise PatientDataError("preprocess_failed", f"{path}: shape {array.shape} differs from its manifest")
+    return array

@@ -10,7 +10,14 @@ import SimpleITK as sitk
 
 from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
-from survival_model.models.inputs import build_image_input, roi_square, slice_positions
+from survival_model.models.inputs import (
+    build_image_input,
+    load_image_input,
+    roi_square,
+    slice_positions,
+    store_image_input,
+)
+from survival_model.preprocess.stage import PreprocessedPatient
 
 SHAPE = (30, 40, 40)  # z, y, x
 SPACING = (2.0, 2.0, 2.5)  # x, y, z (mm)
@@ -93,3 +100,20 @@ def test_a_label_map_without_tumour_is_refused(tmp_path: Path, patient: tuple[di
     empty = write(np.zeros(SHAPE, dtype=np.uint8), tmp_path / "empty.nii")
     with pytest.raises(PatientDataError, match="no tumour voxel"):
         build_image_input(images, empty, ImageInputParams(slices=3, size=16))
+
+
+def test_the_input_is_stored_once_per_content_key(tmp_path: Path, patient: tuple[dict[str, Path], Path]) -> None:
+    images, seg = patient
+    preprocessed = PreprocessedPatient(site="site_a", case_id="site_a-0001", folder=seg.parent, images=images,
+                                       mask=seg, brain_mask=seg, key="k" * 64)
+    params = ImageInputParams(slices=3, size=16, sequences=["t1c"])
+    work = tmp_path / "work"
+    path = store_image_input(preprocessed, params, work)
+    assert path.is_relative_to(work / "inputs" / "site_a" / "site_a-0001")
+    first = path.stat().st_mtime_ns
+    assert store_image_input(preprocessed, params, work) == path and path.stat().st_mtime_ns == first  # reused
+    assert np.array_equal(load_image_input(path), build_image_input(images, seg, params))
+    other = store_image_input(preprocessed, params.model_copy(update={"size": 24}), work)
+    assert other != path and load_image_input(other).shape == (3, 1, 24, 24)
+    changed = PreprocessedPatient(**{**preprocessed.__dict__, "key": "j" * 64})
+    assert store_image_input(changed, params, work) != path  # new preprocessing, new input
