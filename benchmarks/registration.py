@@ -33,8 +33,8 @@ from survival_model.synthetic import phantom as ph  # noqa: E402
 from survival_model.synthetic.sites import SITES, site_grid  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "2 mm copies, 20000 samples (library default)": {},
-    "3 mm copies, 20000 samples": {"spacing_mm": 3.0},
+    "2 mm copies, 50000 samples (library default)": {},
+    "3 mm copies, 50000 samples": {"spacing_mm": 3.0},
     "3 mm copies, 10000 samples (params.yaml)": {"spacing_mm": 3.0, "max_samples": 10000},
     "2 mm copies, 10000 samples": {"max_samples": 10000},
     "3 mm copies, levels 2-1": {"spacing_mm": 3.0, "shrink_factors": [2, 1], "smoothing_sigmas_mm": [3.0, 0.0]},

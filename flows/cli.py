@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from survival_model import local_servers
-from survival_model.config import Params, load_params, load_services, parse_override
+from survival_model.config import N4Params, Params, RegistrationParams, load_params, load_services, parse_override
 from survival_model.errors import SurvivalModelError
 from survival_model.synthetic.cohort import GeneratorConfig, existing_cohort, generate_cohort
 
@@ -38,11 +38,13 @@ RealisticOption = Annotated[bool, typer.Option(
     "--realistic", help="BraTS-size cohort: 240x240x155 at 1 mm, preprocessed at 1 mm (regenerates data/synthetic).")]
 # The BraTS-size run: 1 mm data preprocessed at 1 mm, N4 and registration at the library defaults (chosen
 # on 240x240x155 volumes, benchmarks/n4.py), images gzipped (uncompressed they would take ~15 GB).
+_N4, _REGISTRATION = N4Params(), RegistrationParams()
 REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1],
-             "preprocess.n4.max_shrunk_spacing_mm": 8.0, "preprocess.n4.iterations": [30, 30, 30],
-             "preprocess.n4.control_points": 4, "preprocess.registration.spacing_mm": 2.0,
-             "preprocess.registration.max_samples": 20000, "preprocess.compress_images": True,
-             "ingest.compress_images": True}
+             "preprocess.n4.max_shrunk_spacing_mm": _N4.max_shrunk_spacing_mm,
+             "preprocess.n4.iterations": list(_N4.iterations), "preprocess.n4.control_points": _N4.control_points,
+             "preprocess.registration.spacing_mm": _REGISTRATION.spacing_mm,
+             "preprocess.registration.max_samples": 20000,  # as before: 0.29 mm (0.27 at 50000), 12% faster
+             "preprocess.compress_images": True, "ingest.compress_images": True}
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]

@@ -32,8 +32,7 @@ def imaging(params: Params, cohort: CohortResult) -> FeatureTable:
                                   item[1].acquisition.skull_stripped))
     stage_key = t.imaging_stage_key(inputs, params, cohort)
     if params.orchestration.reuse_unchanged_stages:
-        hit = stages.load_stage(params.work_dir, "imaging", stage_key)
-        reused = load_table(hit.folder) if hit is not None else None
+        reused = stages.reuse(params.work_dir, "imaging", stage_key, load_table)
         if reused is not None:
             logger.info("imaging unchanged (stage key %s, %d patients): reusing %s", stage_key[:12], len(rows),
                         reused.table_path)

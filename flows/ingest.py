@@ -31,8 +31,7 @@ def ingest(params: Params) -> CohortResult:
         found.append(discovery)
     stage = t.ingest_stage(params, found, pseudonymiser, site_errors)
     if params.orchestration.reuse_unchanged_stages:
-        hit = stages.load_stage(params.work_dir, "ingest", stage.key)
-        reused = load_cohort(hit.folder) if hit is not None else None
+        reused = stages.reuse(params.work_dir, "ingest", stage.key, load_cohort)
         if reused is not None:
             logger.info("ingestion unchanged (stage key %s, %d cases): reusing %s", stage.key[:12],
                         len(stage.cases), reused.cohort_path)

@@ -16,13 +16,16 @@ to the work directory, so a moved work directory keeps its records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from survival_model.imageio import read_json, write_json
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,9 @@ def load_stage(work_dir: Path, stage: str, key: str) -> StageHit | None:
         log.info("stage %s: recorded output %s is missing; running the stage's tasks", stage, missing)
         return None
     return StageHit(stage, key, folder, len(outputs))
+
+
+def reuse(work_dir: Path, stage: str, key: str, load: Callable[[Path], T | None]) -> T | None:
+    """The recorded result of ``stage`` for ``key`` loaded from its folder by ``load``, or None."""
+    hit = load_stage(work_dir, stage, key)
+    return load(hit.folder) if hit is not None else None

@@ -32,6 +32,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 from sksurv.metrics import concordance_index_censored
+from sksurv.util import Surv
 
 from survival_model.config import TabularParams
 from survival_model.features.harmonise import SiteHarmoniser, outcome_like
@@ -131,10 +132,9 @@ def feature_names(pipeline: Pipeline) -> list[str]:
 
 def survival_target(frame: pd.DataFrame) -> npt.NDArray[np.void]:
     """scikit-survival's structured outcome (``event``, ``time``) from ``event`` and ``time_days``."""
-    out = np.empty(len(frame), dtype=[("event", bool), ("time", float)])
-    out["event"] = frame["event"].astype(int).to_numpy() == 1
-    out["time"] = frame["time_days"].astype(float).to_numpy()
-    return out
+    target: npt.NDArray[np.void] = Surv.from_arrays(event=frame["event"].astype(int).to_numpy() == 1,
+                                                    time=frame["time_days"].astype(float).to_numpy())
+    return target
 
 
 def fit_transform_fold(params: TabularParams, train: pd.DataFrame,
