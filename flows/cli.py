@@ -48,6 +48,9 @@ REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "p
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]
+BackboneOption = Annotated[str | None, typer.Option(
+    "--backbone", help="The network's timm backbone (the paper's: resnet50, efficientnet_b0); "
+                       "same as --set training.network.backbone=NAME.")]
 
 
 def _load(params_path: Path, overrides: list[str] | None, realistic: bool = False) -> tuple[Params, dict[str, Any]]:
@@ -167,10 +170,12 @@ def run(
     generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
     temporary_server: Annotated[bool, typer.Option(
         "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
+    backbone: BackboneOption = None,
 ) -> None:
     """The main job: synthetic cohort if missing -> pipeline flow -> where the results are."""
     try:
-        params, pairs = _load(params_path, overrides, realistic)
+        extra = [f"training.network.backbone={backbone}"] if backbone else []
+        params, pairs = _load(params_path, [*(overrides or []), *extra], realistic)
         if generate:
             ensure_synthetic_cohort(params)
         local = params.servers.prefect_api == "local" and not temporary_server
@@ -217,17 +222,40 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
     later = {k: v for k, v in features["quarantined_by_stage"].items() if k in ("preprocess", "features")}
     if later:
         console.print(f"[bold yellow]quarantined after ingestion:[/] {later} (reasons in the quarantine table)")
+    _print_training(result.training_metrics)
     console.print(f"\n[bold]results[/] (work directory {result.work_dir})")
     console.print(f"  features    {result.features}")
     console.print(f"  cohort      {result.cohort}")
     console.print(f"  quarantine  {result.all_quarantine} (all stages)")
     console.print(f"  QC          {result.features.parent / 'qc_table.csv'}")
     console.print(f"  report      {result.cohort.parent / 'summary.md'} and cohort_summary.png")
+    console.print(f"  model       {result.training} (test predictions, metrics, learning curves)")
     console.print(f"  MLflow run  {result.mlflow_link}")
     if "prefect" in up:
         console.print(f"  Prefect UI  {up['prefect']}")
     else:
         console.print("  watch runs in a UI: survival-model ui start")
+
+
+def _ci(estimate: dict[str, Any]) -> str:
+    if estimate["low"] != estimate["low"]:  # NaN: no interval
+        return f"{estimate['value']:.3f}"
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
+def _print_training(metrics: dict[str, Any]) -> None:
+    table = Table(title=f"Model: {metrics['variant']} {metrics['objective']}, backbone {metrics['backbone']}")
+    for column in ("scored on", "C-index (95% CI)", "patients"):
+        table.add_column(column, justify="left" if column == "scored on" else "right")
+    test = metrics["test"]
+    table.add_row("ensemble of folds, locked test set", _ci(test["cindex"]), str(test["patients"]))
+    if metrics.get("oracle"):
+        table.add_row("oracle (true risk), same patients", _ci(metrics["oracle"]["cindex"]),
+                      str(metrics["oracle"]["patients"]))
+    cv = metrics["cv"]
+    table.add_row(f"{len(cv['per_fold'])} folds, validation (mean ± SD)",
+                  f"{cv['val_cindex_mean']:.3f} ± {cv['val_cindex_sd']:.3f}", "")
+    console.print(table)
 
 
 @app.command()

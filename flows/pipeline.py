@@ -1,6 +1,7 @@
-"""The end-to-end pipeline flow: ingestion -> imaging (preprocessing, features) in one MLflow run.
+"""The end-to-end pipeline flow: ingestion -> imaging (preprocessing, features) -> training, in one
+MLflow run (the folds as nested runs).
 
-Later stages (training, evaluation, registry) are added here as subflows.
+Later stages (evaluation report, registry) are added here as subflows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prefect.runtime import flow_run
 from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.runners import task_runner_for
+from flows.training import training
 from survival_model.config import Params, load_params
 from survival_model.fingerprint import code_version
 from tasks import tracking
@@ -33,6 +35,8 @@ class PipelineResult:
     all_quarantine: Path
     mlflow_run_id: str
     mlflow_link: str
+    training: Path
+    training_metrics: dict[str, Any]
 
 
 @flow(name="brain-mets-pipeline")
@@ -54,10 +58,14 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         table = imaging.with_options(task_runner=task_runner_for(params))(params, cohort)
         tracking.log_imaging(params, run_id, table)
         tracking.publish_imaging(table)
+        trained = training.with_options(task_runner=task_runner_for(params))(params, cohort, table)
+        tracking.log_training(params, run_id, trained, f"pipeline-{flow_run.get_name()}")
+        tracking.publish_training(trained, link)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")
         raise
     tracking.end_run(params, run_id, "FINISHED")
     logger.info("MLflow run: %s", link)
     return PipelineResult(params.work_dir, cohort.cohort_path, cohort.quarantine_path, cohort.summary,
-                          table.table_path, table.summary, table.quarantine_path, run_id, link)
+                          table.table_path, table.summary, table.quarantine_path, run_id, link, trained.folder,
+                          trained.metrics)

@@ -575,13 +575,83 @@ class NetworkParams(StrictModel):
     objective: Literal["cox", "mse", "weibull"] = "cox"
 
 
+class AugmentParams(StrictModel):
+    """Training-time augmentation of the image input (never applied to validation or test patients)."""
+
+    #: Probability of a left-right mirror of the whole patient (all slices and channels together).
+    flip_probability: float = Field(0.5, ge=0, le=1)
+    #: In-plane rotation drawn uniformly from +-rotation_degrees (bilinear; masks nearest).
+    rotation_degrees: float = Field(10.0, ge=0, le=45)
+    #: Per sequence channel: x (1 + U(-scale, scale)) + U(-shift, shift), on the z-scored intensities.
+    intensity_scale: float = Field(0.1, ge=0, lt=1)
+    intensity_shift: float = Field(0.1, ge=0, lt=1)
+
+
+class FitParams(StrictModel):
+    """The optimisation of one fold's model."""
+
+    epochs: int = Field(20, ge=1, le=1000)
+    batch_size: int = Field(16, ge=2, le=1024)
+    learning_rate: float = Field(1e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    #: ``cosine``: linear warm-up for ``warmup_epochs`` then cosine decay to 0; ``constant``: warm-up only.
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    #: Early stopping: ``cindex`` (Harrell's C on the validation fold, higher is better) or ``loss``.
+    monitor: Literal["cindex", "loss"] = "cindex"
+    patience: int = Field(6, ge=1)
+    min_epochs: int = Field(3, ge=1)
+    #: ``mse`` objective: how censored patients enter the loss (see survival_model/models/losses.py).
+    censored: Literal["hinge", "drop", "naive"] = "hinge"
+    #: ``cox`` objective: tied event times.
+    ties: Literal["efron", "breslow"] = "efron"
+    #: ``auto``: CUDA when present, else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: ``auto``: bf16 autocast on a CUDA device that supports it, else fp32.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    #: DataLoader worker processes; null: 0 on CPU (the cores train), 4 per GPU on CUDA.
+    workers: int | None = Field(None, ge=0, le=64)
+    #: Torch threads on CPU; null: every core (torch's default).
+    threads: int | None = Field(None, ge=1)
+    seed: int = 20250515
+    #: Deterministic algorithms (bit-for-bit repeatable on CPU; slower on CUDA).
+    deterministic: bool = True
+    #: Several CUDA devices: folds train in parallel, one per device (a Prefect concurrency limit);
+    #: one device or CPU: one fold at a time.
+    parallel_folds: bool = True
+
+
 class TrainingParams(StrictModel):
-    """Model training (issue 4): splits and the network so far."""
+    """Model training: splits, inputs, the tabular pipeline, the network and its optimisation."""
 
     splits: SplitParams = Field(default_factory=lambda: SplitParams())
     inputs: ImageInputParams = Field(default_factory=lambda: ImageInputParams())
     tabular: TabularParams = Field(default_factory=lambda: TabularParams())
     network: NetworkParams = Field(default_factory=lambda: NetworkParams())
+    augment: AugmentParams = Field(default_factory=lambda: AugmentParams())
+    fit: FitParams = Field(default_factory=lambda: FitParams())
+
+
+class GroundTruthParams(StrictModel):
+    """A table of true risk scores (the synthetic cohort's oracle), for the ceiling beside every model."""
+
+    path: Path
+    site_column: str = "site"
+    #: The id the site's images and clinical rows normalise to (pseudonymised like them).
+    id_column: str = "patient_key"
+    #: The true risk (higher = earlier death), e.g. the simulation's linear predictor.
+    risk_column: str = "true_lp"
+
+
+class EvaluationParams(StrictModel):
+    """Scoring on the locked test set."""
+
+    #: Bootstrap resamples for confidence intervals, and their level.
+    bootstrap: int = Field(1000, ge=0, le=100000)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 20250515
+    #: Optional oracle risk scores; skipped with a note when the file does not exist.
+    ground_truth: GroundTruthParams | None = None
 
 
 class Params(StrictModel):
@@ -598,6 +668,7 @@ class Params(StrictModel):
     preprocess: PreprocessParams = Field(default_factory=lambda: PreprocessParams())
     features: FeaturesParams = Field(default_factory=lambda: FeaturesParams())
     training: TrainingParams = Field(default_factory=lambda: TrainingParams())
+    evaluation: EvaluationParams = Field(default_factory=lambda: EvaluationParams())
 
     @field_validator("institutions")
     @classmethod
@@ -665,9 +736,26 @@ def resolve_paths(params: Params, base: Path) -> Params:
                 update={"out_dir": _resolve(base, params.synthetic.out_dir)}
             ),
             "servers": params.servers.model_copy(update={"home": _resolve(base, params.servers.home)}),
+            "evaluation": _resolve_evaluation(params.evaluation, base),
+            "training": _resolve_training(params.training, base),
             "institutions": institutions,
         }
     )
+
+
+def _resolve_training(training: TrainingParams, base: Path) -> TrainingParams:
+    weights = training.network.pretrained_weights
+    if weights is None:
+        return training
+    network = training.network.model_copy(update={"pretrained_weights": _resolve(base, weights)})
+    return training.model_copy(update={"network": network})
+
+
+def _resolve_evaluation(evaluation: EvaluationParams, base: Path) -> EvaluationParams:
+    truth = evaluation.ground_truth
+    if truth is None:
+        return evaluation
+    return evaluation.model_copy(update={"ground_truth": truth.model_copy(update={"path": _resolve(base, truth.path)})})
 
 
 def parse_params(data: Mapping[str, Any], *, base_dir: Path, source: str = "params") -> Params:

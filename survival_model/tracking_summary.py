@@ -62,3 +62,66 @@ def features_markdown(summary: dict[str, Any], table_path: Any) -> str:
         *[f"| {stage} | {n} |" for stage, n in summary["quarantined_by_stage"].items()],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and value == value and abs(value) != float("inf")
+
+
+def training_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The ensemble's test C-index (with its interval), the oracle's, the folds' validation summary."""
+    out: dict[str, float] = {}
+    test = metrics["test"]["cindex"]
+    out.update({"test.cindex": test["value"], "test.cindex_low": test["low"], "test.cindex_high": test["high"],
+                "test.patients": metrics["test"]["patients"], "test.deaths": metrics["test"]["deaths"]})
+    if metrics.get("oracle"):
+        oracle = metrics["oracle"]["cindex"]
+        out.update({"oracle.cindex": oracle["value"], "oracle.cindex_low": oracle["low"],
+                    "oracle.cindex_high": oracle["high"]})
+    out["cv.val_cindex_mean"] = metrics["cv"]["val_cindex_mean"]
+    out["cv.val_cindex_sd"] = metrics["cv"]["val_cindex_sd"]
+    for site, values in metrics["per_site"].items():
+        out[f"test.{site}.cindex"] = values["cindex"]
+    return {k: float(v) for k, v in out.items() if _finite(v)}
+
+
+def fold_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """A fold's final numbers (its best epoch) as MLflow metrics."""
+    keys = ("val_cindex", "val_loss", "train_loss", "best_epoch", "epochs", "seconds", "data_wait_share",
+            "patients_per_second", "patients_train", "patients_validation")
+    return {f"final.{k}": float(summary[k]) for k in keys if _finite(summary.get(k))}
+
+
+def _ci(estimate: dict[str, Any]) -> str:
+    if not _finite(estimate.get("low")):
+        return f"{estimate['value']:.3f}"
+    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
+def training_markdown(metrics: dict[str, Any], link: str) -> str:
+    """The training result at a glance (Prefect UI)."""
+    oracle = metrics.get("oracle")
+    lines = [
+        "# Training",
+        "",
+        f"**{metrics['variant']} / {metrics['objective']}** network, backbone `{metrics['backbone']}`: ensemble of "
+        f"{len(metrics['cv']['per_fold'])} fold models, scored once on the locked test set.",
+        "",
+        "| | C-index (95% CI) | patients |",
+        "| --- | --- | ---: |",
+        f"| ensemble, test set | {_ci(metrics['test']['cindex'])} | {metrics['test']['patients']} |",
+    ]
+    if oracle:
+        lines.append(f"| oracle (true risk), same patients | {_ci(oracle['cindex'])} | {oracle['patients']} |")
+    lines += [
+        f"| folds, validation (mean ± SD) | {metrics['cv']['val_cindex_mean']:.3f} ± "
+        f"{metrics['cv']['val_cindex_sd']:.3f} | |",
+        "",
+        "| fold | validation C-index | best epoch | epochs | seconds |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *[f"| {name} | {f['val_cindex']:.3f} | {f['best_epoch']} | {f['epochs']} | {f['seconds']:.0f} |"
+          for name, f in metrics["cv"]["per_fold"].items()],
+        "",
+        f"MLflow: {link}",
+    ]
+    return "\n".join(lines) + "\n"

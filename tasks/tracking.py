@@ -13,7 +13,16 @@ from survival_model.features.stage import FeatureTable
 from survival_model.ingest import report
 from survival_model.ingest.cohort import CohortResult
 from survival_model.tracking import Tracker
-from survival_model.tracking_summary import features_markdown, imaging_metrics, ingestion_metrics, run_params
+from survival_model.tracking_summary import (
+    features_markdown,
+    fold_metrics,
+    imaging_metrics,
+    ingestion_metrics,
+    run_params,
+    training_markdown,
+    training_metrics,
+)
+from survival_model.training.stage import TrainingResult
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
@@ -75,3 +84,41 @@ def publish_imaging(table: FeatureTable) -> None:
                           description="Per-patient preprocessing QC (quarantined patients show their reason)")
     create_markdown_artifact(features_markdown(table.summary, table.table_path), key="features-summary",
                              description="The feature table at a glance")
+
+
+@task(name="log-training", retries=2, retry_delay_seconds=[2, 10])
+def log_training(params: Params, run_id: str, result: TrainingResult, run_name: str) -> list[str]:
+    """A nested MLflow run per fold (per-epoch curves, final metrics, checkpoint) under the pipeline run,
+    and the ensemble's test metrics, predictions, splits and learning curves on the pipeline run."""
+    tracker = Tracker.from_params(params)
+    fold_runs = []
+    for fold in result.folds:
+        child = tracker.start_run(f"{run_name}-{fold.name}", tags={"fold": fold.name, "fold_key": fold.key},
+                                  parent_run_id=run_id)
+        tracker.log_params(child, {"fold": fold.name, "fold_key": fold.key,
+                                   "patients_train": fold.summary["patients_train"],
+                                   "patients_validation": fold.summary["patients_validation"]})
+        history = fold.history()
+        for row in history.to_dict("records"):
+            tracker.log_metrics(child, {"train_loss": row["train_loss"], "val_loss": row["val_loss"],
+                                        "val_cindex": row["val_cindex"], "learning_rate": row["learning_rate"],
+                                        "epoch_seconds": row["seconds"]}, step=int(row["epoch"]))
+        tracker.log_metrics(child, fold_metrics(fold.summary))
+        tracker.log_artifacts(child, fold.files(), artifact_path="checkpoint")
+        tracker.end_run(child)
+        fold_runs.append(child)
+    tracker.log_metrics(run_id, training_metrics(result.metrics))
+    tracker.set_tags(run_id, {f"model.{k}": result.metrics[k] for k in ("variant", "objective", "backbone")})
+    tracker.log_artifacts(run_id, result.files(), artifact_path="training")
+    return fold_runs
+
+
+@task(name="publish-training-artifacts")
+def publish_training(result: TrainingResult, run_link: str) -> None:
+    """The training summary (test C-index beside the oracle, folds) and the test predictions in the Prefect UI."""
+    create_markdown_artifact(training_markdown(result.metrics, run_link), key="training-summary",
+                             description="Fold ensemble on the locked test set, beside the oracle")
+    folds = [{"fold": f.name, **{k: f.summary[k] for k in ("val_cindex", "best_epoch", "epochs", "seconds",
+                                                             "patients_train", "patients_validation")}}
+             for f in result.folds]
+    create_table_artifact(folds, key="training-folds", description="Validation C-index and epochs per fold")

@@ -23,21 +23,27 @@ The array is float32. :func:`store_image_input` writes it once per patient under
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
-import torch
 from scipy import ndimage
 
-from survival_model.config import ImageInputParams
+from survival_model.config import ImageInputParams, Params
 from survival_model.errors import PatientDataError
 from survival_model.features.volumetric import region_mask
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import ImageReadError, atomic_directory, read_image, read_json, write_json
-from survival_model.preprocess.stage import PreprocessedPatient
+from survival_model.preprocess.stage import (
+    PreprocessedPatient,
+    load_outcome,
+    patient_input,
+    preprocess_folder,
+    preprocess_key,
+)
 
 STAGE = "inputs"
 INPUT_FILE = "input.npy"
@@ -86,6 +92,8 @@ def _crop(plane: npt.NDArray[np.generic], row0: int, col0: int, side: int) -> np
 
 def _resize(stack: FloatArray, size: int, nearest: bool) -> FloatArray:
     """(K, side, side) -> (K, size, size)."""
+    import torch  # heavy: only where inputs are built (the training flow's reuse check needs keys only)
+
     tensor = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
     if nearest:
         out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="nearest-exact")
@@ -156,3 +164,18 @@ def load_image_input(path: Path) -> FloatArray:
     if list(array.shape) != manifest["shape"]:
         raise PatientDataError("preprocess_failed", f"{path}: shape {array.shape} differs from its manifest")
     return array
+
+
+def preprocessed_patients(cohort_rows: Sequence[Mapping[str, Any]], params: Params) -> dict[str, PreprocessedPatient]:
+    """The preprocessed images of every cohort patient that passed preprocessing, by case id, found
+    through the same content keys the imaging stage wrote them under (patients not preprocessed with
+    the current settings, or quarantined, are absent)."""
+    found: dict[str, PreprocessedPatient] = {}
+    for row in cohort_rows:
+        site, case_id = str(row["site"]), str(row["case_id"])
+        inp = patient_input(row, params.institutions[site])
+        key = preprocess_key(inp, str(row["images_key"]), params.preprocess)
+        outcome = load_outcome(preprocess_folder(params.work_dir, site, case_id, key), site, case_id, key)
+        if outcome is not None and outcome.patient is not None:
+            found[case_id] = outcome.patient
+    return found

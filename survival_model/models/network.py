@@ -84,7 +84,9 @@ class HybridSurvivalNet(nn.Module):
             if in_chans < 1:
                 raise ConfigError("the image branch needs at least one input channel")
             self.backbone = create_backbone(params.backbone, in_chans, params.pretrained_weights)
-            features: int = getattr(self.backbone, "num_features")  # noqa: B009 - timm's attribute, untyped
+            # timm's pooled output width: ``head_hidden_size`` where a model has a pre-logits head
+            # (MobileNetV3's conv_head), else ``num_features``.
+            features: int = getattr(self.backbone, "head_hidden_size", None) or getattr(self.backbone, "num_features")  # noqa: B009
             self.pool = AttentionPool(features) if params.pooling == "attention" else None
             width += features
         self.tabular: nn.Module | None = None

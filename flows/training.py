@@ -1,0 +1,107 @@
+"""The training flow: splits, image inputs, one task per fold, the ensemble on the locked test set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+
+from survival_model import stages
+from survival_model.config import Params
+from survival_model.evaluation.oracle import oracle_risk
+from survival_model.features.stage import FeatureTable
+from survival_model.fingerprint import stable_hash
+from survival_model.imageio import write_text
+from survival_model.ingest.cohort import CohortResult
+from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.models.inputs import input_key, preprocessed_patients
+from survival_model.training import folds as folds_lib
+from survival_model.training import stage as stage_lib
+from survival_model.training.devices import cuda_devices
+from survival_model.training.splits import Splits, make_splits
+from tasks import training as t
+from tasks.common import configure
+
+
+def persist_splits(splits: Splits, frame: pd.DataFrame, work_dir: Path) -> Path:
+    """``<work_dir>/training/splits/<fingerprint>/splits.json`` (+ a per-set, per-site summary CSV)."""
+    folder = work_dir / folds_lib.STAGE / "splits" / splits.fingerprint[:16]
+    path = folder / "splits.json"
+    if not path.is_file():
+        write_text(splits.summary(frame).to_csv(index=False), folder / "summary.csv")
+        splits.save(path)
+    return path
+
+
+def parallel_devices(params: Params) -> int:
+    """CUDA devices folds run in parallel on (0: one fold at a time)."""
+    fit = params.training.fit
+    count = cuda_devices() if fit.device != "cpu" else 0
+    return count if fit.parallel_folds and count > 1 else 0
+
+
+@flow(name="training", flow_run_name="training")
+def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage_lib.TrainingResult:
+    """Train the configured network per cross-validation fold and score the fold ensemble on the test set.
+
+    When neither the data nor any training setting changed since a recorded run, that run's result is
+    returned without a task (``survival_model.stages``); otherwise every fold is still cached on its own.
+    """
+    logger = get_run_logger()
+    tp = params.training
+    rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
+    frame = table.table()
+    patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in set(frame["case_id"])}
+    if folds_lib.uses_images(tp.network):
+        frame = frame[frame["case_id"].isin(patients)].reset_index(drop=True)
+    splits = make_splits(frame, tp.splits)
+    splits_path = persist_splits(splits, frame, params.work_dir)
+    logger.info("splits %s: %d test, %d development patients in %d folds (%s)", splits.fingerprint[:12],
+                len(splits.test), len(splits.development), len(splits.folds), splits_path)
+    input_keys = {c: input_key(p, tp.inputs) for c, p in patients.items()}
+    oracle = oracle_scores(params)
+    oracle_digest = stable_hash(sorted(oracle.items())) if oracle is not None else None
+    key = stage_lib.stage_key(table.folder.name, input_keys, splits, tp, params.evaluation, oracle_digest)
+    if params.orchestration.reuse_unchanged_stages:
+        reused = stages.reuse(params.work_dir, folds_lib.STAGE, key, stage_lib.load_result)
+        if reused is not None:
+            logger.info("training unchanged (stage key %s): reusing %s", key[:12], reused.folder)
+            return reused
+
+    image_paths = None
+    if folds_lib.uses_images(tp.network):
+        image_paths = configure(t.image_inputs, params, t.inputs_key)(patients, tp.inputs, params.work_dir)
+    fold_task = configure(t.train_fold, params, t.fold_task_key)
+    devices = parallel_devices(params)
+    keys = {f.name: folds_lib.fold_key(f, table.folder.name, input_keys, tp) for f in splits.folds}
+    if devices:
+        ensure_gpu_limit(devices)
+        futures = [fold_task.submit(f, table.table_path, image_paths, tp, params.work_dir, keys[f.name], devices)
+                   for f in splits.folds]
+        folds = [future.result() for future in futures]
+    else:  # one device or CPU: one fold at a time, each using every core
+        folds = [fold_task(f, table.table_path, image_paths, tp, params.work_dir, keys[f.name]) for f in splits.folds]
+    result = configure(t.evaluate_ensemble, params, t.ensemble_key)(
+        folds, table.table_path, splits, splits_path, image_paths, tp, params.evaluation, oracle, params.work_dir,
+        key)
+    outputs = [*result.files(), *(p for f in folds for p in f.files()), *(image_paths or {}).values()]
+    stages.save_stage(params.work_dir, folds_lib.STAGE, key, result.folder, outputs)
+    return result
+
+
+def oracle_scores(params: Params) -> pd.Series | None:
+    """The ground truth's risk by case id, when ``evaluation.ground_truth`` names an existing table."""
+    truth = params.evaluation.ground_truth
+    if truth is None or not truth.path.is_file():
+        return None
+    return oracle_risk(truth, Pseudonymiser.from_params(params.privacy))
+
+
+def ensure_gpu_limit(devices: int) -> None:
+    """The Prefect global concurrency limit allowing one fold per CUDA device."""
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(t.GPU_LIMIT, devices)
+

@@ -1,0 +1,1 @@
+"""Scoring survival predictions on held-out patients (metrics, confidence intervals, the oracle)."""

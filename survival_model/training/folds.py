@@ -1,0 +1,252 @@
+"""One cross-validation fold, trained once per content key and stored with everything to predict again.
+
+A fold's key is the feature table's content key, the image inputs' content keys of its patients, the
+fold's train/validation case ids, the training params (all but ``fit.device``/``workers``/
+``parallel_folds``, which do not change the result) and the code version of the training, model and
+evaluation packages. Its folder ``<work_dir>/training/folds/<fold>/<key>/`` holds:
+
+- ``model.safetensors``: the best epoch's weights (no pickle);
+- ``config.json``: what rebuilds the network (network params, channels, tabular width, output centre,
+  the tabular feature names) and the fold's summary;
+- ``tabular.joblib``: the tabular pipeline fitted on the fold's training rows (a pickle: trusted
+  because this pipeline wrote it; loading it from elsewhere means trusting its author);
+- ``history.csv``: the per-epoch curves; ``validation.parquet``: the validation patients' outputs.
+
+A finished folder is reused, never retrained.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from survival_model.config import NetworkParams, TrainingParams
+from survival_model.errors import SurvivalModelError
+from survival_model.fingerprint import code_version, file_digest, stable_hash
+from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
+from survival_model.training.splits import Fold
+
+if TYPE_CHECKING:  # torch, timm and scikit-learn load only where a model trains or predicts: a warm run
+    from sklearn.pipeline import Pipeline  # checks keys and records without them (seconds of imports)
+
+    from survival_model.models.network import HybridSurvivalNet
+    from survival_model.training.data import SurvivalArrays
+    from survival_model.training.loop import DeviceChoice, ProgressFn
+
+log = logging.getLogger(__name__)
+
+STAGE = "training"
+FILES = ("model.safetensors", "config.json", "tabular.joblib", "history.csv", "validation.parquet")
+#: Settings that change where or how fast a fold trains, not what it learns.
+RUNTIME_ONLY = {"device", "workers", "parallel_folds"}
+
+
+class TrainingError(SurvivalModelError):
+    """A fold cannot be trained (no patient, no death, missing inputs)."""
+
+
+def training_code_version() -> str:
+    return code_version("survival_model.training", "survival_model.models", "survival_model.evaluation")
+
+
+def learning_params(training: TrainingParams) -> dict[str, Any]:
+    """The training params that decide what a fold learns (keys of folds and of the stage)."""
+    data = training.model_dump(mode="json")
+    data["fit"] = {k: v for k, v in data["fit"].items() if k not in RUNTIME_ONLY}
+    weights = training.network.pretrained_weights
+    if weights is not None:  # the file's content, not its path
+        data["network"]["pretrained_weights"] = file_digest(weights)
+    return data
+
+
+def uses_images(network: NetworkParams) -> bool:
+    return network.variant in ("hybrid", "image")
+
+
+def uses_tabular(network: NetworkParams) -> bool:
+    return network.variant in ("hybrid", "tabular")
+
+
+def fold_key(fold: Fold, table_key: str, input_keys: Mapping[str, str], training: TrainingParams) -> str:
+    patients = sorted({*fold.train, *fold.validation})
+    images = [input_keys[c] for c in patients] if uses_images(training.network) else []
+    return stable_hash(STAGE, "fold", training_code_version(), table_key, fold.name, sorted(fold.train),
+                       sorted(fold.validation), images, learning_params(training))
+
+
+def fold_folder(work_dir: Path, fold_name: str, key: str) -> Path:
+    return work_dir / STAGE / "folds" / fold_name / key[:16]
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """A trained fold's folder and summary."""
+
+    name: str
+    key: str
+    folder: Path
+    summary: dict[str, Any]
+
+    def history(self) -> pd.DataFrame:
+        return pd.read_csv(self.folder / "history.csv")
+
+    def files(self) -> list[Path]:
+        return [self.folder / name for name in FILES]
+
+
+def load_fold(folder: Path) -> FoldResult | None:
+    """The fold stored in ``folder``, or None when it is not (completely) there."""
+    if not all((folder / name).is_file() for name in FILES):
+        return None
+    config = read_json(folder / "config.json")
+    return FoldResult(config["fold"], config["key"], folder, config["summary"])
+
+
+def _rows(table: pd.DataFrame, case_ids: Sequence[str]) -> pd.DataFrame:
+    indexed = table.set_index("case_id", drop=False)
+    missing = [c for c in case_ids if c not in indexed.index]
+    if missing:
+        raise TrainingError(f"{len(missing)} split patient(s) are not in the feature table, e.g. {missing[0]}")
+    return indexed.loc[list(case_ids)].reset_index(drop=True)
+
+
+def fold_arrays(table: pd.DataFrame, fold: Fold, image_paths: Mapping[str, Path] | None,
+                training: TrainingParams) -> tuple[SurvivalArrays, SurvivalArrays, Pipeline | None, list[str]]:
+    """Train and validation arrays; the tabular pipeline fitted on the training rows only."""
+    from survival_model.models.tabular import feature_names, fit_transform_fold
+    from survival_model.training.data import stack_images
+
+    train, validation = _rows(table, fold.train), _rows(table, fold.validation)
+    pipeline, names = None, []
+    tab_train = tab_val = None
+    if uses_tabular(training.network):
+        pipeline, (tab_train, tab_val) = fit_transform_fold(training.tabular, train, [validation])
+        names = feature_names(pipeline)
+    img_train = img_val = None
+    if uses_images(training.network):
+        if image_paths is None:
+            raise TrainingError(f"the {training.network.variant} network needs image inputs")
+        img_train, img_val = stack_images(image_paths, fold.train), stack_images(image_paths, fold.validation)
+    return (_arrays(train, img_train, tab_train), _arrays(validation, img_val, tab_val), pipeline, names)
+
+
+def _arrays(frame: pd.DataFrame, images: Any, tabular: Any) -> SurvivalArrays:
+    from survival_model.training.data import SurvivalArrays
+
+    return SurvivalArrays(tuple(str(c) for c in frame["case_id"]), frame["time_days"].to_numpy(dtype=float),
+                          frame["event"].astype(int).to_numpy() == 1, images, tabular)
+
+
+def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] | None, training: TrainingParams,
+               work_dir: Path, key: str, *, choice: DeviceChoice | None = None,
+               progress: ProgressFn | None = None) -> FoldResult:
+    """Train ``fold`` into its content-keyed folder (reused when it exists); see the module docstring."""
+    import joblib
+    import torch
+    from safetensors.torch import save_file
+
+    from survival_model.models.losses import risk_score
+    from survival_model.training.loop import predict_outputs, train_model
+
+    folder = fold_folder(work_dir, fold.name, key)
+    existing = load_fold(folder)
+    if existing is not None:
+        return existing
+    train, validation, pipeline, names = fold_arrays(table, fold, image_paths, training)
+    sequence_channels = len(training.inputs.sequences)
+    outcome = train_model(training.network, training.fit, training.augment, train, validation,
+                          sequence_channels=sequence_channels, choice=choice, progress=progress)
+    history = pd.DataFrame([r.__dict__ for r in outcome.history])
+    best = history.loc[history["epoch"] == outcome.best_epoch].iloc[0]
+    val_outputs = predict_outputs(outcome.model, validation, choice or _cpu())
+    val_risk = risk_score(training.network.objective, torch.from_numpy(val_outputs)).numpy()
+    summary = {
+        "patients_train": len(train), "patients_validation": len(validation),
+        "deaths_train": int(train.event.sum()), "deaths_validation": int(validation.event.sum()),
+        "epochs": len(history), "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
+        "val_cindex": float(best["val_cindex"]), "val_loss": float(best["val_loss"]),
+        "train_loss": float(best["train_loss"]), "seconds": float(history["seconds"].sum()),
+        "data_wait_share": outcome.data_wait_share, "device": outcome.device,
+        "patients_per_second": float(history["patients"].sum() / history["seconds"].sum()),
+    }
+    config = {
+        "fold": fold.name, "key": key, "network": training.network.model_dump(mode="json"),
+        "in_chans": int(train.images.shape[2]) if train.images is not None else 0,
+        "n_tabular": len(names), "tabular_features": names, "centre": outcome.centre,
+        "channels": [*training.inputs.sequences, *training.inputs.mask_channels], "summary": summary,
+    }
+    with atomic_directory(folder) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in outcome.model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        write_json(config, tmp / "config.json")
+        joblib.dump(pipeline, tmp / "tabular.joblib")
+        write_text(history.to_csv(index=False), tmp / "history.csv")
+        write_parquet(pd.DataFrame({"case_id": list(validation.case_ids), "time_days": validation.time_days,
+                                    "event": validation.event, "risk": val_risk.astype(float),
+                                    **{f"output_{i}": val_outputs[:, i].astype(float)
+                                       for i in range(val_outputs.shape[1])}}), tmp / "validation.parquet")
+    result = load_fold(folder)
+    if result is None:  # pragma: no cover - written atomically just above
+        raise TrainingError(f"fold {fold.name}: output missing in {folder}")
+    log.info("fold %s: best epoch %d of %d, validation C-index %.3f", fold.name, outcome.best_epoch, len(history),
+             summary["val_cindex"])
+    return result
+
+
+def _cpu() -> DeviceChoice:
+    import torch
+
+    from survival_model.training.loop import DeviceChoice
+
+    return DeviceChoice(torch.device("cpu"), None, False, False, 0)
+
+
+@dataclass
+class FoldModel:
+    """A stored fold loaded for prediction."""
+
+    network: HybridSurvivalNet
+    pipeline: Pipeline | None
+    config: dict[str, Any]
+
+    @property
+    def objective(self) -> str:
+        return str(self.config["network"]["objective"])
+
+
+def load_fold_model(fold: FoldResult) -> FoldModel:
+    """Rebuild the network from ``config.json`` + ``model.safetensors`` and load the tabular pipeline."""
+    import joblib
+    from safetensors.torch import load_file
+
+    from survival_model.models.network import HybridSurvivalNet
+
+    config = read_json(fold.folder / "config.json")
+    params = NetworkParams.model_validate({**config["network"], "pretrained_weights": None})
+    network = HybridSurvivalNet(params, int(config["in_chans"]), int(config["n_tabular"]))
+    network.load_state_dict(load_file(str(fold.folder / "model.safetensors")))
+    network.eval()
+    pipeline = joblib.load(fold.folder / "tabular.joblib")
+    return FoldModel(network, pipeline, config)
+
+
+def fold_outputs(model: FoldModel, frame: pd.DataFrame, images: np.ndarray | None,
+                 choice: DeviceChoice | None = None) -> np.ndarray:
+    """The fold model's raw outputs for the rows of ``frame`` (and their stacked image inputs); the
+    outcome columns are not needed."""
+    from survival_model.training.data import SurvivalArrays
+    from survival_model.training.loop import predict_outputs
+
+    tabular = None
+    if model.pipeline is not None:
+        tabular = np.asarray(model.pipeline.transform(frame), dtype=np.float32)
+    n = len(frame)
+    arrays = SurvivalArrays(tuple(str(c) for c in frame["case_id"]), np.ones(n), np.zeros(n, dtype=bool),
+                            images if model.network.backbone is not None else None, tabular)
+    return predict_outputs(model.network, arrays, choice or _cpu())

@@ -1,0 +1,177 @@
+"""The training stage's result: the fold ensemble scored once on the locked test set.
+
+The final model is the ensemble of the fold models: every fold's network (with its own tabular
+pipeline) predicts the test patients and their raw outputs are averaged, then turned into one risk
+score (``survival_model.models.losses.risk_score``). The test set is used here and nowhere else.
+Reported: Harrell's C-index on the test patients with a bootstrap interval, the oracle's C-index on the
+same patients when ground truth exists, the validation C-index of every fold (mean and SD), and the
+test C-index per site. The result lives in ``<work_dir>/training/runs/<stage key>/``:
+``predictions.parquet`` (test patients: outcome, ensemble risk, each fold's risk, predicted days where
+the objective gives them, oracle risk), ``metrics.json``, ``learning_curves.png`` and ``result.json``
+(the splits and folds it used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from survival_model.config import EvaluationParams, TrainingParams
+from survival_model.fingerprint import stable_hash
+from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet
+from survival_model.training.folds import (
+    STAGE,
+    FoldResult,
+    TrainingError,
+    fold_outputs,
+    learning_params,
+    load_fold,
+    load_fold_model,
+    training_code_version,
+    uses_images,
+)
+from survival_model.training.splits import Splits
+
+if TYPE_CHECKING:  # torch loads only where the ensemble predicts (see survival_model.training.folds)
+    from survival_model.models.losses import Objective
+    from survival_model.training.loop import DeviceChoice
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """Where a training stage's results are."""
+
+    folder: Path
+    splits_path: Path
+    folds: tuple[FoldResult, ...]
+    metrics: dict[str, Any]
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.folder / "predictions.parquet"
+
+    def predictions(self) -> pd.DataFrame:
+        return pd.read_parquet(self.predictions_path)
+
+    def files(self) -> list[Path]:
+        return [self.folder / "metrics.json", self.predictions_path, self.folder / "result.json",
+                self.folder / "learning_curves.png", self.splits_path]
+
+
+def stage_key(table_key: str, input_keys: Mapping[str, str], splits: Splits, training: TrainingParams,
+              evaluation: EvaluationParams, oracle_digest: str | None) -> str:
+    """Key of the whole training stage: the data, the splits, every setting and the code."""
+    images = sorted(input_keys.values()) if uses_images(training.network) else []
+    return stable_hash(STAGE, "stage", training_code_version(), table_key, images, splits.fingerprint,
+                       learning_params(training), evaluation.model_dump(mode="json", exclude={"ground_truth"}),
+                       oracle_digest)
+
+
+def run_folder(work_dir: Path, key: str) -> Path:
+    return work_dir / STAGE / "runs" / key[:16]
+
+
+def load_result(folder: Path) -> TrainingResult | None:
+    """The result recorded in ``folder``, or None when it (or one of its folds) is incomplete."""
+    if not (folder / "result.json").is_file():
+        return None
+    record = read_json(folder / "result.json")
+    work_dir = folder.parents[2]
+    folds = [load_fold(work_dir / p) for p in record["folds"]]
+    if any(f is None for f in folds):
+        return None
+    return TrainingResult(folder, work_dir / record["splits"], tuple(f for f in folds if f is not None),
+                          read_json(folder / "metrics.json"))
+
+
+def ensemble_outputs(folds: Sequence[FoldResult], frame: pd.DataFrame, images: np.ndarray | None,
+                     choice: DeviceChoice | None = None) -> tuple[np.ndarray, list[np.ndarray], Objective]:
+    """Mean raw output over the fold models, each fold's outputs, and the objective."""
+    per_fold, objectives = [], set()
+    for fold in folds:
+        model = load_fold_model(fold)
+        objectives.add(model.objective)
+        per_fold.append(fold_outputs(model, frame, images, choice))
+    if len(objectives) != 1:
+        raise TrainingError(f"the folds were trained with different objectives: {sorted(objectives)}")
+    objective: Objective = objectives.pop()  # type: ignore[assignment]
+    return np.mean(per_fold, axis=0), per_fold, objective
+
+
+def _cv_summary(folds: Sequence[FoldResult]) -> dict[str, Any]:
+    values = [float(f.summary["val_cindex"]) for f in folds]
+    finite = [v for v in values if np.isfinite(v)]
+    return {
+        "val_cindex_mean": float(np.mean(finite)) if finite else float("nan"),
+        "val_cindex_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
+        "per_fold": {f.name: {k: f.summary[k] for k in ("val_cindex", "best_epoch", "epochs", "seconds")}
+                     for f in folds},
+    }
+
+
+def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: Splits, splits_path: Path,
+                      image_paths: Mapping[str, Path] | None, training: TrainingParams, evaluation: EvaluationParams,
+                      oracle: pd.Series | None, work_dir: Path, key: str) -> TrainingResult:
+    """Score the fold ensemble once on the locked test set (see the module docstring)."""
+    import torch
+
+    from survival_model.evaluation.metrics import bootstrap_c, harrell_c
+    from survival_model.models.losses import predicted_days, risk_score
+    from survival_model.training.data import stack_images
+    from survival_model.training.plots import learning_curves
+
+    folder = run_folder(work_dir, key)
+    existing = load_result(folder)
+    if existing is not None:
+        return existing
+    if not folds:
+        raise TrainingError("no trained fold to ensemble")
+    test = table.set_index("case_id", drop=False).loc[list(splits.test)].reset_index(drop=True)
+    images = stack_images(image_paths, splits.test) if uses_images(training.network) and image_paths else None
+    mean_output, per_fold, objective = ensemble_outputs(folds, test, images)
+    mean_t = torch.from_numpy(mean_output)
+    risk = risk_score(objective, mean_t).numpy().astype(float)
+    centres = [float(read_json(f.folder / "config.json")["centre"]) for f in folds]
+    days = predicted_days(objective, mean_t, float(np.mean(centres)))
+    predictions = pd.DataFrame({"case_id": test["case_id"], "site": test["site"],
+                                "time_days": test["time_days"].astype(float), "event": test["event"].astype(int),
+                                "risk": risk})
+    for fold, out in zip(folds, per_fold, strict=True):
+        predictions[f"risk_{fold.name}"] = risk_score(objective, torch.from_numpy(out)).numpy().astype(float)
+    if days is not None:
+        predictions["predicted_days"] = days.numpy().astype(float)
+    time, event = predictions["time_days"].to_numpy(), predictions["event"].to_numpy() == 1
+    def boot(r: np.ndarray, t: np.ndarray, e: np.ndarray) -> dict[str, Any]:
+        return bootstrap_c(r, t, e, resamples=evaluation.bootstrap, confidence=evaluation.confidence,
+                           seed=evaluation.seed).as_dict()
+
+    metrics: dict[str, Any] = {
+        "objective": objective, "variant": training.network.variant, "backbone": training.network.backbone,
+        "test": {"patients": len(test), "deaths": int(event.sum()), "cindex": boot(risk, time, event)},
+        "cv": _cv_summary(folds),
+        "per_site": {str(site): {"patients": len(g), "cindex": harrell_c(g["risk"], g["time_days"], g["event"])}
+                     for site, g in predictions.groupby("site", sort=True)},
+        "oracle": None,
+    }
+    if oracle is not None:
+        matched = predictions["case_id"].map(oracle)
+        predictions["oracle_risk"] = matched.astype(float)
+        seen = matched.notna().to_numpy()
+        if seen.any():
+            metrics["oracle"] = {"patients": int(seen.sum()),
+                                 "cindex": boot(matched.to_numpy(dtype=float)[seen], time[seen], event[seen])}
+    with atomic_directory(folder) as tmp:
+        write_parquet(predictions, tmp / "predictions.parquet")
+        write_json(metrics, tmp / "metrics.json")
+        learning_curves(folds, tmp / "learning_curves.png")
+        write_json({"key": key, "splits": str(splits_path.relative_to(work_dir)),
+                    "folds": [str(f.folder.relative_to(work_dir)) for f in folds]}, tmp / "result.json")
+    result = load_result(folder)
+    if result is None:  # pragma: no cover - written atomically just above
+        raise TrainingError(f"training result missing in {folder}")
+    return result
