@@ -39,7 +39,7 @@ def inputs_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
     return stable_hash("inputs-stage", sorted(keys.values())), paths
 
 
-@task(name="image-inputs")
+@task(name="image-inputs", task_run_name="image-inputs")
 def image_inputs(patients: Mapping[str, PreprocessedPatient], params: ImageInputParams,
                  work_dir: Path) -> dict[str, Path]:
     """Every patient's ``(K, C, S, S)`` network input, built once per content key."""
@@ -89,7 +89,7 @@ def ensemble_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
     return inputs["key"], [folder / "result.json", folder / "metrics.json", folder / "predictions.parquet"]
 
 
-@task(name="evaluate-ensemble")
+@task(name="evaluate-ensemble", task_run_name="evaluate-ensemble")
 def evaluate_ensemble(folds: list[folds_lib.FoldResult], table_path: Path, splits: Splits, splits_path: Path,
                       image_paths: Mapping[str, Path] | None, training: TrainingParams, evaluation: EvaluationParams,
                       oracle: pd.Series | None, work_dir: Path, key: str) -> stage_lib.TrainingResult:

@@ -23,6 +23,14 @@ from survival_model.config import Params, load_params  # noqa: E402
 from survival_model.synthetic.cohort import GeneratorConfig, generate_cohort  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+#: Training small enough for the 10-patient cohort and for seconds of CPU: 2 folds, 2 epochs, timm's
+#: test network on 2 slices of 32 x 32.
+TRAIN_FAST: dict[str, Any] = {
+    "training.splits.folds": 2, "training.fit.epochs": 2, "training.fit.batch_size": 4,
+    "training.network.backbone": "test_efficientnet", "training.network.tabular_hidden": [8],
+    "training.network.head_hidden": [8], "training.inputs.slices": 2, "training.inputs.size": 32,
+    "evaluation.bootstrap": 50,
+}
 TINY = {"patients": {"site_a": 4, "site_b": 3, "site_c": 3}, "shape": (48, 48, 31), "spacing_mm": 5.0}
 
 
@@ -58,6 +66,8 @@ def params_for(data_dir: Path, work_dir: Path, **overrides: Any) -> Params:
         "institutions.site_b.clinical.path": str(data_dir / "site_b" / "clinical.xlsx"),
         "institutions.site_c.images.root": str(data_dir / "site_c" / "images"),
         "institutions.site_c.clinical.path": str(data_dir / "site_c" / "clinical.csv"),
+        "evaluation.ground_truth.path": str(data_dir / "ground_truth" / "patients.csv"),
+        **TRAIN_FAST,
         **overrides,
     }
     return load_params(REPO / "params.yaml", values)

@@ -10,7 +10,8 @@ rad_*``). Steps, each fitted on the training rows and then applied unchanged to 
 3. ``radiomics``: the ``radiomics_k`` ``rad_*`` columns with the strongest univariate concordance with
    survival on the training rows (Harrell's C from scikit-survival, ``|C - 0.5|``), the others dropped;
 4. ``encode``: numbers imputed with the training median (plus a missing-value indicator column where
-   training rows had missing values) and standardised; categories imputed as ``missing`` and one-hot
+   training rows had missing values; a column with no training value is kept as a constant, so every
+   fold has the same width) and standardised; categories imputed as ``missing`` and one-hot
    encoded (a category unseen in training is all zeros).
 
 ``fit`` takes the survival outcome as ``y`` (scikit-survival's structured array, ``Surv.from_arrays``)
@@ -108,7 +109,8 @@ class ConcordanceSelector(TransformerMixin, BaseEstimator):  # type: ignore[misc
 def build_tabular_pipeline(params: TabularParams) -> Pipeline:
     """The unfitted pipeline (see the module docstring)."""
     prefixes = ["vol_"] * params.volumetric + ["int_"] * params.intensity + ["rad_"] * (params.radiomics_k > 0)
-    numbers = make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler())
+    numbers = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                            StandardScaler())
     categories = make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
                                OneHotEncoder(handle_unknown="ignore", sparse_output=False))
     encode = ColumnTransformer(

@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowR
 from flows.ingest import ingest
 from survival_model.config import Params
 from survival_model.ingest.privacy import Pseudonymiser
-from tests.conftest import params_for
+from tests.conftest import TRAIN_FAST, params_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -175,6 +175,8 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     params_file = tmp_path / "params.yaml"
     params_file.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     overrides = {
+        **TRAIN_FAST,
+        "evaluation.ground_truth.path": str(tiny_cohort_master / "ground_truth" / "patients.csv"),
         "work_dir": str(params.work_dir),
         "privacy.key_file": str(params.privacy.key_file),
         **{f"institutions.{s}.images.root": str(i.images.root) for s, i in params.institutions.items()},
@@ -186,7 +188,7 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
-    assert sorted(c.name for c in children) == ["imaging", "ingest"]
+    assert sorted(c.name for c in children) == ["imaging", "ingest", "training"]
     assert all(c.state is not None and c.state.is_completed() for c in children)
 
     from mlflow import MlflowClient
@@ -214,6 +216,22 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     feature_artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "features")}
     assert feature_artifacts == {"features/schema.json", "features/qc_summary.json", "features/qc_table.csv",
                                  "features/quarantine.csv"}
+    # training: the ensemble's test C-index beside the oracle, one nested run per fold with its curves
+    test_c = result.training_metrics["test"]["cindex"]["value"]  # NaN when the 2 test patients are not comparable
+    assert run.data.metrics["test.patients"] == 2
+    assert run.data.metrics.get("test.cindex", float("nan")) == test_c or test_c != test_c
+    assert run.data.tags["model.backbone"] == "test_efficientnet"
+    training_artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "training")}
+    assert {"training/metrics.json", "training/predictions.parquet", "training/learning_curves.png",
+            "training/splits.json"} <= training_artifacts
+    nested = client.search_runs([run.info.experiment_id],
+                                filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
+    assert sorted(r.data.tags["fold"] for r in nested) == ["fold-1", "fold-2"]
+    for child in nested:
+        curve = client.get_metric_history(child.info.run_id, "val_cindex")
+        assert [m.step for m in curve] == [1, 2]
+        assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")} >= {
+            "checkpoint/model.safetensors", "checkpoint/config.json"}
 
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -221,7 +239,9 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
         published = prefect_client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     by_key = {a.key: a for a in published}
-    assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary"} <= set(by_key)
+    assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary",
+            "training-summary", "training-folds"} <= set(by_key)
+    assert "oracle" in str(by_key["training-summary"].data)
     assert "mlflow" in str(by_key["ingestion-summary"].data).lower()
     assert "unknown_label" in str(by_key["quarantine"].data)
     assert "brain_volume_ml" in str(by_key["preprocessing-qc"].data)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from survival_model.models.losses import censored_mse, log_days
+from survival_model.models.losses import censored_mse, cox_loss, log_days, predicted_days, risk_score, weibull_loss
 
 
 def test_deaths_cost_their_squared_log_error_and_censored_patients_only_a_shortfall() -> None:
@@ -35,3 +36,73 @@ def test_bad_input_is_refused() -> None:
         log_days(torch.tensor([10.0, 0.0]))
     with pytest.raises(ValueError, match="censored must be hinge, drop or naive"):
         censored_mse(torch.zeros(2), torch.ones(2), torch.ones(2), "ignore")  # type: ignore[arg-type]
+
+
+# --- Cox and Weibull (torchsurv) against references ------------------------------------------------
+
+def _cohort(n: int = 200, seed: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3))
+    hazard = np.exp(x @ np.array([0.8, -0.5, 0.0]))
+    event_time = rng.exponential(1 / hazard) * 365
+    censor = rng.uniform(50, 900, n)
+    time = np.minimum(event_time, censor).round()  # whole days: tied times, as in real registries
+    return x, np.maximum(time, 1.0), event_time <= censor
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_a_linear_model_fitted_with_the_cox_loss_matches_scikit_survival(ties: str) -> None:
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.util import Surv
+
+    x, time, event = _cohort()
+    reference = CoxPHSurvivalAnalysis(ties=ties).fit(x, Surv.from_arrays(event, time)).coef_
+    beta = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    xt, tt, et = torch.from_numpy(x), torch.from_numpy(time), torch.from_numpy(event)
+    optimiser = torch.optim.LBFGS([beta], max_iter=200, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = cox_loss((xt @ beta).double(), tt, et, ties)  # type: ignore[arg-type]
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    np.testing.assert_allclose(beta.detach().numpy(), reference, atol=2e-3)
+
+
+def test_the_weibull_loss_is_the_negative_mean_log_likelihood_of_scipys_weibull() -> None:
+    from scipy.stats import weibull_min
+
+    _, time, event = _cohort(50)
+    rng = np.random.default_rng(0)
+    params = np.column_stack([rng.normal(0.0, 0.3, 50), rng.normal(0.2, 0.2, 50)])  # log scale, log shape
+    centre = 200.0
+    scale, shape = np.exp(params[:, 0]), np.exp(params[:, 1])
+    t = time / centre
+    log_lik = np.where(event, weibull_min.logpdf(t, shape, scale=scale), weibull_min.logsf(t, shape, scale=scale))
+    loss = weibull_loss(torch.from_numpy(params), torch.from_numpy(time), torch.from_numpy(event), centre)
+    # deaths contribute the log density, censored patients the log survival, time in units of ``centre``
+    assert loss.item() == pytest.approx(-log_lik.mean(), rel=1e-4)
+
+
+def test_an_all_censored_batch_gives_a_zero_cox_loss_with_a_graph() -> None:
+    risk = torch.zeros(4, requires_grad=True)
+    loss = cox_loss(risk, torch.tensor([5.0, 6.0, 7.0, 8.0]), torch.zeros(4, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and risk.grad is not None
+
+
+def test_risk_scores_point_the_same_way_for_every_objective() -> None:
+    """Higher risk = earlier death: a longer predicted time (mse) or a larger Weibull median is lower risk."""
+    longer = torch.tensor([[6.0], [5.0]])
+    assert risk_score("mse", longer)[0] < risk_score("mse", longer)[1]
+    weibull = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # same shape, larger scale first
+    assert risk_score("weibull", weibull)[0] < risk_score("weibull", weibull)[1]
+    days = predicted_days("weibull", weibull, 100.0)
+    assert days is not None
+    assert days[1].item() == pytest.approx(100.0 * math.log(2.0))  # median of Weibull(scale 1, shape 1) x 100
+    assert predicted_days("cox", weibull[:, :1], 0.0) is None
+    assert torch.equal(risk_score("cox", longer), longer[:, 0])
+    with pytest.raises(ValueError, match="weibull needs"):
+        weibull_loss(torch.zeros(3, 1), torch.ones(3), torch.ones(3), 1.0)
