@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="a feature table folder (default: the newest)")
     parser.add_argument("--weibull", action="store_true", help="also hybrid-weibull")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     overrides = dict(parse_override(o) for o in args.overrides)
     params = load_params(args.params, overrides)
     scratch = args.scratch.resolve()

@@ -75,7 +75,7 @@ def measure(args: argparse.Namespace, overrides: dict[str, Any], backbone: str, 
         torch.cuda.empty_cache()
     return {"backbone": backbone, "patients": patients, "precision": "bf16" if choice.amp_dtype else "fp32",
             "device": choice.describe(), "batch": tp.fit.batch_size, "epochs": len(history),
-            "epoch_s": seconds / len(history),
+            "epoch_s": seconds / len(history), "trained": history[-1].patients,
             "patients_s": sum(r.patients for r in history) / seconds,
             "slices_s": sum(r.slices for r in history) / seconds,
             "wait": sum(r.data_seconds for r in history) / seconds}
@@ -130,8 +130,10 @@ def main() -> None:
               f"{row['epoch_s']:.2f} | {row['patients_s']:.1f} | {row['slices_s']:.0f} | {row['wait']:.1%} | "
               f"{row['patients_s'] / first[row['precision']]:.3f} | {ratio} |")
     print()
-    print("s / epoch: training batches plus the validation pass. Data wait: time waiting for the next batch "
-          "(loading, augmentation, host-to-device copy) / epoch time.")
+    trained = ", ".join(sorted({f"{r['trained']} of {r['patients']}" for r in rows}))
+    print("s / epoch: training batches plus the validation pass. Patients / s: patients trained per epoch (full "
+          f"batches only: {trained}) / s. Data wait: "
+          "time waiting for the next batch (loading, augmentation, host-to-device copy) / epoch time.")
     print()
     print(f"Command: `{' '.join(['.venv/bin/python benchmarks/training_throughput.py', *sys.argv[1:]])}`")
 
