@@ -74,6 +74,13 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         return str(run.info.run_id)
 
+    def run_exists(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a live (not deleted) run of this store."""
+        try:
+            return str(self.client.get_run(run_id).info.lifecycle_stage) == "active"
+        except Exception:  # noqa: BLE001 - MLflow raises its own and SQLAlchemy errors for unknown ids
+            return False
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

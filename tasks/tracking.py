@@ -10,6 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from survival_model.config import Params
 from survival_model.features.stage import FeatureTable
+from survival_model.imageio import read_json, write_json
 from survival_model.ingest import report
 from survival_model.ingest.cohort import CohortResult
 from survival_model.tracking import Tracker
@@ -22,6 +23,7 @@ from survival_model.tracking_summary import (
     training_markdown,
     training_metrics,
 )
+from survival_model.training.folds import FoldResult
 from survival_model.training.stage import TrainingResult
 
 
@@ -88,8 +90,9 @@ def publish_imaging(table: FeatureTable) -> None:
 
 @task(name="log-training", retries=2, retry_delay_seconds=[2, 10])
 def log_training(params: Params, run_id: str, result: TrainingResult, run_name: str) -> list[str]:
-    """A nested MLflow run per fold (per-epoch curves, final metrics, checkpoint) under the pipeline run,
-    and the ensemble's test metrics, predictions, splits and learning curves on the pipeline run."""
+    """A nested MLflow run per fold (per-epoch curves, final metrics, checkpoint: uploaded with the run
+    that trained it, referenced by later runs reusing it) under the pipeline run, and the ensemble's test
+    metrics, predictions, splits and learning curves on the pipeline run."""
     tracker = Tracker.from_params(params)
     fold_runs = []
     for fold in result.folds:
@@ -104,13 +107,28 @@ def log_training(params: Params, run_id: str, result: TrainingResult, run_name: 
                                         "val_cindex": row["val_cindex"], "learning_rate": row["learning_rate"],
                                         "epoch_seconds": row["seconds"]}, step=int(row["epoch"]))
         tracker.log_metrics(child, fold_metrics(fold.summary))
-        tracker.log_artifacts(child, fold.files(), artifact_path="checkpoint")
+        _log_checkpoint(tracker, child, fold)
         tracker.end_run(child)
         fold_runs.append(child)
     tracker.log_metrics(run_id, training_metrics(result.metrics))
     tracker.set_tags(run_id, {f"model.{k}": result.metrics[k] for k in ("variant", "objective", "backbone")})
     tracker.log_artifacts(run_id, result.files(), artifact_path="training")
     return fold_runs
+
+
+def _log_checkpoint(tracker: Tracker, run_id: str, fold: FoldResult) -> None:
+    """Upload a fold's checkpoint once per tracking store; a later run of the same (reused) fold points to
+    the run that holds it (tag ``checkpoint_run_id``) instead of copying the weights again (a resnet50
+    fold is ~100 MB)."""
+    record_path = fold.folder / "mlflow_checkpoints.json"
+    record: dict[str, str] = read_json(record_path) if record_path.is_file() else {}
+    holder = record.get(tracker.tracking_uri)
+    if holder and holder != run_id and tracker.run_exists(holder):
+        tracker.set_tags(run_id, {"checkpoint_run_id": holder, "checkpoint_reused": "true"})
+        return
+    tracker.log_artifacts(run_id, fold.files(), artifact_path="checkpoint")
+    tracker.set_tags(run_id, {"checkpoint_run_id": run_id, "checkpoint_reused": "false"})
+    write_json({**record, tracker.tracking_uri: run_id}, record_path)
 
 
 @task(name="publish-training-artifacts")
