@@ -12,11 +12,14 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tests.conftest import TRAIN_FAST
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = [
     "--set", "synthetic.shape=[48, 48, 31]", "--set", "synthetic.spacing_mm=5",
-    "--set", "synthetic.patients={site_a: 3, site_b: 2, site_c: 2}",
+    "--set", "synthetic.patients={site_a: 4, site_b: 3, site_c: 3}",
+    *[arg for key, value in TRAIN_FAST.items() if key != "training.network.backbone"
+      for arg in ("--set", f"{key}={value}")],
 ]
 
 
@@ -66,13 +69,16 @@ def test_bad_settings_exit_with_a_message(project: Path) -> None:
 @pytest.mark.usefixtures("prefect_harness", "clean_env")
 def test_run_makes_the_cohort_when_missing_and_reports_where_results_are(project: Path) -> None:
     params = str(project / "params.yaml")
-    code, out = invoke("run", "--params", params, "--temporary-server", *TINY_SETTINGS)
+    code, out = invoke("run", "--params", params, "--temporary-server", "--backbone", "test_efficientnet",
+                       *TINY_SETTINGS)
     assert code == 0, out
     assert "generating it" in out
     assert "results" in out and "cohort.parquet" in out and "MLflow run" in out
+    assert "backbone test_efficientnet" in out and "oracle (true risk)" in out and "locked test set" in out
     cohort_path = next((project / "work/ingest/cohort").glob("*/cohort.parquet"))
     cohort = pd.read_parquet(cohort_path)
-    assert len(cohort) == 7 and set(cohort["site"]) == {"site_a", "site_b", "site_c"}
+    assert len(cohort) == 10 and set(cohort["site"]) == {"site_a", "site_b", "site_c"}
     assert (project / "work/mlflow/mlflow.db").is_file()
-    code, out = invoke("run", "--params", params, "--temporary-server", *TINY_SETTINGS)
+    code, out = invoke("run", "--params", params, "--temporary-server", "--backbone", "test_efficientnet",
+                       *TINY_SETTINGS)
     assert code == 0 and "generating" not in out

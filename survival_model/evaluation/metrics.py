@@ -53,8 +53,9 @@ def harrell_c(risk: Any, time: Any, event: Any) -> float:
     if not e.any() or len(r) < 2:
         return float("nan")
     try:
-        return float(concordance_index_censored(e, t, r)[0])
-    except ValueError:  # no comparable pair
+        with np.errstate(invalid="ignore", divide="ignore"):  # no comparable pair: 0 / 0, reported as NaN
+            return float(concordance_index_censored(e, t, r)[0])
+    except ValueError:  # scikit-survival refuses some degenerate inputs outright
         return float("nan")
 
 
