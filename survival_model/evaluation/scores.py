@@ -1,0 +1,202 @@
+"""Censoring-aware survival scores of one model on held-out patients (scikit-survival does the scoring).
+
+Every model here gives a risk score (higher = earlier death). Scores that need survival probabilities
+(Brier, calibration) or a time (the paper's R2 / MAE / RMSE) get them from a Breslow baseline hazard
+fitted on the *training* patients' risks and outcomes (``sksurv.linear_model.coxph.BreslowEstimator``):
+S(t | risk) = exp(-H0(t) exp(risk)), the proportional-hazards reading of any risk score. The predicted
+survival time is the median of that curve (the first time it reaches 0.5; beyond the last training
+time it is unknown and the patient is left out of the time metrics, which says so).
+
+- Harrell's C (``concordance_index_censored``) and Uno's C with horizon ``tau``
+  (``concordance_index_ipcw``: inverse-probability-of-censoring weights from the training patients);
+- the integrated Brier score over a time grid inside the test follow-up (``integrated_brier_score``);
+- time-dependent AUC at given times (``cumulative_dynamic_auc``);
+- calibration at one time: patients in risk groups (quantiles of the predicted survival), the mean
+  predicted S(t) against the Kaplan-Meier S(t) of the group (``kaplan_meier_estimator``);
+- R2, MAE and RMSE in days on **uncensored** patients only (the paper's metrics; censored times are not
+  survival times), labelled so.
+
+A time outside what the test patients' follow-up supports (scikit-survival needs the evaluation times
+inside the observed range) gives NaN, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from sksurv.linear_model.coxph import BreslowEstimator
+from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integrated_brier_score
+from sksurv.nonparametric import kaplan_meier_estimator
+from sksurv.util import Surv
+
+from survival_model.evaluation.metrics import harrell_c
+
+FloatArray = npt.NDArray[np.float64]
+DAYS_PER_MONTH = 365.25 / 12
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Observed times (days) and death indicators of a set of patients."""
+
+    time: FloatArray
+    event: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, time: Sequence[float] | FloatArray, event: Sequence[bool] | npt.NDArray[np.bool_]) -> Outcome:
+        t, e = np.asarray(time, dtype=float), np.asarray(event).astype(bool)
+        if t.shape != e.shape or t.ndim != 1:
+            raise ValueError(f"time and event must be 1-D of one length, got {t.shape} and {e.shape}")
+        return cls(t, e)
+
+    def take(self, idx: npt.NDArray[np.intp]) -> Outcome:
+        return Outcome(self.time[idx], self.event[idx])
+
+    def surv(self) -> npt.NDArray[np.void]:
+        structured: npt.NDArray[np.void] = Surv.from_arrays(event=self.event, time=self.time)
+        return structured
+
+
+def breslow_survival(train_risk: FloatArray, train: Outcome, risk: FloatArray, times: FloatArray) -> FloatArray:
+    """S(t | risk) at ``times`` for each patient, ``(n, len(times))``, from a Breslow baseline fitted on
+    the training patients' risks and outcomes."""
+    estimator = BreslowEstimator().fit(np.asarray(train_risk, dtype=float), train.event, train.time)
+    functions = estimator.get_survival_function(np.asarray(risk, dtype=float))
+    limit = float(functions[0].x[-1]) if len(functions) else 0.0
+    clipped = np.minimum(np.asarray(times, dtype=float), limit)
+    return np.vstack([fn(clipped) for fn in functions]) if len(functions) else np.zeros((0, len(times)))
+
+
+def median_days(survival: FloatArray, times: FloatArray) -> FloatArray:
+    """The first time each curve reaches 0.5 (NaN where it stays above 0.5 on ``times``)."""
+    below = survival <= 0.5
+    first = np.argmax(below, axis=1)
+    return np.where(below.any(axis=1), np.asarray(times, dtype=float)[first], np.nan)
+
+
+def evaluation_times(train: Outcome, test: Outcome, points: int = 50) -> FloatArray:
+    """A grid strictly inside the test follow-up and the training range (what scikit-survival accepts)."""
+    low = max(float(np.min(test.time)), float(np.min(train.time)))
+    high = min(float(np.max(test.time)), float(np.max(train.time)))
+    if not high > low:
+        return np.zeros(0)
+    grid = np.quantile(test.time[(test.time > low) & (test.time < high)], np.linspace(0.05, 0.95, points)) \
+        if ((test.time > low) & (test.time < high)).sum() >= 2 else np.zeros(0)
+    return np.unique(grid)
+
+
+def uno_c(train: Outcome, test: Outcome, risk: FloatArray, tau: float | None) -> float:
+    """Uno's C-index up to ``tau`` days (NaN when it cannot be computed on these patients)."""
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(concordance_index_ipcw(train.surv(), test.surv(), np.asarray(risk, dtype=float), tau=tau)[0])
+    except ValueError:
+        return float("nan")
+
+
+def integrated_brier(train: Outcome, test: Outcome, survival_at: FloatArray, times: FloatArray) -> float:
+    """Integrated Brier score over ``times`` (``survival_at``: ``(n, len(times))``)."""
+    if len(times) < 2:
+        return float("nan")
+    try:
+        return float(integrated_brier_score(train.surv(), test.surv(), survival_at, times))
+    except ValueError:
+        return float("nan")
+
+
+def time_auc(train: Outcome, test: Outcome, risk: FloatArray, times: Sequence[float]) -> dict[float, float]:
+    """Cumulative/dynamic AUC at each time (NaN for a time the test follow-up does not support)."""
+    out: dict[float, float] = {}
+    for t in times:
+        try:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                auc, _ = cumulative_dynamic_auc(train.surv(), test.surv(), np.asarray(risk, dtype=float), [t])
+            out[float(t)] = float(auc[0])
+        except ValueError:
+            out[float(t)] = float("nan")
+    return out
+
+
+def calibration(test: Outcome, predicted: FloatArray, t: float, groups: int = 3) -> pd.DataFrame:
+    """Mean predicted S(t) against the Kaplan-Meier S(t) per group of predicted survival (lowest first)."""
+    predicted = np.asarray(predicted, dtype=float)
+    n_groups = max(1, min(groups, len(predicted) // 5 or 1))
+    order = np.argsort(predicted, kind="stable")
+    rows = []
+    for g, idx in enumerate(np.array_split(order, n_groups)):
+        part = test.take(idx)
+        observed = float("nan")
+        if len(idx) and part.time.max() >= t:
+            km_time, km_surv = kaplan_meier_estimator(part.event, part.time)
+            observed = float(km_surv[km_time <= t][-1]) if (km_time <= t).any() else 1.0
+        rows.append({"group": g + 1, "patients": len(idx), "deaths": int(part.event.sum()),
+                     "predicted": float(predicted[idx].mean()) if len(idx) else float("nan"),
+                     "observed": observed})
+    return pd.DataFrame(rows)
+
+
+def regression_on_deaths(predicted_days: FloatArray, test: Outcome) -> dict[str, float]:
+    """R2, MAE and RMSE in days on uncensored patients with a predicted time (the paper's metrics)."""
+    predicted_days = np.asarray(predicted_days, dtype=float)
+    keep = test.event & np.isfinite(predicted_days)
+    n = int(keep.sum())
+    if n < 2:
+        return {"r2_uncensored": float("nan"), "mae_days_uncensored": float("nan"),
+                "rmse_days_uncensored": float("nan"), "patients_uncensored": float(n)}
+    truth, guess = test.time[keep], predicted_days[keep]
+    residual = truth - guess
+    total = float(np.sum((truth - truth.mean()) ** 2))
+    return {"r2_uncensored": 1 - float(np.sum(residual**2)) / total if total > 0 else float("nan"),
+            "mae_days_uncensored": float(np.mean(np.abs(residual))),
+            "rmse_days_uncensored": float(np.sqrt(np.mean(residual**2))),
+            "patients_uncensored": float(n)}
+
+
+def score(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
+          auc_months: Sequence[float] = (6, 12, 24), calibration_months: float = 12) -> dict[str, float]:
+    """Every scalar score of one model on ``test`` (see the module docstring); NaN where undefined."""
+    risk = np.asarray(risk, dtype=float)
+    grid = evaluation_times(train, test)
+    survival_grid = breslow_survival(train_risk, train, risk, grid) if len(grid) else np.zeros((len(risk), 0))
+    out = {"harrell_c": harrell_c(risk, test.time, test.event), "uno_c": uno_c(train, test, risk, tau),
+           "integrated_brier": integrated_brier(train, test, survival_grid, grid)}
+    for months, auc in zip(auc_months, time_auc(train, test, risk, [m * DAYS_PER_MONTH for m in auc_months]).values(),
+                           strict=True):
+        out[f"auc_{months:g}m"] = auc
+    t_cal = calibration_months * DAYS_PER_MONTH
+    predicted_cal = breslow_survival(train_risk, train, risk, np.array([t_cal]))[:, 0]
+    table = calibration(test, predicted_cal, t_cal)
+    gaps = (table["predicted"] - table["observed"]).abs()
+    out[f"calibration_{calibration_months:g}m_max_gap"] = float(gaps.max()) if gaps.notna().any() else float("nan")
+    dense = np.unique(np.concatenate([train.time, test.time]))
+    medians = median_days(breslow_survival(train_risk, train, risk, dense), dense)
+    out.update(regression_on_deaths(medians, test))
+    return out
+
+
+def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
+                     resamples: int = 200, confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Every score with a percentile bootstrap interval over test patients (``value``, ``low``, ``high``);
+    resamples where a score is undefined are left out of that score's interval."""
+    from survival_model.evaluation.metrics import Estimate
+
+    risk = np.asarray(risk, dtype=float)
+    point = score(train_risk, train, risk, test, tau=tau)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(resamples):
+        idx = rng.integers(0, len(risk), len(risk))
+        for k, v in score(train_risk, train, risk[idx], test.take(idx), tau=tau).items():
+            if np.isfinite(v):
+                draws[k].append(v)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for k, value in point.items():
+        values = draws[k]
+        low, high = (np.quantile(values, [alpha, 1 - alpha]) if len(values) >= 10 else (np.nan, np.nan))
+        out[k] = Estimate(value, float(low), float(high), len(values)).as_dict()
+    return out

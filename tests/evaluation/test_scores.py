@@ -1,0 +1,77 @@
+"""Censoring-aware scores: Uno's C, integrated Brier, time-dependent AUC, calibration, the paper's metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from survival_model.evaluation.scores import (
+    DAYS_PER_MONTH,
+    Outcome,
+    bootstrap_scores,
+    breslow_survival,
+    calibration,
+    median_days,
+    regression_on_deaths,
+    score,
+)
+
+
+def cohort(n: int, seed: int) -> tuple[np.ndarray, Outcome]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n)
+    event_time = rng.exponential(300 * np.exp(-x)) + 1
+    censor = rng.uniform(100, 1500, n)
+    return x, Outcome.of(np.minimum(event_time, censor), event_time <= censor)
+
+
+def test_a_true_risk_beats_no_information_which_beats_a_reversed_risk() -> None:
+    x_train, train = cohort(300, 1)
+    x_test, test = cohort(150, 2)
+    good, null, bad = (score(x_train, train, r, test, tau=730) for r in (x_test, np.zeros(150), -x_test))
+    assert good["harrell_c"] > 0.6 and good["uno_c"] > 0.6 and bad["uno_c"] < 0.4
+    assert null["harrell_c"] == 0.5 and null["auc_12m"] == 0.5
+    assert good["integrated_brier"] < null["integrated_brier"] < bad["integrated_brier"]
+    assert good["auc_6m"] > 0.6 and good["auc_24m"] > 0.6
+    assert 0 < good["patients_uncensored"] <= test.event.sum()
+    assert good["mae_days_uncensored"] < bad["mae_days_uncensored"]
+
+
+def test_breslow_curves_fall_with_time_and_risk_and_give_a_median() -> None:
+    x_train, train = cohort(300, 1)
+    times = np.array([30.0, 180.0, 365.0, 2000.0])  # the last beyond follow-up: held at the last value
+    curves = breslow_survival(x_train, train, np.array([-1.0, 0.0, 1.0]), times)
+    assert curves.shape == (3, 4)
+    assert (np.diff(curves, axis=1) <= 0).all() and (np.diff(curves, axis=0) <= 0).all()
+    dense = np.unique(train.time)
+    medians = median_days(breslow_survival(x_train, train, np.array([-1.0, 1.0]), dense), dense)
+    assert medians[0] > medians[1]
+
+
+def test_calibration_of_a_well_calibrated_model_is_close_to_kaplan_meier() -> None:
+    x_train, train = cohort(600, 1)
+    x_test, test = cohort(300, 2)
+    t = 12 * DAYS_PER_MONTH
+    predicted = breslow_survival(x_train, train, x_test, np.array([t]))[:, 0]
+    table = calibration(test, predicted, t, groups=3)
+    assert list(table["group"]) == [1, 2, 3] and table["patients"].sum() == 300
+    assert (table["predicted"] - table["observed"]).abs().max() < 0.12
+    assert table["predicted"].is_monotonic_increasing
+
+
+def test_the_papers_metrics_use_uncensored_patients_only() -> None:
+    test = Outcome.of([100.0, 200.0, 300.0, 50.0], [True, True, True, False])
+    metrics = regression_on_deaths(np.array([100.0, 200.0, 300.0, 9999.0]), test)
+    assert metrics["mae_days_uncensored"] == 0.0 and metrics["r2_uncensored"] == 1.0
+    assert metrics["patients_uncensored"] == 3.0
+    with pytest.raises(ValueError, match="one length"):
+        Outcome.of([1.0, 2.0], [True])
+
+
+def test_bootstrap_intervals_bracket_each_score() -> None:
+    x_train, train = cohort(200, 1)
+    x_test, test = cohort(60, 2)
+    scores = bootstrap_scores(x_train, train, x_test, test, tau=730, resamples=30, seed=1)
+    for name in ("harrell_c", "uno_c", "integrated_brier", "auc_12m"):
+        s = scores[name]
+        assert s["low"] <= s["value"] <= s["high"], name
