@@ -488,3 +488,30 @@ def test_ucsf_pdgm_metadata(real: Path, tmp_path: Path) -> None:
     assert frame["extra_idh"].dtype == "string" and "wildtype" in set(frame["extra_idh"].dropna())
     assert set(frame["extra_mgmt"].dropna()) == {"positive", "negative", "indeterminate"}
     assert frame["extra_mgmt"].isna().sum() == (kept["MGMT status"] == "").sum()
+
+
+def test_molab_baselines_through_the_evaluation_module(real: Path) -> None:
+    """The clinical sheet through the declared ingestion, joined with the lesion volumes per patient, and
+    GPA / Cox baselines scored with bootstrap intervals (the numbers are in benchmarks/RESULTS.md)."""
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    from survival_model.config import TabularParams
+    from survival_model.evaluation.baselines import Baseline, cross_validated_risk
+    from survival_model.evaluation.metrics import bootstrap_c
+    from survival_model.evaluation.molab import load_molab
+
+    cohort = load_molab(need(real / MOLAB_CLINICAL), need(real / MOLAB_MORPHOLOGY), PSEUDONYMISER)
+    frame = cohort.patients
+    assert len(frame) >= 75 and cohort.quarantined == 0 and cohort.without_volume == 0
+    assert frame["case_id"].is_unique and (frame["event"] == 1).all()
+    # the volume comes from the first segmented MRI, usually months after MR1: its own time origin
+    assert (frame["landmark_days"] > 0).all() and frame["segmented_day"].median() > 100
+    assert (frame["total_ml"] >= frame["enhancing_ml"]).all() and (frame["n_lesions"] >= 1).all()
+    with_gpa = frame[frame["gpa"].notna()].assign(time_days=lambda f: f["landmark_days"]).reset_index(drop=True)
+    gpa = bootstrap_c(-with_gpa["gpa"].to_numpy(float), with_gpa["time_days"], with_gpa["event"], resamples=200)
+    volumes = Baseline("cox_volumes", "Cox: log volumes", TabularParams(clinical=[], volumetric=True),
+                       lambda seed: CoxPHSurvivalAnalysis(alpha=0.1))
+    risk = cross_validated_risk(volumes, with_gpa, folds=5, repeats=2)
+    cox = bootstrap_c(risk, with_gpa["time_days"], with_gpa["event"], resamples=200)
+    for estimate in (gpa, cox):
+        assert 0.2 < estimate.value < 0.8 and estimate.low < estimate.value < estimate.high

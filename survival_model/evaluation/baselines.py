@@ -112,3 +112,20 @@ def fit_baseline(baseline: Baseline, train: pd.DataFrame, seed: int = 0) -> Fitt
     # the radiomics ranking inside the tabular pipeline needs the outcome too (routed as its y)
     pipeline.fit(train, y)
     return FittedBaseline(baseline, pipeline)
+
+
+def cross_validated_risk(baseline: Baseline, frame: pd.DataFrame, folds: int = 5, repeats: int = 1,
+                         seed: int = 0) -> npt.NDArray[np.float64]:
+    """Out-of-fold risk of ``baseline`` for every row (each row scored by a model fitted without it),
+    averaged over ``repeats`` shuffled K-fold partitions: for cohorts too small for a locked test set."""
+    from sklearn.model_selection import StratifiedKFold
+
+    total = np.zeros(len(frame))
+    events = frame["event"].astype(int).to_numpy()
+    both = events.min() != events.max()  # stratified by event where there are deaths and censored patients
+    for r in range(repeats):
+        splitter = (StratifiedKFold if both else KFold)(folds, shuffle=True, random_state=seed + r)
+        for train_idx, test_idx in splitter.split(frame, events):
+            fitted = fit_baseline(baseline, frame.iloc[train_idx], seed + r)
+            total[test_idx] += fitted.risk(frame.iloc[test_idx])
+    return total / repeats
