@@ -159,23 +159,52 @@ def regression_on_deaths(predicted_days: FloatArray, test: Outcome) -> dict[str,
 def score(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
           auc_months: Sequence[float] = (6, 12, 24), calibration_months: float = 12) -> dict[str, float]:
     """Every scalar score of one model on ``test`` (see the module docstring); NaN where undefined."""
-    risk = np.asarray(risk, dtype=float)
-    grid = evaluation_times(train, test)
-    survival_grid = breslow_survival(train_risk, train, risk, grid) if len(grid) else np.zeros((len(risk), 0))
-    out = {"harrell_c": harrell_c(risk, test.time, test.event), "uno_c": uno_c(train, test, risk, tau),
-           "integrated_brier": integrated_brier(train, test, survival_grid, grid)}
-    for months, auc in zip(auc_months, time_auc(train, test, risk, [m * DAYS_PER_MONTH for m in auc_months]).values(),
-                           strict=True):
-        out[f"auc_{months:g}m"] = auc
-    t_cal = calibration_months * DAYS_PER_MONTH
-    predicted_cal = breslow_survival(train_risk, train, risk, np.array([t_cal]))[:, 0]
-    table = calibration(test, predicted_cal, t_cal)
-    gaps = (table["predicted"] - table["observed"]).abs()
-    out[f"calibration_{calibration_months:g}m_max_gap"] = float(gaps.max()) if gaps.notna().any() else float("nan")
-    dense = np.unique(np.concatenate([train.time, test.time]))
-    medians = median_days(breslow_survival(train_risk, train, risk, dense), dense)
-    out.update(regression_on_deaths(medians, test))
-    return out
+    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, calibration_months)
+    return curves.score(np.arange(len(test.time)), tau=tau, auc_months=auc_months)
+
+
+@dataclass(frozen=True)
+class TestCurves:
+    """A model's Breslow survival curves for the test patients, computed once: a bootstrap resample of
+    the test patients only selects rows (the baseline hazard comes from the training patients)."""
+
+    train: Outcome
+    test: Outcome
+    risk: FloatArray
+    grid: FloatArray
+    survival_grid: FloatArray
+    calibration_days: float
+    survival_calibration: FloatArray
+    medians: FloatArray
+
+    @classmethod
+    def of(cls, train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome,
+           calibration_months: float = 12) -> TestCurves:
+        grid = evaluation_times(train, test)
+        t_cal = calibration_months * DAYS_PER_MONTH
+        dense = np.unique(np.concatenate([train.time, test.time]))
+        times = np.concatenate([grid, [t_cal], dense])
+        survival = breslow_survival(train_risk, train, risk, times) if len(risk) else np.zeros((0, len(times)))
+        n = len(grid)
+        return cls(train, test, risk, grid, survival[:, :n], t_cal, survival[:, n], median_days(survival[:, n + 1:],
+                                                                                                  dense))
+
+    def score(self, idx: npt.NDArray[np.intp], *, tau: float | None,
+              auc_months: Sequence[float] = (6, 12, 24)) -> dict[str, float]:
+        test, risk = self.test.take(idx), self.risk[idx]
+        inside = (self.grid > test.time.min()) & (self.grid < test.time.max())
+        out = {"harrell_c": harrell_c(risk, test.time, test.event), "uno_c": uno_c(self.train, test, risk, tau),
+               "integrated_brier": integrated_brier(self.train, test, self.survival_grid[idx][:, inside],
+                                                    self.grid[inside])}
+        aucs = time_auc(self.train, test, risk, [m * DAYS_PER_MONTH for m in auc_months])
+        for months, auc in zip(auc_months, aucs.values(), strict=True):
+            out[f"auc_{months:g}m"] = auc
+        table = calibration(test, self.survival_calibration[idx], self.calibration_days)
+        gaps = (table["predicted"] - table["observed"]).abs()
+        months_label = f"{self.calibration_days / DAYS_PER_MONTH:g}"
+        out[f"calibration_{months_label}m_max_gap"] = float(gaps.max()) if gaps.notna().any() else float("nan")
+        out.update(regression_on_deaths(self.medians[idx], test))
+        return out
 
 
 def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
@@ -184,13 +213,12 @@ def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, t
     resamples where a score is undefined are left out of that score's interval."""
     from survival_model.evaluation.metrics import Estimate
 
-    risk = np.asarray(risk, dtype=float)
-    point = score(train_risk, train, risk, test, tau=tau)
+    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test)
+    point = curves.score(np.arange(len(test.time)), tau=tau)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point}
     for _ in range(resamples):
-        idx = rng.integers(0, len(risk), len(risk))
-        for k, v in score(train_risk, train, risk[idx], test.take(idx), tau=tau).items():
+        for k, v in curves.score(rng.integers(0, len(test.time), len(test.time)), tau=tau).items():
             if np.isfinite(v):
                 draws[k].append(v)
     alpha = (1 - confidence) / 2
