@@ -632,6 +632,13 @@ class TrainingParams(StrictModel):
     fit: FitParams = Field(default_factory=lambda: FitParams())
 
 
+BaselineName = Literal["gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
+
+
+def _all_baselines() -> list[BaselineName]:
+    return ["gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
+
+
 class GroundTruthParams(StrictModel):
     """A table of true risk scores (the synthetic cohort's oracle), for the ceiling beside every model."""
 
@@ -652,6 +659,12 @@ class EvaluationParams(StrictModel):
     seed: int = 20250515
     #: Optional oracle risk scores; skipped with a note when the file does not exist.
     ground_truth: GroundTruthParams | None = None
+    #: Horizon of Uno's C-index (days).
+    tau_days: float = Field(730.0, gt=0)
+    #: Bootstrap resamples for the full comparison table (every score of every model; ~30 ms each).
+    score_resamples: int = Field(200, ge=0, le=10000)
+    #: Clinical baselines fitted on the same development patients and scored on the same test set.
+    baselines: list[BaselineName] = Field(default_factory=lambda: _all_baselines())
 
 
 class Params(StrictModel):
