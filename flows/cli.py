@@ -223,6 +223,7 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
     if later:
         console.print(f"[bold yellow]quarantined after ingestion:[/] {later} (reasons in the quarantine table)")
     _print_training(result.training_metrics)
+    _print_comparison(result.evaluation / "comparison.csv")
     console.print(f"\n[bold]results[/] (work directory {result.work_dir})")
     console.print(f"  features    {result.features}")
     console.print(f"  cohort      {result.cohort}")
@@ -230,6 +231,7 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
     console.print(f"  QC          {result.features.parent / 'qc_table.csv'}")
     console.print(f"  report      {result.cohort.parent / 'summary.md'} and cohort_summary.png")
     console.print(f"  model       {result.training} (test predictions, metrics, learning curves)")
+    console.print(f"  comparison  {result.evaluation} (every model and score with intervals, per site)")
     console.print(f"  MLflow run  {result.mlflow_link}")
     if "prefect" in up:
         console.print(f"  Prefect UI  {up['prefect']}")
@@ -255,6 +257,26 @@ def _print_training(metrics: dict[str, Any]) -> None:
     cv = metrics["cv"]
     table.add_row(f"{len(cv['per_fold'])} folds, validation (mean ± SD)",
                   f"{cv['val_cindex_mean']:.3f} ± {cv['val_cindex_sd']:.3f}", "")
+    console.print(table)
+
+
+def _print_comparison(path: Path) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(path, index_col="model")
+
+    def ci(row: Any, metric: str) -> str:
+        value, low, high = row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high")
+        if value is None or value != value:
+            return "-"
+        return f"{value:.3f}" if low != low else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+    table = Table(title="Models on the locked test set (95% bootstrap CI; ΔC paired with the GPA)")
+    for column in ("model", "Harrell's C", "Uno's C", "integrated Brier", "ΔC vs GPA"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, row in frame.iterrows():
+        table.add_row(str(model), ci(row, "harrell_c"), ci(row, "uno_c"), ci(row, "integrated_brier"),
+                      ci(row, "delta_harrell_c"))
     console.print(table)
 
 

@@ -1,5 +1,6 @@
-"""The end-to-end pipeline flow: ingestion -> imaging (preprocessing, features) -> training, in one
-MLflow run (the folds as nested runs).
+"""The end-to-end pipeline flow: ingestion -> imaging (preprocessing, features) -> training ->
+evaluation (the network beside clinical baselines and the oracle), in one MLflow run (the folds as
+nested runs).
 
 Later stages (evaluation report, registry) are added here as subflows.
 """
@@ -13,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.evaluation import evaluation
 from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.runners import task_runner_for
@@ -37,6 +39,8 @@ class PipelineResult:
     mlflow_link: str
     training: Path
     training_metrics: dict[str, Any]
+    evaluation: Path
+    comparison_markdown: str
 
 
 @flow(name="brain-mets-pipeline")
@@ -61,6 +65,9 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         trained = training.with_options(task_runner=task_runner_for(params))(params, cohort, table)
         tracking.log_training(params, run_id, trained, f"pipeline-{flow_run.get_name()}")
         tracking.publish_training(trained, link)
+        compared = evaluation.with_options(task_runner=task_runner_for(params))(params, table, trained)
+        tracking.log_evaluation(params, run_id, compared)
+        tracking.publish_evaluation(compared, link)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")
         raise
@@ -68,4 +75,4 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
     logger.info("MLflow run: %s", link)
     return PipelineResult(params.work_dir, cohort.cohort_path, cohort.quarantine_path, cohort.summary,
                           table.table_path, table.summary, table.quarantine_path, run_id, link, trained.folder,
-                          trained.metrics)
+                          trained.metrics, compared.folder, compared.summary_markdown)

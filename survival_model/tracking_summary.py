@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import pandas as pd
 
 from survival_model.config import Params
 
@@ -125,3 +128,14 @@ def training_markdown(metrics: dict[str, Any], link: str) -> str:
         f"MLflow: {link}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def comparison_metrics(comparison: pd.DataFrame) -> dict[str, float]:
+    """``compare.<model>.<score>`` for every finite point estimate (model names made MLflow-safe)."""
+    out: dict[str, float] = {}
+    for model, row in comparison.iterrows():
+        name = re.sub(r"[^\w\-. /:]", "_", str(model))
+        for metric, value in row.items():
+            if not str(metric).endswith(("_low", "_high")) and _finite(value):
+                out[f"compare.{name}.{metric}"] = float(value)
+    return out

@@ -9,12 +9,14 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from survival_model.config import Params
+from survival_model.evaluation.stage import EvaluationResult
 from survival_model.features.stage import FeatureTable
 from survival_model.imageio import read_json, write_json
 from survival_model.ingest import report
 from survival_model.ingest.cohort import CohortResult
 from survival_model.tracking import Tracker
 from survival_model.tracking_summary import (
+    comparison_metrics,
     features_markdown,
     fold_metrics,
     imaging_metrics,
@@ -140,3 +142,22 @@ def publish_training(result: TrainingResult, run_link: str) -> None:
                                                              "patients_train", "patients_validation")}}
              for f in result.folds]
     create_table_artifact(folds, key="training-folds", description="Validation C-index and epochs per fold")
+
+
+@task(name="log-evaluation", retries=2, retry_delay_seconds=[2, 10])
+def log_evaluation(params: Params, run_id: str, result: EvaluationResult) -> None:
+    """Every model's scores on the test set (``compare.<model>.<score>``) and the comparison files."""
+    tracker = Tracker.from_params(params)
+    tracker.log_metrics(run_id, comparison_metrics(result.comparison))
+    tracker.log_artifacts(run_id, result.files(), artifact_path="evaluation")
+
+
+@task(name="publish-evaluation-artifacts")
+def publish_evaluation(result: EvaluationResult, run_link: str) -> None:
+    """The comparison in the Prefect UI: the Markdown summary and the full table."""
+    create_markdown_artifact(result.summary_markdown + f"\nMLflow: {run_link}\n", key="model-comparison-summary",
+                             description="The network beside the clinical baselines and the oracle")
+    table = result.comparison.reset_index().round(4)
+    rows = [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+    create_table_artifact(rows, key="model-comparison", description="Every score with its 95% interval")

@@ -40,9 +40,11 @@ def gpa(frame: pd.DataFrame) -> tuple[npt.NDArray[np.float64], int]:
     missing = [c for c in GPA_FIELDS if c not in frame.columns]
     if missing:
         raise ConfigError(f"the GPA needs column(s) {missing}")
-    age = pd.to_numeric(frame["age"], errors="coerce")
-    kps = pd.to_numeric(frame["kps"], errors="coerce")
-    mets = pd.to_numeric(frame["n_brain_mets"], errors="coerce")
+    def number(column: str) -> pd.Series:  # nullable (Int64, Float64) columns become float with NaN
+        values = pd.to_numeric(frame[column], errors="coerce")
+        return pd.Series(values.to_numpy(dtype=float, na_value=np.nan), index=frame.index)
+
+    age, kps, mets = number("age"), number("kps"), number("n_brain_mets")
     ecm = frame["extracranial"].astype("boolean")
     parts = pd.DataFrame({
         "age": np.select([age < 50, age <= 60], [1.0, 0.5], 0.0),
@@ -99,7 +101,10 @@ class FittedBaseline:
     def risk(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
         if self.pipeline is None:
             return -gpa(frame)[0]
-        return np.asarray(self.pipeline.predict(frame), dtype=float)
+        risk = np.asarray(self.pipeline.predict(frame), dtype=float)
+        if self.baseline.name == "rsf":  # the forest's risk is a sum of cumulative hazards, not a log-hazard:
+            return np.asarray(np.log(np.maximum(risk, 1e-12)), dtype=float)  # same ranking; suits Breslow's PH
+        return risk
 
 
 def fit_baseline(baseline: Baseline, train: pd.DataFrame, seed: int = 0) -> FittedBaseline:

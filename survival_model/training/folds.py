@@ -52,7 +52,8 @@ class TrainingError(SurvivalModelError):
 
 
 def training_code_version() -> str:
-    return code_version("survival_model.training", "survival_model.models", "survival_model.evaluation")
+    # the evaluation package's metrics module only: the comparison stage's code is not the folds' business
+    return code_version("survival_model.training", "survival_model.models", "survival_model.evaluation.metrics")
 
 
 def learning_params(training: TrainingParams) -> dict[str, Any]:

@@ -58,6 +58,18 @@ class TrainingResult:
     def predictions(self) -> pd.DataFrame:
         return pd.read_parquet(self.predictions_path)
 
+    def out_of_fold(self) -> pd.Series:
+        """Each development patient's risk from the fold model that did not train on it."""
+        frames = [pd.read_parquet(f.folder / "validation.parquet", columns=["case_id", "risk"]) for f in self.folds]
+        return pd.concat(frames).set_index("case_id")["risk"]
+
+    @property
+    def name(self) -> str:
+        """``variant-objective (backbone)`` for tables."""
+        m = self.metrics
+        return f"{m['variant']}-{m['objective']} ({m['backbone']})" if m["variant"] != "tabular" else \
+            f"tabular-{m['objective']}"
+
     def files(self) -> list[Path]:
         return [self.folder / "metrics.json", self.predictions_path, self.folder / "result.json",
                 self.folder / "learning_curves.png", self.splits_path]

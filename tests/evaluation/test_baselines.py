@@ -48,3 +48,11 @@ def test_each_baseline_ranks_held_out_patients_better_than_chance(name: str) -> 
     assert risk.shape == (120,) and np.isfinite(risk).all()
     # the GPA sees KPS and extracranial disease coarsely, not the tumour volume the outcome depends on
     assert harrell_c(risk, test["time_days"], test["event"]) > (0.55 if name == "gpa" else 0.6)
+
+
+def test_gpa_reads_nullable_columns_as_the_feature_table_stores_them() -> None:
+    frame = pd.DataFrame({"age": pd.array([45, None], dtype="Int64"), "kps": pd.array([90, 70], dtype="Int64"),
+                          "extracranial": pd.array([False, True], dtype="boolean"),
+                          "n_brain_mets": pd.array([1, 2], dtype="Int64")})
+    scores, missing = gpa(frame)
+    assert list(scores) == [4.0, 0.5 + 0.5 + 0.0 + 0.5] and missing == 1
