@@ -5,20 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from survival_model.evaluation.compare import ModelRisks, comparison_table, paired_difference
-from survival_model.evaluation.scores import Outcome
-
-
-def cohort(n: int, seed: int) -> tuple[np.ndarray, Outcome]:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(n)
-    event_time = rng.exponential(300 * np.exp(-x)) + 1
-    censor = rng.uniform(100, 1500, n)
-    return x, Outcome.of(np.minimum(event_time, censor), event_time <= censor)
+from tests.evaluation.cohorts import risk_cohort
 
 
 def test_a_better_model_has_a_positive_paired_difference_to_a_weaker_one() -> None:
-    _, train = cohort(200, 1)
-    x_test, test = cohort(120, 2)
+    _, train = risk_cohort(200, 1)
+    x_test, test = risk_cohort(120, 2)
     rng = np.random.default_rng(0)
     weak = x_test + rng.normal(0, 2.0, 120)
     diff = paired_difference(x_test, weak, train, test, tau=730, resamples=200, seed=1)
@@ -28,8 +20,8 @@ def test_a_better_model_has_a_positive_paired_difference_to_a_weaker_one() -> No
 
 
 def test_the_table_has_every_model_and_metric_with_intervals_and_the_difference_to_gpa() -> None:
-    x_train, train = cohort(200, 1)
-    x_test, test = cohort(80, 2)
+    x_train, train = risk_cohort(200, 1)
+    x_test, test = risk_cohort(80, 2)
     rng = np.random.default_rng(0)
     models = {"gpa": ModelRisks(np.round(x_train), np.round(x_test + rng.normal(0, 1, 80))),
               "model": ModelRisks(x_train, x_test)}

@@ -15,19 +15,12 @@ from survival_model.evaluation.scores import (
     regression_on_deaths,
     score,
 )
-
-
-def cohort(n: int, seed: int) -> tuple[np.ndarray, Outcome]:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(n)
-    event_time = rng.exponential(300 * np.exp(-x)) + 1
-    censor = rng.uniform(100, 1500, n)
-    return x, Outcome.of(np.minimum(event_time, censor), event_time <= censor)
+from tests.evaluation.cohorts import risk_cohort
 
 
 def test_a_true_risk_beats_no_information_which_beats_a_reversed_risk() -> None:
-    x_train, train = cohort(300, 1)
-    x_test, test = cohort(150, 2)
+    x_train, train = risk_cohort(300, 1)
+    x_test, test = risk_cohort(150, 2)
     good, null, bad = (score(x_train, train, r, test, tau=730) for r in (x_test, np.zeros(150), -x_test))
     assert good["harrell_c"] > 0.6 and good["uno_c"] > 0.6 and bad["uno_c"] < 0.4
     assert null["harrell_c"] == 0.5 and null["auc_12m"] == 0.5
@@ -38,7 +31,7 @@ def test_a_true_risk_beats_no_information_which_beats_a_reversed_risk() -> None:
 
 
 def test_breslow_curves_fall_with_time_and_risk_and_give_a_median() -> None:
-    x_train, train = cohort(300, 1)
+    x_train, train = risk_cohort(300, 1)
     times = np.array([30.0, 180.0, 365.0, 2000.0])  # the last beyond follow-up: held at the last value
     curves = breslow_survival(x_train, train, np.array([-1.0, 0.0, 1.0]), times)
     assert curves.shape == (3, 4)
@@ -49,8 +42,8 @@ def test_breslow_curves_fall_with_time_and_risk_and_give_a_median() -> None:
 
 
 def test_calibration_of_a_well_calibrated_model_is_close_to_kaplan_meier() -> None:
-    x_train, train = cohort(600, 1)
-    x_test, test = cohort(300, 2)
+    x_train, train = risk_cohort(600, 1)
+    x_test, test = risk_cohort(300, 2)
     t = 12 * DAYS_PER_MONTH
     predicted = breslow_survival(x_train, train, x_test, np.array([t]))[:, 0]
     table = calibration(test, predicted, t, groups=3)
@@ -69,8 +62,8 @@ def test_the_papers_metrics_use_uncensored_patients_only() -> None:
 
 
 def test_bootstrap_intervals_bracket_each_score() -> None:
-    x_train, train = cohort(200, 1)
-    x_test, test = cohort(60, 2)
+    x_train, train = risk_cohort(200, 1)
+    x_test, test = risk_cohort(60, 2)
     scores = bootstrap_scores(x_train, train, x_test, test, tau=730, resamples=30, seed=1)
     for name in ("harrell_c", "uno_c", "integrated_brier", "auc_12m"):
         s = scores[name]
