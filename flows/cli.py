@@ -240,9 +240,9 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
 
 
 def _ci(estimate: dict[str, Any]) -> str:
-    if estimate["low"] != estimate["low"]:  # NaN: no interval
-        return f"{estimate['value']:.3f}"
-    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+    from survival_model.evaluation.metrics import format_ci
+
+    return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 
 
 def _print_training(metrics: dict[str, Any]) -> None:
@@ -266,10 +266,7 @@ def _print_comparison(path: Path) -> None:
     frame = pd.read_csv(path, index_col="model")
 
     def ci(row: Any, metric: str) -> str:
-        value, low, high = row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high")
-        if value is None or value != value:
-            return "-"
-        return f"{value:.3f}" if low != low else f"{value:.3f} [{low:.3f}, {high:.3f}]"
+        return _ci({"value": row.get(metric), "low": row.get(f"{metric}_low"), "high": row.get(f"{metric}_high")})
 
     table = Table(title="Models on the locked test set (95% bootstrap CI; ΔC paired with the GPA)")
     for column in ("model", "Harrell's C", "Uno's C", "integrated Brier", "ΔC vs GPA"):

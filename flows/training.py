@@ -54,7 +54,8 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage
     tp = params.training
     rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
     frame = table.table()
-    patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in set(frame["case_id"])}
+    in_table = set(frame["case_id"])
+    patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in in_table}
     if folds_lib.uses_images(tp.network):
         frame = frame[frame["case_id"].isin(patients)].reset_index(drop=True)
     splits = make_splits(frame, tp.splits)

@@ -96,9 +96,9 @@ def fold_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _ci(estimate: dict[str, Any]) -> str:
-    if not _finite(estimate.get("low")):
-        return f"{estimate['value']:.3f}"
-    return f"{estimate['value']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+    from survival_model.evaluation.metrics import format_ci
+
+    return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 
 
 def training_markdown(metrics: dict[str, Any], link: str) -> str:

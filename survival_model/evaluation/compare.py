@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from survival_model.evaluation.metrics import harrell_c
+from survival_model.evaluation.metrics import harrell_c, percentile_interval
 from survival_model.evaluation.scores import Outcome, bootstrap_scores, uno_c
 
 FloatArray = npt.NDArray[np.float64]
@@ -44,13 +44,12 @@ def paired_difference(a: FloatArray, b: FloatArray, train: Outcome, test: Outcom
     for _ in range(resamples):
         idx = rng.integers(0, len(a), len(a))
         draws.append(both(a[idx], b[idx], test.take(idx)))
-    alpha = (1 - confidence) / 2
     out = {}
     for i, name in enumerate(("harrell_c", "uno_c")):
         values = np.array([d[i] for d in draws])
-        values = values[np.isfinite(values)]
-        low, high = np.quantile(values, [alpha, 1 - alpha]) if len(values) >= 10 else (np.nan, np.nan)
-        out[name] = {"value": float(point[i]), "low": float(low), "high": float(high), "resamples": len(values)}
+        low, high = percentile_interval(values, confidence, minimum=10)
+        out[name] = {"value": float(point[i]), "low": low, "high": high,
+                     "resamples": int(np.isfinite(values).sum())}
     return out
 
 

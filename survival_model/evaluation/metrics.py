@@ -32,9 +32,28 @@ class Estimate:
         return asdict(self)
 
     def __str__(self) -> str:
-        if np.isnan(self.low):
-            return f"{self.value:.3f}"
-        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        return format_ci(self.value, self.low, self.high)
+
+
+def format_ci(value: Any, low: Any = None, high: Any = None) -> str:
+    """``0.685 [0.549, 0.846]``; just the value without an interval, ``-`` without a value."""
+    def finite(x: Any) -> bool:
+        return x is not None and bool(np.isfinite(x))
+
+    if not finite(value):
+        return "-"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]" if finite(low) and finite(high) else f"{value:.3f}"
+
+
+def percentile_interval(values: Any, confidence: float, minimum: int = 1) -> tuple[float, float]:
+    """The central ``confidence`` interval of bootstrap draws (NaN with fewer than ``minimum`` draws)."""
+    draws = np.asarray(values, dtype=float)
+    draws = draws[np.isfinite(draws)]
+    if len(draws) < max(minimum, 1):
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(draws, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def _arrays(risk: Any, time: Any, event: Any) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
@@ -75,6 +94,4 @@ def bootstrap_c(risk: Any, time: Any, event: Any, *, resamples: int = 1000, conf
             draws.append(c)
     if not draws:
         return Estimate(value, float("nan"), float("nan"), 0)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(draws, [alpha, 1 - alpha])
-    return Estimate(value, float(low), float(high), len(draws))
+    return Estimate(value, *percentile_interval(draws, confidence), len(draws))

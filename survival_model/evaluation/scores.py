@@ -211,7 +211,7 @@ def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, t
                      resamples: int = 200, confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
     """Every score with a percentile bootstrap interval over test patients (``value``, ``low``, ``high``);
     resamples where a score is undefined are left out of that score's interval."""
-    from survival_model.evaluation.metrics import Estimate
+    from survival_model.evaluation.metrics import Estimate, percentile_interval
 
     curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test)
     point = curves.score(np.arange(len(test.time)), tau=tau)
@@ -221,10 +221,5 @@ def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, t
         for k, v in curves.score(rng.integers(0, len(test.time), len(test.time)), tau=tau).items():
             if np.isfinite(v):
                 draws[k].append(v)
-    alpha = (1 - confidence) / 2
-    out = {}
-    for k, value in point.items():
-        values = draws[k]
-        low, high = (np.quantile(values, [alpha, 1 - alpha]) if len(values) >= 10 else (np.nan, np.nan))
-        out[k] = Estimate(value, float(low), float(high), len(values)).as_dict()
-    return out
+    return {k: Estimate(value, *percentile_interval(draws[k], confidence, minimum=10), len(draws[k])).as_dict()
+            for k, value in point.items()}

@@ -23,7 +23,7 @@ import pandas as pd
 from survival_model.config import EvaluationParams
 from survival_model.evaluation.baselines import baselines, fit_baseline
 from survival_model.evaluation.compare import ModelRisks, comparison_table
-from survival_model.evaluation.metrics import harrell_c
+from survival_model.evaluation.metrics import format_ci, harrell_c
 from survival_model.evaluation.scores import Outcome
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_text
@@ -117,12 +117,7 @@ def load_evaluation(folder: Path) -> EvaluationResult | None:
 
 
 def _ci(row: pd.Series, metric: str) -> str:
-    value, low, high = row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high")
-    if value is None or not np.isfinite(value):
-        return "-"
-    if low is None or not np.isfinite(low):
-        return f"{value:.3f}"
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    return format_ci(row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high"))
 
 
 def summary_markdown(comparison: pd.DataFrame, cv: dict[str, dict[str, float]], test_patients: int) -> str:

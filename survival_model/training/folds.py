@@ -153,8 +153,9 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     from safetensors.torch import save_file
 
     from survival_model.models.losses import risk_score
-    from survival_model.training.loop import predict_outputs, train_model
+    from survival_model.training.loop import choose_device, predict_outputs, train_model
 
+    choice = choice or choose_device(training.fit)  # the validation outputs below run where the model is
     folder = fold_folder(work_dir, fold.name, key)
     existing = load_fold(folder)
     if existing is not None:
@@ -165,7 +166,7 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
                           sequence_channels=sequence_channels, choice=choice, progress=progress)
     history = pd.DataFrame([r.__dict__ for r in outcome.history])
     best = history.loc[history["epoch"] == outcome.best_epoch].iloc[0]
-    val_outputs = predict_outputs(outcome.model, validation, choice or _cpu())
+    val_outputs = predict_outputs(outcome.model, validation, choice)
     val_risk = risk_score(training.network.objective, torch.from_numpy(val_outputs)).numpy()
     summary = {
         "patients_train": len(train), "patients_validation": len(validation),
