@@ -223,7 +223,7 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
     if later:
         console.print(f"[bold yellow]quarantined after ingestion:[/] {later} (reasons in the quarantine table)")
     _print_training(result.training_metrics)
-    _print_comparison(result.evaluation / "comparison.csv")
+    _print_comparison(result.evaluation)
     console.print(f"\n[bold]results[/] (work directory {result.work_dir})")
     console.print(f"  features    {result.features}")
     console.print(f"  cohort      {result.cohort}")
@@ -231,7 +231,9 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
     console.print(f"  QC          {result.features.parent / 'qc_table.csv'}")
     console.print(f"  report      {result.cohort.parent / 'summary.md'} and cohort_summary.png")
     console.print(f"  model       {result.training} (test predictions, metrics, learning curves)")
-    console.print(f"  comparison  {result.evaluation} (every model and score with intervals, per site)")
+    console.print(f"  comparison  {result.evaluation / 'comparison'} (every score with intervals, CV, per site)")
+    console.print(f"  explanation {result.evaluation / 'explanation'} (permutation importance, Grad-CAM)")
+    console.print(f"  report      {result.evaluation / 'report' / 'report.html'} (also in the MLflow run)")
     console.print(f"  MLflow run  {result.mlflow_link}")
     if "prefect" in up:
         console.print(f"  Prefect UI  {up['prefect']}")
@@ -260,21 +262,29 @@ def _print_training(metrics: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _print_comparison(path: Path) -> None:
+def _print_comparison(folder: Path) -> None:
     import pandas as pd
 
-    frame = pd.read_csv(path, index_col="model")
+    from survival_model.imageio import read_json
+
+    frame = pd.read_csv(folder / "comparison" / "comparison.csv", index_col="model")
+    cv = read_json(folder / "comparison" / "cv.json")
 
     def ci(row: Any, metric: str) -> str:
         return _ci({"value": row.get(metric), "low": row.get(f"{metric}_low"), "high": row.get(f"{metric}_high")})
 
-    table = Table(title="Models on the locked test set (95% bootstrap CI; ΔC paired with the GPA)")
-    for column in ("model", "Harrell's C", "Uno's C", "integrated Brier", "ΔC vs GPA"):
+    table = Table(title="Models on the locked test set (95% bootstrap CI; ΔC paired with the GPA; CV mean ± SD)")
+    for column in ("model", "Harrell's C", "Uno's C", "integrated Brier", "ΔC vs GPA", "CV Harrell's C"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for model, row in frame.iterrows():
+        folds = cv.get(str(model), {}).get("harrell_c")
         table.add_row(str(model), ci(row, "harrell_c"), ci(row, "uno_c"), ci(row, "integrated_brier"),
-                      ci(row, "delta_harrell_c"))
+                      ci(row, "delta_harrell_c"), f"{folds['mean']:.3f} ± {folds['sd']:.3f}" if folds else "-")
     console.print(table)
+    audit = folder / "report" / "audit.json"
+    for finding in read_json(audit)["findings"] if audit.is_file() else []:
+        colour = "red" if finding["level"] == "warning" else "yellow"
+        console.print(f"[bold {colour}]{finding['level']}:[/] {finding['text']}")
 
 
 @app.command()

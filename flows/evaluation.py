@@ -1,34 +1,61 @@
-"""The evaluation flow: the trained network beside the clinical baselines and the oracle."""
+"""The evaluation flow: the trained networks beside the clinical baselines and the oracle, the main
+network explained (permutation importance, Grad-CAM), and the report."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from prefect import flow, get_run_logger
 
-from flows.training import oracle_scores
+from flows.training import any_images, oracle_scores
 from survival_model import stages
 from survival_model.config import Params
 from survival_model.evaluation import stage as lib
 from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import stable_hash
+from survival_model.ingest.cohort import CohortResult
+from survival_model.models.inputs import preprocessed_patients, store_image_input
 from survival_model.training.stage import TrainingResult
 from tasks import evaluation as t
 from tasks.common import configure
 
 
 @flow(name="evaluation", flow_run_name="evaluation")
-def evaluation(params: Params, table: FeatureTable, trained: TrainingResult) -> lib.EvaluationResult:
-    """One comparison table on the locked test set (reused whole when nothing it reads changed)."""
+def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
+               trained: Sequence[TrainingResult]) -> lib.EvaluationResult:
+    """One comparison on the locked test set (the first network is the main one, explained and reported),
+    reused whole when nothing it reads changed."""
     logger = get_run_logger()
     oracle = oracle_scores(params)
     clinical = list(params.training.tabular.clinical)
-    key = lib.evaluation_key(trained.folder.name, table.folder.name, clinical, params.evaluation,
+    key = lib.evaluation_key([r.folder.name for r in trained], table.folder.name, clinical, params.evaluation,
                              stable_hash(sorted(oracle.items())) if oracle is not None else None)
     if params.orchestration.reuse_unchanged_stages:
         reused = stages.reuse(params.work_dir, lib.STAGE, key, lib.load_evaluation)
         if reused is not None:
             logger.info("evaluation unchanged (stage key %s): reusing %s", key[:12], reused.folder)
             return reused
-    result = configure(t.compare_models, params, t.compare_key)(
-        table.table_path, trained, clinical, params.evaluation, oracle, params.work_dir, key)
+    folder = lib.evaluation_folder(params.work_dir, key)
+    image_paths = seg_paths = None
+    if any_images(params):
+        rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
+        in_table = set(table.table()["case_id"])
+        patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in in_table}
+        # the inputs the training stage built (content-keyed: found, not rebuilt)
+        image_paths = {c: store_image_input(p, params.training.inputs, params.work_dir) for c, p in patients.items()}
+        seg_paths = {c: p.mask for c, p in patients.items()}
+    compared = configure(t.compare_models, params, t.compare_key)(
+        table.table_path, list(trained), image_paths, clinical, params.evaluation, oracle, folder)
+    explanation = configure(t.explain_models, params, t.explain_key)(
+        table.table_path, list(trained), image_paths, seg_paths, params.training.inputs, params.evaluation, folder)
+    truth = params.evaluation.ground_truth
+    configure(t.report, params, t.report_key)(
+        table.table_path, compared, trained[0], explanation, params.evaluation,
+        list(truth.known_effects) if truth is not None and oracle is not None else [], folder)
+    result = lib.load_evaluation(folder)
+    if result is None:  # pragma: no cover - every part was written above
+        raise FileNotFoundError(folder / "report" / "report.html")
     stages.save_stage(params.work_dir, lib.STAGE, key, result.folder, result.files())
+    logger.info("report: %s", result.report_html)
     return result

@@ -18,7 +18,7 @@ from flows.evaluation import evaluation
 from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.runners import task_runner_for
-from flows.training import training
+from flows.training import training, variant_params
 from survival_model.config import Params, load_params
 from survival_model.fingerprint import code_version
 from tasks import tracking
@@ -65,7 +65,16 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         trained = training.with_options(task_runner=task_runner_for(params))(params, cohort, table)
         tracking.log_training(params, run_id, trained, f"pipeline-{flow_run.get_name()}")
         tracking.publish_training(trained, link)
-        compared = evaluation.with_options(task_runner=task_runner_for(params))(params, table, trained)
+        others = []
+        for variant in params.evaluation.networks:  # further networks on the same splits, for the comparison
+            other = variant_params(params, variant)
+            net = other.training.network
+            label = f"{net.variant}-{net.objective}-{net.backbone}" if net.variant != "tabular" else \
+                f"tabular-{net.objective}"
+            others.append(training.with_options(task_runner=task_runner_for(other),
+                                                flow_run_name=f"training-{label}")(other, cohort, table))
+        compared = evaluation.with_options(task_runner=task_runner_for(params))(params, cohort, table,
+                                                                               [trained, *others])
         tracking.log_evaluation(params, run_id, compared)
         tracking.publish_evaluation(compared, link)
     except BaseException:

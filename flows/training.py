@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 
 from survival_model import stages
-from survival_model.config import Params
+from survival_model.config import NetworkVariant, Params
 from survival_model.evaluation.oracle import oracle_risk
 from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import stable_hash
@@ -56,7 +56,7 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage
     frame = table.table()
     in_table = set(frame["case_id"])
     patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in in_table}
-    if folds_lib.uses_images(tp.network):
+    if any_images(params):  # every network compared in this run is trained and tested on the same patients
         frame = frame[frame["case_id"].isin(patients)].reset_index(drop=True)
     splits = make_splits(frame, tp.splits)
     splits_path = persist_splits(splits, frame, params.work_dir)
@@ -91,6 +91,18 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage
     outputs = [*result.files(), *(p for f in folds for p in f.files()), *(image_paths or {}).values()]
     stages.save_stage(params.work_dir, folds_lib.STAGE, key, result.folder, outputs)
     return result
+
+
+def any_images(params: Params) -> bool:
+    """Whether the main network or one compared with it has an image branch."""
+    return any(folds_lib.uses_images(v.apply(params.training.network))
+               for v in [NetworkVariant(), *params.evaluation.networks])
+
+
+def variant_params(params: Params, variant: NetworkVariant) -> Params:
+    """``params`` with ``training.network`` overridden by ``variant``."""
+    network = variant.apply(params.training.network)
+    return params.model_copy(update={"training": params.training.model_copy(update={"network": network})})
 
 
 def oracle_scores(params: Params) -> pd.Series | None:

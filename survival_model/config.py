@@ -632,11 +632,11 @@ class TrainingParams(StrictModel):
     fit: FitParams = Field(default_factory=lambda: FitParams())
 
 
-BaselineName = Literal["gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
+BaselineName = Literal["gpa", "ds_gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
 
 
 def _all_baselines() -> list[BaselineName]:
-    return ["gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
+    return ["gpa", "ds_gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
 
 
 class GroundTruthParams(StrictModel):
@@ -648,6 +648,21 @@ class GroundTruthParams(StrictModel):
     id_column: str = "patient_key"
     #: The true risk (higher = earlier death), e.g. the simulation's linear predictor.
     risk_column: str = "true_lp"
+    #: Inputs (feature-table columns) the ground truth is known to depend on: the report says where
+    #: each lands in the permutation importance ranking.
+    known_effects: list[str] = Field(default_factory=list)
+
+
+class NetworkVariant(StrictModel):
+    """A further network trained on the same splits for the comparison: overrides of ``training.network``."""
+
+    backbone: str | None = None
+    variant: Literal["hybrid", "tabular", "image"] | None = None
+    objective: Literal["cox", "mse", "weibull"] | None = None
+    pooling: Literal["mean", "attention"] | None = None
+
+    def apply(self, network: NetworkParams) -> NetworkParams:
+        return network.model_copy(update=self.model_dump(exclude_none=True))
 
 
 class EvaluationParams(StrictModel):
@@ -665,6 +680,21 @@ class EvaluationParams(StrictModel):
     score_resamples: int = Field(200, ge=0, le=10000)
     #: Clinical baselines fitted on the same development patients and scored on the same test set.
     baselines: list[BaselineName] = Field(default_factory=lambda: _all_baselines())
+    #: Further networks (variants of ``training.network``) trained on the same splits and compared; each
+    #: is a training stage of its own (cached like the main one). E.g. the paper's backbones and objectives,
+    #: tabular-only and image-only ablations.
+    networks: list[NetworkVariant] = Field(default_factory=list)
+    #: Permutation importance on the test set: shuffles per input (tabular column or image channel).
+    importance_repeats: int = Field(10, ge=1, le=1000)
+    #: Grad-CAM for every test patient (networks with an image branch), and how many in the panel.
+    gradcam: bool = True
+    gradcam_panel: int = Field(6, ge=1, le=32)
+    #: The report's leakage audit: a C-index or an R2 on days above these is flagged as implausible;
+    #: a test set smaller than this is flagged as small.
+    audit_max_cindex: float = Field(0.9, gt=0.5, le=1)
+    audit_max_r2: float = Field(0.9, gt=0, le=1)
+    audit_min_test_patients: int = Field(50, ge=0)
+    audit_min_test_deaths: int = Field(20, ge=0)
 
 
 class Params(StrictModel):

@@ -109,6 +109,10 @@ class Tracker:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_folder(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        """Every file under ``folder``, keeping its sub-folders."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
         self.client.log_dict(run_id, dict(data), artifact_file)
 

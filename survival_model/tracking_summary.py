@@ -130,11 +130,21 @@ def training_markdown(metrics: dict[str, Any], link: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _safe(model: object) -> str:
+    return re.sub(r"[^\w\-. /:]", "_", str(model))
+
+
+def cv_metrics(cv: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
+    """``cv.<model>.<score>_mean`` / ``_sd`` over the cross-validation folds (finite values only)."""
+    return {f"cv.{_safe(model)}.{metric}_{stat}": float(values[stat]) for model, scores in cv.items()
+            for metric, values in scores.items() for stat in ("mean", "sd") if _finite(values[stat])}
+
+
 def comparison_metrics(comparison: pd.DataFrame) -> dict[str, float]:
     """``compare.<model>.<score>`` for every finite point estimate (model names made MLflow-safe)."""
     out: dict[str, float] = {}
     for model, row in comparison.iterrows():
-        name = re.sub(r"[^\w\-. /:]", "_", str(model))
+        name = _safe(model)
         for metric, value in row.items():
             if not str(metric).endswith(("_low", "_high")) and _finite(value):
                 out[f"compare.{name}.{metric}"] = float(value)

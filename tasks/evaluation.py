@@ -1,35 +1,101 @@
-"""Evaluation task: the network, the clinical baselines and the oracle scored on the same test set."""
+"""Evaluation tasks: the comparison on the locked test set, the explanation of the main network, the report.
+
+All three write into the evaluation stage's content-keyed folder (``comparison/``, ``explanation/``,
+``report/``); their cache keys are the stage key, so a cache hit always has its files.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
 
-from survival_model.config import EvaluationParams
+from survival_model.config import EvaluationParams, ImageInputParams
 from survival_model.evaluation import stage as lib
+from survival_model.evaluation.report import write_report
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 
 
-def compare_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
-    folder = lib.evaluation_folder(inputs["work_dir"], inputs["key"])
-    return str(inputs["key"]), [folder / name for name in lib.FILES]
+def _key(part: str, files: Sequence[str]) -> Any:
+    def key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
+        folder: Path = inputs["folder"]
+        return f"{part}-{folder.name}", [folder / part / name for name in files]
+    return key
+
+
+compare_key = _key("comparison", lib.FILES)
+explain_key = _key("explanation", ("importance.csv", "importance.png"))  # the main network's
+report_key = _key("report", ("report.html", "summary.md", "audit.json"))
 
 
 @task(name="compare-models", task_run_name="compare-models")
-def compare_models(table_path: Path, trained: TrainingResult, clinical: list[str], evaluation: EvaluationParams,
-                   oracle: pd.Series | None, work_dir: Path, key: str) -> lib.EvaluationResult:
-    """Fit the baselines on the development patients and score every model once on the test set."""
+def compare_models(table_path: Path, trained: Sequence[TrainingResult], image_paths: Mapping[str, Path] | None,
+                   clinical: list[str], evaluation: EvaluationParams, oracle: pd.Series | None,
+                   folder: Path) -> lib.EvaluationResult:
+    """Fit the baselines on the development patients and score every model once on the test set (and per
+    cross-validation fold)."""
+    from survival_model.evaluation.networks import network_run
+
     logger = get_run_logger()
+    table = pd.read_parquet(table_path)
+    splits = Splits.load(trained[0].splits_path)
+    if any(Splits.load(t.splits_path).fingerprint != splits.fingerprint for t in trained):
+        raise ValueError("the networks to compare were trained on different splits")
+    networks = [network_run(t, table, image_paths) for t in trained]
+    logger.info("scoring %s, %s%s on %d test patients (%d bootstrap resamples)",
+                ", ".join(n.name for n in networks), ", ".join(evaluation.baselines),
+                " and the oracle" if oracle is not None else "", len(splits.test), evaluation.score_resamples)
+    return lib.run_comparison(table, splits, networks, clinical, evaluation, oracle, folder)
+
+
+@task(name="explain-models", task_run_name="explain-models")
+def explain_models(table_path: Path, trained: Sequence[TrainingResult], image_paths: Mapping[str, Path] | None,
+                   seg_paths: Mapping[str, Path] | None, inputs: ImageInputParams, evaluation: EvaluationParams,
+                   folder: Path) -> Path:
+    """Permutation importance of every network on the test patients, and Grad-CAM of the main (first) one:
+    ``explanation/`` for the main network, ``explanation/models/<n>/`` for the others."""
+    from survival_model.evaluation.explain import run_explanation
+    from survival_model.evaluation.networks import explainer, has_images
+    from survival_model.training.data import stack_images
+
+    logger = get_run_logger()
+    splits = Splits.load(trained[0].splits_path)
+    table = pd.read_parquet(table_path).set_index("case_id", drop=False)
+    frame = table.loc[list(splits.test)].reset_index(drop=True)
+    images = stack_images(image_paths, splits.test) if image_paths is not None else None
+    target = folder / "explanation"
+    for index, result in enumerate(trained):
+        main = index == 0
+        with_images = images if has_images(result) else None
+        logger.info("explaining %s on %d test patients: permutation importance (%d repeats)%s", result.name,
+                    len(frame), evaluation.importance_repeats,
+                    ", Grad-CAM" if main and with_images is not None and evaluation.gradcam else "")
+        run_explanation(explainer(result), frame, with_images, seg_paths, inputs, name=result.name,
+                        repeats=evaluation.importance_repeats, seed=evaluation.seed,
+                        gradcam=main and evaluation.gradcam, panel_patients=evaluation.gradcam_panel,
+                        folder=target if main else target / "models" / str(index), progress=logger.info)
+    return target
+
+
+@task(name="write-report", task_run_name="write-report")
+def report(table_path: Path, compared: lib.EvaluationResult, trained: TrainingResult, explanation: Path | None,
+           evaluation: EvaluationParams, known_effects: list[str], folder: Path) -> Path:
+    """The HTML report and the Markdown summary."""
+    from survival_model.imageio import atomic_directory
+
     splits = Splits.load(trained.splits_path)
-    predictions = trained.predictions().set_index("case_id")["risk"]
-    cv = trained.metrics["cv"]
-    logger.info("scoring %s, %s%s on %d test patients (%d bootstrap resamples)", trained.name,
-                ", ".join(evaluation.baselines), " and the oracle" if oracle is not None else "", len(splits.test),
-                evaluation.score_resamples)
-    return lib.run_comparison(pd.read_parquet(table_path), splits, trained.out_of_fold(), predictions,
-                              {"mean": cv["val_cindex_mean"], "sd": cv["val_cindex_sd"]}, clinical, evaluation,
-                              oracle, work_dir, key, trained.name)
+    target = folder / "report"
+    if (target / "report.html").is_file():
+        return target / "report.html"
+    table_md = (compared.comparison_folder / "table.md").read_text(encoding="utf-8")
+    with atomic_directory(target) as tmp:
+        write_report(tmp, table=pd.read_parquet(table_path), splits=splits, comparison=compared.comparison,
+                     per_site=compared.per_site, cv=compared.cv, risks=compared.risks(), table_md=table_md,
+                     network=trained.name, baselines=evaluation.baselines, evaluation=evaluation,
+                     learning_curves=trained.folder / "learning_curves.png", explanation=explanation,
+                     known_effects=known_effects)
+    return target / "report.html"

@@ -17,6 +17,7 @@ from survival_model.ingest.cohort import CohortResult
 from survival_model.tracking import Tracker
 from survival_model.tracking_summary import (
     comparison_metrics,
+    cv_metrics,
     features_markdown,
     fold_metrics,
     imaging_metrics,
@@ -146,18 +147,22 @@ def publish_training(result: TrainingResult, run_link: str) -> None:
 
 @task(name="log-evaluation", retries=2, retry_delay_seconds=[2, 10])
 def log_evaluation(params: Params, run_id: str, result: EvaluationResult) -> None:
-    """Every model's scores on the test set (``compare.<model>.<score>``) and the comparison files."""
+    """Every model's scores on the test set (``compare.<model>.<score>``), the CV means, and the whole
+    evaluation folder (comparison, explanation, the HTML report) under ``evaluation/``."""
     tracker = Tracker.from_params(params)
-    tracker.log_metrics(run_id, comparison_metrics(result.comparison))
-    tracker.log_artifacts(run_id, result.files(), artifact_path="evaluation")
+    tracker.log_metrics(run_id, {**comparison_metrics(result.comparison), **cv_metrics(result.cv)})
+    tracker.log_folder(run_id, result.folder, artifact_path="evaluation")
 
 
 @task(name="publish-evaluation-artifacts")
 def publish_evaluation(result: EvaluationResult, run_link: str) -> None:
-    """The comparison in the Prefect UI: the Markdown summary and the full table."""
-    create_markdown_artifact(result.summary_markdown + f"\nMLflow: {run_link}\n", key="model-comparison-summary",
-                             description="The network beside the clinical baselines and the oracle")
+    """The evaluation in the Prefect UI: the Markdown summary, the full comparison table, the report's link."""
+    create_markdown_artifact(result.summary_markdown + f"\nMLflow run (the HTML report is its artifact "
+                             f"`evaluation/report/report.html`): {run_link}\n", key="model-comparison-summary",
+                             description="The networks beside the clinical baselines and the oracle, explained")
     table = result.comparison.reset_index().round(4)
     rows = [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
             for r in table.to_dict("records")]
     create_table_artifact(rows, key="model-comparison", description="Every score with its 95% interval")
+    create_link_artifact(result.report_html.resolve().as_uri(), link_text="evaluation report (HTML, local file)",
+                         key="evaluation-report")

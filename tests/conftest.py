@@ -29,7 +29,7 @@ TRAIN_FAST: dict[str, Any] = {
     "training.splits.folds": 2, "training.fit.epochs": 2, "training.fit.batch_size": 4,
     "training.network.backbone": "test_efficientnet", "training.network.tabular_hidden": [8],
     "training.network.head_hidden": [8], "training.inputs.slices": 2, "training.inputs.size": 32,
-    "evaluation.bootstrap": 50,
+    "evaluation.bootstrap": 50, "evaluation.score_resamples": 20, "evaluation.importance_repeats": 2,
 }
 TINY = {"patients": {"site_a": 4, "site_b": 3, "site_c": 3}, "shape": (48, 48, 31), "spacing_mm": 5.0}
 

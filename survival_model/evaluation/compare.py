@@ -24,10 +24,12 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class ModelRisks:
-    """A model's risk scores (higher = earlier death) on the training and the test patients."""
+    """A model's risk scores (higher = earlier death) on the training and the test patients, and its own
+    predicted survival times on the test patients where it makes them (``mse``, ``weibull`` networks)."""
 
     train: FloatArray
     test: FloatArray
+    test_days: FloatArray | None = None
 
 
 def paired_difference(a: FloatArray, b: FloatArray, train: Outcome, test: Outcome, *, tau: float | None,
@@ -64,7 +66,7 @@ def comparison_table(models: Mapping[str, ModelRisks], train: Outcome, test: Out
             raise ValueError(f"{name}: risks do not match the patients ({len(risks.train)}/{len(risks.test)} for "
                              f"{len(train.time)}/{len(test.time)})")
         scores = bootstrap_scores(risks.train, train, risks.test, test, tau=tau, resamples=resamples,
-                                  confidence=confidence, seed=seed)
+                                  confidence=confidence, seed=seed, test_days=risks.test_days)
         row: dict[str, float | str] = {"model": name}
         for metric, estimate in scores.items():
             row[metric] = estimate["value"]

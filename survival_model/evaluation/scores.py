@@ -5,7 +5,8 @@ Every model here gives a risk score (higher = earlier death). Scores that need s
 fitted on the *training* patients' risks and outcomes (``sksurv.linear_model.coxph.BreslowEstimator``):
 S(t | risk) = exp(-H0(t) exp(risk)), the proportional-hazards reading of any risk score. The predicted
 survival time is the median of that curve (the first time it reaches 0.5; beyond the last training
-time it is unknown and the patient is left out of the time metrics, which says so).
+time it is unknown and the patient is left out of the time metrics, which says so), unless the model
+predicts times itself (``mse`` and ``weibull`` networks): then its own prediction is scored.
 
 - Harrell's C (``concordance_index_censored``) and Uno's C with horizon ``tau``
   (``concordance_index_ipcw``: inverse-probability-of-censoring weights from the training patients);
@@ -89,11 +90,30 @@ def evaluation_times(train: Outcome, test: Outcome, points: int = 50) -> FloatAr
     return np.unique(grid)
 
 
+def within_follow_up(train: Outcome, test: Outcome) -> Outcome:
+    """``test`` censored at the training patients' last observed time.
+
+    The censoring distribution behind the inverse-probability weights is a Kaplan-Meier estimate on the
+    training patients, undefined after their last time, and scikit-survival refuses test times beyond it.
+    A test patient observed longer is known to have survived to that time: censoring it there changes no
+    comparison before that time, so Uno's C (with ``tau`` at most that time) and the AUC at earlier times are
+    unchanged, and one long follow-up no longer turns the whole score into NaN.
+    """
+    cut = float(train.time.max()) if len(train.time) else np.inf
+    beyond = test.time > cut
+    if not beyond.any():
+        return test
+    return Outcome(np.where(beyond, cut, test.time), test.event & ~beyond)
+
+
 def uno_c(train: Outcome, test: Outcome, risk: FloatArray, tau: float | None) -> float:
-    """Uno's C-index up to ``tau`` days (NaN when it cannot be computed on these patients)."""
+    """Uno's C-index up to ``tau`` days (capped at the training follow-up; NaN when it cannot be computed)."""
+    cut = float(train.time.max()) if len(train.time) else None
+    horizon = min(tau, cut) if tau is not None and cut is not None else (tau if tau is not None else cut)
     try:
         with np.errstate(invalid="ignore", divide="ignore"):
-            return float(concordance_index_ipcw(train.surv(), test.surv(), np.asarray(risk, dtype=float), tau=tau)[0])
+            return float(concordance_index_ipcw(train.surv(), within_follow_up(train, test).surv(),
+                                                np.asarray(risk, dtype=float), tau=horizon)[0])
     except ValueError:
         return float("nan")
 
@@ -114,7 +134,8 @@ def time_auc(train: Outcome, test: Outcome, risk: FloatArray, times: Sequence[fl
     for t in times:
         try:
             with np.errstate(invalid="ignore", divide="ignore"):
-                auc, _ = cumulative_dynamic_auc(train.surv(), test.surv(), np.asarray(risk, dtype=float), [t])
+                auc, _ = cumulative_dynamic_auc(train.surv(), within_follow_up(train, test).surv(),
+                                                np.asarray(risk, dtype=float), [t])
             out[float(t)] = float(auc[0])
         except ValueError:
             out[float(t)] = float("nan")
@@ -157,9 +178,10 @@ def regression_on_deaths(predicted_days: FloatArray, test: Outcome) -> dict[str,
 
 
 def score(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
-          auc_months: Sequence[float] = (6, 12, 24), calibration_months: float = 12) -> dict[str, float]:
+          auc_months: Sequence[float] = (6, 12, 24), calibration_months: float = 12,
+          test_days: FloatArray | None = None) -> dict[str, float]:
     """Every scalar score of one model on ``test`` (see the module docstring); NaN where undefined."""
-    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, calibration_months)
+    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, calibration_months, test_days)
     return curves.score(np.arange(len(test.time)), tau=tau, auc_months=auc_months)
 
 
@@ -179,15 +201,16 @@ class TestCurves:
 
     @classmethod
     def of(cls, train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome,
-           calibration_months: float = 12) -> TestCurves:
+           calibration_months: float = 12, test_days: FloatArray | None = None) -> TestCurves:
+        """``test_days``: the model's own predicted times (else the medians of the Breslow curves)."""
         grid = evaluation_times(train, test)
         t_cal = calibration_months * DAYS_PER_MONTH
         dense = np.unique(np.concatenate([train.time, test.time]))
         times = np.concatenate([grid, [t_cal], dense])
         survival = breslow_survival(train_risk, train, risk, times) if len(risk) else np.zeros((0, len(times)))
         n = len(grid)
-        return cls(train, test, risk, grid, survival[:, :n], t_cal, survival[:, n], median_days(survival[:, n + 1:],
-                                                                                                  dense))
+        medians = median_days(survival[:, n + 1:], dense) if test_days is None else np.asarray(test_days, dtype=float)
+        return cls(train, test, risk, grid, survival[:, :n], t_cal, survival[:, n], medians)
 
     def score(self, idx: npt.NDArray[np.intp], *, tau: float | None,
               auc_months: Sequence[float] = (6, 12, 24)) -> dict[str, float]:
@@ -208,12 +231,13 @@ class TestCurves:
 
 
 def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
-                     resamples: int = 200, confidence: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+                     resamples: int = 200, confidence: float = 0.95, seed: int = 0,
+                     test_days: FloatArray | None = None) -> dict[str, dict[str, float]]:
     """Every score with a percentile bootstrap interval over test patients (``value``, ``low``, ``high``);
     resamples where a score is undefined are left out of that score's interval."""
     from survival_model.evaluation.metrics import Estimate, percentile_interval
 
-    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test)
+    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, test_days=test_days)
     point = curves.score(np.arange(len(test.time)), tau=tau)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point}

@@ -128,10 +128,29 @@ def build_image_input(images: Mapping[str, Path], seg: Path, params: ImageInputP
         if image.GetSize() != label_image.GetSize():
             raise PatientDataError("preprocess_failed", f"{sequence} is not on the label map's grid")
         channels.append(_resize(planes(sitk.GetArrayViewFromImage(image)), params.size, nearest=False))
-    for region in params.mask_channels:
-        mask = region_mask(labels, region).astype(np.float32)
-        channels.append(_resize(planes(mask), params.size, nearest=True))
+    channels.extend(_region_planes(labels, positions, (row0, col0, side), params, params.mask_channels).values())
     return np.stack(channels, axis=1)
+
+
+def _region_planes(labels: npt.NDArray[np.integer], positions: Sequence[int], roi: tuple[int, int, int],
+                   params: ImageInputParams, regions: Sequence[str]) -> dict[str, FloatArray]:
+    row0, col0, side = roi
+    out = {}
+    for region in regions:
+        mask = region_mask(labels, region).astype(np.float32)
+        planes = np.stack([_crop(mask[z], row0, col0, side) for z in positions])
+        out[region] = _resize(planes, params.size, nearest=True)
+    return out
+
+
+def region_planes(seg: Path, params: ImageInputParams, regions: Sequence[str]) -> dict[str, FloatArray]:
+    """Region masks (0/1, ``(K, S, S)``) on exactly the slices and ROI of the patient's image input: what
+    an explanation map of that input is compared with."""
+    label_image = read_image(seg)
+    labels = sitk.GetArrayFromImage(label_image)
+    spacing = label_image.GetSpacing()
+    roi = roi_square(labels, (spacing[1], spacing[0]), params.roi_margin_mm)
+    return _region_planes(labels, slice_positions(labels, params.slices), roi, params, regions)
 
 
 def input_key(patient: PreprocessedPatient, params: ImageInputParams) -> str:

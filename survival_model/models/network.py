@@ -110,15 +110,27 @@ class HybridSurvivalNet(nn.Module):
         pooled: torch.Tensor = self.pool(per_slice) if self.pool is not None else per_slice.mean(dim=1)
         return pooled
 
+    def embed_tabular(self, tabular: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, H): the tabular branch."""
+        if self.tabular is None:
+            raise ValueError("this network has no tabular branch")
+        out: torch.Tensor = self.tabular(tabular)
+        return out
+
+    def combine(self, image_embedding: torch.Tensor | None, tabular_embedding: torch.Tensor | None) -> torch.Tensor:
+        """The head on the branches' embeddings (a permutation test reuses the branch it does not change)."""
+        parts = [p for p in (image_embedding, tabular_embedding) if p is not None]
+        out: torch.Tensor = self.head(torch.cat(parts, dim=1))
+        return out
+
     def forward(self, images: torch.Tensor | None, tabular: torch.Tensor | None) -> torch.Tensor:
-        parts = []
+        image_embedding = tabular_embedding = None
         if self.backbone is not None:
             if images is None:
                 raise ValueError(f"the {self.variant} network needs images")
-            parts.append(self.embed_images(images))
+            image_embedding = self.embed_images(images)
         if self.tabular is not None:
             if tabular is None:
                 raise ValueError(f"the {self.variant} network needs the tabular vector")
-            parts.append(self.tabular(tabular))
-        out: torch.Tensor = self.head(torch.cat(parts, dim=1))
-        return out
+            tabular_embedding = self.embed_tabular(tabular)
+        return self.combine(image_embedding, tabular_embedding)

@@ -80,7 +80,8 @@ def stage_key(table_key: str, input_keys: Mapping[str, str], splits: Splits, tra
     """Key of the whole training stage: the data, the splits, every setting and the code."""
     images = sorted(input_keys.values()) if uses_images(training.network) else []
     return stable_hash(STAGE, "stage", training_code_version(), table_key, images, splits.fingerprint,
-                       learning_params(training), evaluation.model_dump(mode="json", exclude={"ground_truth"}),
+                       learning_params(training), evaluation.model_dump(mode="json", include={"bootstrap", "confidence",
+                                                                                              "seed"}),
                        oracle_digest)
 
 

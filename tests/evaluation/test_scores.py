@@ -68,3 +68,20 @@ def test_bootstrap_intervals_bracket_each_score() -> None:
     for name in ("harrell_c", "uno_c", "integrated_brier", "auc_12m"):
         s = scores[name]
         assert s["low"] <= s["value"] <= s["high"], name
+
+
+def test_a_test_patient_followed_beyond_the_training_patients_does_not_void_uno_c_or_the_auc() -> None:
+    from survival_model.evaluation.scores import uno_c, within_follow_up
+
+    x_train, train = risk_cohort(200, 3)
+    x_test, test = risk_cohort(100, 4)
+    last = float(train.time.max())
+    longer = Outcome(test.time.copy(), test.event.copy())
+    longer.time[int(np.argmax(x_test))] = last + 500  # one test patient outlives every training patient's follow-up
+    longer.event[int(np.argmax(x_test))] = True
+    cut = within_follow_up(train, longer)
+    assert cut.time.max() == last and not cut.event[int(np.argmax(x_test))]
+    assert within_follow_up(train, test) is test or test.time.max() > last
+    value = uno_c(train, longer, x_test, tau=730)
+    assert np.isfinite(value) and value == uno_c(train, cut, x_test, tau=730)
+    assert np.isfinite(score(x_train, train, x_test, longer, tau=730)["auc_12m"])

@@ -1,26 +1,43 @@
-"""The comparison of a network with the baselines and the oracle on the same splits."""
+"""The comparison of networks with the baselines and the oracle on the same splits."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
+import pytest
 
 from survival_model.config import EvaluationParams, SplitParams
 from survival_model.evaluation.metrics import harrell_c
-from survival_model.evaluation.stage import compare, model_risks
-from survival_model.training.splits import make_splits
+from survival_model.evaluation.stage import NetworkRun, compare, load_comparison, model_risks, run_comparison
+from survival_model.training.splits import Splits, make_splits
 from tests.evaluation.cohorts import clinical_cohort
 
 
-def test_every_model_is_scored_on_the_same_test_patients_beside_the_oracle() -> None:
+def noisy_network(splits: Splits, oracle: pd.Series, noise: float, seed: int, name: str = "network") -> NetworkRun:
+    """A "network" that sees the truth through noise, with per-fold risks like a trained one."""
+    rng = np.random.default_rng(seed)
+    risk = oracle + rng.normal(0, noise, len(oracle))
+    folds = tuple((risk.loc[list(f.train)], risk.loc[list(f.validation)]) for f in splits.folds)
+    return NetworkRun(name, risk.loc[list(splits.development)], risk.loc[list(splits.test)], None, folds)
+
+
+@pytest.fixture(scope="module")
+def cohort() -> tuple[pd.DataFrame, pd.Series, Splits]:
     table, oracle = clinical_cohort(240, 5, sites="abc")
-    splits = make_splits(table, SplitParams(folds=3))
-    rng = np.random.default_rng(0)
-    noisy = oracle + rng.normal(0, 0.5, len(oracle))  # a "network" that sees the truth through noise
+    return table, oracle, make_splits(table, SplitParams(folds=3))
+
+
+CLINICAL = ["age", "kps", "extracranial", "n_brain_mets", "sex"]
+
+
+def test_every_model_is_scored_on_the_same_test_patients_beside_the_oracle(cohort: tuple) -> None:
+    table, oracle, splits = cohort
     evaluation = EvaluationParams(score_resamples=20, baselines=["gpa", "cox_clinical", "rsf"])
-    models, cv = model_risks(table, splits, noisy, noisy, ["age", "kps", "extracranial", "n_brain_mets", "sex"],
-                             evaluation, oracle)
+    models, cv = model_risks(table, splits, [noisy_network(splits, oracle, 0.5, 0)], CLINICAL, evaluation, oracle)
     assert list(models) == ["network", "gpa", "cox_clinical", "rsf", "oracle"]
-    assert set(cv) == {"gpa", "cox_clinical", "rsf"} and all(0 < v["mean"] < 1 for v in cv.values())
+    assert set(cv) == {"network", "gpa", "cox_clinical", "rsf"}
     comparison, per_site = compare(table, splits, models, evaluation)
     assert list(comparison.index) == list(models)
     c = comparison["harrell_c"]
@@ -29,3 +46,34 @@ def test_every_model_is_scored_on_the_same_test_patients_beside_the_oracle() -> 
     assert c["oracle"] > 0.6 and c["network"] > 0.6
     assert comparison.loc["network", "delta_harrell_c"] > 0 and np.isnan(comparison.loc["gpa", "delta_harrell_c"])
     assert set(per_site.columns) == {"site_a", "site_b", "site_c"} and list(per_site.index) == list(models)
+
+
+def test_every_score_has_a_mean_and_sd_over_the_folds(cohort: tuple) -> None:
+    table, oracle, splits = cohort
+    evaluation = EvaluationParams(score_resamples=0, baselines=["gpa"])
+    net = noisy_network(splits, oracle, 0.3, 1)
+    _, cv = model_risks(table, splits, [net], CLINICAL, evaluation, None)
+    scores = cv["network"]
+    assert {"harrell_c", "uno_c", "integrated_brier", "auc_12m", "mae_days_uncensored"} <= set(scores)
+    by_fold = [harrell_c(v, table.set_index("case_id").loc[list(v.index), "time_days"],
+                         table.set_index("case_id").loc[list(v.index), "event"]) for _, v in net.folds]
+    assert scores["harrell_c"]["mean"] == pytest.approx(np.mean(by_fold))
+    assert scores["harrell_c"]["sd"] == pytest.approx(np.std(by_fold, ddof=1))
+    assert scores["harrell_c"]["folds"] == 3 and 0 < scores["integrated_brier"]["mean"] < 0.5
+
+
+def test_a_network_with_its_own_predicted_days_is_scored_on_them(cohort: tuple, tmp_path: Path) -> None:
+    table, oracle, splits = cohort
+    net = noisy_network(splits, oracle, 0.3, 2)
+    test = table.set_index("case_id").loc[list(splits.test)]
+    perfect = NetworkRun("timer", net.dev, net.test, test["time_days"].astype(float), net.folds)
+    evaluation = EvaluationParams(score_resamples=0, baselines=["gpa"])
+    result = run_comparison(table, splits, [net, perfect], CLINICAL, evaluation, None, tmp_path / "stage")
+    assert result.comparison.loc["timer", "mae_days_uncensored"] == 0  # its own days are the truth here
+    assert result.comparison.loc["network", "mae_days_uncensored"] > 0  # a risk score: Breslow medians
+    risks = result.risks()
+    assert set(risks["model"]) == {"network", "timer", "gpa"}
+    assert len(risks[(risks["model"] == "gpa") & (risks["set"] == "test")]) == len(splits.test)
+    again = load_comparison(tmp_path / "stage")
+    assert again is not None and again.comparison.equals(result.comparison)
+    assert "CV" in (tmp_path / "stage" / "comparison" / "table.md").read_text(encoding="utf-8")

@@ -188,7 +188,8 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
-    assert sorted(c.name for c in children) == ["evaluation", "imaging", "ingest", "training"]
+    assert sorted(c.name for c in children) == ["evaluation", "imaging", "ingest", "training",
+                                                "training-hybrid-mse-test_efficientnet", "training-tabular-cox"]
     assert all(c.state is not None and c.state.is_completed() for c in children)
 
     from mlflow import MlflowClient
@@ -240,10 +241,15 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     by_key = {a.key: a for a in published}
     assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary",
-            "training-summary", "training-folds", "model-comparison", "model-comparison-summary"} <= set(by_key)
+            "training-summary", "training-folds", "model-comparison", "model-comparison-summary",
+            "evaluation-report"} <= set(by_key)
     assert "gpa" in str(by_key["model-comparison"].data) and "oracle" in str(by_key["model-comparison"].data)
     evaluation_artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "evaluation")}
-    assert {"evaluation/comparison.csv", "evaluation/summary.md"} <= evaluation_artifacts
+    assert {"evaluation/comparison", "evaluation/explanation", "evaluation/report"} <= evaluation_artifacts
+    report_files = {a.path for a in client.list_artifacts(result.mlflow_run_id, "evaluation/report")}
+    assert {"evaluation/report/report.html", "evaluation/report/summary.md"} <= report_files
+    assert "tabular-cox" in str(by_key["model-comparison"].data)  # the ablation from evaluation.networks
+    assert "Leakage audit" in (result.evaluation / "report" / "report.html").read_text(encoding="utf-8")
     assert "oracle" in str(by_key["training-summary"].data)
     assert "mlflow" in str(by_key["ingestion-summary"].data).lower()
     assert "unknown_label" in str(by_key["quarantine"].data)

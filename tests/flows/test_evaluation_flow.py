@@ -1,0 +1,82 @@
+"""The evaluation flow under a Prefect test harness: comparison, explanation and report as cached tasks,
+the whole stage reused when nothing changed; the tasks' ``.fn()`` on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.evaluation import evaluation
+from flows.imaging import imaging
+from flows.ingest import ingest
+from flows.training import training, variant_params
+from survival_model.config import Params
+from survival_model.evaluation.stage import evaluation_folder, evaluation_key
+from tasks import evaluation as t
+from tests.conftest import params_for
+from tests.flows.test_ingest_flow import task_states
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run_all(params: Params) -> tuple[object, dict[str, str], list[object], object]:
+    cohort = ingest(params)
+    table = imaging(params, cohort)
+    trained = [training(params, cohort, table),
+               *(training(variant_params(params, v), cohort, table) for v in params.evaluation.networks)]
+    state = evaluation(params, cohort, table, trained, return_state=True)
+    return state.result(), task_states(state.state_details.flow_run_id), trained, table
+
+
+def test_the_evaluation_compares_explains_and_reports_and_is_reused_when_unchanged(
+    tiny_cohort_master: Path, tmp_path: Path
+) -> None:
+    params = params_for(tiny_cohort_master, tmp_path / "work", **{"evaluation.networks": [{"variant": "tabular"}]})
+    result, states, trained, _ = run_all(params)
+    assert states == {"compare-models": "Completed", "explain-models": "Completed", "write-report": "Completed"}
+    folder = result.folder  # type: ignore[attr-defined]
+    assert list(result.comparison.index)[:2] == [trained[0].name, "tabular-cox"]  # type: ignore[attr-defined]
+    assert {"gpa", "ds_gpa", "oracle"} <= set(result.comparison.index)  # type: ignore[attr-defined]
+    assert (folder / "explanation" / "gradcam.npz").is_file()  # the main (hybrid) network's Grad-CAM
+    assert (folder / "explanation" / "models" / "1" / "importance.csv").is_file()  # the tabular one's importance
+    assert not (folder / "explanation" / "models" / "1" / "gradcam.npz").exists()
+    page = (folder / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Grad-CAM" in page and "Leakage audit" in page and "tabular-cox" in page
+
+    again, states, _, _ = run_all(params)  # nothing changed: the stage is reused whole
+    assert states == {} and again.folder == folder  # type: ignore[attr-defined]
+    per_task = params_for(tiny_cohort_master, tmp_path / "work", **{"evaluation.networks": [{"variant": "tabular"}],
+                                                                   "orchestration.reuse_unchanged_stages": False})
+    _, states, _, _ = run_all(per_task)
+    assert states and all(s == "Cached" for s in states.values()), states
+
+
+def test_the_tasks_run_on_their_own(tiny_cohort_master: Path, tmp_path: Path) -> None:
+    from prefect.logging import disable_run_logger
+
+    params = params_for(tiny_cohort_master, tmp_path / "work", **{"training.network.variant": "tabular",
+                                                                   "evaluation.gradcam": False})
+    cohort = ingest(params)
+    table = imaging(params, cohort)
+    trained = training(params, cohort, table)
+    clinical = list(params.training.tabular.clinical)
+    folder = evaluation_folder(params.work_dir, evaluation_key([trained.folder.name], table.folder.name, clinical,
+                                                               params.evaluation, None))
+    with disable_run_logger():
+        compared = t.compare_models.fn(table.table_path, [trained], None, clinical, params.evaluation, None, folder)
+        assert "oracle" not in compared.comparison.index and trained.name in compared.comparison.index
+        explanation = t.explain_models.fn(table.table_path, [trained], None, None, params.training.inputs,
+                                          params.evaluation, folder)
+        importance = pd.read_csv(explanation / "importance.csv")
+        assert set(importance["kind"]) == {"tabular"} and not (explanation / "gradcam.csv").exists()
+        report = t.report.fn(table.table_path, compared, trained, explanation, params.evaluation, [], folder)
+        assert report.is_file() and "small test set" in (report.parent / "summary.md").read_text(encoding="utf-8")
+
+        reseeded = params.model_copy(update={"training": params.training.model_copy(update={
+            "splits": params.training.splits.model_copy(update={"seed": 7, "test_fraction": 0.3})})})
+        other = training(reseeded, cohort, table)
+        with pytest.raises(ValueError, match="different splits"):
+            t.compare_models.fn(table.table_path, [trained, other], None, clinical, params.evaluation, None,
+                                tmp_path / "elsewhere")
