@@ -3,7 +3,8 @@ network explained (permutation importance, Grad-CAM), and the report."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -15,10 +16,23 @@ from survival_model.evaluation import stage as lib
 from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import stable_hash
 from survival_model.ingest.cohort import CohortResult
-from survival_model.models.inputs import preprocessed_patients, store_image_input
+from survival_model.models import inputs as inputs_lib
+from survival_model.models.inputs import preprocessed_patients
+from survival_model.preprocess.stage import PreprocessedPatient
 from survival_model.training.stage import TrainingResult
 from tasks import evaluation as t
 from tasks.common import configure
+
+
+def stored_inputs(patients: Mapping[str, PreprocessedPatient], params: Params) -> dict[str, Path]:
+    """The image inputs the training stage built, found through their content keys (never built here)."""
+    paths = {c: inputs_lib.input_folder(params.work_dir, p.site, c, inputs_lib.input_key(p, params.training.inputs))
+             / inputs_lib.INPUT_FILE for c, p in patients.items()}
+    missing = [c for c, path in paths.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image input(s) are not built (run the training stage first), "
+                                f"e.g. {paths[missing[0]]}")
+    return paths
 
 
 @flow(name="evaluation", flow_run_name="evaluation")
@@ -42,8 +56,7 @@ def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
         rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
         in_table = set(table.table()["case_id"])
         patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in in_table}
-        # the inputs the training stage built (content-keyed: found, not rebuilt)
-        image_paths = {c: store_image_input(p, params.training.inputs, params.work_dir) for c, p in patients.items()}
+        image_paths = stored_inputs(patients, params)
         seg_paths = {c: p.mask for c, p in patients.items()}
     compared = configure(t.compare_models, params, t.compare_key)(
         table.table_path, list(trained), image_paths, clinical, params.evaluation, oracle, folder)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,10 @@ class EnsembleExplainer:
             return [m.network.embed_tabular(self._tensor(x)) if x is not None else None
                     for m, x in zip(self.models, matrices, strict=True)]
 
+    @cached_property
+    def _output_groups(self) -> list[dict[str, list[int]] | None]:
+        return [output_groups(m.pipeline) if m.pipeline is not None else None for m in self.models]
+
     def tabular_embeddings(self, frame: pd.DataFrame) -> list[Any]:
         return self.embed_matrices(self.tabular_matrices(frame))
 
@@ -115,7 +120,7 @@ class EnsembleExplainer:
         by row (no ComBat step, which depends on the site column), shuffling the input column equals shuffling
         the pipeline's output columns made from it: the matrices are transformed once and only those columns
         move (``matrices``: the unshuffled ones); otherwise the shuffled frame goes through the pipelines."""
-        groups = [output_groups(m.pipeline) if m.pipeline is not None else None for m in self.models]
+        groups = self._output_groups
         if matrices is None or not self.models or any(g is None for g, x in zip(groups, matrices, strict=True)
                                                       if x is not None):
             shuffled = frame.copy()
@@ -193,12 +198,13 @@ def permutation_importance(explainer: EnsembleExplainer, frame: pd.DataFrame, im
             if kind == "tabular":
                 outputs = explainer.outputs(image_emb, explainer.shuffled_tabular_embeddings(frame, name, order,
                                                                                              matrices))
-            else:
-                assert images is not None
+            elif images is not None:
                 channel = list(explainer.channels).index(name)
                 permuted = images.copy()
                 permuted[:, :, channel] = images[order][:, :, channel]
                 outputs = explainer.outputs(explainer.image_embeddings(permuted), tab_emb)
+            else:  # pragma: no cover - image groups exist only with images
+                raise ValueError(f"image channel {name} without images")
             r, d = explainer.risk_and_days(outputs)
             drops.append(base_c - harrell_c(r, time, event))
             rises.append(_mse_uncensored(d, time, event) - base_mse)

@@ -121,6 +121,11 @@ def result_warnings(comparison: pd.DataFrame, evaluation: EvaluationParams, test
             verdict = "worse than" if row["delta_harrell_c"] < 0 else "not shown better than"
             delta = format_ci(row["delta_harrell_c"], low, row["delta_harrell_c_high"])
             out.append(Finding("note", f"{name} is {verdict} the GPA: ΔC {delta}"))
+    for months in (6, 12, 24):
+        controls = int((test.time > months * DAYS_PER_MONTH).sum())
+        if controls < 10:
+            out.append(Finding("note", f"AUC at {months} months: only {controls} test patient(s) known to be alive "
+                                       f"beyond {months} months; that AUC rests on them"))
     patients, deaths = len(test.time), int(test.event.sum())
     if patients < evaluation.audit_min_test_patients or deaths < evaluation.audit_min_test_deaths:
         out.append(Finding("note", f"small test set ({patients} patients, {deaths} deaths): intervals are wide and "

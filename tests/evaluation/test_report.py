@@ -72,6 +72,8 @@ def test_a_model_that_does_not_beat_the_gpa_and_a_small_test_set_are_noted(cohor
     text = (path.parent / "summary.md").read_text(encoding="utf-8")
     assert "net is worse than the GPA" in text or "net is not shown better than the GPA" in text
     assert "small test set" in text  # 40 test patients < 50
+    alive = int((table.set_index("case_id").loc[list(splits.test), "time_days"] > 24 * 365.25 / 12).sum())
+    assert alive < 10 and f"AUC at 24 months: only {alive} test patient(s)" in text
 
 
 def test_split_integrity_finds_a_patient_in_two_sets_and_a_patient_under_two_ids(cohort: tuple) -> None:
