@@ -197,8 +197,8 @@ def importance_markdown(importance: pd.DataFrame, known_effects: Sequence[str]) 
     name = _model_of(importance)
     top = ", ".join(f"{r.feature} ({r.mean:+.3f})" for r in importance.head(5).itertuples())
     lines = [f"- **{name}**: top 5 {top}."]
-    if known_effects:
-        ranks = importance.set_index("feature")["rank"]
+    ranks = importance.set_index("feature")["rank"]
+    if any(f in ranks.index for f in known_effects):
         placed = ", ".join(f"{f} {int(ranks[f])}" if f in ranks.index else f"{f} (not an input)" for f in known_effects)
         lines.append(f"  Known effects of the ground truth, rank of {len(importance)}: {placed}.")
     return lines

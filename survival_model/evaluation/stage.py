@@ -1,13 +1,14 @@
-"""The comparison of the trained network with clinical baselines and the oracle, on the same splits.
+"""The comparison of the trained networks with clinical baselines and the oracle, on the same splits.
 
-Every model is fitted on the development patients (the network: its folds; the baselines: all
-development rows) and scored once on the locked test set with every score of
-``survival_model.evaluation.scores`` and its bootstrap interval, plus the paired difference to the GPA.
-The survival curves a score needs come from a Breslow baseline on the development patients' risks:
-for the network its *out-of-fold* risks (each development patient scored by the fold model that did not
-train on it), for a baseline its fitted risks. The cross-validated Harrell's C of each model (fitted on
-each fold's training rows, scored on its validation rows) is reported as mean ± SD, and Harrell's C
-per site on the test set.
+Every model is fitted on the development patients (a network: its folds; a baseline: all development
+rows) and scored once on the locked test set with every score of ``survival_model.evaluation.scores``
+and its bootstrap interval, plus the paired difference to the GPA. The survival curves a score needs
+come from a Breslow baseline on the development patients' risks: for a network its *out-of-fold* risks
+(each development patient scored by the fold model that did not train on it), for a baseline its
+fitted risks; a network that predicts times itself is scored on them. Every score is also computed per
+cross-validation fold (each fold's model fitted on its training rows, its Breslow baseline from them,
+scored on its validation rows) and reported as mean ± SD; Harrell's C per site on the test set.
+The stage's folder holds ``comparison/`` (written here), ``explanation/`` and ``report/``.
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ class EvaluationResult:
 
 def evaluation_key(training_keys: Sequence[str], table_key: str, clinical: Sequence[str],
                    evaluation: EvaluationParams, oracle_digest: str | None) -> str:
+    known = list(evaluation.ground_truth.known_effects) if evaluation.ground_truth is not None else []
     return stable_hash(STAGE, code_version("survival_model.evaluation"), list(training_keys), table_key,
-                       list(clinical), evaluation.model_dump(mode="json", exclude={"ground_truth"}), oracle_digest)
+                       list(clinical), evaluation.model_dump(mode="json", exclude={"ground_truth"}), oracle_digest,
+                       known)
 
 
 def evaluation_folder(work_dir: Path, key: str) -> Path:
