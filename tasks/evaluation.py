@@ -6,6 +6,7 @@ All three write into the evaluation stage's content-keyed folder (``comparison/`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ def compare_models(table_path: Path, trained: Sequence[TrainingResult], image_pa
     if any(Splits.load(t.splits_path).fingerprint != splits.fingerprint for t in trained):
         raise ValueError("the networks to compare were trained on different splits")
     networks = [network_run(t, table, image_paths) for t in trained]
+    seen: set[str] = set()
+    for i, (net, result) in enumerate(zip(networks, trained, strict=True)):  # e.g. two poolings: same name
+        if net.name in seen:
+            networks[i] = dataclasses.replace(net, name=f"{net.name} [{result.folder.name[:8]}]")
+        seen.add(networks[i].name)
     logger.info("scoring %s, %s%s on %d test patients (%d bootstrap resamples)",
                 ", ".join(n.name for n in networks), ", ".join(evaluation.baselines),
                 " and the oracle" if oracle is not None else "", len(splits.test), evaluation.score_resamples)

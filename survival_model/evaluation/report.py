@@ -123,7 +123,10 @@ def result_warnings(comparison: pd.DataFrame, evaluation: EvaluationParams, test
             out.append(Finding("note", f"{name} is {verdict} the GPA: ΔC {delta}"))
     for months in (6, 12, 24):
         controls = int((test.time > months * DAYS_PER_MONTH).sum())
-        if controls < 10:
+        if controls == 0:
+            out.append(Finding("note", f"AUC at {months} months: no test patient is known to be alive beyond "
+                                       f"{months} months; that AUC is undefined"))
+        elif controls < 10:
             out.append(Finding("note", f"AUC at {months} months: only {controls} test patient(s) known to be alive "
                                        f"beyond {months} months; that AUC rests on them"))
     patients, deaths = len(test.time), int(test.event.sum())

@@ -74,6 +74,10 @@ def test_the_tasks_run_on_their_own(tiny_cohort_master: Path, tmp_path: Path) ->
         report = t.report.fn(table.table_path, compared, trained, explanation, params.evaluation, [], folder)
         assert report.is_file() and "small test set" in (report.parent / "summary.md").read_text(encoding="utf-8")
 
+        twice = t.compare_models.fn(table.table_path, [trained, trained], None, clinical, params.evaluation, None,
+                                    tmp_path / "twice")  # two networks of one name (e.g. two poolings) stay apart
+        assert list(twice.comparison.index[:2]) == [trained.name, f"{trained.name} [{trained.folder.name[:8]}]"]
+
         reseeded = params.model_copy(update={"training": params.training.model_copy(update={
             "splits": params.training.splits.model_copy(update={"seed": 7, "test_fraction": 0.3})})})
         other = training(reseeded, cohort, table)
