@@ -19,9 +19,10 @@ from survival_model.evaluation import stage as lib
 from survival_model.evaluation.report import write_report
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
+from tasks.caching import KeyFn
 
 
-def _key(part: str, files: Sequence[str]) -> Any:
+def _key(part: str, files: Sequence[str]) -> KeyFn:
     def key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
         folder: Path = inputs["folder"]
         return f"{part}-{folder.name}", [folder / part / name for name in files]
@@ -70,8 +71,7 @@ def explain_models(table_path: Path, trained: Sequence[TrainingResult], image_pa
 
     logger = get_run_logger()
     splits = Splits.load(trained[0].splits_path)
-    table = pd.read_parquet(table_path).set_index("case_id", drop=False)
-    frame = table.loc[list(splits.test)].reset_index(drop=True)
+    frame = lib.rows(pd.read_parquet(table_path), splits.test)
     images = stack_images(image_paths, splits.test) if image_paths is not None else None
     target = folder / "explanation"
     for index, result in enumerate(trained):

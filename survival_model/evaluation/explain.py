@@ -31,6 +31,7 @@ import pandas as pd
 
 from survival_model.config import ImageInputParams
 from survival_model.evaluation.metrics import harrell_c
+from survival_model.evaluation.scores import Outcome
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +69,12 @@ def input_columns(pipeline: Pipeline) -> list[str]:
     return [c for c in columns if c not in dropped]
 
 
+def _tensor(array: npt.NDArray[Any]) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
 @dataclass
 class EnsembleExplainer:
     """The fold models of one training run, predicting one set of patients (see the module docstring)."""
@@ -76,11 +83,6 @@ class EnsembleExplainer:
     objective: str
     centre: float
     channels: Sequence[str]
-
-    def _tensor(self, array: npt.NDArray[Any]) -> torch.Tensor:
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
     def image_embeddings(self, images: npt.NDArray[np.float32] | None, batch: int = 16) -> list[Any]:
         import torch
@@ -91,7 +93,7 @@ class EnsembleExplainer:
                 out.append(None)
                 continue
             with torch.no_grad():
-                out.append(torch.cat([model.network.embed_images(self._tensor(images[i:i + batch]))
+                out.append(torch.cat([model.network.embed_images(_tensor(images[i:i + batch]))
                                       for i in range(0, len(images), batch)]))
         return out
 
@@ -104,7 +106,7 @@ class EnsembleExplainer:
         import torch
 
         with torch.no_grad():
-            return [m.network.embed_tabular(self._tensor(x)) if x is not None else None
+            return [m.network.embed_tabular(_tensor(x)) if x is not None else None
                     for m, x in zip(self.models, matrices, strict=True)]
 
     @cached_property
@@ -179,8 +181,8 @@ def permutation_importance(explainer: EnsembleExplainer, frame: pd.DataFrame, im
     Columns: ``feature``, ``kind`` (tabular | image), ``mean`` / ``sd`` (drop in Harrell's C over the
     repeats), ``mse_rise_mean`` / ``mse_rise_sd`` (``mse`` objective only, else NaN), ``repeats``.
     """
-    time = frame["time_days"].to_numpy(dtype=float)
-    event = frame["event"].astype(int).to_numpy() == 1
+    outcome = Outcome.of_frame(frame)
+    time, event = outcome.time, outcome.event
     rng = np.random.default_rng(seed)
     matrices = explainer.tabular_matrices(frame)
     image_emb, tab_emb = explainer.image_embeddings(images), explainer.embed_matrices(matrices)
@@ -254,7 +256,7 @@ def grad_cam(explainer: EnsembleExplainer, images: npt.NDArray[np.float32],
                 return risk_score(explainer.objective, out)  # type: ignore[arg-type]
 
             cam = LayerGradCam(forward, cam_layer(net.backbone))
-            x = explainer._tensor(images[i]).requires_grad_(True)  # (K, C, S, S): the slices as a batch
+            x = _tensor(images[i]).requires_grad_(True)  # (K, C, S, S): the slices as a batch
             attribution = cam.attribute(x, relu_attributions=True)  # (K, 1, h, w)
             upsampled = LayerAttribution.interpolate(attribution, (size, size), interpolate_mode="bilinear")
             total[i] += upsampled[:, 0].detach().numpy().clip(min=0)

@@ -16,15 +16,11 @@ import numpy as np
 import pandas as pd
 
 from survival_model.evaluation.explain import EnsembleExplainer
-from survival_model.evaluation.stage import NetworkRun
+from survival_model.evaluation.stage import NetworkRun, rows
 from survival_model.imageio import read_json
 from survival_model.training.folds import TrainingError, fold_outputs, load_fold_model, uses_images
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
-
-
-def _rows(table: pd.DataFrame, ids: list[str]) -> pd.DataFrame:
-    return table.set_index("case_id", drop=False).loc[ids].reset_index(drop=True)
 
 
 def network_run(trained: TrainingResult, table: pd.DataFrame, image_paths: Mapping[str, Path] | None) -> NetworkRun:
@@ -48,7 +44,7 @@ def network_run(trained: TrainingResult, table: pd.DataFrame, image_paths: Mappi
             if image_paths is None:
                 raise TrainingError(f"{trained.name}: the image inputs are needed to score the fold models")
             images = stack_images(image_paths, fold.train)
-        outputs = fold_outputs(model, _rows(table, list(fold.train)), images)
+        outputs = fold_outputs(model, rows(table, fold.train), images)
         train_risk = risk_score(model.objective, torch.from_numpy(outputs)).numpy().astype(float)  # type: ignore[arg-type]
         validation = pd.read_parquet(result.folder / "validation.parquet").set_index("case_id")["risk"]
         folds.append((pd.Series(train_risk, index=list(fold.train)), validation.astype(float)))

@@ -98,7 +98,7 @@ def km_by_risk_group(train_risk: FloatArray, risk: FloatArray, time: FloatArray,
     (``compare_survival``). Returns ``{"thresholds", "chi2", "p_value", "counts"}``; chi2 and p are NaN
     with fewer than two non-empty groups (or when the test cannot be computed)."""
     groups = 3
-    outcome = Outcome.of(np.asarray(time, dtype=float), np.asarray(event, dtype=bool))
+    outcome = Outcome.of(time, event)
     thresholds, index = risk_groups(train_risk, np.asarray(risk, dtype=float), groups)
     if len(index) != len(outcome.time):
         raise ValueError(f"risk and time must have one length, got {len(index)} and {len(outcome.time)}")
@@ -198,7 +198,7 @@ def predicted_vs_observed(predicted_days: FloatArray, time: FloatArray,
     """Predicted against observed survival (months) of the **uncensored** patients (a censored time is not
     a survival time), identity line; patients without a predicted time (NaN) are left out, with a note."""
     predicted = np.asarray(predicted_days, dtype=float).ravel()
-    outcome = Outcome.of(np.asarray(time, dtype=float), np.asarray(event, dtype=bool))
+    outcome = Outcome.of(time, event)
     if len(predicted) != len(outcome.time):
         raise ValueError(f"predictions and times must have one length, got {len(predicted)} and "
                          f"{len(outcome.time)}")

@@ -33,6 +33,7 @@ from survival_model.config import EvaluationParams
 from survival_model.evaluation import plots
 from survival_model.evaluation.metrics import format_ci
 from survival_model.evaluation.scores import DAYS_PER_MONTH, Outcome, TestCurves, calibration
+from survival_model.evaluation.stage import rows
 from survival_model.training.splits import Splits
 
 
@@ -42,10 +43,6 @@ class Finding:
 
     level: str
     text: str
-
-
-def _outcome(frame: pd.DataFrame) -> Outcome:
-    return Outcome.of(frame["time_days"].to_numpy(dtype=float), frame["event"].astype(int).to_numpy() == 1)
 
 
 def split_integrity(splits: Splits, table: pd.DataFrame) -> tuple[list[str], list[Finding]]:
@@ -140,9 +137,7 @@ def figures(table: pd.DataFrame, splits: Splits, risks: pd.DataFrame, per_site: 
             folder: Path) -> dict[str, Any]:
     """The report's own figures (PNG in ``folder``) and the log-rank results per model."""
     folder.mkdir(parents=True, exist_ok=True)
-    indexed = table.set_index("case_id", drop=False)
-    dev, test = indexed.loc[list(splits.development)], indexed.loc[list(splits.test)]
-    dev_out, test_out = _outcome(dev), _outcome(test)
+    dev_out, test_out = Outcome.of_frame(rows(table, splits.development)), Outcome.of_frame(rows(table, splits.test))
     out: dict[str, Any] = {"logrank": {}}
 
     def model_risks(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -264,7 +259,7 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
 
     figs = folder / "figures"
     drawn = figures(table, splits, risks, per_site, network, figs)
-    test = _outcome(table.set_index("case_id", drop=False).loc[list(splits.test)])
+    test = Outcome.of_frame(rows(table, splits.test))
     checks, found = split_integrity(splits, table)
     found += result_warnings(comparison, evaluation, test)
     fitted = fitted_rows(splits, baselines, network)

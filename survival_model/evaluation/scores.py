@@ -54,6 +54,11 @@ class Outcome:
             raise ValueError(f"time and event must be 1-D of one length, got {t.shape} and {e.shape}")
         return cls(t, e)
 
+    @classmethod
+    def of_frame(cls, frame: pd.DataFrame) -> Outcome:
+        """From a table's ``time_days`` and ``event`` columns."""
+        return cls.of(frame["time_days"].to_numpy(dtype=float), frame["event"].astype(int).to_numpy() == 1)
+
     def take(self, idx: npt.NDArray[np.intp]) -> Outcome:
         return Outcome(self.time[idx], self.event[idx])
 
@@ -108,8 +113,8 @@ def within_follow_up(train: Outcome, test: Outcome) -> Outcome:
 
 def uno_c(train: Outcome, test: Outcome, risk: FloatArray, tau: float | None) -> float:
     """Uno's C-index up to ``tau`` days (capped at the training follow-up; NaN when it cannot be computed)."""
-    cut = float(train.time.max()) if len(train.time) else None
-    horizon = min(tau, cut) if tau is not None and cut is not None else (tau if tau is not None else cut)
+    limits = [v for v in (tau, float(train.time.max()) if len(train.time) else None) if v is not None]
+    horizon = min(limits) if limits else None
     try:
         with np.errstate(invalid="ignore", divide="ignore"):
             return float(concordance_index_ipcw(train.surv(), within_follow_up(train, test).surv(),

@@ -31,12 +31,9 @@ from survival_model.imageio import atomic_directory, read_json, write_json, writ
 from survival_model.training.splits import Splits
 
 
-def _rows(table: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
+def rows(table: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
+    """The feature-table rows of ``ids``, in that order."""
     return table.set_index("case_id", drop=False).loc[list(ids)].reset_index(drop=True)
-
-
-def _outcome(frame: pd.DataFrame) -> Outcome:
-    return Outcome.of(frame["time_days"].to_numpy(dtype=float), frame["event"].astype(int).to_numpy() == 1)
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,8 @@ def _cv(per_fold: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def _fold_scores(train: pd.DataFrame, train_risk: np.ndarray, validation: pd.DataFrame, val_risk: np.ndarray,
                  tau: float) -> dict[str, float]:
-    scores = score(np.asarray(train_risk, dtype=float), _outcome(train), np.asarray(val_risk, dtype=float),
-                   _outcome(validation), tau=tau)
+    scores = score(np.asarray(train_risk, dtype=float), Outcome.of_frame(train), np.asarray(val_risk, dtype=float),
+                   Outcome.of_frame(validation), tau=tau)
     return {k: v for k, v in scores.items() if k != "patients_uncensored"}
 
 
@@ -77,7 +74,7 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
                 ) -> tuple[dict[str, ModelRisks], dict[str, dict[str, dict[str, float]]]]:
     """Risks of every model on the development and test patients, and every score of each model over the
     cross-validation folds (fitted on each fold's training rows, scored on its validation rows)."""
-    dev, test = _rows(table, splits.development), _rows(table, splits.test)
+    dev, test = rows(table, splits.development), rows(table, splits.test)
     models: dict[str, ModelRisks] = {}
     cv: dict[str, dict[str, dict[str, float]]] = {}
     for net in networks:
@@ -86,7 +83,7 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
                                       net.test.reindex(test["case_id"]).to_numpy(dtype=float), days)
         per_fold = []
         for train_risk, val_risk in net.folds:
-            train, validation = _rows(table, list(train_risk.index)), _rows(table, list(val_risk.index))
+            train, validation = rows(table, list(train_risk.index)), rows(table, list(val_risk.index))
             per_fold.append(_fold_scores(train, train_risk.to_numpy(), validation, val_risk.to_numpy(),
                                          evaluation.tau_days))
         cv[net.name] = _cv(per_fold)
@@ -96,7 +93,7 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
         models[name] = ModelRisks(fitted.risk(dev), fitted.risk(test))
         per_fold = []
         for fold in splits.folds:
-            train, validation = _rows(table, fold.train), _rows(table, fold.validation)
+            train, validation = rows(table, fold.train), rows(table, fold.validation)
             model = fit_baseline(baseline, train, evaluation.seed)
             per_fold.append(_fold_scores(train, model.risk(train), validation, model.risk(validation),
                                          evaluation.tau_days))
@@ -111,11 +108,11 @@ def compare(table: pd.DataFrame, splits: Splits, models: dict[str, ModelRisks],
             evaluation: EvaluationParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The comparison table (model x score with intervals and the difference to the GPA) and Harrell's C
     per site on the test set (model x site)."""
-    dev, test = _rows(table, splits.development), _rows(table, splits.test)
+    dev, test = rows(table, splits.development), rows(table, splits.test)
     reference = "gpa" if "gpa" in models else None
-    comparison = comparison_table(models, _outcome(dev), _outcome(test), tau=evaluation.tau_days, reference=reference,
-                                  resamples=evaluation.score_resamples, confidence=evaluation.confidence,
-                                  seed=evaluation.seed)
+    comparison = comparison_table(models, Outcome.of_frame(dev), Outcome.of_frame(test), tau=evaluation.tau_days,
+                                  reference=reference, resamples=evaluation.score_resamples,
+                                  confidence=evaluation.confidence, seed=evaluation.seed)
     per_site = pd.DataFrame({
         name: {str(site): harrell_c(risks.test[group.index], group["time_days"], group["event"])
                for site, group in test.groupby("site", sort=True)}
