@@ -16,19 +16,24 @@ def run_params(params: Params) -> dict[str, Any]:
 
 
 def ingestion_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """Cohort counts per site and quarantine counts by reason, as MLflow metrics."""
-    metrics: dict[str, float] = {
+    """Cohort counts per site and quarantine counts by reason, as MLflow metrics.
+
+    A count that is None (``events`` of a site whose patients have no outcome) is not logged.
+    """
+    values: dict[str, Any] = {
         "cohort.patients": summary["patients"],
         "cohort.events": summary["events"],
+        "cohort.without_outcome": summary.get("without_outcome"),
         "quarantine.patients": summary["quarantined_patients"],
     }
     for site, s in summary["sites"].items():
-        metrics[f"cohort.{site}.patients"] = s["patients"]
-        metrics[f"cohort.{site}.events"] = s["events"]
-        metrics[f"quarantine.{site}.patients"] = s["quarantined"]
+        values[f"cohort.{site}.patients"] = s["patients"]
+        values[f"cohort.{site}.events"] = s["events"]
+        values[f"cohort.{site}.without_outcome"] = s.get("without_outcome")
+        values[f"quarantine.{site}.patients"] = s["quarantined"]
     for reason, n in summary["quarantine_by_reason"].items():
-        metrics[f"quarantine.reason.{reason}"] = n
-    return metrics
+        values[f"quarantine.reason.{reason}"] = n
+    return {name: float(value) for name, value in values.items() if value is not None}
 
 
 def imaging_metrics(summary: dict[str, Any]) -> dict[str, float]:

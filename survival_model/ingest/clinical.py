@@ -12,7 +12,9 @@ What it does, in order:
    number in ``"KPS 80"``).
 3. Derives survival: a duration in a declared unit (months are 365.25/12 days) with an event flag, or
    dates (start, last contact, death) to a duration in days with the event = death recorded. Age may
-   come from a date of birth and a reference date; the dates themselves are dropped.
+   come from a date of birth and a reference date; the dates themselves are dropped. A table that
+   declares no survival (``clinical.survival`` null: new patients to predict) gives every row a missing
+   ``time_days`` and ``event``; where survival is declared, a row without it is ``missing_survival``.
 4. Validates ranges (age, KPS, GPA, time > 0, event 0/1, death not before the start date), merges
    many-rows-per-patient tables (e.g. one row per lesion) and checks they agree, pseudonymises ids.
 
@@ -132,6 +134,14 @@ class ClinicalResult:
 def empty_clinical_table() -> pd.DataFrame:
     cols = {"site": "string", "case_id": "string", **CLINICAL_DTYPES}
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
+
+
+def has_outcome(frame: pd.DataFrame) -> pd.Series:
+    """Per row: whether the patient has both ``time_days`` and ``event`` (False for a patient to predict,
+    whose site declares no survival)."""
+    if not {"time_days", "event"} <= set(frame.columns):
+        return pd.Series(False, index=frame.index, dtype=bool)
+    return (frame["time_days"].notna() & frame["event"].notna()).astype(bool)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,29 +353,40 @@ def _row_record(
                 raise PatientDataError("invalid_clinical_value", str(exc)) from None
         else:
             out[name] = None
-    survival = src.survival
-    if isinstance(survival, DurationSurvival):
-        try:
-            time_text = _text(row[cols["__time"]], src.missing_values)
-            time = None if time_text is None else _parse_number(time_text, src.decimal)
-        except ValueError:
-            raise PatientDataError("invalid_clinical_value", "survival time is not a number") from None
-        try:
-            event = _event(row[cols["__event"]], survival, src)
-        except ValueError as exc:
-            raise PatientDataError("invalid_clinical_value", str(exc)) from None
-        if time is None or event is None:
-            raise PatientDataError("missing_survival", "survival time or event is missing")
-        out["time_days"] = float(time) * DAYS_PER_UNIT[survival.time_unit]
-        out["event"] = event
-    else:
-        out.update(_survival_from_dates(row, cols, src))
+    out.update(_survival(row, src, cols))
     if src.age_from_dates is not None:
         out["age"] = _age_from_dates(row, cols, src)
     for name in src.extra_columns:
         out[f"extra_{name}"] = _text(row[cols[f"__extra_{name}"]], src.missing_values)
     _check_ranges(out, params)
     return out
+
+
+def _survival(row: pd.Series, src: ClinicalSource, cols: dict[str, int]) -> dict[str, Any]:
+    """``time_days`` and ``event`` of one row; both None when the table declares no outcome."""
+    survival = src.survival
+    if survival is None:
+        return {"time_days": None, "event": None}
+    if isinstance(survival, DatesSurvival):
+        return _survival_from_dates(row, cols, src)
+    return _survival_from_duration(row, cols, src, survival)
+
+
+def _survival_from_duration(
+    row: pd.Series, cols: dict[str, int], src: ClinicalSource, survival: DurationSurvival
+) -> dict[str, Any]:
+    try:
+        time_text = _text(row[cols["__time"]], src.missing_values)
+        time = None if time_text is None else _parse_number(time_text, src.decimal)
+    except ValueError:
+        raise PatientDataError("invalid_clinical_value", "survival time is not a number") from None
+    try:
+        event = _event(row[cols["__event"]], survival, src)
+    except ValueError as exc:
+        raise PatientDataError("invalid_clinical_value", str(exc)) from None
+    if time is None or event is None:
+        raise PatientDataError("missing_survival", "survival time or event is missing")
+    return {"time_days": float(time) * DAYS_PER_UNIT[survival.time_unit], "event": event}
 
 
 def _survival_from_dates(row: pd.Series, cols: dict[str, int], src: ClinicalSource) -> dict[str, Any]:
@@ -407,6 +428,8 @@ def _check_ranges(out: dict[str, Any], params: IngestParams) -> None:
     if n is not None and n < 1:
         raise PatientDataError("clinical_out_of_range", f"n_brain_mets {n} is below 1")
     time = out["time_days"]
+    if time is None:  # the table declares no outcome (patients to predict)
+        return
     if not math.isfinite(time) or time <= 0:
         raise PatientDataError("invalid_survival_time", f"survival time {time:g} days is not positive")
     if time > params.max_time_days:

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,7 @@ from survival_model.config import SEQUENCES, IngestParams
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
 from survival_model.ingest import report
-from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult
+from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult, has_outcome
 from survival_model.ingest.images import ImageOutcome
 from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
 
@@ -189,24 +189,58 @@ def data_fingerprint(cohort: pd.DataFrame) -> str:
     return stable_hash(records)[:16]
 
 
+class SiteSummary(TypedDict):
+    """One site's counts in ``summary.json``.
+
+    Outcome statistics cover the patients with an outcome only. A site whose patients have none (a table
+    declaring no survival: patients to predict) has ``with_outcome`` 0 and ``events``, ``censored``,
+    ``censored_fraction`` and ``median_time_days`` None ("no outcome", not "no deaths"). A site without
+    patients in the cohort (all quarantined) keeps ``events`` and ``censored`` 0, the others None.
+    """
+
+    patients: int
+    with_outcome: int
+    without_outcome: int
+    events: int | None
+    censored: int | None
+    censored_fraction: float | None
+    median_time_days: float | None
+    quarantined: int
+
+
+def site_summary(rows: pd.DataFrame, quarantined: int) -> SiteSummary:
+    """Counts of one site's cohort rows; outcome statistics over the patients with an outcome."""
+    known = rows[has_outcome(rows)]
+    n = len(known)
+    events = int(known["event"].astype(int).sum()) if n or rows.empty else None
+    return SiteSummary(
+        patients=len(rows),
+        with_outcome=n,
+        without_outcome=len(rows) - n,
+        events=events,
+        censored=n - events if events is not None else None,
+        censored_fraction=round(1 - events / n, 3) if events is not None and n else None,
+        median_time_days=float(np.median(known["time_days"].to_numpy(dtype=float))) if n else None,
+        quarantined=quarantined,
+    )
+
+
 def summarise(cohort: pd.DataFrame, quarantine: pd.DataFrame, sites: Sequence[str]) -> dict[str, Any]:
-    """Counts per site and quarantine reasons: the numbers logged to MLflow and shown in Prefect."""
-    per_site: dict[str, Any] = {}
+    """Counts per site and quarantine reasons: the numbers logged to MLflow and shown in Prefect.
+
+    ``events`` (overall) counts observed deaths among patients with an outcome (0 when none has one);
+    ``without_outcome`` counts patients to predict (their table declares no survival).
+    """
+    per_site: dict[str, SiteSummary] = {}
     for site in sites:
-        rows = cohort[cohort["site"] == site]
-        events = int(rows["event"].sum()) if len(rows) else 0
-        per_site[site] = {
-            "patients": len(rows),
-            "events": events,
-            "censored": len(rows) - events,
-            "censored_fraction": round(1 - events / len(rows), 3) if len(rows) else None,
-            "median_time_days": float(np.median(rows["time_days"])) if len(rows) else None,
-            "quarantined": int(quarantine.loc[quarantine["site"] == site, "case_id"].nunique()),
-        }
+        quarantined = int(quarantine.loc[quarantine["site"] == site, "case_id"].nunique()) if len(quarantine) else 0
+        per_site[site] = site_summary(cohort[cohort["site"] == site], quarantined)
+    known = has_outcome(cohort)
     reasons = quarantine.groupby("reason")["case_id"].nunique().to_dict() if len(quarantine) else {}
     return {
         "patients": len(cohort),
-        "events": int(cohort["event"].sum()) if len(cohort) else 0,
+        "events": int(cohort.loc[known, "event"].astype(int).sum()) if known.any() else 0,
+        "without_outcome": int((~known).sum()),
         "quarantined_patients": int(quarantine["case_id"].nunique()) if len(quarantine) else 0,
         "quarantine_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
         "sites": per_site,

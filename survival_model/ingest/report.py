@@ -2,20 +2,25 @@
 
 The figure shows what a reader would otherwise have to assemble from tables: Kaplan-Meier curves per
 site (scikit-survival's estimator, with pointwise 95% intervals), patients and censoring per site, and
-quarantined patients by reason.
+quarantined patients by reason. Patients without an outcome (a site declaring no survival: patients to
+predict) are left out of the curves and the censoring counts, and shown as such.
 """
 
 from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from survival_model.imageio import write_bytes
+from survival_model.ingest.clinical import has_outcome
 from survival_model.ingest.quarantine import REASONS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def site_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -29,9 +34,15 @@ def site_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "censored": s["censored"],
             "censored %": None if s["censored_fraction"] is None else round(100 * s["censored_fraction"], 1),
             "median time (days)": None if s["median_time_days"] is None else round(s["median_time_days"], 1),
+            "no outcome": s.get("without_outcome", 0),
             "quarantined": s["quarantined"],
         })
     return rows
+
+
+def _cell(value: Any) -> str:
+    """A Markdown table cell: ``-`` where there is no value (e.g. no outcome at the site)."""
+    return "-" if value is None else str(value)
 
 
 def quarantine_table(quarantine: pd.DataFrame) -> list[dict[str, Any]]:
@@ -48,13 +59,20 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
         "",
         f"**{summary['patients']} patients** in the canonical cohort, {summary['events']} deaths observed; "
         f"**{summary['quarantined_patients']} quarantined**. Data fingerprint `{summary['fingerprint']}`.",
+    ]
+    without = summary.get("without_outcome", 0)
+    if without:
+        lines += ["", f"{without} patient(s) have no survival outcome (their site declares no survival "
+                      "columns): they can be predicted, not trained on; `-` below."]
+    lines += [
         "",
-        "| site | patients | events | censored % | median time (days) | quarantined |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| site | patients | events | censored % | median time (days) | no outcome | quarantined |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in site_table(summary):
-        lines.append(f"| {row['site']} | {row['patients']} | {row['events']} | {row['censored %']} | "
-                     f"{row['median time (days)']} | {row['quarantined']} |")
+        cells = [row[k] for k in ("site", "patients", "events", "censored %", "median time (days)", "no outcome",
+                                  "quarantined")]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if summary["quarantine_by_reason"]:
         lines += ["", "| quarantine reason | patients | meaning |", "| --- | ---: | --- |"]
         for reason, n in summary["quarantine_by_reason"].items():
@@ -74,35 +92,13 @@ def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> P
     # is being (re)built draws its figure; a warm pipeline run never does.
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
-    from sksurv.nonparametric import kaplan_meier_estimator
 
     # The object-oriented Figure API (no pyplot): no global backend state, safe in worker threads.
     fig = Figure(figsize=(16, 4.6))
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.4, 1, 1.2]})
     km, bars, reasons = axes
-    for site, rows in cohort.groupby("site", sort=True):
-        if len(rows) < 2:
-            continue
-        months = rows["time_days"].to_numpy(dtype=float) / (365.25 / 12)
-        event = rows["event"].to_numpy(dtype=bool)
-        t, s, (lo, hi) = kaplan_meier_estimator(event, months, conf_type="log-log")
-        line = km.step(t, s, where="post", label=f"{site} (n={len(rows)}, {event.sum()} deaths)")[0]
-        km.fill_between(t, lo, hi, step="post", alpha=0.15, color=line.get_color())
-    km.set(xlabel="months since start", ylabel="overall survival", ylim=(0, 1.02),
-           title="Kaplan-Meier by site (95% CI)")
-    if km.get_lines():
-        km.legend(fontsize=8)
-    km.grid(alpha=0.3)
-
-    sites = sorted(cohort["site"].unique()) if len(cohort) else []
-    events = [int(cohort.loc[cohort["site"] == s, "event"].sum()) for s in sites]
-    totals = [int((cohort["site"] == s).sum()) for s in sites]
-    x = np.arange(len(sites))
-    bars.bar(x, events, label="deaths", color="#c44e52")
-    bars.bar(x, np.subtract(totals, events), bottom=events, label="censored", color="#8c8c8c")
-    bars.set_xticks(x, sites)
-    bars.set(title="Patients per site", ylabel="patients")
-    bars.legend(fontsize=8)
+    _plot_survival(km, cohort)
+    _plot_sites(bars, cohort)
 
     if len(quarantine):
         counts = quarantine.groupby("reason")["case_id"].nunique().sort_values()
@@ -116,3 +112,47 @@ def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> P
     buffer = BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     return write_bytes(buffer.getvalue(), path)
+
+
+def _plot_survival(km: Axes, cohort: pd.DataFrame) -> None:
+    """Kaplan-Meier per site over its patients with an outcome; a site whose patients have none is named
+    in the legend ("no outcome, to predict") instead of drawn."""
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    known = cohort[has_outcome(cohort)]
+    for site, rows in cohort.groupby("site", sort=True):
+        with_outcome = known[known["site"] == site]
+        without = len(rows) - len(with_outcome)
+        if with_outcome.empty and without:
+            km.plot([], [], " ", label=f"{site} (n={len(rows)}): no outcome, to predict")
+        if len(with_outcome) < 2:
+            continue
+        months = with_outcome["time_days"].to_numpy(dtype=float) / (365.25 / 12)
+        event = with_outcome["event"].to_numpy(dtype=int) == 1
+        t, s, (lo, hi) = kaplan_meier_estimator(event, months, conf_type="log-log")
+        note = f", {without} without outcome" if without else ""
+        line = km.step(t, s, where="post", label=f"{site} (n={len(with_outcome)}, {event.sum()} deaths{note})")[0]
+        km.fill_between(t, lo, hi, step="post", alpha=0.15, color=line.get_color())
+    km.set(xlabel="months since start", ylabel="overall survival", ylim=(0, 1.02),
+           title="Kaplan-Meier by site (95% CI)")
+    if km.get_lines():
+        km.legend(fontsize=8)
+    km.grid(alpha=0.3)
+
+
+def _plot_sites(bars: Axes, cohort: pd.DataFrame) -> None:
+    """Stacked bars per site: deaths, censored and (where any) patients without an outcome."""
+    sites = sorted(cohort["site"].unique()) if len(cohort) else []
+    known = has_outcome(cohort).to_numpy(dtype=bool)
+    in_site = [(cohort["site"] == s).to_numpy(dtype=bool) for s in sites]
+    events = [int(cohort.loc[m & known, "event"].astype(int).sum()) for m in in_site]
+    censored = [int((m & known).sum()) - e for m, e in zip(in_site, events, strict=True)]
+    unknown = [int((m & ~known).sum()) for m in in_site]
+    x = np.arange(len(sites))
+    bars.bar(x, events, label="deaths", color="#c44e52")
+    bars.bar(x, censored, bottom=events, label="censored", color="#8c8c8c")
+    if any(unknown):
+        bars.bar(x, unknown, bottom=np.add(events, censored), label="no outcome (to predict)", color="#9ecae1")
+    bars.set_xticks(x, sites)
+    bars.set(title="Patients per site", ylabel="patients")
+    bars.legend(fontsize=8)

@@ -166,6 +166,24 @@ def strata_labels(factors: pd.DataFrame, min_count: int,
     return labels, {str(d): int(n) for d, n in depths.items()}
 
 
+def check_outcomes(patients: pd.DataFrame) -> None:
+    """Raise :class:`SplitError` when a patient has no survival outcome (``time_days`` or ``event`` missing).
+
+    Such patients come from a site whose clinical table declares no survival (``clinical.survival``
+    null): they can be predicted, not trained on. The message counts them per site.
+    """
+    missing = patients["time_days"].isna() | patients["event"].isna()
+    if not missing.any():
+        return
+    by_site = patients.loc[missing, "site"].astype(str).value_counts().sort_index()
+    sites = ", ".join(f"{site}: {n}" for site, n in by_site.items())
+    raise SplitError(
+        f"{int(missing.sum())} patient(s) have no survival outcome (site(s) {sites}): they can be predicted, "
+        "not trained on. Training needs time_days and event for every patient: declare clinical.survival "
+        "for those sites (a site without it has no outcomes), or leave them out of the training data."
+    )
+
+
 def make_splits(patients: pd.DataFrame, params: SplitParams) -> Splits:
     """Locked test set, then folds, from a frame with ``case_id, site, time_days, event`` per patient."""
     missing = [c for c in REQUIRED_COLUMNS if c not in patients.columns]
@@ -174,8 +192,7 @@ def make_splits(patients: pd.DataFrame, params: SplitParams) -> Splits:
     frame = patients.loc[:, list(REQUIRED_COLUMNS)].copy()
     if frame["case_id"].duplicated().any():
         raise SplitError("case ids must be unique: one row per patient")
-    if frame[["time_days", "event"]].isna().any().any():
-        raise SplitError("every patient needs time_days and event to be split")
+    check_outcomes(frame)
     frame = frame.sort_values("case_id").reset_index(drop=True)  # order of the input never matters
     n = len(frame)
     n_test = round(params.test_fraction * n)
