@@ -2,8 +2,10 @@
 
 ``run`` is the main job: make the default synthetic cohort when it is missing, run the pipeline flow
 as far as it exists, print where the results are. ``generate`` writes a synthetic cohort, ``check``
-validates ``params.yaml`` and shows what each institution holds, ``ui`` starts/stops the local Prefect
-server and MLflow UI.
+validates ``params.yaml`` and shows what each institution holds, ``serve`` serves scheduled retraining
+and on-demand prediction (``flows/deploy.py``), ``predict`` predicts new patients with the registered
+model, ``models list|promote|rollback`` manage its versions, ``ui`` starts/stops the local Prefect server
+and MLflow UI.
 
 Prefect reads its settings when it is first imported, so this module imports Prefect (through
 ``flows``) only inside the commands, after :func:`prefect_environment` has set them.
@@ -31,6 +33,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Survival prediction for brain metastases: cached Prefect flows tracked in MLflow.")
 ui_app = typer.Typer(no_args_is_help=True, help="Local Prefect server + UI and MLflow UI.")
 app.add_typer(ui_app, name="ui")
+models_app = typer.Typer(no_args_is_help=True, help="Registered model versions: list, promote, rollback.")
+app.add_typer(models_app, name="models")
 console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
@@ -200,6 +204,66 @@ def run(
     _print_result(result, up)
 
 
+@app.command()
+def serve(
+    params_path: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
+) -> None:
+    """Serve scheduled retraining (registry.schedule) and on-demand prediction until stopped (Ctrl+C)."""
+    import shlex
+    import sys
+    import urllib.error
+    import urllib.request
+
+    try:
+        params, pairs = _load(params_path, overrides)
+        where = prefect_environment(params, default_services_file(params_path), _import_deployments)
+        api = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+        if not api:  # the local server's port is taken by another program
+            raise local_servers.ServerError(
+                "serving needs a long-lived Prefect server: Prefect's temporary server cannot run schedules. "
+                f"Free {params.servers.host}:{params.servers.prefect_port} or choose another port "
+                "(--set servers.prefect_port=PORT), or set PREFECT_API_URL to a running Prefect server")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=10):  # noqa: S310 - the user's Prefect API
+                pass
+        except urllib.error.HTTPError:
+            pass  # something answers (e.g. asks for credentials): Prefect's client will say more
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise local_servers.ServerError(
+                f"PREFECT_API_URL={api} does not answer ({exc}): start that server, or unset PREFECT_API_URL "
+                "to use the local one (Prefect's temporary server cannot run schedules)") from None
+        if generate:
+            ensure_synthetic_cohort(params)
+        from flows import deploy
+
+        served = deploy.deployments(params, params_path, pairs or None)
+        schedule = params.registry.schedule
+        upcoming = deploy.next_run(schedule)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    retrain, predict = served
+    console.print(f"orchestration: {where}")
+    console.print("serving from this process (Ctrl+C or SIGTERM stops it and pauses the deployments until served "
+                  "again):")
+    when = f"next run {upcoming:%Y-%m-%d %H:%M %Z}" if upcoming else \
+        "schedule inactive (registry.schedule.active: false), deployment paused"
+    console.print(f"  {deploy.full_name(retrain):32s} retraining, cron '{schedule.cron}' ({schedule.timezone}), {when}")
+    console.print(f"  {deploy.full_name(predict):32s} prediction on demand (no schedule)")
+    console.print(f"Prefect UI: {api.removesuffix('/api')}/deployments")
+    console.print("predict now (another shell; -p model=challenger or -p gradcam=true to change):\n  "
+                  f"PREFECT_API_URL={api} {shlex.quote(sys.executable)} -m prefect deployment run "
+                  f"'{deploy.full_name(predict)}' -p params_path={shlex.quote(str(params_path.resolve()))}")
+    deploy.serve_deployments(params, params_path, pairs or None, served)
+
+
+def _import_deployments() -> None:
+    """Prefect and the flows imported while the local server boots."""
+    import flows.deploy  # noqa: F401
+
+
 def _print_result(result: Any, up: dict[str, str]) -> None:
     summary = result.summary
     table = Table(title="Canonical cohort", show_lines=False)
@@ -207,7 +271,8 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
         table.add_column(column, justify="left" if column == "site" else "right")
     for site, s in summary["sites"].items():
         censored = "" if s["censored_fraction"] is None else f"{100 * s['censored_fraction']:.0f}"
-        table.add_row(site, str(s["patients"]), str(s["events"]), censored, str(s["quarantined"]))
+        events = "-" if s["events"] is None else str(s["events"])  # "-": a site without outcomes (to predict)
+        table.add_row(site, str(s["patients"]), events, censored, str(s["quarantined"]))
     console.print()
     console.print(table)
     if summary["quarantine_by_reason"]:
@@ -224,6 +289,8 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
         console.print(f"[bold yellow]quarantined after ingestion:[/] {later} (reasons in the quarantine table)")
     _print_training(result.training_metrics)
     _print_comparison(result.evaluation)
+    if result.registry is not None:
+        _print_registry(result.registry)
     console.print(f"\n[bold]results[/] (work directory {result.work_dir})")
     console.print(f"  features    {result.features}")
     console.print(f"  cohort      {result.cohort}")
@@ -239,6 +306,21 @@ def _print_result(result: Any, up: dict[str, str]) -> None:
         console.print(f"  Prefect UI  {up['prefect']}")
     else:
         console.print("  watch runs in a UI: survival-model ui start")
+
+
+def _print_registry(registry: Any) -> None:
+    name, version = registry.model_name, registry.version
+    if registry.registered:
+        console.print(f"[bold]registry:[/] {name} version {version} registered (alias challenger)")
+    else:
+        console.print(f"[bold]registry:[/] unchanged data, params and code: {name} version {version} was registered "
+                      "before; no new version")
+    decision = registry.decision
+    if decision is not None:
+        verdict = "[green]promoted to champion[/]" if decision["promote"] else "[yellow]not promoted[/]"
+        console.print(f"promotion gate: {verdict}: {decision['reason']}")
+    champion = f"version {registry.champion}" if registry.champion is not None else "none"
+    console.print(f"champion: {champion} (models:/{name}@champion; `survival-model models list`)")
 
 
 def _ci(estimate: dict[str, Any]) -> str:
@@ -334,6 +416,133 @@ def check(params_path: ParamsOption = Path("params.yaml"), overrides: SetOption 
         table.add_row(name, inst.images.layout, labels, found, clinical)
     console.print(table)
     console.print(f"work directory: {params.work_dir}\nMLflow: {params.mlflow_uri}")
+
+
+@app.command()
+def predict(
+    params_path: ParamsOption = Path("params.yaml"),
+    overrides: SetOption = None,
+    model: Annotated[str, typer.Option(help="Registered alias (champion, challenger) or version number.")] = "champion",
+    gradcam: Annotated[bool, typer.Option("--gradcam", help="Also write a Grad-CAM figure per patient.")] = False,
+    temporary_server: Annotated[bool, typer.Option(
+        "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
+) -> None:
+    """Predict the patients the params file's institutions declare (new patients: clinical.survival may be
+    left out) with the registered model: risk, risk group, survival at registry.horizons_months, median."""
+    try:
+        params, pairs = _load(params_path, overrides)
+        local = params.servers.prefect_api == "local" and not temporary_server
+        where = prefect_environment(params, default_services_file(params_path) if local else None)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    console.print(f"orchestration: {where}")
+    from flows.predict import predict as predict_flow
+
+    try:
+        result = predict_flow(params_path=str(params_path.resolve()), overrides=pairs or None, model=model,
+                              gradcam=gradcam)
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    _print_predictions(result)
+
+
+def _print_predictions(result: Any) -> None:
+    import pandas as pd
+
+    predictions = pd.read_csv(result.folder / "predictions.csv")
+    table = Table(title=f"{result.model} version {result.version}: {result.predicted} patient(s) predicted")
+    survival = [c for c in predictions.columns if c.startswith("survival_")]
+    for column in ("case_id", "site", "risk", "group", *(c.removeprefix("survival_") for c in survival),
+                   "median (months)", "50% interval (months)"):
+        table.add_column(column, justify="left" if column in ("case_id", "site") else "right")
+
+    def months(days: float) -> str:
+        return "-" if pd.isna(days) else f"{days / (365.25 / 12):.1f}"
+
+    for _, row in predictions.iterrows():
+        table.add_row(str(row["case_id"]), str(row["site"]), f"{row['risk']:.3f}", str(row["risk_group"]),
+                      *(f"{row[c]:.2f}" for c in survival), months(row["median_days"]),
+                      f"{months(row['interval_low_days'])}-{months(row['interval_high_days'])}")
+    console.print(table)
+    missing = pd.read_csv(result.folder / "not_predicted.csv")
+    if len(missing):
+        console.print(f"[bold yellow]{len(missing)} patient(s) not predicted:[/]")
+        for _, row in missing.iterrows():
+            console.print(f"  {row['case_id']} ({row['stage']}, {row['reason']}): {row['message']}")
+    console.print(f"predictions: {result.folder / 'predictions.csv'} (and .parquet; not_predicted.csv)")
+    console.print(f"MLflow run:  {result.mlflow_link}")
+
+
+def _registry(params_path: Path) -> Any:
+    from survival_model.registry.registry import Registry
+    from survival_model.tracking import Tracker
+
+    params, _ = _load(params_path, None)
+    return Registry(Tracker.from_params(params).client, params.registry.model_name)
+
+
+def _who() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown user"
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded with the change).")]
+
+
+@models_app.command("list")
+def models_list(params_path: ParamsOption = Path("params.yaml")) -> None:
+    """Every registered version with its aliases, test metrics and the gate's decision."""
+    try:
+        reg = _registry(params_path)
+        frame = reg.table()
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    if frame.empty:
+        console.print(f"model {reg.name!r} has no version yet (run the pipeline: `survival-model run`)")
+        return
+    frame = frame[["version", "aliases", "created", "test_uno_c", "test_ibs", "gate", "model"]]
+    table = Table(title=f"{reg.name}: registered versions (test scores on each version's own locked test set)")
+    for column in frame.columns:
+        table.add_column(column, justify="right" if column.startswith("test_") or column == "version" else "left")
+    for _, row in frame.iterrows():
+        table.add_row(*("-" if isinstance(v, float) and v != v else f"{v:.3f}" if isinstance(v, float) else str(v)
+                        for v in row))
+    console.print(table)
+    for entry in reg.history()[-5:]:
+        console.print(f"  {entry['at']}  champion v{entry['version']} (was v{entry['previous']}) by {entry['by']}: "
+                      f"{entry['reason']}")
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[int, typer.Argument(help="The version to make champion.")],
+                   reason: ReasonOption, params_path: ParamsOption = Path("params.yaml")) -> None:
+    """Make a version the champion by hand (no gate), recording who and why."""
+    try:
+        reg = _registry(params_path)
+        done = reg.set_champion(version, reason=reason, by=_who())
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    console.print(f"{reg.name} version {done.version} is now champion ({reason})")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: ReasonOption, params_path: ParamsOption = Path("params.yaml")) -> None:
+    """Give the champion alias back to the version that held it before the current one."""
+    try:
+        reg = _registry(params_path)
+        done = reg.rollback(reason=reason, by=_who())
+    except SurvivalModelError as exc:
+        _fail(exc)
+        return
+    console.print(f"{reg.name}: champion rolled back to version {done.version}")
 
 
 @ui_app.command("start")

@@ -1,8 +1,7 @@
-"""The end-to-end pipeline flow: ingestion -> imaging (preprocessing, features) -> training ->
-evaluation (the network beside clinical baselines and the oracle), in one MLflow run (the folds as
-nested runs).
-
-Later stages (evaluation report, registry) are added here as subflows.
+"""The end-to-end pipeline flow (also the scheduled retraining): ingestion -> imaging (preprocessing,
+features) -> training -> evaluation (the network beside clinical baselines and the oracle, explained,
+reported) -> registry (the main network packaged, registered as ``challenger``, gated against the
+``champion``), in one MLflow run (the folds as nested runs).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from prefect.runtime import flow_run
 from flows.evaluation import evaluation
 from flows.imaging import imaging
 from flows.ingest import ingest
+from flows.registry import RegistryResult, registry
 from flows.runners import task_runner_for
 from flows.training import training, variant_params
 from survival_model.config import Params, load_params
@@ -41,6 +41,7 @@ class PipelineResult:
     training_metrics: dict[str, Any]
     evaluation: Path
     comparison_markdown: str
+    registry: RegistryResult | None
 
 
 @flow(name="brain-mets-pipeline")
@@ -77,6 +78,10 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
                                                                                [trained, *others])
         tracking.log_evaluation(params, run_id, compared)
         tracking.publish_evaluation(compared, link)
+        registered = None
+        if params.registry.enabled:
+            registered = registry.with_options(task_runner=task_runner_for(params))(
+                params, cohort, table, trained, compared, run_id, link)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")
         raise
@@ -84,4 +89,4 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
     logger.info("MLflow run: %s", link)
     return PipelineResult(params.work_dir, cohort.cohort_path, cohort.quarantine_path, cohort.summary,
                           table.table_path, table.summary, table.quarantine_path, run_id, link, trained.folder,
-                          trained.metrics, compared.folder, compared.summary_markdown)
+                          trained.metrics, compared.folder, compared.summary_markdown, registered)

@@ -190,7 +190,9 @@ class ClinicalSource(StrictModel):
             "", "na", "n/a", "nan", "none", "null", "not available", "unknown", "-", "?", "nd",
         ]
     )
-    survival: DurationSurvival | DatesSurvival = Field(discriminator="kind")
+    #: How time and event are read. Null (omitted) means the table has no outcome: its patients are
+    #: to be predicted, not trained on (their ``time_days`` and ``event`` are missing in the cohort).
+    survival: DurationSurvival | DatesSurvival | None = Field(None, discriminator="kind")
     age_from_dates: AgeFromDates | None = None
     date_format: str | None = None
     dayfirst: bool = False
@@ -697,6 +699,53 @@ class EvaluationParams(StrictModel):
     audit_min_test_deaths: int = Field(20, ge=0)
 
 
+_CRON = re.compile(r"^\S+( \S+){4,5}$")
+
+
+class GateParams(StrictModel):
+    """The promotion gate: when the challenger takes the ``champion`` alias (``survival_model.registry``)."""
+
+    #: The primary score, computed on the locked test set for the challenger and the re-scored champion.
+    metric: Literal["uno_c", "harrell_c"] = "uno_c"
+    #: The challenger must beat the champion (or, for the first model, the GPA) by more than this.
+    margin: float = Field(0.005, ge=0, lt=0.5)
+    #: ... while its integrated Brier score is at most this much worse (higher).
+    ibs_tolerance: float = Field(0.01, ge=0, lt=1)
+    #: The first model must beat this baseline to become champion (``none``: the first model is promoted).
+    first_model_baseline: Literal["gpa", "none"] = "gpa"
+
+
+class ScheduleParams(StrictModel):
+    """The retraining deployment's schedule (``survival-model serve``, ``prefect.yaml``)."""
+
+    cron: str = "0 3 * * 1"
+    timezone: str = "UTC"
+    active: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not _CRON.match(value):
+            raise ValueError(f"{value!r} is not a cron expression (5 fields: minute hour day month weekday)")
+        return value
+
+
+class RegistryParams(StrictModel):
+    """The packaged model, the MLflow registry with its aliases, the promotion gate and predictions."""
+
+    #: Package, register and gate the main network after every pipeline run.
+    enabled: bool = True
+    #: The registered model's name; versions carry the aliases ``challenger`` and ``champion``.
+    model_name: str = Field("brain-mets-survival", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    gate: GateParams = Field(default_factory=lambda: GateParams())
+    #: Risk groups of a prediction: quantiles of the development patients' out-of-fold risks.
+    risk_groups: int = Field(3, ge=2, le=10)
+    #: Survival probabilities reported per patient at these months.
+    horizons_months: list[float] = Field(default_factory=lambda: [6.0, 12.0, 24.0], min_length=1)
+    schedule: ScheduleParams = Field(default_factory=lambda: ScheduleParams())
+
+
 class Params(StrictModel):
     """The whole run configuration."""
 
@@ -712,6 +761,7 @@ class Params(StrictModel):
     features: FeaturesParams = Field(default_factory=lambda: FeaturesParams())
     training: TrainingParams = Field(default_factory=lambda: TrainingParams())
     evaluation: EvaluationParams = Field(default_factory=lambda: EvaluationParams())
+    registry: RegistryParams = Field(default_factory=lambda: RegistryParams())
 
     @field_validator("institutions")
     @classmethod

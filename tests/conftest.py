@@ -56,7 +56,12 @@ def tiny_cohort(tiny_cohort_master: Path, tmp_path: Path) -> Path:
 
 def params_for(data_dir: Path, work_dir: Path, **overrides: Any) -> Params:
     """The repository's params.yaml pointed at a generated cohort and a private work directory."""
-    values: dict[str, Any] = {
+    return load_params(REPO / "params.yaml", overrides_for(data_dir, work_dir, **overrides))
+
+
+def overrides_for(data_dir: Path, work_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """The overrides of :func:`params_for` (what a flow taking ``params_path`` and ``overrides`` needs)."""
+    return {
         "work_dir": str(work_dir),
         "privacy.key_file": str(work_dir.parent / "pseudonym.key"),
         "synthetic.out_dir": str(data_dir),
@@ -70,7 +75,6 @@ def params_for(data_dir: Path, work_dir: Path, **overrides: Any) -> Params:
         **TRAIN_FAST,
         **overrides,
     }
-    return load_params(REPO / "params.yaml", values)
 
 
 @pytest.fixture()

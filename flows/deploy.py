@@ -1,0 +1,127 @@
+"""Deployments: scheduled retraining (``registry.schedule``) and prediction on demand.
+
+``survival-model serve`` serves both from one process (:func:`serve_deployments`) against the
+long-lived Prefect server: Prefect's temporary server cannot run schedules. ``prefect.yaml`` declares
+the same two deployments for a work pool and a worker instead.
+
+The deployments carry the absolute ``params.yaml`` path and the command line's ``--set`` overrides as
+parameters, so a scheduled run uses the settings the deployment was served with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import available_timezones
+
+from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron, Schedule
+from prefect.types.entrypoint import EntrypointType
+
+from flows.pipeline import pipeline
+from survival_model.config import Params, ScheduleParams
+from survival_model.errors import ConfigError
+
+RETRAIN = "retrain"
+PREDICT = "predict"
+TAGS = ["survival-model"]
+#: Overrides of the schedule itself shape the deployment, not the runs: kept out of the run parameters.
+_SCHEDULE_KEY = "registry.schedule"
+
+
+def full_name(deployment: RunnerDeployment) -> str:
+    """``<flow name>/<deployment name>``, as ``prefect deployment run`` takes it."""
+    return f"{deployment.flow_name}/{deployment.name}"
+
+
+def run_parameters(params_path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The flows' parameters: the params file (absolute) and the overrides that are run settings."""
+    parameters: dict[str, Any] = {"params_path": str(Path(params_path).resolve())}
+    settings = {k: v for k, v in (overrides or {}).items() if not k.startswith(_SCHEDULE_KEY)}
+    if settings:
+        parameters["overrides"] = settings
+    return parameters
+
+
+def retrain_schedule(schedule: ScheduleParams) -> Schedule:
+    """The retraining cron in its timezone (``to_deployment`` takes no timezone: it goes on the schedule)."""
+    if schedule.timezone not in available_timezones():  # what Prefect's cron schedule accepts
+        raise ConfigError(f"registry.schedule.timezone: {schedule.timezone!r} is not an IANA time zone "
+                          "(e.g. UTC, Europe/Berlin)")
+    try:
+        return Cron(schedule.cron, timezone=schedule.timezone, active=schedule.active)
+    except ValueError as exc:  # e.g. an hour of 25
+        raise ConfigError(f"registry.schedule.cron: {exc}") from None
+
+
+def next_run(schedule: ScheduleParams, after: datetime | None = None) -> datetime | None:
+    """When the retraining schedule fires next (None when it is inactive), computed as Prefect's
+    scheduler computes it."""
+    from prefect.server.schemas.schedules import CronSchedule
+
+    if not schedule.active:
+        return None
+    retrain_schedule(schedule)  # the timezone, checked
+    dates = asyncio.run(CronSchedule(cron=schedule.cron, timezone=schedule.timezone).get_dates(n=1, start=after))
+    return dates[0] if dates else None
+
+
+def _made(deployment: object) -> RunnerDeployment:
+    """``to_deployment`` is async-dispatched: it returns a coroutine when called inside an event loop."""
+    if not isinstance(deployment, RunnerDeployment):
+        raise TypeError("build the deployments outside a running event loop (or await Flow.ato_deployment)")
+    return deployment
+
+
+def retrain_deployment(
+    params: Params, params_path: str | Path, overrides: dict[str, Any] | None = None
+) -> RunnerDeployment:
+    """The end-to-end pipeline on ``registry.schedule``; paused, with an inactive schedule, when
+    ``registry.schedule.active`` is false (it can still be run on demand)."""
+    schedule = params.registry.schedule
+    return _made(pipeline.to_deployment(
+        name=RETRAIN,
+        schedules=[retrain_schedule(schedule)],
+        paused=not schedule.active,
+        parameters=run_parameters(params_path, overrides),
+        tags=[*TAGS, RETRAIN],
+        description=f"Scheduled retraining: the whole pipeline (ingest -> evaluate -> register and gate), "
+                    f"cron {schedule.cron!r} ({schedule.timezone}).",
+        entrypoint_type=EntrypointType.MODULE_PATH,  # importable wherever the package is installed
+    ))
+
+
+def predict_deployment(params_path: str | Path, overrides: dict[str, Any] | None = None) -> RunnerDeployment:
+    """Prediction with a registered model (alias ``champion`` by default), on demand: no schedule."""
+    from flows.predict import predict  # imported on use while flows/predict.py is new; can move to the top
+
+    return _made(predict.to_deployment(
+        name=PREDICT,
+        parameters=run_parameters(params_path, overrides),
+        tags=[*TAGS, PREDICT],
+        description="Prediction on demand for the patients in params.yaml with a registered model "
+                    "(parameters: model, default champion; gradcam).",
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    ))
+
+
+def deployments(
+    params: Params, params_path: str | Path, overrides: dict[str, Any] | None = None
+) -> list[RunnerDeployment]:
+    """Both deployments: retraining first, then prediction."""
+    return [retrain_deployment(params, params_path, overrides), predict_deployment(params_path, overrides)]
+
+
+def serve_deployments(
+    params: Params, params_path: str | Path, overrides: dict[str, Any] | None = None,
+    served: list[RunnerDeployment] | None = None,
+) -> None:
+    """Register both deployments and run their flow runs from this process until it is stopped (blocks).
+
+    Stopping (Ctrl+C, SIGTERM) pauses the deployments, so no scheduled runs pile up while nothing
+    serves them; serving again resumes them.
+    """
+    serve(*(served or deployments(params, params_path, overrides)), print_starting_message=False)

@@ -1,0 +1,78 @@
+"""The prediction flow: new patients (institutions declared in a params file like the training sources) ->
+the same ingestion, preprocessing and feature tasks (cached) -> the registered model (``champion`` by default)
+-> per-patient predictions, in one MLflow run with a Prefect table artifact."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from flows.ingest import ingest
+from flows.registry import model_rows
+from flows.runners import task_runner_for
+from survival_model.config import Params, load_params
+from survival_model.fingerprint import code_version, stable_hash
+from survival_model.registry import package as package_lib
+from tasks import registry as t
+from tasks import tracking
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Where a prediction run's results are."""
+
+    folder: Path
+    model: str
+    version: int
+    predicted: int
+    not_predicted: int
+    mlflow_link: str
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.folder / "predictions.csv"
+
+
+def predictions_folder(work_dir: Path, key: str) -> Path:
+    return work_dir / "predictions" / key[:16]
+
+
+@flow(name="brain-mets-predict", flow_run_name="predict-{model}")
+def predict(params_path: str, overrides: dict[str, Any] | None = None, model: str = "champion",
+            gradcam: bool = False) -> PredictionResult:
+    """Predict every patient the params file's institutions declare with ``models:/<name>@<model>`` (an alias)
+    or ``models:/<name>/<model>`` (a version number)."""
+    params: Params = load_params(params_path, overrides)
+    logger = get_run_logger()
+    version, package = t.fetch_model(params, model)
+    name = params.registry.model_name
+    tags = {"prefect.flow_run_id": str(flow_run.get_id()), "prefect.flow_run_name": str(flow_run.get_name()),
+            "code_version": code_version("survival_model"), "params_file": str(Path(params_path).resolve()),
+            "purpose": "prediction"}
+    run_id = tracking.start_run(params, f"predict-{flow_run.get_name()}", tags)
+    try:
+        cohort = ingest.with_options(task_runner=task_runner_for(params))(params)
+        inputs = model_rows(params, cohort, None, package)
+        info = {"model": name, "version": version.version, "model_uri": f"models:/{name}/{version.version}",
+                "requested": model, "package_key": version.tags.get("package_key", ""),
+                "cohort": cohort.fingerprint, "gradcam": gradcam}
+        key = stable_hash("predictions", package_lib.package_code_version(), info, inputs.table.folder.name,
+                          sorted((c, str(p)) for c, p in inputs.image_paths.items()))
+        folder = t.predict_patients(package, inputs.table.table_path, inputs.table.quarantine_path,
+                                    inputs.image_paths, inputs.failed, inputs.seg_paths, gradcam, info,
+                                    predictions_folder(params.work_dir, key))
+        link = t.log_predictions(params, run_id, folder, info)
+    except BaseException:
+        tracking.end_run(params, run_id, "FAILED")
+        raise
+    tracking.end_run(params, run_id, "FINISHED")
+    import pandas as pd
+
+    predicted = len(pd.read_parquet(folder / "predictions.parquet"))
+    missing = len(pd.read_csv(folder / "not_predicted.csv"))
+    logger.info("%s v%d: %d patient(s) predicted, %d not (%s)", name, version.version, predicted, missing, folder)
+    return PredictionResult(folder, name, version.version, predicted, missing, link)

@@ -1,0 +1,137 @@
+"""The registry flow: package the main network, register it as ``challenger``, and gate it against the
+``champion`` on the locked test set; plus :func:`model_rows`, the inputs a packaged model needs for a set of
+cohort patients (shared with the prediction flow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger
+
+from flows.imaging import imaging
+from flows.runners import task_runner_for
+from survival_model.config import Params
+from survival_model.evaluation.stage import EvaluationResult, rows
+from survival_model.features.stage import FeatureTable
+from survival_model.fingerprint import stable_hash
+from survival_model.imageio import read_json
+from survival_model.ingest.cohort import CohortResult
+from survival_model.models.inputs import preprocessed_patients
+from survival_model.registry import gate as gate_lib
+from survival_model.registry import package as package_lib
+from survival_model.registry.registry import CHAMPION, Version
+from survival_model.training.splits import Splits
+from survival_model.training.stage import TrainingResult
+from tasks import registry as t
+from tasks.common import configure
+
+
+@dataclass(frozen=True)
+class RegistryResult:
+    """What the registry flow did: the version, whether it is new, and the gate's decision (None when the
+    version was registered and gated before)."""
+
+    model_name: str
+    version: int
+    registered: bool
+    package: Path
+    decision: dict[str, Any] | None
+    champion: int | None
+    markdown: str
+
+
+@dataclass(frozen=True)
+class ModelRows:
+    """A packaged model's prediction inputs for some patients, and the feature table they came from."""
+
+    frame: pd.DataFrame
+    table: FeatureTable
+    failed: list[dict[str, str]]
+    image_paths: dict[str, Path]
+    seg_paths: dict[str, Path]
+
+
+def model_rows(params: Params, cohort: CohortResult, table: FeatureTable | None, package: Path,
+               case_ids: list[str] | None = None) -> ModelRows:
+    """The inputs of the package's model for ``case_ids`` (default: every patient of the feature table),
+    computed with the package's own preprocessing, feature and image-input settings: ``table`` is used as is
+    when those equal the run's, else the imaging stages run again with the package's settings (cached)."""
+    if table is None or not package_lib.same_inputs(params, package):
+        params = package_lib.package_params(params, package)
+        table = imaging.with_options(task_runner=task_runner_for(params))(params, cohort)
+    frame = table.table()
+    if case_ids is not None:
+        frame = rows(frame, [c for c in case_ids if c in set(frame["case_id"])])
+    records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
+    wanted = set(frame["case_id"])
+    patients = {c: p for c, p in preprocessed_patients(records, params).items() if c in wanted}
+    image_paths, failed = configure(t.package_inputs, params)(package, patients, params.work_dir)
+    info = package_lib.read_info(package)
+    return ModelRows(package_lib.model_input(info, frame, image_paths), table, failed, image_paths,
+                     {c: p.mask for c, p in patients.items()})
+
+
+def test_metrics(compared: EvaluationResult, name: str) -> dict[str, float]:
+    """The main network's scores on the locked test set, from the evaluation's comparison table."""
+    if name not in compared.comparison.index:
+        return {}
+    row = compared.comparison.loc[name].to_dict()
+    return {f"test.{k}": float(row[k]) for k in ("harrell_c", "uno_c", "integrated_brier", "auc_12m")
+            if k in row}  # NaN (undefined on this test set) is recorded as such
+
+
+@flow(name="registry", flow_run_name="registry")
+def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained: TrainingResult,
+             compared: EvaluationResult, run_id: str, run_link: str) -> RegistryResult:
+    """Package -> register (``challenger``) -> promotion gate (``champion``), recorded in MLflow and Prefect.
+    Unchanged data, params and code find the version registered before: nothing new is registered or gated."""
+    logger = get_run_logger()
+    training_key = str(read_json(trained.folder / "result.json")["key"])
+    key = package_lib.package_key(training_key, params)
+    package = configure(t.package_model, params, t.package_task_key)(
+        trained, table.table_path, params, training_key, cohort.fingerprint, key)
+    splits = Splits.load(trained.splits_path)
+    challenger = model_rows(params, cohort, table, package, list(splits.test))
+    tags = {"model": trained.name, "data_fingerprint": cohort.fingerprint, "training_key": training_key,
+            "feature_table": table.folder.name, "splits": splits.fingerprint,
+            "params_hash": stable_hash(params.model_dump(mode="json", include={
+                "ingest", "preprocess", "features", "training", "evaluation", "registry"})),
+            "code_version": package_lib.package_code_version(),
+            **test_metrics(compared, trained.name)}
+    version, registered = t.register_model(params, run_id, run_link, package, key, tags, challenger.frame.head(2))
+    decision: gate_lib.Decision | None = None
+    if registered or "gate.decision" not in version.tags:
+        decision = gate(params, cohort, table, splits, version, package, challenger)
+    markdown = t.decision_markdown(params, version, decision, registered, run_link)
+    t.publish_promotion(params, run_id, version, decision.as_dict() if decision else None, markdown, registered)
+    champion = t.registry(params).alias(CHAMPION)
+    logger.info("%s: version %d (%s); champion: %s", params.registry.model_name, version.version,
+                "new" if registered else "registered before", f"v{champion.version}" if champion else "none")
+    return RegistryResult(params.registry.model_name, version.version, registered, package,
+                          decision.as_dict() if decision else None, champion.version if champion else None, markdown)
+
+
+def gate(params: Params, cohort: CohortResult, table: FeatureTable, splits: Splits, version: Version,
+         package: Path, challenger: ModelRows) -> gate_lib.Decision:
+    """The challenger and the re-scored champion on the same locked test patients."""
+    current = t.registry(params).alias(CHAMPION)
+    champion = None
+    test_ids = list(challenger.frame["case_id"])
+    excluded = 0
+    champion_rows = None
+    if current is not None and current.version != version.version:
+        champion = t.fetch_model(params, CHAMPION)
+        info = package_lib.read_info(champion[1])
+        test_ids, excluded = gate_lib.locked_patients(test_ids, list(info["development_case_ids"]))
+        champion_rows = model_rows(params, cohort, table, champion[1], test_ids).frame
+        test_ids = [c for c in test_ids if c in set(champion_rows["case_id"])]
+        champion_rows = champion_rows.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)
+    frame = table.table()
+    locked = rows(frame, test_ids)
+    challenger_rows = challenger.frame.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)
+    decision: gate_lib.Decision = t.promotion_gate(params, version, package, challenger_rows, champion,
+                                                   champion_rows, rows(frame, splits.development), locked, excluded)
+    return decision

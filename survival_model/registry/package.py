@@ -1,0 +1,369 @@
+"""The packaged model: everything needed to predict for a new patient, in one folder without pickles.
+
+A package is built from a training stage's fold ensemble (``survival_model.training.stage``) and holds:
+
+- ``folds/<fold>/model.safetensors`` and ``config.json``: each fold's network weights (no pickle) and what
+  rebuilds it (network params, channels, tabular width, output centre);
+- ``folds/<fold>/tabular.skops``: the fold's fitted tabular pipeline in skops' format, loaded with an
+  explicit list of trusted types (:data:`TRUSTED_TYPES`): loading refuses any other type, so a tampered
+  file cannot run arbitrary code the way a pickle can;
+- ``package.json``: the preprocessing, feature and image-input parameters the model was trained with
+  (a prediction must compute its inputs the same way), the input schema (columns and kinds), the
+  Breslow baseline hazard fitted on the development patients' *out-of-fold* risks (survival
+  probabilities and median survival for any risk), the risk-group thresholds (quantiles of the same
+  out-of-fold risks, fixed at training), the code version, the training stage key, the data
+  fingerprint and the development / test patients (pseudonymous ids: a gate re-scoring this model
+  leaves out patients it trained on).
+
+:class:`PackagedModel` loads a package and predicts per patient: risk score, risk group, survival
+probability at the configured months, predicted median survival and the middle half of the predicted
+survival-time distribution (the times where the curve crosses 0.75 and 0.25).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from survival_model.config import FeaturesParams, ImageInputParams, NetworkParams, Params, PreprocessParams
+from survival_model.errors import SurvivalModelError
+from survival_model.fingerprint import code_version, stable_hash
+from survival_model.imageio import atomic_directory, read_json, write_json
+
+if TYPE_CHECKING:
+    from survival_model.training.folds import FoldModel
+    from survival_model.training.stage import TrainingResult
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+PACKAGE_FILE = "package.json"
+#: The column of a prediction input that holds a patient's image input (a ``.npy`` written by
+#: ``survival_model.models.inputs.store_image_input``); needed by networks with an image branch.
+IMAGE_COLUMN = "image_input"
+DAYS_PER_MONTH = 365.25 / 12
+#: The only types a packaged tabular pipeline may contain beyond skops' defaults (scikit-learn's
+#: estimators, numpy arrays): ours, and the three library types our pipeline uses. Anything else in a
+#: ``tabular.skops`` file makes loading fail.
+TRUSTED_TYPES = (
+    "builtins.object",
+    "numpy.dtype",
+    "sklearn.compose._column_transformer.make_column_selector",
+    "survival_model.models.tabular.ConcordanceSelector",
+    "survival_model.models.tabular.FeatureColumns",
+    "survival_model.features.harmonise.SiteHarmoniser",
+)
+
+
+class PackageError(SurvivalModelError):
+    """A model package is missing, incomplete, of another format, or cannot predict these inputs."""
+
+
+def package_code_version() -> str:
+    return code_version("survival_model.registry", "survival_model.training", "survival_model.models")
+
+
+def package_key(training_key: str, params: Params) -> str:
+    """Content key of a package: the training stage (data, splits, params, code), what the package adds."""
+    r = params.registry
+    return stable_hash("package", FORMAT, package_code_version(), training_key, r.risk_groups, r.horizons_months,
+                       params.preprocess.model_dump(mode="json"), params.features.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------
+
+
+def _skops_dump(pipeline: Any, path: Path) -> None:
+    import skops.io as sio
+
+    sio.dump(pipeline, path)
+
+
+def _skops_load(path: Path) -> Any:
+    import skops.io as sio
+
+    unknown = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+    if unknown:
+        raise PackageError(f"{path}: refusing to load untrusted type(s) {unknown} (see TRUSTED_TYPES)")
+    return sio.load(path, trusted=list(TRUSTED_TYPES))
+
+
+def input_schema(table: pd.DataFrame, columns: Sequence[str]) -> list[dict[str, str]]:
+    """``[{"name", "kind"}]``: ``number`` (booleans as 0/1) or ``text``, from the feature table's dtypes."""
+    out = []
+    for column in columns:
+        if column not in table.columns:
+            raise PackageError(f"the model's input column {column!r} is not in the feature table")
+        dtype = table[column].dtype
+        numeric = pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+        out.append({"name": column, "kind": "number" if numeric else "text"})
+    return out
+
+
+def _pipeline_columns(pipeline: Any) -> list[str]:
+    columns = list(pipeline.named_steps["columns"].columns_)
+    if pipeline.named_steps["harmonise"] != "passthrough":
+        columns = ["site", *[c for c in columns if c != "site"]]
+    return columns
+
+
+def breslow(risk: npt.NDArray[np.float64], time: npt.NDArray[np.float64],
+            event: npt.NDArray[np.bool_]) -> dict[str, list[float]]:
+    """The Breslow cumulative baseline hazard at its event times (scikit-survival's estimator)."""
+    from sksurv.linear_model.coxph import BreslowEstimator
+
+    estimator = BreslowEstimator().fit(np.asarray(risk, dtype=float), np.asarray(event, dtype=bool),
+                                       np.asarray(time, dtype=float))
+    hazard = estimator.cum_baseline_hazard_
+    return {"times": [float(t) for t in hazard.x], "cumulative_hazard": [float(h) for h in hazard.y]}
+
+
+def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, training_key: str,
+                  data_fingerprint: str, folder: Path) -> Path:
+    """Write the package of ``trained`` into ``folder`` (content-keyed by the caller; reused when present)."""
+    import joblib
+
+    from survival_model.evaluation.plots import risk_groups
+    from survival_model.training.splits import Splits
+
+    if (folder / PACKAGE_FILE).is_file():
+        return folder
+    splits = Splits.load(trained.splits_path)
+    oof = trained.out_of_fold().astype(float)
+    dev = table.set_index("case_id").loc[list(splits.development)]
+    oof = oof.reindex(dev.index)
+    if oof.isna().any():
+        raise PackageError(f"{int(oof.isna().sum())} development patient(s) have no out-of-fold risk")
+    dev_event = dev["event"].astype(int).to_numpy() == 1
+    dev_time = dev["time_days"].to_numpy(dtype=float)
+    risks: npt.NDArray[np.float64] = np.asarray(oof, dtype=np.float64)
+    thresholds, _ = risk_groups(risks, np.zeros(0), params.registry.risk_groups)
+    configs = [read_json(f.folder / "config.json") for f in trained.folds]
+    network = NetworkParams.model_validate({**configs[0]["network"], "pretrained_weights": None})
+    with atomic_directory(folder) as tmp:
+        columns: list[str] = []
+        for fold in trained.folds:
+            target = tmp / "folds" / fold.name
+            target.mkdir(parents=True)
+            shutil.copy2(fold.folder / "model.safetensors", target / "model.safetensors")
+            shutil.copy2(fold.folder / "config.json", target / "config.json")
+            pipeline = joblib.load(fold.folder / "tabular.joblib")  # written by this pipeline's own training stage
+            if pipeline is not None:
+                _skops_dump(pipeline, target / "tabular.skops")
+                columns = list(dict.fromkeys([*columns, *_pipeline_columns(pipeline)]))
+        radiomics = params.features.radiomics
+        features = params.features.model_dump(mode="json")
+        if radiomics.params_file is not None:  # the settings travel with the model, not as a path
+            shutil.copy2(radiomics.params_file, tmp / "radiomics.yaml")
+            features["radiomics"]["params_file"] = "radiomics.yaml"
+        write_json({
+            "format": FORMAT, "code_version": package_code_version(), "training_key": training_key,
+            "data_fingerprint": data_fingerprint, "splits_fingerprint": splits.fingerprint,
+            "name": trained.name, "objective": configs[0]["network"]["objective"],
+            "network": network.model_dump(mode="json"), "variant": network.variant, "backbone": network.backbone,
+            "folds": [f.name for f in trained.folds],
+            "centre": float(np.mean([c["centre"] for c in configs])),
+            "channels": list(configs[0]["channels"]),
+            "uses_images": network.variant in ("hybrid", "image"),
+            "inputs": params.training.inputs.model_dump(mode="json"),
+            "preprocess": params.preprocess.model_dump(mode="json"),
+            "features": features,
+            "input_schema": input_schema(table, columns),
+            "breslow": breslow(risks, dev_time, dev_event),
+            "risk_thresholds": [float(t) for t in thresholds],
+            "horizons_months": list(params.registry.horizons_months),
+            "development_case_ids": list(splits.development),
+            "test_case_ids": list(splits.test),
+            "test_metrics": trained.metrics["test"],
+        }, tmp / PACKAGE_FILE)
+    log.info("model package written to %s", folder)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and predicting
+# --------------------------------------------------------------------------------------------------
+
+
+def read_info(folder: Path) -> dict[str, Any]:
+    """A package's ``package.json`` (checked for its format), without loading the networks."""
+    path = Path(folder) / PACKAGE_FILE
+    if not path.is_file():
+        raise PackageError(f"{folder} is not a model package (no {PACKAGE_FILE})")
+    info: dict[str, Any] = read_json(path)
+    if info.get("format") != FORMAT:
+        raise PackageError(f"{folder}: package format {info.get('format')} is not {FORMAT}")
+    return info
+
+
+def package_settings(info: Mapping[str, Any],
+                     folder: Path) -> tuple[PreprocessParams, FeaturesParams, ImageInputParams]:
+    """How the package's inputs were made: its preprocessing, feature and image-input parameters."""
+    features = dict(info["features"])
+    radiomics = dict(features["radiomics"])
+    if radiomics.get("params_file"):
+        radiomics["params_file"] = str(Path(folder) / radiomics["params_file"])
+    return (PreprocessParams.model_validate(info["preprocess"]),
+            FeaturesParams.model_validate({**features, "radiomics": radiomics}),
+            ImageInputParams.model_validate(info["inputs"]))
+
+
+def package_params(params: Params, folder: Path) -> Params:
+    """``params`` with the package's preprocessing, feature and image-input settings."""
+    preprocess, features, inputs = package_settings(read_info(folder), folder)
+    training = params.training.model_copy(update={"inputs": inputs})
+    return params.model_copy(update={"preprocess": preprocess, "features": features, "training": training})
+
+
+def same_inputs(params: Params, folder: Path) -> bool:
+    """Whether ``params`` computes the package's inputs as it was trained on (the stages can be shared)."""
+    preprocess, features, inputs = package_settings(read_info(folder), folder)
+    return (preprocess == params.preprocess and features == params.features
+            and inputs == params.training.inputs)
+
+
+def model_input(info: Mapping[str, Any], table: pd.DataFrame,
+                image_paths: Mapping[str, Path] | None = None) -> pd.DataFrame:
+    """The prediction input for feature-table rows: ``case_id``, the package's input columns (booleans as
+    0/1, numbers as floats, text as strings) and, for image networks, ``image_input`` paths."""
+    columns = [c["name"] for c in info["input_schema"]]
+    missing = [c for c in ("case_id", *columns) if c not in table.columns]
+    if missing:
+        raise PackageError(f"the model needs column(s) {missing}, which the feature table lacks")
+    out = pd.DataFrame({"case_id": table["case_id"].astype(str).to_numpy()})
+    for spec in info["input_schema"]:
+        values = table[spec["name"]]
+        if spec["kind"] == "number":
+            out[spec["name"]] = pd.to_numeric(values.astype("Float64"), errors="coerce").astype(float).to_numpy()
+        else:
+            out[spec["name"]] = values.astype(object).where(values.notna(), None).to_numpy()
+    if info["uses_images"]:
+        paths = image_paths or {}
+        out[IMAGE_COLUMN] = [str(paths[c]) if c in paths else None for c in out["case_id"]]
+    return out
+
+
+def _load_fold(folder: Path) -> FoldModel:
+    from safetensors.torch import load_file
+
+    from survival_model.models.network import HybridSurvivalNet
+    from survival_model.training.folds import FoldModel
+
+    config = read_json(folder / "config.json")
+    network_params = NetworkParams.model_validate({**config["network"], "pretrained_weights": None})
+    network = HybridSurvivalNet(network_params, int(config["in_chans"]), int(config["n_tabular"]))
+    network.load_state_dict(load_file(str(folder / "model.safetensors")))
+    network.eval()
+    pipeline = _skops_load(folder / "tabular.skops") if (folder / "tabular.skops").is_file() else None
+    return FoldModel(network, pipeline, config)
+
+
+@dataclass
+class PackagedModel:
+    """A loaded package (see the module docstring)."""
+
+    folder: Path
+    info: dict[str, Any]
+    folds: list[FoldModel]
+
+    @classmethod
+    def load(cls, folder: Path) -> PackagedModel:
+        folder = Path(folder)
+        info = read_info(folder)
+        if info["code_version"] != package_code_version():
+            log.warning("the package %s was built by code version %s, this is %s: predictions may differ",
+                        folder, info["code_version"], package_code_version())
+        return cls(folder, info, [_load_fold(folder / "folds" / name) for name in info["folds"]])
+
+    @property
+    def uses_images(self) -> bool:
+        return bool(self.info["uses_images"])
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [c["name"] for c in self.info["input_schema"]]
+
+    def input_params(self) -> ImageInputParams:
+        return package_settings(self.info, self.folder)[2]
+
+    def model_input(self, table: pd.DataFrame, image_paths: Mapping[str, Path] | None = None) -> pd.DataFrame:
+        return model_input(self.info, table, image_paths)
+
+    def outputs(self, frame: pd.DataFrame) -> npt.NDArray[np.float32]:
+        """The fold ensemble's mean raw output for prediction-input rows (see :meth:`model_input`)."""
+        from survival_model.models.inputs import load_image_input
+        from survival_model.training.folds import fold_outputs
+
+        missing = [c for c in ("case_id", *self.input_columns) if c not in frame.columns]
+        if missing:
+            raise PackageError(f"the prediction input lacks column(s) {missing}")
+        images = None
+        if self.uses_images:
+            if IMAGE_COLUMN not in frame.columns or frame[IMAGE_COLUMN].isna().any():
+                raise PackageError(f"this {self.info['variant']} model needs an {IMAGE_COLUMN!r} path for every row")
+            images = np.stack([load_image_input(Path(p)) for p in frame[IMAGE_COLUMN]]).astype(np.float32)
+        features = self.features(frame)
+        per_fold = [fold_outputs(model, features, images) for model in self.folds]
+        mean: npt.NDArray[np.float32] = np.mean(per_fold, axis=0).astype(np.float32)
+        return mean
+
+    def features(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Prediction-input rows in the dtypes the tabular pipeline was fitted on."""
+        out = frame[["case_id", *self.input_columns]].copy()
+        for spec in self.info["input_schema"]:
+            if spec["kind"] == "number":
+                out[spec["name"]] = pd.to_numeric(out[spec["name"]], errors="coerce").astype(float)
+            else:
+                out[spec["name"]] = out[spec["name"]].astype(object).where(out[spec["name"]].notna(), np.nan)
+        return out
+
+    def risk(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        import torch
+
+        from survival_model.models.losses import risk_score
+
+        outputs = torch.from_numpy(self.outputs(frame))
+        return risk_score(self.info["objective"], outputs).numpy().astype(float)
+
+    def survival(self, risk: npt.NDArray[np.float64], times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """S(t | risk) = exp(-H0(t) exp(risk)), ``(patients, times)``; H0 is a step function, flat after the
+        last development time (where the curve is not known to change)."""
+        base = self.info["breslow"]
+        grid, hazard = np.asarray(base["times"], dtype=float), np.asarray(base["cumulative_hazard"], dtype=float)
+        position = np.searchsorted(grid, np.asarray(times, dtype=float), side="right") - 1
+        h0 = np.where(position >= 0, hazard[np.clip(position, 0, None)], 0.0)
+        out: npt.NDArray[np.float64] = np.exp(-np.outer(np.exp(np.asarray(risk, dtype=float)), h0))
+        return out
+
+    def crossing(self, risk: npt.NDArray[np.float64], level: float) -> npt.NDArray[np.float64]:
+        """The first development event time at which S(t | risk) <= ``level`` (NaN: not reached)."""
+        grid = np.asarray(self.info["breslow"]["times"], dtype=float)
+        below = self.survival(risk, grid) <= level
+        return np.where(below.any(axis=1), grid[np.argmax(below, axis=1)], np.nan)
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Per patient: ``case_id, risk, risk_group (1 = lowest), survival_<m>m, median_days,
+        interval_low_days, interval_high_days`` (the middle half of the predicted survival time: a 50%
+        prediction interval; NaN where the curve does not fall that low within the development follow-up)."""
+        risk = self.risk(frame)
+        thresholds = np.asarray(self.info["risk_thresholds"], dtype=float)
+        out = pd.DataFrame({"case_id": frame["case_id"].astype(str).to_numpy(), "risk": risk,
+                            "risk_group": np.searchsorted(thresholds, risk, side="right").astype(np.int64) + 1})
+        months = [float(m) for m in self.info["horizons_months"]]
+        probabilities = self.survival(risk, np.array(months) * DAYS_PER_MONTH)
+        for i, m in enumerate(months):
+            out[f"survival_{m:g}m"] = probabilities[:, i]
+        out["median_days"] = self.crossing(risk, 0.5)
+        out["interval_low_days"] = self.crossing(risk, 0.75)
+        out["interval_high_days"] = self.crossing(risk, 0.25)
+        return out

@@ -1,0 +1,210 @@
+"""Registry tasks: package the model, register it (``challenger``), fetch a registered one, the promotion
+gate, and predictions for new patients (``survival_model.registry``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from survival_model.config import Params
+from survival_model.evaluation.baselines import gpa
+from survival_model.evaluation.scores import Outcome
+from survival_model.imageio import atomic_directory
+from survival_model.preprocess.stage import PreprocessedPatient
+from survival_model.registry import gate as gate_lib
+from survival_model.registry import package as package_lib
+from survival_model.registry import predict as predict_lib
+from survival_model.registry.registry import CHAMPION, Registry, Version, log_model
+from survival_model.tracking import Tracker
+from survival_model.training.stage import TrainingResult
+
+
+def registry(params: Params) -> Registry:
+    return Registry(Tracker.from_params(params).client, params.registry.model_name)
+
+
+def package_folder(work_dir: Path, key: str) -> Path:
+    return work_dir / "registry" / "packages" / key[:16]
+
+
+def package_task_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
+    return str(inputs["key"]), [package_folder(inputs["params"].work_dir, inputs["key"]) / package_lib.PACKAGE_FILE]
+
+
+@task(name="package-model", task_run_name="package-model")
+def package_model(trained: TrainingResult, table_path: Path, params: Params, training_key: str,
+                  data_fingerprint: str, key: str) -> Path:
+    """The fold ensemble as a self-contained package (weights, tabular pipelines, parameters, baseline)."""
+    folder = package_folder(params.work_dir, key)
+    return package_lib.build_package(trained, pd.read_parquet(table_path), params, training_key, data_fingerprint,
+                                     folder)
+
+
+@task(name="register-model", task_run_name="register-model", retries=2, retry_delay_seconds=[2, 10])
+def register_model(params: Params, run_id: str, run_link: str, package: Path, key: str, tags: dict[str, Any],
+                   example: pd.DataFrame) -> tuple[Version, bool]:
+    """A new registered version aliased ``challenger`` (logged as a pyfunc model in the pipeline's MLflow
+    run), or the version already registered from this package: ``(version, newly registered)``."""
+    logger = get_run_logger()
+    reg = registry(params)
+    existing = reg.find_version(key)
+    if existing is not None:
+        logger.info("%s version %d was registered from this package already (key %s): nothing new to register",
+                    reg.name, existing.version, key[:12])
+        return existing, False
+    model = package_lib.PackagedModel.load(package)
+    uri = log_model(reg.client, run_id, package, example, model.predict(example))
+    version = reg.register(uri, run_id, {**tags, "package_key": key}, run_link=run_link)
+    logger.info("%s version %d registered with alias challenger (%s)", reg.name, version.version, uri)
+    return version, True
+
+
+@task(name="fetch-model", task_run_name="fetch-model-{reference}", retries=2, retry_delay_seconds=[2, 10])
+def fetch_model(params: Params, reference: str) -> tuple[Version, Path]:
+    """A registered version's package, downloaded once to ``<work_dir>/registry/models/<name>/<version>``.
+    ``reference``: an alias (``champion``, ``challenger``) or a version number."""
+    import mlflow.artifacts
+
+    reg = registry(params)
+    if reference.isdigit():
+        version = reg.version(int(reference))
+    else:
+        found = reg.alias(reference)
+        if found is None:
+            raise package_lib.PackageError(f"model {reg.name!r} has no version with the alias {reference!r} "
+                                           "(run the pipeline first, or promote a version by hand)")
+        version = found
+    target = params.work_dir / "registry" / "models" / reg.name / str(version.version)
+    if not any(target.rglob(package_lib.PACKAGE_FILE)):
+        source = reg.client.get_model_version_download_uri(reg.name, str(version.version))
+        with atomic_directory(target) as tmp:
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp),
+                                                tracking_uri=Tracker.from_params(params).tracking_uri)
+    packages = sorted(target.rglob(package_lib.PACKAGE_FILE))
+    if not packages:
+        raise package_lib.PackageError(f"{reg.name} version {version.version} holds no model package")
+    return version, packages[0].parent
+
+
+@task(name="package-inputs", task_run_name="package-inputs")
+def package_inputs(package: Path, patients: Mapping[str, PreprocessedPatient],
+                   work_dir: Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
+    """The patients' image inputs as this package's model needs them (content-keyed, reused)."""
+    model = package_lib.PackagedModel.load(package)
+    return predict_lib.image_inputs(patients, model, work_dir)
+
+
+@task(name="promotion-gate", task_run_name="promotion-gate-v{version.version}")
+def promotion_gate(params: Params, version: Version, challenger: Path, challenger_rows: pd.DataFrame,
+                   champion: tuple[Version, Path] | None, champion_rows: pd.DataFrame | None,
+                   development: pd.DataFrame, test: pd.DataFrame, excluded: int) -> gate_lib.Decision:
+    """Score the challenger and the champion on the same test patients, decide, record, move the alias.
+
+    ``*_rows``: each model's prediction inputs for the rows of ``test`` (same order)."""
+    logger = get_run_logger()
+    reg = registry(params)
+    train, locked = Outcome.of_frame(development), Outcome.of_frame(test)
+    tau = params.evaluation.tau_days
+    challenger_scores = gate_lib.package_scores(package_lib.PackagedModel.load(challenger), challenger_rows, train,
+                                                locked, tau=tau)
+    champion_scores = label = None
+    if champion is not None and champion_rows is not None:
+        champion_scores = gate_lib.package_scores(package_lib.PackagedModel.load(champion[1]), champion_rows, train,
+                                                  locked, tau=tau)
+        label = f"champion v{champion[0].version}"
+    baseline = None
+    if champion is None and params.registry.gate.first_model_baseline == "gpa":
+        baseline = gate_lib.score_baseline(-gpa(development)[0], train, -gpa(test)[0], locked, tau=tau)
+    decision = gate_lib.decide(challenger_scores, params.registry.gate, champion=champion_scores,
+                               champion_label=label, baseline=baseline, test=locked, excluded=excluded)
+    reg.tag_version(version.version, decision.tags())
+    if decision.promote:
+        reg.set_champion(version.version, reason=decision.reason, by="promotion gate")
+    logger.info("promotion gate for %s version %d: %s (%s)", reg.name, version.version,
+                "promoted" if decision.promote else "not promoted", decision.reason)
+    return decision
+
+
+@task(name="publish-promotion")
+def publish_promotion(params: Params, run_id: str, version: Version, decision: Mapping[str, Any] | None,
+                      markdown: str, registered: bool) -> None:
+    """The decision on the MLflow run (tags, ``registry/decision.json``) and in the Prefect UI (artifacts)."""
+    tracker = Tracker.from_params(params)
+    tags = {"registry.model": params.registry.model_name, "registry.version": str(version.version),
+            "registry.new_version": str(registered).lower()}
+    if decision is not None:
+        tags["registry.gate"] = "promoted" if decision["promote"] else "refused"
+    tracker.set_tags(run_id, tags)
+    tracker.log_dict(run_id, {"version": version.version, "registered_now": registered, "decision": decision},
+                     "registry/decision.json")
+    create_markdown_artifact(markdown, key="promotion-decision",
+                             description=f"{params.registry.model_name}: registration and the promotion gate")
+    table = registry(params).table()
+    rows = [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+    create_table_artifact(rows, key="model-versions", description=f"{params.registry.model_name}: versions, aliases")
+
+
+@task(name="predict-patients", task_run_name="predict-patients")
+def predict_patients(package: Path, table_path: Path, quarantine_path: Path, image_paths: Mapping[str, Path],
+                     failed: list[dict[str, str]], seg_paths: Mapping[str, Path] | None, gradcam: bool,
+                     info: dict[str, Any], folder: Path) -> Path:
+    """Per-patient predictions (and optional Grad-CAM figures) written to ``folder`` (reused when there)."""
+    logger = get_run_logger()
+    if (folder / "predictions.parquet").is_file():
+        logger.info("predictions already made with this model for these inputs: %s", folder)
+        return folder
+    model = package_lib.PackagedModel.load(package)
+    table = pd.read_parquet(table_path)
+    quarantine = pd.read_parquet(quarantine_path) if quarantine_path.is_file() else pd.DataFrame()
+    predictions, not_predicted = predict_lib.predict_patients(model, table, image_paths, quarantine, failed)
+    with atomic_directory(folder) as tmp:
+        predict_lib.write_predictions(tmp, predictions, not_predicted, info)
+        if gradcam and seg_paths is not None and len(predictions):
+            frame = model.model_input(table.set_index("case_id", drop=False).loc[list(predictions["case_id"])]
+                                      .reset_index(drop=True), image_paths)
+            figures = predict_lib.gradcam_overlays(model, frame, seg_paths, tmp / "gradcam")
+            logger.info("Grad-CAM: %d figure(s)", len(figures))
+    logger.info("%d patient(s) predicted, %d not predicted (reasons in not_predicted.csv)", len(predictions),
+                len(not_predicted))
+    return folder
+
+
+@task(name="log-predictions", retries=2, retry_delay_seconds=[2, 10])
+def log_predictions(params: Params, run_id: str, folder: Path, info: Mapping[str, Any]) -> str:
+    """The predictions on their MLflow run and as Prefect table artifacts."""
+    tracker = Tracker.from_params(params)
+    predictions = pd.read_parquet(folder / "predictions.parquet")
+    not_predicted = pd.read_csv(folder / "not_predicted.csv")
+    tracker.set_tags(run_id, {k: str(v) for k, v in info.items() if k in ("model", "version", "model_uri")})
+    tracker.log_metrics(run_id, {"patients_predicted": len(predictions), "patients_not_predicted": len(not_predicted)})
+    tracker.log_folder(run_id, folder, artifact_path="predictions")
+    rows = [{str(k): (None if isinstance(v, float) and v != v else (round(v, 4) if isinstance(v, float) else v))
+             for k, v in r.items()} for r in predictions.to_dict("records")]
+    create_table_artifact(rows, key="predictions", description=f"{info.get('model')} v{info.get('version')}: "
+                                                                "per-patient predictions")
+    if len(not_predicted):
+        create_table_artifact([{str(k): v for k, v in r.items()} for r in not_predicted.fillna("").to_dict("records")],
+                              key="not-predicted",
+                              description="Patients not predicted, with the reason")
+    return tracker.run_url(run_id)
+
+
+def decision_markdown(params: Params, version: Version, decision: gate_lib.Decision | None, registered: bool,
+                      run_link: str) -> str:
+    """What happened to this run's model, for the Prefect artifact."""
+    name = params.registry.model_name
+    if decision is not None:
+        text = decision.markdown(name, version.version)
+    else:
+        gate = version.tags.get("gate.decision", "not gated")
+        champion = "is" if CHAMPION in version.aliases else "is not"
+        text = (f"# {name}: nothing new to register\n\nData, parameters and code are unchanged: this run's model is "
+                f"version {version.version}, registered before (gate: {gate}; it {champion} the champion). No new "
+                f"version and no new gate decision.\n")
+    return text + f"\nModel: `models:/{name}/{version.version}`; MLflow run: {run_link}\n"

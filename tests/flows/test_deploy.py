@@ -1,0 +1,203 @@
+"""Deployments: scheduled retraining and on-demand prediction applied to a Prefect test server and read
+back, prefect.yaml kept equal to params.yaml, and `serve` refusing servers that cannot run schedules."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows import cli, deploy
+from flows.pipeline import pipeline
+from survival_model import local_servers
+from survival_model.config import Params, load_params
+from tests.conftest import REPO
+
+HAS_PREDICT = (REPO / "flows" / "predict.py").is_file()
+needs_predict = pytest.mark.skipif(not HAS_PREDICT, reason="flows/predict.py is not written yet")
+
+
+def read_back(name: str) -> Any:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+def applied_retraining(**overrides: Any) -> tuple[Any, Path]:
+    """Build the retraining deployment from params.yaml (with overrides), apply it, read it back."""
+    params_path = REPO / "params.yaml"
+    params = load_params(params_path, overrides)
+    deployment = deploy.retrain_deployment(params, params_path, overrides)
+    deployment.apply()
+    return read_back(deploy.full_name(deployment)), params_path
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_retraining_deployment_has_the_schedule_of_params_yaml() -> None:
+    schedule = load_params(REPO / "params.yaml").registry.schedule
+    found, params_path = applied_retraining()
+    assert found.name == "retrain" and found.entrypoint == "flows.pipeline.pipeline"
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in found.schedules] == [
+        (schedule.cron, schedule.timezone, True)]
+    assert found.paused is False
+    assert found.parameters == {"params_path": str(params_path.resolve())}
+    assert set(found.tags) == {"survival-model", "retrain"}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_overrides_change_the_schedule_and_reach_the_runs_but_the_schedule_does_not() -> None:
+    applied_retraining()
+    found, _ = applied_retraining(**{"registry.schedule.cron": "*/5 * * * *",
+                                     "registry.schedule.timezone": "Europe/Berlin", "training.fit.epochs": 3})
+    # applied again: the schedule is replaced, not added
+    assert [(s.schedule.cron, s.schedule.timezone) for s in found.schedules] == [("*/5 * * * *", "Europe/Berlin")]
+    assert found.parameters["overrides"] == {"training.fit.epochs": 3}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_an_inactive_schedule_gives_a_paused_deployment_and_serving_again_resumes_it() -> None:
+    found, _ = applied_retraining(**{"registry.schedule.active": False})
+    assert found.paused is True and [s.active for s in found.schedules] == [False]
+    found, _ = applied_retraining()
+    assert found.paused is False and [s.active for s in found.schedules] == [True]
+
+
+def test_next_run_and_bad_schedules() -> None:
+    from datetime import UTC, datetime
+
+    from survival_model.config import ScheduleParams
+    from survival_model.errors import ConfigError
+
+    monday = deploy.next_run(ScheduleParams(cron="0 3 * * 1", timezone="UTC"), datetime(2026, 1, 1, tzinfo=UTC))
+    assert monday is not None and (monday.year, monday.month, monday.day, monday.hour) == (2026, 1, 5, 3)
+    assert deploy.next_run(ScheduleParams(active=False)) is None
+    with pytest.raises(ConfigError, match=r"registry\.schedule\.timezone: 'Mars/Base' is not an IANA time zone"):
+        deploy.retrain_schedule(ScheduleParams(timezone="Mars/Base"))
+    with pytest.raises(ConfigError, match=r"registry\.schedule\.cron: Invalid cron string"):
+        deploy.retrain_schedule(ScheduleParams(cron="0 25 * * *"))
+
+
+@needs_predict
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_prediction_deployment_runs_on_demand_only() -> None:
+    params_path = REPO / "params.yaml"
+    deployment = deploy.predict_deployment(params_path)
+    deployment.apply()
+    found = read_back("brain-mets-predict/predict")
+    assert found.schedules == [] and found.paused is False
+    assert found.entrypoint == "flows.predict.predict"
+    assert found.parameters == {"params_path": str(params_path.resolve())}
+
+
+# prefect.yaml: the work-pool route declares the same deployments
+
+
+def prefect_yaml() -> dict[str, Any]:
+    from prefect.cli.deploy._models import PrefectYamlModel  # what `prefect deploy` validates it with
+
+    data = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    PrefectYamlModel.model_validate(data)
+    return {d["name"]: d for d in data["deployments"]}
+
+
+def flow_at(entrypoint: str) -> Any:
+    path, name = entrypoint.split(":")
+    assert (REPO / path).is_file(), entrypoint
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def test_prefect_yaml_schedules_the_pipeline_as_params_yaml_does() -> None:
+    data = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
+    assert list(data["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
+    declared = prefect_yaml()
+    assert set(declared) == {deploy.RETRAIN, deploy.PREDICT}
+    retrain = declared[deploy.RETRAIN]
+    assert flow_at(retrain["entrypoint"]) is pipeline
+    assert set(retrain["parameters"]) <= set(pipeline.parameters.properties)
+    assert (REPO / retrain["parameters"]["params_path"]).is_file()
+    schedule = load_params(REPO / "params.yaml").registry.schedule
+    assert [(s["cron"], s["timezone"], s["active"]) for s in retrain["schedules"]] == [
+        (schedule.cron, schedule.timezone, schedule.active)]
+    assert all(d["work_pool"]["name"] == "survival-model" for d in declared.values())
+
+
+@needs_predict
+def test_prefect_yaml_predicts_with_the_prediction_flow() -> None:
+    from flows.predict import predict
+
+    predict_entry = prefect_yaml()[deploy.PREDICT]
+    assert flow_at(predict_entry["entrypoint"]) is predict
+    assert predict.name == "brain-mets-predict"
+    assert set(predict_entry["parameters"]) <= set(predict.parameters.properties)
+    assert not predict_entry.get("schedules")
+
+
+# the `serve` command
+
+
+@pytest.fixture()
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of params.yaml with private servers home; Prefect's environment restored afterwards."""
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["privacy"]["key_file"] = str(tmp_path / "pseudonym.key")
+    data["servers"]["home"] = str(tmp_path / "servers")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    shutil.copytree(REPO / "infra", tmp_path / "infra")
+    # `serve` sets Prefect's environment for its process: recorded here so that it is restored
+    monkeypatch.setenv("PREFECT_HOME", os.environ.get("PREFECT_HOME", str(tmp_path / "prefect")))
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    monkeypatch.delenv("PREFECT_API_URL")
+    return tmp_path
+
+
+def serve(project: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli.app, ["serve", "--params", str(project / "params.yaml"), "--no-generate", *args],
+                                catch_exceptions=False)
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_serve_refuses_prefects_temporary_server(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the local server is not up and its port is taken by another program: the run command would fall
+    # back to Prefect's temporary server, which cannot run schedules
+    monkeypatch.setattr(local_servers, "endpoints", lambda params: {})
+    monkeypatch.setattr(local_servers, "port_in_use", lambda host, port: True)
+    monkeypatch.setattr(local_servers, "launch", pytest.fail)
+    code, out = serve(project)
+    assert code == 2, out
+    assert "Prefect's temporary server cannot run schedules" in out
+    assert "--set servers.prefect_port=PORT" in out
+
+
+def test_serve_refuses_a_prefect_api_url_that_does_not_answer(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    code, out = serve(project)
+    assert code == 2, out
+    assert "PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in out
+
+
+@needs_predict
+@pytest.mark.usefixtures("prefect_harness")
+def test_serve_prints_what_it_serves_and_how_to_predict(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    api = str(PREFECT_API_URL.value())
+    monkeypatch.setenv("PREFECT_API_URL", api)
+    served: list[tuple[Params, list[Any]]] = []
+    monkeypatch.setattr(deploy, "serve_deployments",
+                        lambda params, path, overrides, deployments: served.append((params, deployments)))
+    code, out = serve(project, "--set", "registry.schedule.cron=30 4 * * *", "--set", "training.fit.epochs=3")
+    assert code == 0, out
+    assert "brain-mets-pipeline/retrain retraining, cron '30 4 * * *' (UTC), next run " in out
+    assert "brain-mets-predict/predict prediction on demand" in out
+    assert f"Prefect UI: {api.removesuffix('/api')}/deployments" in out
+    assert "deployment run 'brain-mets-predict/predict' -p params_path=" in out
+    [(params, (retrain, predict))] = served
+    assert params.registry.schedule.cron == "30 4 * * *"
+    assert retrain.parameters["overrides"] == predict.parameters["overrides"] == {"training.fit.epochs": 3}

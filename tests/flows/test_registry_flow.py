@@ -1,0 +1,203 @@
+"""The registry end to end on the tiny cohort, under a Prefect test harness and a temporary SQLite MLflow
+store: the pipeline packages, registers (``challenger``) and gates its model; an unchanged second run
+registers nothing; a deliberately worse model is refused and a better one promoted; promotion by hand and
+rollback; the pyfunc model round-trips; the prediction flow predicts new patients and reports bad ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.pipeline import PipelineResult, pipeline
+from flows.predict import predict
+from flows.registry import gate, model_rows
+from survival_model.config import Params, load_params
+from survival_model.evaluation.stage import rows
+from survival_model.registry import package as package_lib
+from survival_model.registry.registry import CHALLENGER, CHAMPION, Registry
+from survival_model.synthetic.cohort import GeneratorConfig, generate_cohort
+from survival_model.tracking import Tracker
+from survival_model.training.splits import Splits
+from survival_model.training.stage import load_result
+from tasks import registry as t
+from tests.conftest import REPO, TINY, overrides_for
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+#: The first model is promoted without a baseline (on 10 patients, beating the GPA is luck).
+FIRST = {"registry.gate.first_model_baseline": "none", "evaluation.networks": [], "registry.gate.ibs_tolerance": 0.5,
+         "training.splits.test_fraction": 0.45}  # 4-5 test patients: scores the gate can compare
+
+
+class Run:
+    def __init__(self, overrides: dict[str, Any], result: PipelineResult) -> None:
+        self.overrides = overrides
+        self.result = result
+        self.params: Params = load_params(REPO / "params.yaml", overrides)
+
+    def registry(self) -> Registry:
+        return Registry(Tracker.from_params(self.params).client, self.params.registry.model_name)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_cohort_master: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Run:
+    work = tmp_path_factory.mktemp("registry") / "work"
+    overrides = overrides_for(tiny_cohort_master, work, **FIRST)
+    return Run(overrides, pipeline(str(REPO / "params.yaml"), overrides))
+
+
+def test_the_pipeline_registers_a_challenger_and_gates_it(first_run: Run) -> None:
+    registered = first_run.result.registry
+    assert registered is not None and registered.registered and registered.version == 1
+    reg = first_run.registry()
+    version = reg.version(1)
+    assert set(version.aliases) == {CHALLENGER, CHAMPION}  # the first model, promoted (no baseline asked for)
+    for tag in ("data_fingerprint", "params_hash", "code_version", "package_key", "test.harrell_c",
+                "gate.decision", "gate.challenger.uno_c"):
+        assert tag in version.tags, tag
+    assert version.tags["gate.decision"] == "promoted" and version.run_id == first_run.result.mlflow_run_id
+    run = Tracker.from_params(first_run.params).client.get_run(first_run.result.mlflow_run_id)
+    assert run.data.tags["registry.version"] == "1" and run.data.tags["registry.gate"] == "promoted"
+    assert reg.history()[-1]["version"] == 1 and reg.history()[-1]["by"] == "promotion gate"
+
+
+def test_an_unchanged_second_run_registers_nothing_new(first_run: Run) -> None:
+    again = pipeline(str(REPO / "params.yaml"), first_run.overrides)
+    assert again.registry is not None and not again.registry.registered and again.registry.decision is None
+    assert [v.version for v in first_run.registry().versions()] == [1]
+    assert "nothing new to register" in again.registry.markdown
+
+
+def flipped(package: Path, target: Path) -> Path:
+    """The same model with its risk negated (the head's last layer times -1): deliberately worse."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(package, target)
+    for weights in target.glob("folds/*/model.safetensors"):
+        state = load_file(str(weights))
+        last = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith("head.")})[-1]
+        for suffix in ("weight", "bias"):
+            state[f"{last}.{suffix}"] = -state[f"{last}.{suffix}"]
+        save_file(state, str(weights))
+    return target
+
+
+def register(run: Run, package: Path, key: str) -> Any:
+    from prefect.logging import disable_run_logger
+
+    params = run.params
+    tracker = Tracker.from_params(params)
+    run_id = tracker.start_run(f"manual-{key}")
+    trained = load_result(run.result.training)
+    assert trained is not None
+    splits = Splits.load(trained.splits_path)
+    from flows.imaging import imaging
+    from flows.ingest import ingest
+
+    cohort = ingest(params)
+    table = imaging(params, cohort)
+    challenger = model_rows(params, cohort, table, package, list(splits.test))
+    with disable_run_logger():
+        version, new = t.register_model.fn(params, run_id, "", package, key, {"model": key},
+                                           challenger.frame.head(2))
+    assert new and CHALLENGER in version.aliases
+    return gate(params, cohort, table, splits, version, package, challenger), version
+
+
+def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(first_run: Run, tmp_path: Path) -> None:
+    reg = first_run.registry()
+    package = first_run.result.registry.package  # type: ignore[union-attr]
+    flip = flipped(package, tmp_path / "flipped")  # the same network with its risk negated
+    decision, flip_version = register(first_run, flip, "flipped")
+    metric = decision.metric
+    assert decision.champion is not None and decision.reference == "champion v1"
+    assert decision.challenger["harrell_c"] == pytest.approx(1 - decision.champion["harrell_c"])
+    flip_better = decision.challenger[metric] > decision.champion[metric] + decision.margin
+    assert decision.promote == flip_better, decision
+    assert reg.alias(CHAMPION).version == (flip_version.version if flip_better else 1)  # type: ignore[union-attr]
+    assert reg.version(flip_version.version).tags["gate.decision"] == ("promoted" if flip_better else "refused")
+
+    # deliberately: the worse of the two made champion by hand, then each registered again as a new version
+    better, worse = (flip, package) if flip_better else (package, flip)
+    worse_version = flip_version.version if not flip_better else 1
+    reg.set_champion(worse_version, reason="test: a deliberate mistake", by="tester")
+    promoted, better_version = register(first_run, shutil.copytree(better, tmp_path / "better"), "better-model")
+    assert promoted.promote and promoted.reference == f"champion v{worse_version}", promoted
+    assert reg.alias(CHAMPION).version == better_version.version  # type: ignore[union-attr]
+    refused, worse_again = register(first_run, shutil.copytree(worse, tmp_path / "worse"), "worse-model")
+    assert not refused.promote and "does not beat" in refused.reason, refused
+    assert reg.alias(CHAMPION).version == better_version.version  # type: ignore[union-attr]  # never the worse
+    assert reg.alias(CHALLENGER).version == worse_again.version  # type: ignore[union-attr]
+
+    # rollback walks the champion history back: better -> the worse one promoted by hand
+    assert reg.rollback(reason="test", by="tester").version == worse_version
+    table = reg.table()
+    assert list(table["version"]) == [worse_again.version, better_version.version, flip_version.version, 1]
+    assert table.set_index("version").loc[worse_again.version, "gate"] == "refused"
+    assert "rollback" in reg.history()[-1]["reason"]
+
+
+def test_rollback_without_history_is_an_error(tmp_path: Path) -> None:
+    from survival_model.registry.registry import RegistryError
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", tmp_path / "artifacts")
+    reg = Registry(tracker.client, "nothing")
+    with pytest.raises(RegistryError, match="no champion to roll back"):
+        reg.rollback(reason="x", by="y")
+    with pytest.raises(RegistryError, match="has no version 3"):
+        reg.version(3)
+
+
+def test_the_pyfunc_model_round_trips(first_run: Run) -> None:
+    import mlflow.pyfunc
+
+    from survival_model.training.stage import ensemble_outputs
+
+    params = first_run.params
+    mlflow.set_tracking_uri(params.mlflow_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{params.registry.model_name}/1")
+    package = first_run.result.registry.package  # type: ignore[union-attr]
+    info = package_lib.read_info(package)
+    from flows.imaging import imaging
+    from flows.ingest import ingest
+
+    cohort = ingest(params)
+    table = imaging(params, cohort)
+    inputs = model_rows(params, cohort, table, package, info["test_case_ids"] + info["development_case_ids"])
+    predicted = loaded.predict(inputs.frame)
+    in_memory = package_lib.PackagedModel.load(package).predict(inputs.frame)
+    pd.testing.assert_frame_equal(predicted.reset_index(drop=True), in_memory.reset_index(drop=True))
+
+    from survival_model.training.data import stack_images
+
+    trained = load_result(first_run.result.training)
+    assert trained is not None
+    frame = rows(table.table(), list(inputs.frame["case_id"]))
+    mean, _, _ = ensemble_outputs(trained.folds, frame, stack_images(inputs.image_paths, list(frame["case_id"])))
+    np.testing.assert_allclose(predicted["risk"].to_numpy(), mean[:, 0], rtol=1e-6)
+    assert predicted["risk_group"].between(1, params.registry.risk_groups).all()
+    assert (np.diff(predicted[["survival_6m", "survival_12m", "survival_24m"]].to_numpy(), axis=1) <= 0).all()
+
+
+def test_predict_new_patients_and_report_bad_ones(first_run: Run, tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    generate_cohort(GeneratorConfig(out_dir=new, seed=99, **{**TINY, "patients": {"site_a": 2, "site_b": 1,
+                                                                                  "site_c": 1}}))
+    overrides = {**overrides_for(new, first_run.params.work_dir, **FIRST),
+                 "institutions.site_a.clinical.survival": None}  # new patients: no outcome yet
+    result = predict(str(REPO / "params.yaml"), overrides, "champion", True)
+    predictions = pd.read_csv(result.folder / "predictions.csv")
+    assert result.predicted == len(predictions) == 4
+    assert {"risk", "risk_group", "survival_6m", "survival_12m", "survival_24m", "median_days",
+            "interval_low_days", "interval_high_days"} <= set(predictions.columns)
+    assert (predictions["interval_low_days"].fillna(0) <= predictions["median_days"].fillna(np.inf)).all()
+    missing = pd.read_csv(result.folder / "not_predicted.csv")
+    assert result.not_predicted == len(missing) >= 10 and missing["reason"].notna().all()
+    assert len(list((result.folder / "gradcam").glob("*.png"))) == 4
+    run = Tracker.from_params(first_run.params).client.get_run(result.mlflow_link.split("runs:/")[1].split()[0])
+    assert run.data.metrics["patients_predicted"] == 4
