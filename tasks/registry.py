@@ -12,8 +12,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from survival_model.config import Params
-from survival_model.evaluation.baselines import gpa
-from survival_model.evaluation.scores import Outcome
 from survival_model.imageio import atomic_directory
 from survival_model.preprocess.stage import PreprocessedPatient
 from survival_model.registry import gate as gate_lib
@@ -79,7 +77,8 @@ def fetch_model(params: Params, reference: str) -> tuple[Version, Path]:
             raise package_lib.PackageError(f"model {reg.name!r} has no version with the alias {reference!r} "
                                            "(run the pipeline first, or promote a version by hand)")
         version = found
-    target = params.work_dir / "registry" / "models" / reg.name / str(version.version)
+    # keyed by version and run: a registry rebuilt from scratch reuses version numbers
+    target = params.work_dir / "registry" / "models" / reg.name / f"{version.version}-{(version.run_id or '')[:12]}"
     if not any(target.rglob(package_lib.PACKAGE_FILE)):
         source = reg.client.get_model_version_download_uri(reg.name, str(version.version))
         with atomic_directory(target) as tmp:
@@ -95,8 +94,9 @@ def fetch_model(params: Params, reference: str) -> tuple[Version, Path]:
 def package_inputs(package: Path, patients: Mapping[str, PreprocessedPatient],
                    work_dir: Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
     """The patients' image inputs as this package's model needs them (content-keyed, reused)."""
-    model = package_lib.PackagedModel.load(package)
-    return predict_lib.image_inputs(patients, model, work_dir)
+    info = package_lib.read_info(package)  # the settings only: no network is loaded
+    params = package_lib.package_settings(info, package)[2] if info["uses_images"] else None
+    return predict_lib.image_inputs(patients, params, work_dir)
 
 
 @task(name="promotion-gate", task_run_name="promotion-gate-v{version.version}")
@@ -108,20 +108,12 @@ def promotion_gate(params: Params, version: Version, challenger: Path, challenge
     ``*_rows``: each model's prediction inputs for the rows of ``test`` (same order)."""
     logger = get_run_logger()
     reg = registry(params)
-    train, locked = Outcome.of_frame(development), Outcome.of_frame(test)
-    tau = params.evaluation.tau_days
-    challenger_scores = gate_lib.package_scores(package_lib.PackagedModel.load(challenger), challenger_rows, train,
-                                                locked, tau=tau)
-    champion_scores = label = None
-    if champion is not None and champion_rows is not None:
-        champion_scores = gate_lib.package_scores(package_lib.PackagedModel.load(champion[1]), champion_rows, train,
-                                                  locked, tau=tau)
-        label = f"champion v{champion[0].version}"
-    baseline = None
-    if champion is None and params.registry.gate.first_model_baseline == "gpa":
-        baseline = gate_lib.score_baseline(-gpa(development)[0], train, -gpa(test)[0], locked, tau=tau)
-    decision = gate_lib.decide(challenger_scores, params.registry.gate, champion=champion_scores,
-                               champion_label=label, baseline=baseline, test=locked, excluded=excluded)
+    load = package_lib.PackagedModel.load
+    decision = gate_lib.judge(
+        load(challenger), challenger_rows,
+        (f"champion v{champion[0].version}", load(champion[1]), champion_rows)
+        if champion is not None and champion_rows is not None else None,
+        development, test, params.registry.gate, tau=params.evaluation.tau_days, excluded=excluded)
     reg.tag_version(version.version, decision.tags())
     if decision.promote:
         reg.set_champion(version.version, reason=decision.reason, by="promotion gate")

@@ -112,3 +112,14 @@ def test_services_file_of_the_repository_is_valid() -> None:
     spec = load_services(REPO / "infra" / "local" / "services.yaml")
     assert set(spec.services) == {"prefect", "mlflow"}
     assert "{prefect_port}" in spec.services["prefect"].health_url
+
+
+def test_the_new_patients_example_declares_sources_without_outcomes() -> None:
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "examples" / "new_patients.yaml")
+    training = load_params(REPO / "params.yaml")
+    assert params.work_dir == training.work_dir  # the registry and the cached stages are the training run's
+    assert set(params.institutions) == set(training.institutions)
+    assert all(inst.clinical.survival is None for inst in params.institutions.values())
+    assert params.registry.model_name == training.registry.model_name

@@ -147,3 +147,23 @@ def package_scores(model: Any, frame: pd.DataFrame, train: Outcome, test: Outcom
     risk = model.risk(frame)
     grid = evaluation_times(train, test)
     return scores(train, test, risk, model.survival(risk, grid), grid, tau=tau)
+
+
+def judge(challenger: Any, challenger_rows: pd.DataFrame, champion: tuple[str, Any, pd.DataFrame] | None,
+          development: pd.DataFrame, test: pd.DataFrame, gate: GateParams, *, tau: float,
+          excluded: int = 0) -> Decision:
+    """Score the challenger and the champion (``(label, model, rows)``; None for the first model, which is
+    compared with the GPA) on the feature-table rows ``test`` (each model's prediction inputs for them in
+    the same order), with IPCW and the GPA's baseline from ``development``, and decide."""
+    from survival_model.evaluation.baselines import gpa
+
+    train, locked = Outcome.of_frame(development), Outcome.of_frame(test)
+    challenger_scores = package_scores(challenger, challenger_rows, train, locked, tau=tau)
+    champion_scores = label = baseline = None
+    if champion is not None:
+        label, model, rows = champion
+        champion_scores = package_scores(model, rows, train, locked, tau=tau)
+    elif gate.first_model_baseline == "gpa":
+        baseline = score_baseline(-gpa(development)[0], train, -gpa(test)[0], locked, tau=tau)
+    return decide(challenger_scores, gate, champion=champion_scores, champion_label=label, baseline=baseline,
+                  test=locked, excluded=excluded)

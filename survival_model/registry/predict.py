@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
 from survival_model.imageio import write_json, write_parquet, write_text
 from survival_model.models.inputs import load_image_input, region_planes, store_image_input
@@ -28,14 +29,14 @@ log = logging.getLogger(__name__)
 NOT_PREDICTED_COLUMNS = ["site", "case_id", "stage", "reason", "message"]
 
 
-def image_inputs(patients: Mapping[str, PreprocessedPatient], model: PackagedModel,
+def image_inputs(patients: Mapping[str, PreprocessedPatient], params: ImageInputParams | None,
                  work_dir: Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
-    """Each patient's image input for the model (content-keyed, reused), and the patients it failed for."""
+    """Each patient's image input made with ``params`` (a package's; None: the model takes no images),
+    content-keyed and reused, and the patients it failed for."""
     paths: dict[str, Path] = {}
     failed: list[dict[str, str]] = []
-    if not model.uses_images:
+    if params is None:
         return paths, failed
-    params = model.input_params()
     for case_id, patient in sorted(patients.items()):
         try:
             paths[case_id] = store_image_input(patient, params, work_dir)

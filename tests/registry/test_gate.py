@@ -10,7 +10,7 @@ import pytest
 
 from survival_model.config import GateParams
 from survival_model.evaluation.scores import Outcome
-from survival_model.registry.gate import Decision, decide, locked_patients, package_scores, score_baseline
+from survival_model.registry.gate import Decision, decide, judge, locked_patients, package_scores, score_baseline
 
 
 def cohort(n: int, seed: int) -> tuple[np.ndarray, Outcome]:
@@ -103,3 +103,30 @@ def test_a_decision_round_trips_as_a_dict(scored: dict[str, dict[str, float]]) -
     decision = decide(scored["better"], GateParams(), champion=scored["noisy"], champion_label="c", baseline=None,
                       test=test, excluded=2)
     assert Decision(**decision.as_dict()) == decision and decision.tags()["gate.excluded"] == "2"
+
+
+def frame_of(outcome: Outcome, seed: int) -> Any:
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n = len(outcome.time)
+    return pd.DataFrame({"time_days": outcome.time, "event": outcome.event.astype(int), "age": rng.uniform(40, 80, n),
+                         "kps": rng.choice([60, 70, 80, 90], n), "extracranial": rng.uniform(size=n) < 0.5,
+                         "n_brain_mets": rng.integers(1, 5, n)})
+
+
+def test_judge_scores_both_models_on_the_same_patients() -> None:
+    _, train = cohort(200, 1)
+    truth, test = cohort(120, 2)
+    development, locked = frame_of(train, 4), frame_of(test, 5)
+    better, reversed_model = Curves(truth), Curves(-truth)
+    promoted = judge(better, locked, ("champion v1", reversed_model, locked), development, locked, GateParams(),
+                     tau=730)
+    assert promoted.promote and promoted.champion is not None and promoted.baseline is None
+    assert promoted.challenger["harrell_c"] == pytest.approx(1 - promoted.champion["harrell_c"])
+    refused = judge(reversed_model, locked, ("champion v2", better, locked), development, locked, GateParams(),
+                    tau=730, excluded=3)
+    assert not refused.promote and refused.excluded == 3 and refused.patients == 120
+    first = judge(better, locked, None, development, locked, GateParams(), tau=730)  # the GPA is noise here
+    assert first.promote and first.reference == "gpa" and first.baseline is not None
+    assert not judge(reversed_model, locked, None, development, locked, GateParams(), tau=730).promote
