@@ -516,8 +516,8 @@ def models_list(params_path: ParamsOption = Path("params.yaml")) -> None:
                         for v in row))
     console.print(table)
     for entry in reg.history()[-5:]:
-        console.print(f"  {entry['at']}  champion v{entry['version']} (was v{entry['previous']}) by {entry['by']}: "
-                      f"{entry['reason']}")
+        before = f"was v{entry['previous']}" if entry.get("previous") is not None else "the first"
+        console.print(f"  {entry['at']}  champion v{entry['version']} ({before}) by {entry['by']}: {entry['reason']}")
 
 
 @models_app.command("promote")
