@@ -21,6 +21,7 @@ from flows.runners import task_runner_for
 from flows.training import training, variant_params
 from survival_model.config import Params, load_params
 from survival_model.fingerprint import code_version
+from tasks import registry as registry_tasks
 from tasks import tracking
 
 
@@ -82,6 +83,7 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         if params.registry.enabled:
             registered = registry.with_options(task_runner=task_runner_for(params))(
                 params, cohort, table, trained, compared, run_id, link)
+            registry_tasks.publish_promotion(params, run_id, registered)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")
         raise

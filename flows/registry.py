@@ -86,8 +86,9 @@ def test_metrics(compared: EvaluationResult, name: str) -> dict[str, float]:
 @flow(name="registry", flow_run_name="registry")
 def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained: TrainingResult,
              compared: EvaluationResult, run_id: str, run_link: str) -> RegistryResult:
-    """Package -> register (``challenger``) -> promotion gate (``champion``), recorded in MLflow and Prefect.
-    Unchanged data, params and code find the version registered before: nothing new is registered or gated."""
+    """Package -> register (``challenger``) -> promotion gate (``champion``, the decision tagged on the version).
+    Unchanged data, params and code find the version registered before: nothing new is registered or gated.
+    The caller publishes the result on its MLflow run and Prefect flow run (``tasks.registry.publish_promotion``)."""
     logger = get_run_logger()
     training_key = str(read_json(trained.folder / "result.json")["key"])
     key = package_lib.package_key(training_key, params)
@@ -106,7 +107,6 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
     if registered or "gate.decision" not in version.tags:
         decision = gate(params, cohort, table, splits, version, package, challenger)
     markdown = t.decision_markdown(params, version, decision, registered, run_link)
-    t.publish_promotion(params, run_id, version, decision.as_dict() if decision else None, markdown, registered)
     champion = t.registry(params).alias(CHAMPION)
     logger.info("%s: version %d (%s); champion: %s", params.registry.model_name, version.version,
                 "new" if registered else "registered before", f"v{champion.version}" if champion else "none")

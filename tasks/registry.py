@@ -123,23 +123,24 @@ def promotion_gate(params: Params, version: Version, challenger: Path, challenge
 
 
 @task(name="publish-promotion")
-def publish_promotion(params: Params, run_id: str, version: Version, decision: Mapping[str, Any] | None,
-                      markdown: str, registered: bool) -> None:
-    """The decision on the MLflow run (tags, ``registry/decision.json``) and in the Prefect UI (artifacts)."""
+def publish_promotion(params: Params, run_id: str, result: Any) -> None:
+    """The registry flow's result (``flows.registry.RegistryResult``) on the MLflow run (tags,
+    ``registry/decision.json``) and in the Prefect UI (the decision, the versions table)."""
     tracker = Tracker.from_params(params)
-    tags = {"registry.model": params.registry.model_name, "registry.version": str(version.version),
-            "registry.new_version": str(registered).lower()}
+    decision = result.decision
+    tags = {"registry.model": result.model_name, "registry.version": str(result.version),
+            "registry.new_version": str(result.registered).lower()}
     if decision is not None:
         tags["registry.gate"] = "promoted" if decision["promote"] else "refused"
     tracker.set_tags(run_id, tags)
-    tracker.log_dict(run_id, {"version": version.version, "registered_now": registered, "decision": decision},
-                     "registry/decision.json")
-    create_markdown_artifact(markdown, key="promotion-decision",
-                             description=f"{params.registry.model_name}: registration and the promotion gate")
+    tracker.log_dict(run_id, {"version": result.version, "registered_now": result.registered, "decision": decision,
+                              "champion": result.champion}, "registry/decision.json")
+    create_markdown_artifact(result.markdown, key="promotion-decision",
+                             description=f"{result.model_name}: registration and the promotion gate")
     table = registry(params).table()
     rows = [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
             for r in table.to_dict("records")]
-    create_table_artifact(rows, key="model-versions", description=f"{params.registry.model_name}: versions, aliases")
+    create_table_artifact(rows, key="model-versions", description=f"{result.model_name}: versions, aliases")
 
 
 @task(name="predict-patients", task_run_name="predict-patients")

@@ -188,7 +188,7 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     with get_client(sync_client=True) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
-    assert sorted(c.name for c in children) == ["evaluation", "imaging", "ingest", "training",
+    assert sorted(c.name for c in children) == ["evaluation", "imaging", "ingest", "registry", "training",
                                                 "training-hybrid-mse-test_efficientnet", "training-tabular-cox"]
     assert all(c.state is not None and c.state.is_completed() for c in children)
 
@@ -242,7 +242,10 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     by_key = {a.key: a for a in published}
     assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary",
             "training-summary", "training-folds", "model-comparison", "model-comparison-summary",
-            "evaluation-report"} <= set(by_key)
+            "evaluation-report", "promotion-decision", "model-versions"} <= set(by_key)
+    assert run.data.tags["registry.version"] == "1" and run.data.tags["registry.gate"] in ("promoted", "refused")
+    assert "Promotion gate" in str(by_key["promotion-decision"].data)
+    assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "model")} >= {"model/MLmodel"}
     assert "gpa" in str(by_key["model-comparison"].data) and "oracle" in str(by_key["model-comparison"].data)
     evaluation_artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "evaluation")}
     assert {"evaluation/comparison", "evaluation/explanation", "evaluation/report"} <= evaluation_artifacts
