@@ -64,7 +64,8 @@ def model_rows(params: Params, cohort: CohortResult, table: FeatureTable | None,
         table = imaging.with_options(task_runner=task_runner_for(params))(params, cohort)
     frame = table.table()
     if case_ids is not None:
-        frame = rows(frame, [c for c in case_ids if c in set(frame["case_id"])])
+        present = set(frame["case_id"])
+        frame = rows(frame, [c for c in case_ids if c in present])
     records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in cohort.cohort().to_dict("records")]
     wanted = set(frame["case_id"])
     patients = {c: p for c, p in preprocessed_patients(records, params).items() if c in wanted}
@@ -74,7 +75,7 @@ def model_rows(params: Params, cohort: CohortResult, table: FeatureTable | None,
                      {c: p.mask for c, p in patients.items()})
 
 
-def test_metrics(compared: EvaluationResult, name: str) -> dict[str, float]:
+def locked_test_scores(compared: EvaluationResult, name: str) -> dict[str, float]:
     """The main network's scores on the locked test set, from the evaluation's comparison table."""
     if name not in compared.comparison.index:
         return {}
@@ -101,7 +102,7 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
             "params_hash": stable_hash(params.model_dump(mode="json", include={
                 "ingest", "preprocess", "features", "training", "evaluation", "registry"})),
             "code_version": package_lib.package_code_version(),
-            **test_metrics(compared, trained.name)}
+            **locked_test_scores(compared, trained.name)}
     version, registered = t.register_model(params, run_id, run_link, package, key, tags, challenger.frame.head(2))
     decision: gate_lib.Decision | None = None
     if registered or "gate.decision" not in version.tags:
@@ -127,7 +128,8 @@ def gate(params: Params, cohort: CohortResult, table: FeatureTable, splits: Spli
         info = package_lib.read_info(champion[1])
         test_ids, excluded = gate_lib.locked_patients(test_ids, list(info["development_case_ids"]))
         champion_rows = model_rows(params, cohort, table, champion[1], test_ids).frame
-        test_ids = [c for c in test_ids if c in set(champion_rows["case_id"])]
+        scored = set(champion_rows["case_id"])
+        test_ids = [c for c in test_ids if c in scored]
         champion_rows = champion_rows.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)
     frame = table.table()
     locked = rows(frame, test_ids)
