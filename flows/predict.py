@@ -65,14 +65,10 @@ def predict(params_path: str, overrides: dict[str, Any] | None = None, model: st
         folder = t.predict_patients(package, inputs.table.table_path, inputs.table.quarantine_path,
                                     inputs.image_paths, inputs.failed, inputs.seg_paths, gradcam, info,
                                     predictions_folder(params.work_dir, key))
-        link = t.log_predictions(params, run_id, folder, info)
+        link, predicted, missing = t.log_predictions(params, run_id, folder, info)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")
         raise
     tracking.end_run(params, run_id, "FINISHED")
-    import pandas as pd
-
-    predicted = len(pd.read_parquet(folder / "predictions.parquet"))
-    missing = len(pd.read_csv(folder / "not_predicted.csv"))
     logger.info("%s v%d: %d patient(s) predicted, %d not (%s)", name, version.version, predicted, missing, folder)
     return PredictionResult(folder, name, version.version, predicted, missing, link)

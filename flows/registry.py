@@ -22,7 +22,7 @@ from survival_model.ingest.cohort import CohortResult
 from survival_model.models.inputs import preprocessed_patients
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
-from survival_model.registry.registry import CHAMPION, Version
+from survival_model.registry.registry import CHAMPION, Version, registration_markdown
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 from tasks import registry as t
@@ -107,7 +107,7 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
     decision: gate_lib.Decision | None = None
     if registered or "gate.decision" not in version.tags:
         decision = gate(params, cohort, table, splits, version, package, challenger)
-    markdown = t.decision_markdown(params, version, decision, registered, run_link)
+    markdown = registration_markdown(params.registry.model_name, version, decision, run_link)
     champion = t.registry(params).alias(CHAMPION)
     logger.info("%s: version %d (%s); champion: %s", params.registry.model_name, version.version,
                 "new" if registered else "registered before", f"v{champion.version}" if champion else "none")

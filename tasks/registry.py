@@ -17,9 +17,10 @@ from survival_model.preprocess.stage import PreprocessedPatient
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
 from survival_model.registry import predict as predict_lib
-from survival_model.registry.registry import CHAMPION, Registry, Version, log_model
+from survival_model.registry.registry import Registry, Version, log_model
 from survival_model.tracking import Tracker
 from survival_model.training.stage import TrainingResult
+from tasks.tracking import table_rows
 
 
 def registry(params: Params) -> Registry:
@@ -137,10 +138,8 @@ def publish_promotion(params: Params, run_id: str, result: Any) -> None:
                               "champion": result.champion}, "registry/decision.json")
     create_markdown_artifact(result.markdown, key="promotion-decision",
                              description=f"{result.model_name}: registration and the promotion gate")
-    table = registry(params).table()
-    rows = [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in table.to_dict("records")]
-    create_table_artifact(rows, key="model-versions", description=f"{result.model_name}: versions, aliases")
+    create_table_artifact(table_rows(registry(params).table()), key="model-versions",
+                          description=f"{result.model_name}: versions, aliases")
 
 
 @task(name="predict-patients", task_run_name="predict-patients")
@@ -169,35 +168,18 @@ def predict_patients(package: Path, table_path: Path, quarantine_path: Path, ima
 
 
 @task(name="log-predictions", retries=2, retry_delay_seconds=[2, 10])
-def log_predictions(params: Params, run_id: str, folder: Path, info: Mapping[str, Any]) -> str:
-    """The predictions on their MLflow run and as Prefect table artifacts."""
+def log_predictions(params: Params, run_id: str, folder: Path, info: Mapping[str, Any]) -> tuple[str, int, int]:
+    """The predictions on their MLflow run and as Prefect table artifacts: ``(run link, patients predicted,
+    patients not predicted)``."""
     tracker = Tracker.from_params(params)
     predictions = pd.read_parquet(folder / "predictions.parquet")
     not_predicted = pd.read_csv(folder / "not_predicted.csv")
     tracker.set_tags(run_id, {k: str(v) for k, v in info.items() if k in ("model", "version", "model_uri")})
     tracker.log_metrics(run_id, {"patients_predicted": len(predictions), "patients_not_predicted": len(not_predicted)})
     tracker.log_folder(run_id, folder, artifact_path="predictions")
-    rows = [{str(k): (None if isinstance(v, float) and v != v else (round(v, 4) if isinstance(v, float) else v))
-             for k, v in r.items()} for r in predictions.to_dict("records")]
-    create_table_artifact(rows, key="predictions", description=f"{info.get('model')} v{info.get('version')}: "
-                                                                "per-patient predictions")
+    create_table_artifact(table_rows(predictions.round(4)), key="predictions",
+                          description=f"{info.get('model')} v{info.get('version')}: per-patient predictions")
     if len(not_predicted):
-        create_table_artifact([{str(k): v for k, v in r.items()} for r in not_predicted.fillna("").to_dict("records")],
-                              key="not-predicted",
+        create_table_artifact(table_rows(not_predicted.fillna("")), key="not-predicted",
                               description="Patients not predicted, with the reason")
-    return tracker.run_url(run_id)
-
-
-def decision_markdown(params: Params, version: Version, decision: gate_lib.Decision | None, registered: bool,
-                      run_link: str) -> str:
-    """What happened to this run's model, for the Prefect artifact."""
-    name = params.registry.model_name
-    if decision is not None:
-        text = decision.markdown(name, version.version)
-    else:
-        gate = version.tags.get("gate.decision", "not gated")
-        champion = "is" if CHAMPION in version.aliases else "is not"
-        text = (f"# {name}: nothing new to register\n\nData, parameters and code are unchanged: this run's model is "
-                f"version {version.version}, registered before (gate: {gate}; it {champion} the champion). No new "
-                f"version and no new gate decision.\n")
-    return text + f"\nModel: `models:/{name}/{version.version}`; MLflow run: {run_link}\n"
+    return tracker.run_url(run_id), len(predictions), len(not_predicted)

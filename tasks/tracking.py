@@ -30,6 +30,12 @@ from survival_model.training.folds import FoldResult
 from survival_model.training.stage import TrainingResult
 
 
+def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame as rows for a Prefect table artifact (JSON: missing values as null)."""
+    return [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in frame.to_dict("records")]
+
+
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
 def start_run(params: Params, run_name: str, tags: dict[str, str]) -> str:
     tracker = Tracker.from_params(params)
@@ -160,9 +166,7 @@ def publish_evaluation(result: EvaluationResult, run_link: str) -> None:
     create_markdown_artifact(result.summary_markdown + f"\nMLflow run (the HTML report is its artifact "
                              f"`evaluation/report/report.html`): {run_link}\n", key="model-comparison-summary",
                              description="The networks beside the clinical baselines and the oracle, explained")
-    table = result.comparison.reset_index().round(4)
-    rows = [{str(k): (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-            for r in table.to_dict("records")]
-    create_table_artifact(rows, key="model-comparison", description="Every score with its 95% interval")
+    create_table_artifact(table_rows(result.comparison.reset_index().round(4)), key="model-comparison",
+                          description="Every score with its 95% interval")
     create_link_artifact(result.report_html.resolve().as_uri(), link_text="evaluation report (HTML, local file)",
                          key="evaluation-report")

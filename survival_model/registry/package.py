@@ -232,21 +232,34 @@ def same_inputs(params: Params, folder: Path) -> bool:
             and inputs == params.training.inputs)
 
 
+def _as_kind(values: pd.Series, kind: str) -> pd.Series:
+    """One input column as the tabular pipeline was fitted on it: ``number`` as float (booleans 0/1, missing
+    NaN), ``text`` as objects (missing NaN)."""
+    if kind == "number":
+        if pd.api.types.is_bool_dtype(values.dtype):
+            values = values.astype("Float64")
+        return pd.to_numeric(values, errors="coerce").astype(float)
+    return values.astype(object).where(values.notna(), np.nan)
+
+
+def input_columns(info: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """``case_id`` and the package's input columns of ``frame`` (feature-table rows or a prediction input),
+    each converted to its kind (:func:`_as_kind`)."""
+    columns = [c["name"] for c in info["input_schema"]]
+    missing = [c for c in ("case_id", *columns) if c not in frame.columns]
+    if missing:
+        raise PackageError(f"the model needs column(s) {missing}, which its input lacks")
+    out = pd.DataFrame({"case_id": frame["case_id"].astype(str).to_numpy()})
+    for spec in info["input_schema"]:
+        out[spec["name"]] = _as_kind(frame[spec["name"]], spec["kind"]).to_numpy()
+    return out
+
+
 def model_input(info: Mapping[str, Any], table: pd.DataFrame,
                 image_paths: Mapping[str, Path] | None = None) -> pd.DataFrame:
-    """The prediction input for feature-table rows: ``case_id``, the package's input columns (booleans as
-    0/1, numbers as floats, text as strings) and, for image networks, ``image_input`` paths."""
-    columns = [c["name"] for c in info["input_schema"]]
-    missing = [c for c in ("case_id", *columns) if c not in table.columns]
-    if missing:
-        raise PackageError(f"the model needs column(s) {missing}, which the feature table lacks")
-    out = pd.DataFrame({"case_id": table["case_id"].astype(str).to_numpy()})
-    for spec in info["input_schema"]:
-        values = table[spec["name"]]
-        if spec["kind"] == "number":
-            out[spec["name"]] = pd.to_numeric(values.astype("Float64"), errors="coerce").astype(float).to_numpy()
-        else:
-            out[spec["name"]] = values.astype(object).where(values.notna(), None).to_numpy()
+    """The prediction input for feature-table rows: :func:`input_columns` and, for image networks,
+    ``image_input`` paths."""
+    out = input_columns(info, table)
     if info["uses_images"]:
         paths = image_paths or {}
         out[IMAGE_COLUMN] = [str(paths[c]) if c in paths else None for c in out["case_id"]]
@@ -304,28 +317,19 @@ class PackagedModel:
         from survival_model.models.inputs import load_image_input
         from survival_model.training.folds import fold_outputs
 
-        missing = [c for c in ("case_id", *self.input_columns) if c not in frame.columns]
-        if missing:
-            raise PackageError(f"the prediction input lacks column(s) {missing}")
+        features = self.features(frame)  # checks the columns
         images = None
         if self.uses_images:
             if IMAGE_COLUMN not in frame.columns or frame[IMAGE_COLUMN].isna().any():
                 raise PackageError(f"this {self.info['variant']} model needs an {IMAGE_COLUMN!r} path for every row")
             images = np.stack([load_image_input(Path(p)) for p in frame[IMAGE_COLUMN]]).astype(np.float32)
-        features = self.features(frame)
         per_fold = [fold_outputs(model, features, images) for model in self.folds]
         mean: npt.NDArray[np.float32] = np.mean(per_fold, axis=0).astype(np.float32)
         return mean
 
     def features(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Prediction-input rows in the dtypes the tabular pipeline was fitted on."""
-        out = frame[["case_id", *self.input_columns]].copy()
-        for spec in self.info["input_schema"]:
-            if spec["kind"] == "number":
-                out[spec["name"]] = pd.to_numeric(out[spec["name"]], errors="coerce").astype(float)
-            else:
-                out[spec["name"]] = out[spec["name"]].astype(object).where(out[spec["name"]].notna(), np.nan)
-        return out
+        return input_columns(self.info, frame)
 
     def risk(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
         import torch

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from survival_model.errors import SurvivalModelError
+from survival_model.registry.gate import Decision
 
 log = logging.getLogger(__name__)
 
@@ -212,3 +213,16 @@ class Registry:
                 "gate": v.tags.get("gate.decision", ""), "data": v.tags.get("data_fingerprint", "")[:12],
                 "run_id": v.run_id or ""})
         return pd.DataFrame(rows)
+
+
+def registration_markdown(name: str, version: Version, decision: Decision | None, run_link: str) -> str:
+    """What happened to a run's model: the gate's decision, or that it was registered (and gated) before."""
+    if decision is not None:
+        text = decision.markdown(name, version.version)
+    else:
+        gate = version.tags.get("gate.decision", "not gated")
+        champion = "is" if CHAMPION in version.aliases else "is not"
+        text = (f"# {name}: nothing new to register\n\nData, parameters and code are unchanged: this run's model is "
+                f"version {version.version}, registered before (gate: {gate}; it {champion} the champion). No new "
+                f"version and no new gate decision.\n")
+    return text + f"\nModel: `models:/{name}/{version.version}`; MLflow run: {run_link}\n"
