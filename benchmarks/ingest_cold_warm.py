@@ -43,13 +43,13 @@ from survival_model.ingest.clinical import harmonise_site  # noqa: E402
 from survival_model.ingest.cohort import build_cohort  # noqa: E402
 from survival_model.ingest.discovery import discover_cases  # noqa: E402
 from survival_model.ingest.images import ingest_case  # noqa: E402
-from survival_model.ingest.privacy import Pseudonymiser  # noqa: E402
+from tasks.privacy import pseudonymiser as resolve_pseudonymiser  # noqa: E402
 
 BEGIN, END = "<!-- ingest-benchmark:begin -->", "<!-- ingest-benchmark:end -->"
 
 
 def library_ingest(params: Params) -> dict[str, Any]:
-    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    pseudonymiser = resolve_pseudonymiser(params.privacy)
     memo = DigestMemo(params.work_dir / "cache" / "digests.sqlite")
     outcomes, clinical = [], []
     for site, institution in params.institutions.items():

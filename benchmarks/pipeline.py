@@ -56,11 +56,11 @@ def serial_child(params_path: str, overrides: dict[str, Any], limit: int) -> dic
     from survival_model.ingest.cohort import build_cohort
     from survival_model.ingest.discovery import discover_cases
     from survival_model.ingest.images import ingest_case
-    from survival_model.ingest.privacy import Pseudonymiser
     from survival_model.preprocess.stage import patient_input, run_preprocess
+    from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 
     params = load_params(params_path, overrides)
-    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    pseudonymiser = resolve_pseudonymiser(params.privacy)
     memo = DigestMemo(params.work_dir / "cache" / "digests.sqlite")
     outcomes, clinical = [], []
     for site, institution in params.institutions.items():

@@ -1,20 +1,22 @@
 """Training throughput per backbone on synthetic arrays shaped like the default inputs, in one run.
 
-    .venv/bin/python benchmarks/training_throughput.py [--backbones a,b:48,c] [--slices 8] [--size 64]
-        [--patients 94] [--validation 24] [--epochs 2] [--device auto|cpu|cuda] [--workers N] [--set key=value]
+    .venv/bin/python benchmarks/training_throughput.py [--backbones a,b:48,c] [--slices 8] [--size 32]
+        [--patients 74] [--validation 18] [--epochs 3] [--device auto|cpu|cuda] [--set key=value]
 
     on a CUDA machine, everything in one call:
     .venv/bin/python benchmarks/training_throughput.py --device cuda --size 224 --epochs 3
 
 Each backbone (``name`` or ``name:patients`` to train it on fewer patients) trains a fresh hybrid network
 with :func:`survival_model.training.loop.train_model` and the ``training`` settings of ``params.yaml``
-(batch size, optimiser, augmentation, deterministic, threads; ``fit.patience`` and ``min_epochs`` set so
+(chunk size, optimiser, augmentation, deterministic, threads; ``fit.patience`` and ``min_epochs`` set so
 that every epoch runs) on random arrays: ``(patients, K, C, S, S)`` images with C = the configured
 sequences + mask channels, 38 tabular features (the default feature table's width), exponential survival
-times, 70 % deaths. Per epoch the loop records its seconds (training batches + the validation pass),
-the time spent waiting for batches and the patients and slices trained; reported are patients/s and
-slices/s (sum over epochs / sum of seconds, the first epoch left out as warm-up when there are more),
-the data-wait share (waiting / seconds), seconds per epoch, and the speed relative to the first
+times, 70 % deaths; the defaults are one fold's fitting and stopping patients of the default cohort. An
+epoch is one full-batch step (every training patient through the network, the loss over exact risk sets)
+plus the pass over the stopping patients; the loop records its seconds, the time spent building the
+epoch's augmented inputs and the patients and slices trained; reported are patients/s and slices/s (sum
+over epochs / sum of seconds, the first epoch left out as warm-up when there are more), the data share
+(augmentation / seconds), seconds per epoch, and the speed relative to the first
 backbone at the same precision. On CUDA every backbone runs in bf16 autocast and in fp32 (channels-last
 both) and the bf16/fp32 speed ratio is printed; on the CPU fp32 only. Nothing is written; no timing is
 asserted.
@@ -59,7 +61,6 @@ def measure(args: argparse.Namespace, overrides: dict[str, Any], backbone: str, 
         **overrides, "training.network.backbone": backbone, "training.network.variant": "hybrid",
         "training.fit.epochs": args.epochs, "training.fit.patience": 10_000, "training.fit.min_epochs": 1,
         "training.fit.device": args.device, "training.fit.precision": precision,
-        **({"training.fit.workers": args.workers} if args.workers is not None else {}),
         "training.inputs.slices": args.slices, "training.inputs.size": args.size})
     tp = params.training
     channels = len(tp.inputs.sequences) + len(tp.inputs.mask_channels)
@@ -74,7 +75,7 @@ def measure(args: argparse.Namespace, overrides: dict[str, Any], backbone: str, 
     if choice.device.type == "cuda":
         torch.cuda.empty_cache()
     return {"backbone": backbone, "patients": patients, "precision": "bf16" if choice.amp_dtype else "fp32",
-            "device": choice.describe(), "batch": tp.fit.batch_size, "epochs": len(history),
+            "device": choice.describe(), "chunk": tp.fit.chunk_size, "epochs": len(history),
             "epoch_s": seconds / len(history), "trained": history[-1].patients,
             "patients_s": sum(r.patients for r in history) / seconds,
             "slices_s": sum(r.slices for r in history) / seconds,
@@ -86,12 +87,11 @@ def main() -> None:
     parser.add_argument("--backbones", default=DEFAULT_BACKBONES,
                         help="comma-separated timm names, each optionally name:patients")
     parser.add_argument("--slices", type=int, default=8)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--patients", type=int, default=94, help="training patients (default: one fold's)")
-    parser.add_argument("--validation", type=int, default=24, help="validation patients scored every epoch")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--patients", type=int, default=74, help="training patients (default: one fold's)")
+    parser.add_argument("--validation", type=int, default=18, help="stopping patients scored every epoch")
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: params)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="another params override, e.g. training.fit.deterministic=false")
     args = parser.parse_args()
@@ -110,14 +110,15 @@ def main() -> None:
     device = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} " \
         f"torch threads, load average {load:.1f} at the start"
     reduced = [f"{n} on {c}" for n, c in plan if c != args.patients]
-    print(f"Training throughput on random arrays: {args.patients} training + {args.validation} validation "
+    print(f"Training throughput on random arrays: {args.patients} training + {args.validation} stopping "
           f"patients of {args.slices} slices x {len(base.inputs.sequences) + len(base.inputs.mask_channels)} "
-          f"channels x {args.size}x{args.size} px, {TABULAR} tabular features, batch {base.fit.batch_size} "
-          f"patients, {args.epochs} epochs ({'first left out as warm-up' if args.epochs > 1 else 'no warm-up'}), "
+          f"channels x {args.size}x{args.size} px, {TABULAR} tabular features, full batch (chunks of "
+          f"{base.fit.chunk_size} patients), {args.epochs} epochs "
+          f"({'first left out as warm-up' if args.epochs > 1 else 'no warm-up'}), "
           f"deterministic {base.fit.deterministic}; {device}; torch {torch.__version__}, Python "
           f"{platform.python_version()}." + (f" Fewer training patients: {', '.join(reduced)}." if reduced else ""))
     print()
-    print("| backbone | precision | device | train patients | s / epoch | patients / s | slices / s | data wait "
+    print("| backbone | precision | device | train patients | s / epoch | patients / s | slices / s | data share "
           "| speed vs first | bf16 / fp32 |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     first = {r["precision"]: r["patients_s"] for r in rows if r["backbone"] == plan[0][0]}
@@ -130,10 +131,9 @@ def main() -> None:
               f"{row['epoch_s']:.2f} | {row['patients_s']:.1f} | {row['slices_s']:.0f} | {row['wait']:.1%} | "
               f"{row['patients_s'] / first[row['precision']]:.3f} | {ratio} |")
     print()
-    trained = ", ".join(sorted({f"{r['trained']} of {r['patients']}" for r in rows}))
-    print("s / epoch: training batches plus the validation pass. Patients / s: patients trained per epoch (full "
-          f"batches only: {trained}) / s. Data wait: "
-          "time waiting for the next batch (loading, augmentation, host-to-device copy) / epoch time.")
+    print("s / epoch: one full-batch step plus the pass over the stopping patients. Patients / s: patients trained "
+          "per epoch / s. Data share: building the epoch's augmented inputs and moving them to the device / epoch "
+          "time.")
     print()
     print(f"Command: `{' '.join(['.venv/bin/python benchmarks/training_throughput.py', *sys.argv[1:]])}`")
 

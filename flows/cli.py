@@ -70,7 +70,7 @@ def _fail(exc: SurvivalModelError) -> None:
 def _generator_config(params: Params, workers: int | None = None) -> GeneratorConfig:
     s = params.synthetic
     return GeneratorConfig(out_dir=s.out_dir, seed=s.seed, patients=dict(s.patients), shape=s.shape,
-                           spacing_mm=s.spacing_mm, bad_patients=s.bad_patients,
+                           spacing_mm=s.spacing_mm, bad_patients=s.bad_patients, image_effect=s.image_effect,
                            workers=workers or max(1, os.cpu_count() or 1))
 
 
@@ -340,7 +340,7 @@ def _print_training(metrics: dict[str, Any]) -> None:
                       str(metrics["oracle"]["patients"]))
     cv = metrics["cv"]
     table.add_row(f"{len(cv['per_fold'])} folds, validation (mean ± SD)",
-                  f"{cv['val_cindex_mean']:.3f} ± {cv['val_cindex_sd']:.3f}", "")
+                  f"{cv['validation_cindex_mean']:.3f} ± {cv['validation_cindex_sd']:.3f}", "")
     console.print(table)
 
 

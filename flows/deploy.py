@@ -6,6 +6,15 @@ the same two deployments for a work pool and a worker instead.
 
 The deployments carry the absolute ``params.yaml`` path and the command line's ``--set`` overrides as
 parameters, so a scheduled run uses the settings the deployment was served with.
+
+The pseudonymisation key is part of a deployment: a run from a deployment never creates one (a new key
+would give every patient a new id and hide which patients a registered model trained on). It comes from
+``privacy`` in the params (``tasks.privacy``): a Prefect Secret block named by ``privacy.key_secret_block``
+(what ``prefect.yaml``'s work-pool deployments use: it is loaded at run time, so the key is never stored in
+the deployment), the environment variable named by ``privacy.key_env`` (``SURVIVAL_MODEL_PSEUDONYM_KEY``;
+for ``serve``, the serving process's environment), or an existing ``privacy.key_file``. :func:`deployments`
+checks that the serving environment has the key before anything is served, so a scheduled run does not
+fail on it at 3 a.m.; never put the key itself in a deployment's parameters or job variables.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from prefect.types.entrypoint import EntrypointType
 from flows.pipeline import pipeline
 from survival_model.config import Params, ScheduleParams
 from survival_model.errors import ConfigError
+from tasks.privacy import check_key_available
 
 RETRAIN = "retrain"
 PREDICT = "predict"
@@ -111,7 +121,9 @@ def predict_deployment(params_path: str | Path, overrides: dict[str, Any] | None
 def deployments(
     params: Params, params_path: str | Path, overrides: dict[str, Any] | None = None
 ) -> list[RunnerDeployment]:
-    """Both deployments: retraining first, then prediction."""
+    """Both deployments: retraining first, then prediction (a :class:`ConfigError` when their runs would
+    find no pseudonymisation key in this environment: they never create one)."""
+    check_key_available(params.privacy)
     return [retrain_deployment(params, params_path, overrides), predict_deployment(params_path, overrides)]
 
 

@@ -35,20 +35,43 @@ def stored_inputs(patients: Mapping[str, PreprocessedPatient], params: Params) -
     return paths
 
 
+def gate_decisions_served(params: Params, trained: TrainingResult) -> int | None:
+    """How many promotion-gate decisions this run's locked test set served before (None without a registry)."""
+    if not params.registry.enabled:
+        return None
+    from survival_model.registry.gate import fingerprint_test_set
+    from survival_model.training.splits import Splits
+    from tasks.registry import registry
+
+    return registry(params).test_set_decisions(fingerprint_test_set(Splits.load(trained.splits_path).test))
+
+
 @flow(name="evaluation", flow_run_name="evaluation")
 def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
                trained: Sequence[TrainingResult]) -> lib.EvaluationResult:
-    """One comparison on the locked test set (the first network is the main one, explained and reported),
-    reused whole when nothing it reads changed."""
+    """One comparison of every network with the baselines and the oracle, out of fold on the development
+    patients and on the locked test set (the first network is the main one, explained and reported), reused
+    whole when nothing it reads changed; the report is re-rendered (seconds) when the number of gate decisions
+    the test set has served changed."""
     logger = get_run_logger()
     oracle = oracle_scores(params)
     clinical = list(params.training.tabular.clinical)
+    decisions = gate_decisions_served(params, trained[0])
+    key_print = cohort.summary.get("pseudonym_key_fingerprint")
+    truth = params.evaluation.ground_truth
+    known = list(truth.known_effects) if truth is not None and oracle is not None else []
     key = lib.evaluation_key([r.folder.name for r in trained], table.folder.name, clinical, params.evaluation,
                              stable_hash(sorted(oracle.items())) if oracle is not None else None)
     if params.orchestration.reuse_unchanged_stages:
         reused = stages.reuse(params.work_dir, lib.STAGE, key, lib.load_evaluation)
         if reused is not None:
             logger.info("evaluation unchanged (stage key %s): reusing %s", key[:12], reused.folder)
+            if reused.report_decisions() != decisions:
+                logger.info("the locked test set has served %s gate decision(s) since: re-rendering the report",
+                            decisions)
+                configure(t.report, params, t.report_key)(
+                    table.table_path, reused, trained[0], reused.folder / "explanation", params.evaluation, known,
+                    reused.folder, decisions, key_print)
             return reused
     folder = lib.evaluation_folder(params.work_dir, key)
     image_paths = seg_paths = None
@@ -62,10 +85,8 @@ def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
         table.table_path, list(trained), image_paths, clinical, params.evaluation, oracle, folder)
     explanation = configure(t.explain_models, params, t.explain_key)(
         table.table_path, list(trained), image_paths, seg_paths, params.training.inputs, params.evaluation, folder)
-    truth = params.evaluation.ground_truth
     configure(t.report, params, t.report_key)(
-        table.table_path, compared, trained[0], explanation, params.evaluation,
-        list(truth.known_effects) if truth is not None and oracle is not None else [], folder)
+        table.table_path, compared, trained[0], explanation, params.evaluation, known, folder, decisions, key_print)
     result = lib.load_evaluation(folder)
     if result is None:  # pragma: no cover - every part was written above
         raise FileNotFoundError(folder / "report" / "report.html")

@@ -7,8 +7,8 @@ from prefect import flow, get_run_logger
 from survival_model import stages
 from survival_model.config import Params
 from survival_model.ingest.cohort import CohortResult, load_cohort
-from survival_model.ingest.privacy import Pseudonymiser
 from tasks import ingest as t
+from tasks import privacy
 from tasks.common import configure
 
 
@@ -20,7 +20,7 @@ def ingest(params: Params) -> CohortResult:
     without submitting the per-case tasks (``survival_model.stages``).
     """
     logger = get_run_logger()
-    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    pseudonymiser = privacy.pseudonymiser(params.privacy)  # secret block, environment or key file
     found, site_errors = [], {}
     for site, institution in params.institutions.items():
         discovery = t.discover(site, institution, pseudonymiser)
@@ -51,7 +51,8 @@ def ingest(params: Params) -> CohortResult:
     ]
     outcomes = [f.result() for f in image_futures]
     clinical = [f.result() for f in clinical_futures]
-    cohort = cohort_task(outcomes, clinical, site_errors, params.ingest, params.work_dir)
+    cohort = cohort_task(outcomes, clinical, site_errors, params.ingest, params.work_dir,
+                         pseudonymiser.fingerprint)
     stages.save_stage(params.work_dir, "ingest", stage.key, cohort.folder,
                       [*stage.outputs(params.work_dir), cohort.cohort_path, cohort.quarantine_path,
                        *cohort.report_files()])

@@ -71,7 +71,8 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         for variant in params.evaluation.networks:  # further networks on the same splits, for the comparison
             other = variant_params(params, variant)
             net = other.training.network
-            label = f"{net.variant}-{net.objective}-{net.backbone}" if net.variant != "tabular" else \
+            fusion = f"-{net.fusion}" if net.fusion != "additive" and net.variant == "hybrid" else ""
+            label = f"{net.variant}-{net.objective}{fusion}-{net.backbone}" if net.variant != "tabular" else \
                 f"tabular-{net.objective}"
             others.append(training.with_options(task_runner=task_runner_for(other),
                                                 flow_run_name=f"training-{label}")(other, cohort, table))

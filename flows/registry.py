@@ -1,6 +1,7 @@
-"""The registry flow: package the main network, register it as ``challenger``, and gate it against the
-``champion`` on the locked test set; plus :func:`model_rows`, the inputs a packaged model needs for a set of
-cohort patients (shared with the prediction flow)."""
+"""The registry flow: package the main network, register it as ``challenger`` (unless a version with the same
+content is registered already), and gate it against the ``champion`` on the locked test set, once the
+champion is known to share this run's pseudonym key; plus :func:`model_rows`, the inputs a packaged model needs
+for a set of cohort patients (shared with the prediction flow)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,16 @@ def model_rows(params: Params, cohort: CohortResult, table: FeatureTable | None,
                      {c: p.mask for c, p in patients.items()})
 
 
+def key_fingerprint(params: Params, cohort: CohortResult) -> str:
+    """The fingerprint of the pseudonym key this run's case ids were made with (the cohort records it)."""
+    recorded = cohort.summary.get("pseudonym_key_fingerprint")
+    if recorded:
+        return str(recorded)
+    from tasks.privacy import pseudonymiser
+
+    return pseudonymiser(params.privacy).fingerprint
+
+
 def locked_test_scores(compared: EvaluationResult, name: str) -> dict[str, float]:
     """The main network's scores on the locked test set, from the evaluation's comparison table."""
     if name not in compared.comparison.index:
@@ -88,13 +99,14 @@ def locked_test_scores(compared: EvaluationResult, name: str) -> dict[str, float
 def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained: TrainingResult,
              compared: EvaluationResult, run_id: str, run_link: str) -> RegistryResult:
     """Package -> register (``challenger``) -> promotion gate (``champion``, the decision tagged on the version).
-    Unchanged data, params and code find the version registered before: nothing new is registered or gated.
+    A package with the content of a registered version (same weights, fitted pipelines and settings, whatever
+    the code version) finds that version: nothing new is registered or gated.
     The caller publishes the result on its MLflow run and Prefect flow run (``tasks.registry.publish_promotion``)."""
     logger = get_run_logger()
     training_key = str(read_json(trained.folder / "result.json")["key"])
     key = package_lib.package_key(training_key, params)
     package = configure(t.package_model, params, t.package_task_key)(
-        trained, table.table_path, params, training_key, cohort.fingerprint, key)
+        trained, table.table_path, params, training_key, cohort.fingerprint, key, key_fingerprint(params, cohort))
     splits = Splits.load(trained.splits_path)
     challenger = model_rows(params, cohort, table, package, list(splits.test))
     tags = {"model": trained.name, "data_fingerprint": cohort.fingerprint, "training_key": training_key,
@@ -117,7 +129,8 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
 
 def gate(params: Params, cohort: CohortResult, table: FeatureTable, splits: Splits, version: Version,
          package: Path, challenger: ModelRows) -> gate_lib.Decision:
-    """The challenger and the re-scored champion on the same locked test patients."""
+    """The challenger and the re-scored champion on the same locked test patients; a champion trained under
+    another pseudonym key stops it (``gate_lib.PseudonymKeyError``: its training patients cannot be told)."""
     current = t.registry(params).alias(CHAMPION)
     champion = None
     test_ids = list(challenger.frame["case_id"])
@@ -126,6 +139,7 @@ def gate(params: Params, cohort: CohortResult, table: FeatureTable, splits: Spli
     if current is not None and current.version != version.version:
         champion = t.fetch_model(params, CHAMPION)
         info = package_lib.read_info(champion[1])
+        gate_lib.check_pseudonym_key(info, key_fingerprint(params, cohort), f"champion v{champion[0].version}")
         test_ids, excluded = gate_lib.locked_patients(test_ids, list(info["development_case_ids"]))
         champion_rows = model_rows(params, cohort, table, champion[1], test_ids).frame
         scored = set(champion_rows["case_id"])

@@ -16,19 +16,21 @@ from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import stable_hash
 from survival_model.imageio import write_text
 from survival_model.ingest.cohort import CohortResult
-from survival_model.ingest.privacy import Pseudonymiser
 from survival_model.models.inputs import input_key, preprocessed_patients
 from survival_model.training import folds as folds_lib
 from survival_model.training import stage as stage_lib
 from survival_model.training.devices import cuda_devices
-from survival_model.training.splits import Splits, make_splits
+from survival_model.training.splits import Splits, make_splits, with_source_digests
+from tasks import privacy
 from tasks import training as t
 from tasks.common import configure
 
 
 def persist_splits(splits: Splits, frame: pd.DataFrame, work_dir: Path) -> Path:
-    """``<work_dir>/training/splits/<fingerprint>/splits.json`` (+ a per-set, per-site summary CSV)."""
-    folder = work_dir / folds_lib.STAGE / "splits" / splits.fingerprint[:16]
+    """``<work_dir>/training/splits/<fingerprint>-<ids digest>/splits.json`` (+ a per-set, per-site summary
+    CSV). The fingerprint does not depend on the pseudonymisation key; the ids digest does, so two keys
+    never share (and overwrite or misread) one file."""
+    folder = work_dir / folds_lib.STAGE / "splits" / f"{splits.fingerprint[:16]}-{splits.ids_digest[:8]}"
     path = folder / "splits.json"
     if not path.is_file():
         write_text(splits.summary(frame).to_csv(index=False), folder / "summary.csv")
@@ -58,10 +60,12 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage
     patients = {c: p for c, p in preprocessed_patients(rows, params).items() if c in in_table}
     if any_images(params):  # every network compared in this run is trained and tested on the same patients
         frame = frame[frame["case_id"].isin(patients)].reset_index(drop=True)
-    splits = make_splits(frame, tp.splits)
+    splits = make_splits(with_source_digests(frame, cohort.cohort()), tp.splits,
+                         pseudonym_key_fingerprint=cohort.summary.get("pseudonym_key_fingerprint"))
     splits_path = persist_splits(splits, frame, params.work_dir)
-    logger.info("splits %s: %d test, %d development patients in %d folds (%s)", splits.fingerprint[:12],
-                len(splits.test), len(splits.development), len(splits.folds), splits_path)
+    logger.info("splits %s (%s): %d test patients (%.1f%%, %d deaths), %d development patients in %d folds (%s)",
+                splits.fingerprint[:12], splits.rule, len(splits.test), 100 * splits.strata["test"]["fraction"],
+                splits.strata["test"]["events"], len(splits.development), len(splits.folds), splits_path)
     input_keys = {c: input_key(p, tp.inputs) for c, p in patients.items()}
     oracle = oracle_scores(params)
     oracle_digest = stable_hash(sorted(oracle.items())) if oracle is not None else None
@@ -110,7 +114,7 @@ def oracle_scores(params: Params) -> pd.Series | None:
     truth = params.evaluation.ground_truth
     if truth is None or not truth.path.is_file():
         return None
-    return oracle_risk(truth, Pseudonymiser.from_params(params.privacy))
+    return oracle_risk(truth, privacy.pseudonymiser(params.privacy))
 
 
 def ensure_gpu_limit(devices: int) -> None:

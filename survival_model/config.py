@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator, model_validator
 
 from survival_model.errors import ConfigError
 
@@ -379,6 +379,8 @@ class PreprocessParams(StrictModel):
     image_interpolator: Literal["linear", "bspline"] = "linear"
     label_interpolator: Literal["nearest", "label_gaussian"] = "nearest"
     crop_margin_mm: float = Field(10.0, ge=0)
+    #: Percentiles of the normal-appearing brain (the brain without the segmented lesions) its intensities are
+    #: clipped to before the z-score; lesion voxels are not clipped (an enhancing tumour is the brightest tissue).
     clip_percentiles: tuple[float, float] | None = (0.5, 99.5)
     #: Isotropic spacing (mm) of the grid the skull strip runs on (sites with skull); the mask is then
     #: interpolated onto every grid that needs it (N4 on each native grid, the output grid).
@@ -439,6 +441,9 @@ class SyntheticParams(StrictModel):
     shape: tuple[int, int, int] = (96, 96, 62)
     spacing_mm: float = Field(2.5, gt=0)
     bad_patients: bool = True
+    # log hazard ratio per SD of the image-only contrast-enhancement latent (survival_model/synthetic/
+    # survival.py); same default as GeneratorConfig.image_effect; 1.0 is the "strong" setting
+    image_effect: float = Field(0.6, ge=-3.0, le=3.0)
 
     @field_validator("patients")
     @classmethod
@@ -452,10 +457,36 @@ class SyntheticParams(StrictModel):
 
 
 class PrivacyParams(StrictModel):
-    """Pseudonymisation: case ids are a keyed hash of (site, source id); the key lives outside the repo."""
+    """Pseudonymisation: case ids are a keyed hash of (site, source id); the key lives outside the repo.
+
+    Where the key comes from, first match wins (resolved by the flows layer, ``tasks.privacy``):
+
+    1. ``key_secret_block``: a Prefect Secret block of that name (``Secret.load(name).get()``); when set,
+       it must exist: nothing else is tried;
+    2. ``key_env``: an environment variable of that name, when it is set and not empty;
+    3. ``key_file``: a file, when it exists;
+    4. otherwise a random key is created at ``key_file`` only when ``create_key_if_missing`` is true and
+       the run is not from a Prefect deployment (the one-command local run); anywhere else a missing key
+       is a ``ConfigError`` saying where it was looked for.
+
+    The key is the text of the secret, variable or file (stripped), at least 16 characters: the same
+    text gives the same ids from any source. Only its fingerprint is ever written or logged.
+    """
 
     key_file: Path = Path("~/.config/survival-model/pseudonym.key")
+    #: Name of an environment variable holding the key (read at run time by the flows, never on import).
+    key_env: str | None = "SURVIVAL_MODEL_PSEUDONYM_KEY"
+    #: Name of a Prefect Secret block holding the key (for deployments).
+    key_secret_block: str | None = None
+    #: Create a missing key at ``key_file``: the local default run only, never in a deployment.
     create_key_if_missing: bool = True
+
+    @field_validator("key_env", "key_secret_block")
+    @classmethod
+    def _no_blank_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a name or null, not blank")
+        return value
 
 
 class TrackingParams(StrictModel):
@@ -508,27 +539,41 @@ class ServerParams(StrictModel):
 class SplitParams(StrictModel):
     """Patient-level splits: a locked test set first, then cross-validation folds on the rest.
 
-    Both are stratified by event, survival-time band (quantiles of the time among all patients) and
-    site; strata too small for the split are merged step by step (band first, then site) so that
-    every stratum can be divided, and the coarsening used is recorded with the splits.
+    A patient is in the test set iff a number drawn from SHA-256 of (``seed``, its source-image digest)
+    is below ``test_fraction``: the same cohort and seed give the same test set on every machine, whatever
+    the pseudonymisation key, and no patient changes set when the cohort grows. The test count is
+    therefore about, not exactly, ``test_fraction`` of the patients (fewer than 2, or no death, is an
+    error asking for another seed or fraction). The folds are stratified by event, survival-time band
+    (quantiles of the time among all patients) and site over a seeded digest order; strata too small for
+    the split are merged step by step (band first, then site), and the coarsening used is recorded.
     """
 
+    #: Expected share of the patients in the locked test set (each patient independently).
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     folds: int = Field(5, ge=2, le=20)
     #: ``kfold``: stratified K-fold on the non-test patients; ``leave_one_site_out``: one fold per
     #: site (validation = that site's non-test patients), to see how a model travels.
     scheme: Literal["kfold", "leave_one_site_out"] = "kfold"
     time_bands: int = Field(3, ge=1, le=10)
+    #: Share of each fold's training patients (per event value, in a seeded digest order) kept aside as its
+    #: stopping patients, on which every training choice (penalty, epoch) is made; 0: none.
+    stop_fraction: float = Field(0.2, ge=0, lt=0.5)
     seed: int = 20250515
 
 
 class ImageInputParams(StrictModel):
-    """The network's image input per patient: K axial slices through the tumour, an S x S ROI crop."""
+    """The network's image input per patient: K axial slices, an S x S in-plane crop
+    (``survival_model.models.inputs``)."""
 
-    #: K: slices centred on the largest lesion and spread across the tumour's extent.
+    #: K: slices through the largest lesion's centre, spread across its extent (``roi: lesion``) or the
+    #: whole tumour's (``roi: tumour``).
     slices: int = Field(8, ge=1, le=64)
-    #: S: the in-plane ROI (the tumour's bounding box plus ``roi_margin_mm``, made square) resized to S x S.
+    #: S: the in-plane crop resized to S x S pixels.
     size: int = Field(96, ge=16, le=512)
+    #: ``lesion``: a fixed ``window_mm`` square centred on the largest lesion (one scale for every patient);
+    #: ``tumour``: the bounding box of all lesions plus ``roi_margin_mm``, made square and stretched to S.
+    roi: Literal["lesion", "tumour"] = "lesion"
+    window_mm: float = Field(80.0, gt=0, le=400)
     roi_margin_mm: float = Field(15.0, ge=0)
     #: Image channels, in this order; a sequence a patient lacks is a channel of zeros (z-score 0).
     sequences: list[SequenceName] = Field(default_factory=lambda: list(SEQUENCES))
@@ -551,6 +596,11 @@ class TabularParams(StrictModel):
         "egfr_mutant", "alk_positive", "her2_positive", "hr_positive", "braf_mutant"])
     volumetric: bool = True
     intensity: bool = False
+    #: Published clinical scores added as features (computed per row, nothing fitted): ``gpa`` (Sperduto
+    #: 2008), ``ds_gpa`` (Sperduto 2012).
+    scores: list[Literal["gpa", "ds_gpa"]] = Field(default_factory=lambda: ["gpa"])  # type: ignore[arg-type]
+    #: Columns (shell patterns) entered as log1p of their value: volumes span orders of magnitude.
+    log_columns: list[str] = Field(default_factory=lambda: ["vol_*_mm3", "vol_edema_tumour_ratio"])
     #: ``rad_*`` columns kept, ranked on the training rows by univariate concordance with survival.
     radiomics_k: int = Field(0, ge=0)
     #: ComBat site harmonisation of the imaging features, fitted on the training rows.
@@ -558,16 +608,31 @@ class TabularParams(StrictModel):
 
 
 class NetworkParams(StrictModel):
-    """The hybrid network: a 2D timm backbone over K slices, pooled, fused with a tabular MLP."""
+    """The hybrid network: a 2D timm backbone over K slices, pooled, and a tabular branch
+    (``survival_model.models.network``)."""
 
     #: Any timm model name (``resnet50`` and ``efficientnet_b0`` are the paper's).
     backbone: str = "resnet50"
     #: Pretrained weights from a local file only (safetensors or a PyTorch state dict for this
     #: backbone, any number of input channels: timm adapts the first convolution); null: random init.
     pretrained_weights: Path | None = None
-    #: How per-slice embeddings become one image embedding: their mean, or attention weights.
+    #: ``regions``: feature maps of the backbone's early ``feature_stages`` averaged inside each region mask of
+    #: the input (``training.inputs.mask_channels``) and over the whole window, area-weighted over the slices
+    #: (a lesion's contrast, rim and surroundings are a few pooled features away); ``global``: the backbone's
+    #: globally pooled output per slice, pooled over the slices by ``pooling``. (``params.yaml`` uses ``regions``
+    #: with its mask channels; here ``global``, which needs none.)
+    image_features: Literal["regions", "global"] = "global"
+    feature_stages: list[Annotated[int, Field(ge=0, le=6)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    #: ``global`` image features: how per-slice embeddings become one image embedding: their mean, or attention.
     pooling: Literal["mean", "attention"] = "mean"
-    tabular_hidden: list[int] = Field(default_factory=lambda: [64, 32])
+    #: ``additive``: a tabular term (linear unless ``tabular_hidden``) plus an image term through a narrow
+    #: bottleneck, fitted in that order; ``concat``: image and tabular embeddings into a head MLP, jointly.
+    fusion: Literal["additive", "concat"] = "additive"
+    #: Width of the additive image term's bottleneck.
+    image_bottleneck: int = Field(8, ge=1, le=1024)
+    #: Hidden layers of the tabular branch (additive: [] is a linear term; concat: the embedding MLP).
+    tabular_hidden: list[int] = Field(default_factory=list)
+    #: Hidden layers of the concat fusion's head.
     head_hidden: list[int] = Field(default_factory=lambda: [64])
     dropout: float = Field(0.2, ge=0, lt=1)
     #: ``hybrid``: image + tabular; ``tabular`` / ``image``: one branch only (ablations).
@@ -590,19 +655,30 @@ class AugmentParams(StrictModel):
 
 
 class FitParams(StrictModel):
-    """The optimisation of one fold's model."""
+    """The optimisation of one fold's model (``survival_model.training.loop``): every step is full-batch (exact
+    Cox risk sets); every choice is made on the fold's stopping patients, never on its validation patients."""
 
-    epochs: int = Field(20, ge=1, le=1000)
-    batch_size: int = Field(16, ge=2, le=1024)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
+    #: Full-batch steps of the image phase (one per epoch).
+    epochs: int = Field(60, ge=1, le=5000)
+    #: Patients per forward chunk: memory only, the gradient is always the whole training set's.
+    chunk_size: int = Field(512, ge=1, le=100_000)
+    learning_rate: float = Field(3e-3, gt=0, le=1)
     weight_decay: float = Field(1e-4, ge=0)
     #: ``cosine``: linear warm-up for ``warmup_epochs`` then cosine decay to 0; ``constant``: warm-up only.
     schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_epochs: int = Field(1, ge=0)
-    #: Early stopping: ``cindex`` (Harrell's C on the validation fold, higher is better) or ``loss``.
-    monitor: Literal["cindex", "loss"] = "cindex"
-    patience: int = Field(6, ge=1)
+    warmup_epochs: int = Field(3, ge=0)
+    #: Early stopping on the stopping patients: ``loss`` (lower is better) or ``cindex`` (Harrell's C).
+    monitor: Literal["cindex", "loss"] = "loss"
+    patience: int = Field(10, ge=1)
     min_epochs: int = Field(3, ge=1)
+    #: Additive fusion: L2 penalties of the tabular term tried, chosen by cross-validation (the
+    #: cross-validated partial likelihood) inside the fold's training patients.
+    tabular_penalties: list[NonNegativeFloat] = Field(
+        default_factory=lambda: [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1)
+    #: Inner folds of that cross-validation.
+    tabular_cv_folds: int = Field(5, ge=2, le=20)
+    #: L-BFGS iterations per penalty (the tabular term is fitted to convergence).
+    tabular_iterations: int = Field(200, ge=1, le=10_000)
     #: ``mse`` objective: how censored patients enter the loss (see survival_model/models/losses.py).
     censored: Literal["hinge", "drop", "naive"] = "hinge"
     #: ``cox`` objective: tied event times.
@@ -611,8 +687,6 @@ class FitParams(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: ``auto``: bf16 autocast on a CUDA device that supports it, else fp32.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    #: DataLoader worker processes; null: 0 on CPU (the cores train), 4 per GPU on CUDA.
-    workers: int | None = Field(None, ge=0, le=64)
     #: Torch threads on CPU; null: every core (torch's default).
     threads: int | None = Field(None, ge=1)
     seed: int = 20250515
@@ -662,6 +736,10 @@ class NetworkVariant(StrictModel):
     variant: Literal["hybrid", "tabular", "image"] | None = None
     objective: Literal["cox", "mse", "weibull"] | None = None
     pooling: Literal["mean", "attention"] | None = None
+    fusion: Literal["additive", "concat"] | None = None
+    #: concat fusion: the tabular embedding MLP (the additive fusion's linear term has none).
+    tabular_hidden: list[int] | None = None
+    image_features: Literal["regions", "global"] | None = None
 
     def apply(self, network: NetworkParams) -> NetworkParams:
         return network.model_copy(update=self.model_dump(exclude_none=True))
@@ -703,16 +781,36 @@ _CRON = re.compile(r"^\S+( \S+){4,5}$")
 
 
 class GateParams(StrictModel):
-    """The promotion gate: when the challenger takes the ``champion`` alias (``survival_model.registry``)."""
+    """The promotion gate (``survival_model.registry.gate``): the challenger takes the ``champion`` alias only
+    when a one-sided paired bootstrap over the locked test patients shows it better on ``metric`` at
+    ``confidence`` (lower bound of challenger - reference above ``margin``) and not worse in the integrated
+    Brier score by ``ibs_margin`` or more (upper bound below it). Error rates measured in ``benchmarks/gate.py``."""
 
     #: The primary score, computed on the locked test set for the challenger and the re-scored champion.
     metric: Literal["uno_c", "harrell_c"] = "uno_c"
-    #: The challenger must beat the champion (or, for the first model, the GPA) by more than this.
-    margin: float = Field(0.005, ge=0, lt=0.5)
-    #: ... while its integrated Brier score is at most this much worse (higher).
-    ibs_tolerance: float = Field(0.01, ge=0, lt=1)
+    #: One-sided confidence of both bounds (0.95: a truly worse challenger is promoted at most ~5 % of the time).
+    confidence: float = Field(0.95, ge=0.5, lt=1)
+    #: The lower bound of the difference in ``metric`` must exceed this (0: better at all, with confidence).
+    margin: float = Field(0.0, ge=0, lt=0.5)
+    #: Non-inferiority margin of the integrated Brier score: the upper bound of its difference must be below it.
+    #: ``null`` gates on the C-index alone (for test sets too short in follow-up to integrate a Brier score).
+    ibs_margin: float | None = Field(0.02, gt=0, lt=1)
+    #: Paired bootstrap resamples of the locked test patients, and their seed (same data, same decision).
+    resamples: int = Field(2000, ge=200, le=100_000)
+    seed: int = 0
+    #: The share of resamples in which both models' scores must be defined; fewer: the decision is undefined.
+    min_finite: float = Field(0.9, gt=0, le=1)
     #: The first model must beat this baseline to become champion (``none``: the first model is promoted).
     first_model_baseline: Literal["gpa", "none"] = "gpa"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "ibs_tolerance" in data:
+            raise ValueError("ibs_tolerance (a tolerance on point estimates) was replaced by ibs_margin, a "
+                             "non-inferiority margin on the one-sided upper bound of the integrated Brier score "
+                             "difference: set registry.gate.ibs_margin instead")
+        return data
 
 
 class ScheduleParams(StrictModel):

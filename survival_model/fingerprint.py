@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
 from importlib import import_module
@@ -61,6 +61,16 @@ def stable_hash(*parts: Any) -> str:
     """SHA-256 of a canonical JSON rendering of ``parts`` (dict order and Path types do not matter)."""
     text = json.dumps([_jsonable(p) for p in parts], sort_keys=True, separators=(",", ":"), default=str)
     return sha256_bytes(text.encode("utf-8"))
+
+
+def content_order(records: Sequence[Mapping[Any, Any]], exclude: tuple[str, ...] = ("case_id",)) -> list[int]:
+    """Positions of ``records`` (e.g. feature-table rows) sorted by a digest of their values without the
+    ``exclude`` fields (the pseudonymous id, which depends on the secret key): an order that is the same on
+    every machine and for every key. Whatever depends on the order of patients (augmentation draws by position,
+    a baseline's inner cross-validation, a random forest's bootstrap) then depends on the data and the seed
+    only. Identical records keep their input order (they are interchangeable)."""
+    digests = [stable_hash({k: v for k, v in r.items() if k not in exclude}) for r in records]
+    return sorted(range(len(records)), key=lambda i: digests[i])
 
 
 class DigestMemo:

@@ -158,22 +158,30 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: Path) -> Iterator[Path]:
+def atomic_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary name and rename it to ``path`` when the block succeeds.
 
     If ``path`` already exists when the block ends (another worker finished the same content-keyed
-    output first), the new copy is discarded: content-keyed outputs are identical by construction.
+    output first), the new copy is discarded: content-keyed outputs are identical by construction. With
+    ``replace`` (an output that is not content-keyed, e.g. a report naming the registry's state), the old
+    folder is moved aside and the new one takes its place; a reader sees one or the other, never a mix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        try:
+        if replace and path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.rename(path, old / path.name)
             os.rename(tmp, path)
-        except OSError:
-            if not path.exists():
-                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not path.exists():
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -86,8 +86,8 @@ def training_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         oracle = metrics["oracle"]["cindex"]
         out.update({"oracle.cindex": oracle["value"], "oracle.cindex_low": oracle["low"],
                     "oracle.cindex_high": oracle["high"]})
-    out["cv.val_cindex_mean"] = metrics["cv"]["val_cindex_mean"]
-    out["cv.val_cindex_sd"] = metrics["cv"]["val_cindex_sd"]
+    out["cv.validation_cindex_mean"] = metrics["cv"]["validation_cindex_mean"]
+    out["cv.validation_cindex_sd"] = metrics["cv"]["validation_cindex_sd"]
     for site, values in metrics["per_site"].items():
         out[f"test.{site}.cindex"] = values["cindex"]
     return {k: float(v) for k, v in out.items() if _finite(v)}
@@ -95,8 +95,9 @@ def training_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def fold_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """A fold's final numbers (its best epoch) as MLflow metrics."""
-    keys = ("val_cindex", "val_loss", "train_loss", "best_epoch", "epochs", "seconds", "data_wait_share",
-            "patients_per_second", "patients_train", "patients_validation")
+    keys = ("validation_cindex", "stop_cindex", "stop_loss", "train_loss", "best_epoch", "epochs", "tabular_penalty",
+            "seconds", "data_wait_share", "patients_per_second", "patients_fit", "patients_stop",
+            "patients_validation")
     return {f"final.{k}": float(summary[k]) for k in keys if _finite(summary.get(k))}
 
 
@@ -122,13 +123,16 @@ def training_markdown(metrics: dict[str, Any], link: str) -> str:
     if oracle:
         lines.append(f"| oracle (true risk), same patients | {_ci(oracle['cindex'])} | {oracle['patients']} |")
     lines += [
-        f"| folds, validation (mean ± SD) | {metrics['cv']['val_cindex_mean']:.3f} ± "
-        f"{metrics['cv']['val_cindex_sd']:.3f} | |",
+        f"| folds, validation (mean ± SD) | {metrics['cv']['validation_cindex_mean']:.3f} ± "
+        f"{metrics['cv']['validation_cindex_sd']:.3f} | |",
         "",
-        "| fold | validation C-index | best epoch | epochs | seconds |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *[f"| {name} | {f['val_cindex']:.3f} | {f['best_epoch']} | {f['epochs']} | {f['seconds']:.0f} |"
-          for name, f in metrics["cv"]["per_fold"].items()],
+        "Each fold's model (epoch, tabular penalty) was chosen on its stopping patients, inside its training set; "
+        "its validation patients were scored once, by the model kept.",
+        "",
+        "| fold | validation C-index | stopping C-index (chose the epoch) | epoch kept | epochs | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        *[f"| {name} | {f['validation_cindex']:.3f} | {f['stop_cindex']:.3f} | {f['best_epoch']} | {f['epochs']} | "
+          f"{f['seconds']:.0f} |" for name, f in metrics["cv"]["per_fold"].items()],
         "",
         f"MLflow: {link}",
     ]

@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 
 from survival_model.config import EvaluationParams, ImageInputParams
 from survival_model.evaluation import stage as lib
-from survival_model.evaluation.report import write_report
+from survival_model.evaluation.report import ReportData, write_report
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 from tasks.caching import KeyFn
@@ -31,7 +31,13 @@ def _key(part: str, files: Sequence[str]) -> KeyFn:
 
 compare_key = _key("comparison", lib.FILES)
 explain_key = _key("explanation", ("importance.csv", "importance.png"))  # the main network's
-report_key = _key("report", ("report.html", "summary.md", "audit.json"))
+_report_files = _key("report", ("report.html", "summary.md", "audit.json"))
+
+
+def report_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
+    """The report also names how many gate decisions the test set served: a new count re-renders it."""
+    key, files = _report_files(inputs)
+    return f"{key}-decisions-{inputs.get('test_set_decisions')}", files
 
 
 @task(name="compare-models", task_run_name="compare-models")
@@ -45,7 +51,8 @@ def compare_models(table_path: Path, trained: Sequence[TrainingResult], image_pa
     logger = get_run_logger()
     table = pd.read_parquet(table_path)
     splits = Splits.load(trained[0].splits_path)
-    if any(Splits.load(t.splits_path).fingerprint != splits.fingerprint for t in trained):
+    if any((other.fingerprint, other.ids_digest) != (splits.fingerprint, splits.ids_digest)
+           for other in (Splits.load(t.splits_path) for t in trained)):
         raise ValueError("the networks to compare were trained on different splits")
     networks = [network_run(t, table, image_paths) for t in trained]
     seen: set[str] = set()
@@ -89,19 +96,22 @@ def explain_models(table_path: Path, trained: Sequence[TrainingResult], image_pa
 
 @task(name="write-report", task_run_name="write-report")
 def report(table_path: Path, compared: lib.EvaluationResult, trained: TrainingResult, explanation: Path | None,
-           evaluation: EvaluationParams, known_effects: list[str], folder: Path) -> Path:
-    """The HTML report and the Markdown summary."""
+           evaluation: EvaluationParams, known_effects: list[str], folder: Path,
+           test_set_decisions: int | None = None, key_fingerprint: str | None = None) -> Path:
+    """The HTML report and the Markdown summary (``test_set_decisions``: gate decisions the locked test set
+    served before, from the registry)."""
     from survival_model.imageio import atomic_directory
 
     splits = Splits.load(trained.splits_path)
     target = folder / "report"
-    if (target / "report.html").is_file():
-        return target / "report.html"
     table_md = (compared.comparison_folder / "table.md").read_text(encoding="utf-8")
-    with atomic_directory(target) as tmp:
+    members = trained.predictions().set_index("case_id")[[f"risk_{f.name}" for f in trained.folds]]
+    data = ReportData(compared.oof_risks(), compared.oof_calibration(), members)
+    with atomic_directory(target, replace=True) as tmp:
         write_report(tmp, table=pd.read_parquet(table_path), splits=splits, comparison=compared.comparison,
-                     per_site=compared.per_site, cv=compared.cv, risks=compared.risks(), table_md=table_md,
-                     network=trained.name, baselines=evaluation.baselines, evaluation=evaluation,
+                     per_site=compared.per_site, cv=compared.cv, risks=compared.risks(), oof=compared.oof, data=data,
+                     table_md=table_md, network=trained.name, baselines=evaluation.baselines, evaluation=evaluation,
                      learning_curves=trained.folder / "learning_curves.png", explanation=explanation,
-                     known_effects=known_effects)
+                     known_effects=known_effects, fold_summaries=[{"fold": f.name, **f.summary} for f in trained.folds],
+                     test_set_decisions=test_set_decisions, key_fingerprint=key_fingerprint)
     return target / "report.html"

@@ -141,5 +141,9 @@ def assemble_cohort(
     site_errors: dict[str, str],
     params: IngestParams,
     work_dir: Path,
+    pseudonym_key_fingerprint: str | None = None,
 ) -> cohort_lib.CohortResult:
-    return cohort_lib.build_cohort(outcomes, clinical, params, work_dir, site_errors=site_errors)
+    """The cohort (the key's fingerprint goes into its summary; the key changes the case ids, so the
+    outcomes' keys already tell cohorts made with different keys apart)."""
+    return cohort_lib.build_cohort(outcomes, clinical, params, work_dir, site_errors=site_errors,
+                                   pseudonym_key_fingerprint=pseudonym_key_fingerprint)

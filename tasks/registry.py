@@ -17,7 +17,7 @@ from survival_model.preprocess.stage import PreprocessedPatient
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
 from survival_model.registry import predict as predict_lib
-from survival_model.registry.registry import Registry, Version, log_model
+from survival_model.registry.registry import IDENTITY_TAG, Registry, Version, log_model, package_identity
 from survival_model.tracking import Tracker
 from survival_model.training.stage import TrainingResult
 from tasks.tracking import table_rows
@@ -37,28 +37,31 @@ def package_task_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
 
 @task(name="package-model", task_run_name="package-model")
 def package_model(trained: TrainingResult, table_path: Path, params: Params, training_key: str,
-                  data_fingerprint: str, key: str) -> Path:
-    """The fold ensemble as a self-contained package (weights, tabular pipelines, parameters, baseline)."""
+                  data_fingerprint: str, key: str, key_fingerprint: str | None = None) -> Path:
+    """The fold ensemble as a self-contained package (weights, tabular pipelines, parameters, baseline, the
+    fingerprint of the pseudonym key its case ids were made with)."""
     folder = package_folder(params.work_dir, key)
     return package_lib.build_package(trained, pd.read_parquet(table_path), params, training_key, data_fingerprint,
-                                     folder)
+                                     folder, pseudonym_key_fingerprint=key_fingerprint)
 
 
 @task(name="register-model", task_run_name="register-model", retries=2, retry_delay_seconds=[2, 10])
 def register_model(params: Params, run_id: str, run_link: str, package: Path, key: str, tags: dict[str, Any],
                    example: pd.DataFrame) -> tuple[Version, bool]:
     """A new registered version aliased ``challenger`` (logged as a pyfunc model in the pipeline's MLflow
-    run), or the version already registered from this package: ``(version, newly registered)``."""
+    run), or the version already registered from a package with the same content (its identity: weights,
+    fitted pipelines, settings; not the code version): ``(version, newly registered)``."""
     logger = get_run_logger()
     reg = registry(params)
-    existing = reg.find_version(key)
+    identity = package_identity(package)
+    existing = reg.find_version(identity)
     if existing is not None:
-        logger.info("%s version %d was registered from this package already (key %s): nothing new to register",
-                    reg.name, existing.version, key[:12])
+        logger.info("%s version %d was registered from this package's content already (identity %s): nothing new "
+                    "to register", reg.name, existing.version, identity[:12])
         return existing, False
     model = package_lib.PackagedModel.load(package)
     uri = log_model(reg.client, run_id, package, example, model.predict(example))
-    version = reg.register(uri, run_id, {**tags, "package_key": key}, run_link=run_link)
+    version = reg.register(uri, run_id, {**tags, "package_key": key, IDENTITY_TAG: identity}, run_link=run_link)
     logger.info("%s version %d registered with alias challenger (%s)", reg.name, version.version, uri)
     return version, True
 
@@ -104,7 +107,8 @@ def package_inputs(package: Path, patients: Mapping[str, PreprocessedPatient],
 def promotion_gate(params: Params, version: Version, challenger: Path, challenger_rows: pd.DataFrame,
                    champion: tuple[Version, Path] | None, champion_rows: pd.DataFrame | None,
                    development: pd.DataFrame, test: pd.DataFrame, excluded: int) -> gate_lib.Decision:
-    """Score the challenger and the champion on the same test patients, decide, record, move the alias.
+    """Score the challenger and the champion on the same test patients, decide, count the decision on this
+    test set, record, move the alias.
 
     ``*_rows``: each model's prediction inputs for the rows of ``test`` (same order)."""
     logger = get_run_logger()
@@ -115,11 +119,13 @@ def promotion_gate(params: Params, version: Version, challenger: Path, challenge
         (f"champion v{champion[0].version}", load(champion[1]), champion_rows)
         if champion is not None and champion_rows is not None else None,
         development, test, params.registry.gate, tau=params.evaluation.tau_days, excluded=excluded)
+    if decision.test_set:
+        decision = decision.counted(reg.record_test_set_decision(decision.test_set))
     reg.tag_version(version.version, decision.tags())
     if decision.promote:
         reg.set_champion(version.version, reason=decision.reason, by="promotion gate")
-    logger.info("promotion gate for %s version %d: %s (%s)", reg.name, version.version,
-                "promoted" if decision.promote else "not promoted", decision.reason)
+    logger.info("promotion gate for %s version %d: %s (%s); test set %s: decision %d on it", reg.name,
+                version.version, decision.outcome, decision.reason, decision.test_set, decision.test_set_decisions)
     return decision
 
 
@@ -132,7 +138,9 @@ def publish_promotion(params: Params, run_id: str, result: Any) -> None:
     tags = {"registry.model": result.model_name, "registry.version": str(result.version),
             "registry.new_version": str(result.registered).lower()}
     if decision is not None:
-        tags["registry.gate"] = "promoted" if decision["promote"] else "refused"
+        tags["registry.gate"] = str(decision["outcome"])
+        tags["gate.test_set"] = str(decision["test_set"])
+        tags["gate.test_set_decisions"] = str(decision["test_set_decisions"])
     tracker.set_tags(run_id, tags)
     tracker.log_dict(run_id, {"version": result.version, "registered_now": result.registered, "decision": decision,
                               "champion": result.champion}, "registry/decision.json")

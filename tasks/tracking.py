@@ -108,12 +108,13 @@ def log_training(params: Params, run_id: str, result: TrainingResult, run_name: 
         child = tracker.start_run(f"{run_name}-{fold.name}", tags={"fold": fold.name, "fold_key": fold.key},
                                   parent_run_id=run_id)
         tracker.log_params(child, {"fold": fold.name, "fold_key": fold.key,
-                                   "patients_train": fold.summary["patients_train"],
+                                   "patients_fit": fold.summary["patients_fit"],
+                                   "patients_stop": fold.summary["patients_stop"],
                                    "patients_validation": fold.summary["patients_validation"]})
         history = fold.history()
         for row in history.to_dict("records"):
-            tracker.log_metrics(child, {"train_loss": row["train_loss"], "val_loss": row["val_loss"],
-                                        "val_cindex": row["val_cindex"], "learning_rate": row["learning_rate"],
+            tracker.log_metrics(child, {"train_loss": row["train_loss"], "stop_loss": row["stop_loss"],
+                                        "stop_cindex": row["stop_cindex"], "learning_rate": row["learning_rate"],
                                         "epoch_seconds": row["seconds"]}, step=int(row["epoch"]))
         tracker.log_metrics(child, fold_metrics(fold.summary))
         _log_checkpoint(tracker, child, fold)
@@ -145,8 +146,9 @@ def publish_training(result: TrainingResult, run_link: str) -> None:
     """The training summary (test C-index beside the oracle, folds) and the test predictions in the Prefect UI."""
     create_markdown_artifact(training_markdown(result.metrics, run_link), key="training-summary",
                              description="Fold ensemble on the locked test set, beside the oracle")
-    folds = [{"fold": f.name, **{k: f.summary[k] for k in ("val_cindex", "best_epoch", "epochs", "seconds",
-                                                             "patients_train", "patients_validation")}}
+    folds = [{"fold": f.name, **{k: f.summary[k] for k in ("validation_cindex", "stop_cindex", "best_epoch", "epochs",
+                                                             "seconds", "patients_fit", "patients_stop",
+                                                             "patients_validation")}}
              for f in result.folds]
     create_table_artifact(folds, key="training-folds", description="Validation C-index and epochs per fold")
 

@@ -69,8 +69,8 @@ def train_fold(fold: Fold, table_path: Path, image_paths: Mapping[str, Path] | N
     table = pd.read_parquet(table_path)
 
     def progress(r: EpochRecord) -> None:
-        logger.info("%s epoch %d/%d: train loss %.4f, validation loss %.4f, C-index %.3f (%.1f s)", fold.name,
-                    r.epoch, training.fit.epochs, r.train_loss, r.val_loss, r.val_cindex, r.seconds)
+        logger.info("%s epoch %d/%d: train loss %.4f, stopping loss %.4f, C-index %.3f (%.1f s)", fold.name,
+                    r.epoch, training.fit.epochs, r.train_loss, r.stop_loss, r.stop_cindex, r.seconds)
 
     if devices > 1:
         with concurrency(GPU_LIMIT, occupy=1, strict=True), \

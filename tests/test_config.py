@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def repo_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    return yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
 
 
 def test_the_repository_params_file_is_valid_and_paths_are_absolute() -> None:

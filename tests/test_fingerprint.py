@@ -46,3 +46,13 @@ def test_code_version_follows_the_source(tmp_path: Path, monkeypatch: pytest.Mon
     code_version.cache_clear()
     sys.modules.pop("fakepkg", None)
     assert code_version("fakepkg") != before
+
+
+def test_content_order_ignores_the_ids_and_the_input_order() -> None:
+    from survival_model.fingerprint import content_order
+
+    rows = [{"case_id": f"a-{i}", "age": float(i % 3), "time_days": 10.0 * i} for i in range(6)]
+    other = [{**r, "case_id": f"zz-{9 - i}"} for i, r in enumerate(rows)][::-1]  # other ids, reversed
+    first = [rows[i]["time_days"] for i in content_order(rows)]
+    second = [other[i]["time_days"] for i in content_order(other)]
+    assert first == second and sorted(first) == sorted(r["time_days"] for r in rows)

@@ -24,6 +24,7 @@ from survival_model.ingest.discovery import discover_cases
 from survival_model.ingest.ids import normalise_id
 from survival_model.ingest.images import ImageOutcome, ingest_case
 from survival_model.ingest.privacy import Pseudonymiser
+from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 from tests.conftest import params_for, realdata_dir
 
 pytestmark = pytest.mark.realdata
@@ -164,7 +165,7 @@ def test_brats2013_expert_cases_as_a_fourth_institution(
     result = ingest(params)
     cohort = result.cohort()
     quarantine = result.quarantine()
-    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    pseudonymiser = resolve_pseudonymiser(params.privacy)
 
     real_rows = cohort[cohort["site"] == "brats2013"].set_index("case_id")
     expected_ids = {pseudonymiser.case_id("brats2013", c): c for c in BRATS2013_CASES}

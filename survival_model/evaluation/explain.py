@@ -51,11 +51,12 @@ def output_groups(pipeline: Pipeline) -> dict[str, list[int]] | None:
     if pipeline.named_steps["harmonise"] != "passthrough":
         return None
     raw = input_columns(pipeline)
-    groups: dict[str, list[int]] = {c: [] for c in raw}
+    scores = [f"score_{s}" for s in getattr(pipeline.named_steps["columns"], "scores", ())]
+    groups: dict[str, list[int]] = {c: [] for c in [*raw, *scores]}  # a score's group: its own derived column
     for index, name in enumerate(feature_names(pipeline)):
         kind, _, rest = name.partition("__")
         rest = rest.removeprefix("missingindicator_") if kind == "numbers" else rest
-        matches = [c for c in raw if rest == c or (kind == "categories" and rest.startswith(f"{c}_"))]
+        matches = [c for c in [*raw, *scores] if rest == c or (kind == "categories" and rest.startswith(f"{c}_"))]
         if not matches:
             return None
         groups[max(matches, key=len)].append(index)
@@ -113,6 +114,14 @@ class EnsembleExplainer:
     def _output_groups(self) -> list[dict[str, list[int]] | None]:
         return [output_groups(m.pipeline) if m.pipeline is not None else None for m in self.models]
 
+    @cached_property
+    def _score_inputs(self) -> set[str]:
+        """Input columns a derived clinical score reads (shuffling one moves the score: the pipeline runs again)."""
+        from survival_model.features.scores import SCORE_INPUTS
+
+        return {c for m in self.models if m.pipeline is not None
+                for s in getattr(m.pipeline.named_steps["columns"], "scores", ()) for c in SCORE_INPUTS[s]}
+
     def tabular_embeddings(self, frame: pd.DataFrame) -> list[Any]:
         return self.embed_matrices(self.tabular_matrices(frame))
 
@@ -123,8 +132,8 @@ class EnsembleExplainer:
         the pipeline's output columns made from it: the matrices are transformed once and only those columns
         move (``matrices``: the unshuffled ones); otherwise the shuffled frame goes through the pipelines."""
         groups = self._output_groups
-        if matrices is None or not self.models or any(g is None for g, x in zip(groups, matrices, strict=True)
-                                                      if x is not None):
+        if matrices is None or not self.models or column in self._score_inputs or \
+                any(g is None for g, x in zip(groups, matrices, strict=True) if x is not None):
             shuffled = frame.copy()
             shuffled[column] = frame[column].to_numpy()[order]
             return self.tabular_embeddings(shuffled)

@@ -1,9 +1,10 @@
 """A trained network (a training stage's fold ensemble) as the evaluation sees it.
 
 - :func:`network_run`: its out-of-fold development risks, the ensemble's test risks (and predicted days
-  where the objective gives them) and, per fold, the fold model's risks on its own training rows and on
-  its validation rows, so every score can be computed per fold exactly as for the baselines (the
-  Breslow curves of a fold from its training rows).
+  where the objective gives them, and each fold's test risks, whose survival curves the ensemble's curve
+  averages) and, per fold, the fold model's risks on its own training rows and on its validation rows, so
+  every score can be computed per fold exactly as for the baselines (the Breslow curves of a fold from its
+  training rows). Every fold's risks are centred on its training patients (``output_offset``).
 - :func:`explainer`: the fold models loaded for permutation importance and Grad-CAM.
 """
 
@@ -49,8 +50,9 @@ def network_run(trained: TrainingResult, table: pd.DataFrame, image_paths: Mappi
         validation = pd.read_parquet(result.folder / "validation.parquet").set_index("case_id")["risk"]
         folds.append((pd.Series(train_risk, index=list(fold.train)), validation.astype(float)))
     days = predictions["predicted_days"].astype(float) if "predicted_days" in predictions else None
+    members = predictions[[f"risk_{f.name}" for f in trained.folds]].astype(float)
     return NetworkRun(trained.name, trained.out_of_fold().astype(float), predictions["risk"].astype(float), days,
-                      tuple(folds))
+                      tuple(folds), members, str(trained.metrics["variant"]))
 
 
 def explainer(trained: TrainingResult) -> EnsembleExplainer:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -92,12 +93,12 @@ def _step_at(km_time: FloatArray, km_surv: FloatArray, at: FloatArray) -> FloatA
 
 
 def km_by_risk_group(train_risk: FloatArray, risk: FloatArray, time: FloatArray,
-                     event: npt.NDArray[np.bool_] | Sequence[bool], path: Path, title: str) -> dict[str, Any]:
-    """Kaplan-Meier curves of the test patients per predicted risk group (tertiles of the training risks,
-    :func:`risk_groups`), censoring ticked, time in months, with the log-rank test across the groups
-    (``compare_survival``). Returns ``{"thresholds", "chi2", "p_value", "counts"}``; chi2 and p are NaN
+                     event: npt.NDArray[np.bool_] | Sequence[bool], path: Path, title: str,
+                     groups: int = 3) -> dict[str, Any]:
+    """Kaplan-Meier curves of patients per predicted risk group (quantiles of the reference risks
+    ``train_risk``, :func:`risk_groups`), censoring ticked, time in months, with the log-rank test across the
+    groups (``compare_survival``). Returns ``{"thresholds", "chi2", "p_value", "counts"}``; chi2 and p are NaN
     with fewer than two non-empty groups (or when the test cannot be computed)."""
-    groups = 3
     outcome = Outcome.of(time, event)
     thresholds, index = risk_groups(train_risk, np.asarray(risk, dtype=float), groups)
     if len(index) != len(outcome.time):
@@ -119,7 +120,8 @@ def km_by_risk_group(train_risk: FloatArray, risk: FloatArray, time: FloatArray,
 
     fig = _figure(7, 5)
     ax = fig.add_subplot()
-    colours = ("tab:green", "tab:orange", "tab:red")
+    colours = [matplotlib.colormaps["RdYlGn_r"](x) for x in np.linspace(0.05, 0.95, groups)] if groups > 1 \
+        else ["tab:blue"]
     for g in range(groups):
         part = outcome.take(np.flatnonzero(index == g))
         if not len(part.time):
@@ -142,7 +144,8 @@ def km_by_risk_group(train_risk: FloatArray, risk: FloatArray, time: FloatArray,
     ax.set_xlim(left=0)
     ax.set_xlabel("months", fontsize=11)
     ax.set_ylabel("survival probability", fontsize=11)
-    ax.set_title(f"{title}\n(groups: tertiles of the training risks; |: censored)", fontsize=11)
+    ax.set_title(f"{title}\n(groups: quantiles of the development patients' out-of-fold risks; |: censored)",
+                 fontsize=11)
     ax.legend(loc="lower left", fontsize=9)
     ax.grid(alpha=0.3)
     _save(fig, path)

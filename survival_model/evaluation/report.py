@@ -32,7 +32,14 @@ import pandas as pd
 from survival_model.config import EvaluationParams
 from survival_model.evaluation import plots
 from survival_model.evaluation.metrics import format_ci
-from survival_model.evaluation.scores import DAYS_PER_MONTH, Outcome, TestCurves, calibration
+from survival_model.evaluation.scores import (
+    DAYS_PER_MONTH,
+    Outcome,
+    TestCurves,
+    breslow_hazard,
+    calibration,
+    survival_from,
+)
 from survival_model.evaluation.stage import rows
 from survival_model.training.splits import Splits
 
@@ -80,22 +87,81 @@ def split_integrity(splits: Splits, table: pd.DataFrame) -> tuple[list[str], lis
     return checks, found
 
 
-def fitted_rows(splits: Splits, baselines: Sequence[str], network: str) -> pd.DataFrame:
-    """What was fitted on which patients."""
+def fitted_rows(splits: Splits, baselines: Sequence[str], network: str, test_set_decisions: int | None) -> pd.DataFrame:
+    """What was fitted, and chosen, on which patients."""
     n_dev, n_test = len(splits.development), len(splits.test)
-    folds = ", ".join(f"{f.name}: {len(f.train)}/{len(f.validation)}" for f in splits.folds)
+    folds = ", ".join(f"{f.name}: {len(f.train) - len(f.stop)}/{len(f.stop)}/{len(f.validation)}" for f in splits.folds)
+    used = ("never used to fit or choose a model in this evaluation" if not test_set_decisions else
+            f"never used to fit or choose a model in this evaluation, but it has served {test_set_decisions} "
+            "promotion-gate decision(s) before: a model chosen by the gate was chosen on it")
     rows = [
         (f"{network}: tabular pipeline (imputation, scaling, encoding) and weights",
-         f"each fold's training rows; early stopping on its validation rows (train/validation {folds})"),
-        (f"{network}: the final model", "not fitted: the mean of the fold models' outputs"),
-        ("Breslow baseline hazard (survival curves, Brier, calibration, predicted days of risk scores)",
+         f"each fold's fitting patients (fitting/stopping/validation per fold: {folds})"),
+        (f"{network}: tabular penalty and epoch kept",
+         "each fold's stopping patients (inside its training set); its validation patients are scored once, "
+         "by the model kept"),
+        (f"{network}: the final model", "not fitted: the mean of the fold models' outputs, each centred on its "
+                                        "fold's training patients"),
+        ("Breslow baseline hazard of the test curves (Brier, calibration, predicted days of risk scores)",
          f"development patients ({n_dev}); a network's from its out-of-fold risks"),
-        *((f"baseline {b}", "nothing fitted" if b in ("gpa", "ds_gpa") else f"development patients ({n_dev})")
+        ("out-of-fold calibration and integrated Brier score",
+         "each patient's curve from a Breslow baseline on the other folds' out-of-fold risks"),
+        *((f"baseline {b}", "nothing fitted" if b in ("gpa", "ds_gpa") else
+           f"development patients ({n_dev}); out of fold: each fold's training patients" +
+           ("; its penalty by 3-fold CV inside them" if b.startswith("coxnet") else ""))
           for b in baselines),
-        ("risk-group thresholds (tertiles) of the Kaplan-Meier plots", f"development patients' risks ({n_dev})"),
-        ("locked test set", f"{n_test} patients: scored once, here; never used to fit or choose anything"),
+        ("risk-group thresholds of the Kaplan-Meier plots", f"the development patients' out-of-fold risks ({n_dev})"),
+        ("locked test set", f"{n_test} patients: scored once per evaluation, as confirmation; {used}"),
     ]
     return pd.DataFrame(rows, columns=["what", "fitted on"])
+
+
+def selection_findings(splits: Splits, fold_summaries: Sequence[dict[str, Any]],
+                       key_fingerprint: str | None = None) -> tuple[list[str], list[Finding]]:
+    """Whether any choice (epoch, penalty) was made on patients that were then scored, and whether the splits'
+    ids were made with this run's pseudonym key (``key_fingerprint``)."""
+    checks, found = [], []
+    leaks = [f.name for f in splits.folds if set(f.stop) & (set(f.validation) | set(splits.test))
+             or not set(f.stop) <= set(f.train)]
+    unmarked = [str(s.get("fold", i)) for i, s in enumerate(fold_summaries) if "selection" not in s]
+    if leaks:
+        found.append(Finding("warning", f"selection on scored patients: the stopping patients of {', '.join(leaks)} "
+                                        "overlap its validation patients or the test set"))
+    elif unmarked:
+        found.append(Finding("warning", f"{len(unmarked)} fold model(s) do not record where their epoch was chosen "
+                                        "(trained by an older version, which chose it on the validation fold): "
+                                        "their cross-validated scores are selection-biased"))
+    else:
+        checks.append("no selection on scored patients: every fold chose its epoch and penalty on its own stopping "
+                      "patients, disjoint from its validation patients and the test set")
+    recorded = splits.pseudonym_key_fingerprint
+    if recorded and key_fingerprint and recorded != key_fingerprint:
+        found.append(Finding("warning", f"key mismatch: the splits list ids made with the pseudonym key of "
+                                        f"fingerprint {recorded}, this run's key is {key_fingerprint}"))
+    elif recorded:
+        checks.append(f"case ids pseudonymised with the key of fingerprint {recorded} (the splits' membership does "
+                      "not depend on it; a champion trained under another key stops the promotion gate)")
+    return checks, found
+
+
+def oof_warnings(oof: pd.DataFrame, evaluation: EvaluationParams) -> list[Finding]:
+    """On the out-of-fold comparison: implausible C-indices, and every model not shown better than the GPA or the
+    tabular-only network (paired interval including 0)."""
+    out = []
+    for name, row in oof.iterrows():
+        if name == "oracle":
+            continue
+        value = row.get("harrell_c")
+        if value is not None and np.isfinite(value) and value > evaluation.audit_max_cindex:
+            out.append(Finding("warning", f"{name}: out-of-fold C-index {value:.3f} > {evaluation.audit_max_cindex} "
+                                          "is implausible for survival in brain metastases: check for leakage"))
+        for role, label in (("gpa", "the GPA"), ("tabular", "the tabular-only network")):
+            low = row.get(f"vs_{role}_harrell_c_low")
+            if low is not None and np.isfinite(low) and low <= 0:
+                delta = format_ci(row[f"vs_{role}_harrell_c"], low, row[f"vs_{role}_harrell_c_high"])
+                verdict = "worse than" if row[f"vs_{role}_harrell_c"] < 0 else "not shown better than"
+                out.append(Finding("note", f"{name} is {verdict} {label} out of fold: ΔC {delta}"))
+    return out
 
 
 def result_warnings(comparison: pd.DataFrame, evaluation: EvaluationParams, test: Outcome) -> list[Finding]:
@@ -133,30 +199,67 @@ def result_warnings(comparison: pd.DataFrame, evaluation: EvaluationParams, test
     return out
 
 
+@dataclass(frozen=True)
+class ReportData:
+    """What the report draws beyond the comparison tables: every model's out-of-fold risks on the development
+    patients (``model, case_id, fold, risk``), the cross-fitted calibration tables of those risks, and the
+    main network's fold models' risks on the test patients (columns ``risk_<fold>``: the ensemble's survival
+    curve is the mixture of theirs)."""
+
+    oof_risks: pd.DataFrame
+    oof_calibration: pd.DataFrame
+    test_members: pd.DataFrame | None
+
+
 def figures(table: pd.DataFrame, splits: Splits, risks: pd.DataFrame, per_site: pd.DataFrame, network: str,
-            folder: Path) -> dict[str, Any]:
-    """The report's own figures (PNG in ``folder``) and the log-rank results per model."""
+            data: ReportData, folder: Path, horizons_months: Sequence[float] = (6, 12)) -> dict[str, Any]:
+    """The report's own figures (PNG in ``folder``) and the log-rank results per model and patient set.
+
+    Risk groups and calibration are shown first where there are patients to show them, on the out-of-fold
+    predictions of the development patients (as many groups as their deaths allow; quantiles of those risks),
+    and then on the locked test set as confirmation (the development thresholds applied to the ensemble)."""
+    from survival_model.evaluation.oof import groups_for, horizons_inside
+
     folder.mkdir(parents=True, exist_ok=True)
     dev_out, test_out = Outcome.of_frame(rows(table, splits.development)), Outcome.of_frame(rows(table, splits.test))
-    out: dict[str, Any] = {"logrank": {}}
+    out: dict[str, Any] = {"logrank": {}, "logrank_test": {}}
+    oof = data.oof_risks.pivot(index="case_id", columns="model", values="risk")
 
-    def model_risks(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        part = risks[risks["model"] == name].set_index(["set", "case_id"])
-        test_part = part.loc["test"].loc[list(splits.test)]
-        days = test_part["predicted_days"].to_numpy(dtype=float)
-        return (part.loc["development"].loc[list(splits.development)]["risk"].to_numpy(dtype=float),
-                test_part["risk"].to_numpy(dtype=float), days if np.isfinite(days).any() else None)
+    def test_part(name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        part = risks[(risks["model"] == name) & (risks["set"] == "test")].set_index("case_id").loc[list(splits.test)]
+        days = part["predicted_days"].to_numpy(dtype=float)
+        return part["risk"].to_numpy(dtype=float), (days if np.isfinite(days).any() else None)
 
-    for name in [network, *(m for m in ("gpa", "oracle") if m in set(risks["model"]))]:
-        train_risk, test_risk, _ = model_risks(name)
+    dev_groups, test_groups = groups_for(int(dev_out.event.sum())), groups_for(int(test_out.event.sum()))
+    for name in [network, *(m for m in ("gpa", "oracle") if m in oof.columns)]:
+        if name not in oof.columns:
+            continue
+        dev_risk = oof[name].reindex(list(splits.development)).to_numpy(dtype=float)
         out["logrank"][name] = plots.km_by_risk_group(
-            train_risk, test_risk, test_out.time, test_out.event, folder / f"km_{_slug(name)}.png",
-            f"{name}: test patients by predicted risk")
-    train_risk, test_risk, own_days = model_risks(network)
-    curves = TestCurves.of(train_risk, dev_out, test_risk, test_out, test_days=own_days)
-    plots.calibration_plot(calibration(test_out, curves.survival_calibration, curves.calibration_days), folder /
-                           "calibration.png", curves.calibration_days / DAYS_PER_MONTH)
-    plots.predicted_vs_observed(curves.medians, test_out.time, test_out.event, folder / "predicted_vs_observed.png")
+            dev_risk, dev_risk, dev_out.time, dev_out.event, folder / f"km_{_slug(name)}.png",
+            f"{name}: development patients (out of fold) by predicted risk", groups=dev_groups)
+        out["logrank_test"][name] = plots.km_by_risk_group(
+            dev_risk, test_part(name)[0], test_out.time, test_out.event, folder / f"km_test_{_slug(name)}.png",
+            f"{name}: locked test patients by predicted risk", groups=test_groups)
+    own = data.oof_calibration[data.oof_calibration["model"] == network] if len(data.oof_calibration) else None
+    out["calibration"] = []
+    for months in horizons_months:
+        if own is not None and len(own):
+            plots.calibration_plot(own[own["months"] == months], folder / f"calibration_dev_{months:g}m.png", months)
+            out["calibration"].append(("dev", months))
+    if network in oof.columns:
+        test_risk, own_days = test_part(network)
+        dev_risk = oof[network].reindex(list(splits.development)).to_numpy(dtype=float)
+        members = data.test_members.reindex(list(splits.test)).to_numpy(dtype=float) \
+            if data.test_members is not None else None
+        for months in horizons_inside(test_out, horizons_months):
+            hazard = breslow_hazard(dev_risk, dev_out, np.array([months * DAYS_PER_MONTH]))
+            curve = survival_from(hazard, members if members is not None else test_risk)[:, 0]
+            plots.calibration_plot(calibration(test_out, curve, months * DAYS_PER_MONTH, test_groups),
+                                   folder / f"calibration_test_{months:g}m.png", months)
+            out["calibration"].append(("test", months))
+        curves = TestCurves.of(dev_risk, dev_out, test_risk, test_out, test_days=own_days, members=members)
+        plots.predicted_vs_observed(curves.medians, test_out.time, test_out.event, folder / "predicted_vs_observed.png")
     plots.per_site_bars(per_site, folder / "per_site.png")
     return out
 
@@ -202,20 +305,30 @@ def importance_markdown(importance: pd.DataFrame, known_effects: Sequence[str]) 
     return lines
 
 
-def summary_markdown(network: str, comparison: pd.DataFrame, table_md: str, audit: Sequence[Finding],
-                     importances: Sequence[pd.DataFrame], cams: pd.DataFrame | None,
+def summary_markdown(network: str, comparison: pd.DataFrame, oof: pd.DataFrame, table_md: str,
+                     audit: Sequence[Finding], importances: Sequence[pd.DataFrame], cams: pd.DataFrame | None,
                      known_effects: Sequence[str]) -> str:
     """The short summary (Prefect UI, MLflow, the CLI)."""
-    lines = ["# Evaluation on the locked test set", ""]
+    lines = ["# Evaluation", ""]
+    if network in oof.index:
+        row = oof.loc[network]
+        parts = [f"Harrell's C {format_ci(row['harrell_c'], row['harrell_c_low'], row['harrell_c_high'])}"]
+        for role, label in (("tabular", "tabular-only"), ("gpa", "GPA"), ("oracle", "oracle")):
+            column = f"vs_{role}_harrell_c"
+            if column in row.index and np.isfinite(row[column]):
+                parts.append(f"vs {label} {format_ci(row[column], row[f'{column}_low'], row[f'{column}_high'])}")
+        if "headroom" in row.index and np.isfinite(row["headroom"]):
+            headroom = format_ci(row["headroom"], row["headroom_low"], row["headroom_high"])
+            parts.append(f"share of the oracle's headroom {headroom}")
+        lines += [f"**{network}, out of fold on the development patients**: " + "; ".join(parts) + ".", ""]
     if network in comparison.index and "gpa" in comparison.index:
         row = comparison.loc[network]
         c = format_ci(row["harrell_c"], row["harrell_c_low"], row["harrell_c_high"])
         delta = format_ci(row.get("delta_harrell_c"), row.get("delta_harrell_c_low"), row.get("delta_harrell_c_high"))
         c_index = comparison["harrell_c"].astype(float)
-        gpa_c = c_index["gpa"]
         ceiling = f"; oracle (ceiling) {c_index['oracle']:.3f}" if "oracle" in c_index.index else ""
-        lines.append(f"**{network}**: Harrell's C {c}; GPA {gpa_c:.3f}; difference to the GPA {delta}{ceiling}.")
-        lines.append("")
+        lines += [f"Locked test set (confirmation): Harrell's C {c}; GPA {c_index['gpa']:.3f}; difference to the GPA "
+                  f"{delta}{ceiling}.", ""]
     lines += [table_md, "## Audit", ""]
     lines += [f"- **{w.level}**: {w.text}" for w in audit] or ["- no warning"]
     if importances:
@@ -251,18 +364,28 @@ def audit_html(checks: Sequence[str], found: Sequence[Finding], fitted: pd.DataF
 
 def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, comparison: pd.DataFrame,
                  per_site: pd.DataFrame, cv: dict[str, dict[str, dict[str, float]]], risks: pd.DataFrame,
-                 table_md: str, network: str, baselines: Sequence[str], evaluation: EvaluationParams,
-                 learning_curves: Path | None, explanation: Path | None, known_effects: Sequence[str],
+                 oof: pd.DataFrame, data: ReportData, table_md: str, network: str, baselines: Sequence[str],
+                 evaluation: EvaluationParams, learning_curves: Path | None, explanation: Path | None,
+                 known_effects: Sequence[str], fold_summaries: Sequence[dict[str, Any]] = (),
+                 test_set_decisions: int | None = None, key_fingerprint: str | None = None,
                  title: str = "Brain metastases survival: evaluation report") -> Path:
-    """Write ``folder`` (figures, ``report.html``, ``summary.md``, ``audit.json``) and return the HTML path."""
+    """Write ``folder`` (figures, ``report.html``, ``summary.md``, ``audit.json``) and return the HTML path.
+    ``test_set_decisions``: how many promotion-gate decisions the locked test set served before (the
+    registry's record; None when there is no registry)."""
     from survival_model.imageio import write_json, write_text
 
     figs = folder / "figures"
-    drawn = figures(table, splits, risks, per_site, network, figs)
+    drawn = figures(table, splits, risks, per_site, network, data, figs)
     test = Outcome.of_frame(rows(table, splits.test))
     checks, found = split_integrity(splits, table)
-    found += result_warnings(comparison, evaluation, test)
-    fitted = fitted_rows(splits, baselines, network)
+    selected, selection = selection_findings(splits, fold_summaries, key_fingerprint)
+    checks += selected
+    found += selection + oof_warnings(oof, evaluation) + result_warnings(comparison, evaluation, test)
+    if test_set_decisions:
+        found.append(Finding("note", f"the locked test set has served {test_set_decisions} promotion-gate "
+                                     "decision(s) before this evaluation: its scores of a model the gate chose there "
+                                     "are optimistic; compare models out of fold, and let new patients refresh it"))
+    fitted = fitted_rows(splits, baselines, network, test_set_decisions)
     cams = None
     importance_folders = [] if explanation is None else \
         [explanation, *sorted((explanation / "models").glob("*"), key=lambda p: int(p.name) if p.name.isdigit() else 0)]
@@ -270,19 +393,39 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
     importances = [pd.read_csv(f / "importance.csv") for f in importance_folders]
     if explanation is not None and (explanation / "gradcam.csv").is_file():
         cams = pd.read_csv(explanation / "gradcam.csv")
-    logrank = "".join(f"<li>{html.escape(m)}: log-rank χ² {r['chi2']:.2f}, p = {r['p_value']:.3g}; group sizes "
-                      f"{r['counts']}</li>" for m, r in drawn["logrank"].items())
+
+    def logrank(results: dict[str, Any]) -> str:
+        return "".join(f"<li>{html.escape(m)}: log-rank χ² {r['chi2']:.2f}, p = {r['p_value']:.3g}; group sizes "
+                       f"{r['counts']}</li>" for m, r in results.items())
+
+    dev_deaths = int(Outcome.of_frame(rows(table, splits.development)).event.sum())
+    where = {"dev": "development (out of fold)", "test": "test set"}
     sections = [
-        ("Summary", f"<p>{len(splits.test)} locked test patients ({int(test.event.sum())} deaths), "
-                    f"{len(splits.development)} development patients in {len(splits.folds)} folds.</p>"),
-        ("Comparison on the locked test set", comparison_display(comparison, cv).to_html()
+        ("Summary", f"<p>{len(splits.development)} development patients ({dev_deaths} deaths) in "
+                    f"{len(splits.folds)} folds; {len(splits.test)} locked test patients "
+                    f"({int(test.event.sum())} deaths).</p>"),
+        ("Comparison out of fold (all development patients)", comparison_display(oof, {}).to_html()
+         + "<p>Each development patient scored by the model of the fold that validated it. 95% bootstrap intervals "
+           "over patients; vs_*: paired difference to the oracle, the tabular-only network and the GPA on the same "
+           "resamples; headroom: (C − 0.5) / (C_oracle − 0.5).</p>"),
+        ("Confirmation on the locked test set", comparison_display(comparison, cv).to_html()
          + "<p>Values with 95% bootstrap intervals over the test patients; Δ: paired difference to the GPA; CV: "
-           "mean ± SD over the development folds; *_uncensored: the paper's metrics on patients who died.</p>"),
-        ("Kaplan-Meier by predicted risk group", f"<ul>{logrank}</ul>" + "".join(
-            _img(figs / f"km_{_slug(m)}.png", f"Kaplan-Meier: {m}") for m in drawn["logrank"])),
+           "mean ± SD over the development folds' validation patients; *_uncensored: the paper's metrics on patients "
+           "who died.</p>"),
+        ("Kaplan-Meier by predicted risk group",
+         "<p>Development patients, out of fold (groups: quantiles of these risks, as many as the deaths allow):</p>"
+         f"<ul>{logrank(drawn['logrank'])}</ul>"
+         + "".join(_img(figs / f"km_{_slug(m)}.png", f"Kaplan-Meier, development (out of fold): {m}")
+                   for m in drawn["logrank"])
+         + "<p>Locked test patients (the development thresholds applied):</p>"
+         f"<ul>{logrank(drawn['logrank_test'])}</ul>"
+         + "".join(_img(figs / f"km_test_{_slug(m)}.png", f"Kaplan-Meier, locked test set: {m}")
+                   for m in drawn["logrank_test"])),
         (f"Calibration and predicted time ({network})",
-         _img(figs / "calibration.png", "calibration at 12 months")
-         + _img(figs / "predicted_vs_observed.png", "predicted vs observed days (uncensored)")),
+         "".join(_img(figs / f"calibration_{part}_{months:g}m.png",
+                      f"calibration at {months:g} months, {where[part]}")
+                 for part, months in drawn["calibration"])
+         + _img(figs / "predicted_vs_observed.png", "predicted vs observed days (uncensored test patients)")),
         ("Per site", per_site.round(3).to_html() + _img(figs / "per_site.png", "Harrell's C per site")),
         ("Learning curves", _img(learning_curves, "learning curves per fold") if learning_curves else "<p>-</p>"),
     ]
@@ -300,9 +443,10 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
                            f"{cams['area_share_tumour_edema'].median():.2f}.</p>" + cams.round(3).to_html(index=False)))
     sections.append(("Leakage audit", audit_html(checks, found, fitted)))
     folder.mkdir(parents=True, exist_ok=True)
-    write_json({"checks": checks, "findings": [w.__dict__ for w in found], "logrank": drawn["logrank"]},
+    write_json({"checks": checks, "findings": [w.__dict__ for w in found], "logrank": drawn["logrank"],
+                "logrank_test": drawn["logrank_test"], "test_set_decisions": test_set_decisions},
                folder / "audit.json")
-    write_text(summary_markdown(network, comparison, table_md, found, importances, cams, known_effects),
+    write_text(summary_markdown(network, comparison, oof, table_md, found, importances, cams, known_effects),
                folder / "summary.md")
     path = folder / "report.html"
     write_text(html_report(title, sections), path)

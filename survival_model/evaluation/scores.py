@@ -77,6 +77,29 @@ def breslow_survival(train_risk: FloatArray, train: Outcome, risk: FloatArray, t
     return np.vstack([fn(clipped) for fn in functions]) if len(functions) else np.zeros((0, len(times)))
 
 
+def breslow_hazard(risk: FloatArray, outcome: Outcome, times: FloatArray) -> FloatArray:
+    """The Breslow cumulative baseline hazard H0 at ``times`` from risks and outcomes (scikit-survival's
+    estimator; flat after the last event time)."""
+    times = np.asarray(times, dtype=float)
+    if not outcome.event.any():
+        return np.zeros(len(times))
+    estimator = BreslowEstimator().fit(np.asarray(risk, dtype=float), outcome.event, outcome.time)
+    steps = estimator.cum_baseline_hazard_
+    grid, values = np.asarray(steps.x, dtype=float), np.asarray(steps.y, dtype=float)
+    position = np.searchsorted(grid, times, side="right") - 1
+    return np.where(position >= 0, values[np.clip(position, 0, None)], 0.0)
+
+
+def survival_from(hazard: FloatArray, risk: FloatArray) -> FloatArray:
+    """S(t | risk) = exp(-H0(t) exp(risk)) for one risk per row ``(n,)`` -> ``(n, len(hazard))``, or the mean
+    over several risks per row ``(n, K)`` (an ensemble's mixture of its members' curves)."""
+    risk = np.asarray(risk, dtype=float)
+    members = risk[:, :, None] if risk.ndim == 2 else risk[:, None, None]
+    with np.errstate(over="ignore"):  # an extreme risk gives exp(inf) -> S = 0, as it should
+        curves: FloatArray = np.exp(-np.exp(members) * np.asarray(hazard, dtype=float)[None, None, :]).mean(axis=1)
+    return curves
+
+
 def median_days(survival: FloatArray, times: FloatArray) -> FloatArray:
     """The first time each curve reaches 0.5 (NaN where it stays above 0.5 on ``times``)."""
     below = survival <= 0.5
@@ -124,11 +147,13 @@ def uno_c(train: Outcome, test: Outcome, risk: FloatArray, tau: float | None) ->
 
 
 def integrated_brier(train: Outcome, test: Outcome, survival_at: FloatArray, times: FloatArray) -> float:
-    """Integrated Brier score over ``times`` (``survival_at``: ``(n, len(times))``)."""
+    """Integrated Brier score over ``times`` (``survival_at``: ``(n, len(times))``), the test patients censored
+    at the training follow-up first (:func:`within_follow_up`: the censoring weights are undefined after it).
+    NaN when undefined (fewer than two times inside the follow-up, no usable weights): never a silent value."""
     if len(times) < 2:
         return float("nan")
     try:
-        return float(integrated_brier_score(train.surv(), test.surv(), survival_at, times))
+        return float(integrated_brier_score(train.surv(), within_follow_up(train, test).surv(), survival_at, times))
     except ValueError:
         return float("nan")
 
@@ -206,13 +231,20 @@ class TestCurves:
 
     @classmethod
     def of(cls, train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome,
-           calibration_months: float = 12, test_days: FloatArray | None = None) -> TestCurves:
-        """``test_days``: the model's own predicted times (else the medians of the Breslow curves)."""
-        grid = evaluation_times(train, test)
+           calibration_months: float = 12, test_days: FloatArray | None = None,
+           members: FloatArray | None = None) -> TestCurves:
+        """``test_days``: the model's own predicted times (else the medians of the Breslow curves); ``members``:
+        an ensemble's members' risks ``(n, K)`` on the same scale as ``train_risk``, whose curves are averaged
+        (else the curve of ``risk``)."""
+        grid = evaluation_times(train, within_follow_up(train, test))
         t_cal = calibration_months * DAYS_PER_MONTH
         dense = np.unique(np.concatenate([train.time, test.time]))
         times = np.concatenate([grid, [t_cal], dense])
-        survival = breslow_survival(train_risk, train, risk, times) if len(risk) else np.zeros((0, len(times)))
+        if not len(risk):
+            survival = np.zeros((0, len(times)))
+        else:
+            hazard = breslow_hazard(train_risk, train, times)
+            survival = survival_from(hazard, members if members is not None else np.asarray(risk, dtype=float))
         n = len(grid)
         medians = median_days(survival[:, n + 1:], dense) if test_days is None else np.asarray(test_days, dtype=float)
         return cls(train, test, risk, grid, survival[:, :n], t_cal, survival[:, n], medians)
@@ -237,12 +269,14 @@ class TestCurves:
 
 def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
                      resamples: int = 200, confidence: float = 0.95, seed: int = 0,
-                     test_days: FloatArray | None = None) -> dict[str, dict[str, float]]:
+                     test_days: FloatArray | None = None, members: FloatArray | None = None,
+                     ) -> dict[str, dict[str, float]]:
     """Every score with a percentile bootstrap interval over test patients (``value``, ``low``, ``high``);
     resamples where a score is undefined are left out of that score's interval."""
     from survival_model.evaluation.metrics import Estimate, percentile_interval
 
-    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, test_days=test_days)
+    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, test_days=test_days,
+                           members=members)
     point = curves.score(np.arange(len(test.time)), tau=tau)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point}

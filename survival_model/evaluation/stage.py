@@ -14,7 +14,7 @@ The stage's folder holds ``comparison/`` (written here), ``explanation/`` and ``
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from survival_model.config import EvaluationParams
 from survival_model.evaluation.baselines import baselines, fit_baseline
 from survival_model.evaluation.compare import ModelRisks, comparison_table
 from survival_model.evaluation.metrics import format_ci, harrell_c
+from survival_model.evaluation.oof import OutOfFold, centre_on, compare_out_of_fold
 from survival_model.evaluation.scores import Outcome, score
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
@@ -41,14 +42,20 @@ class NetworkRun:
     """What the comparison needs of one trained network (risks by case id)."""
 
     name: str
-    #: Development patients, each scored by the fold model that did not train on it (out of fold).
+    #: Development patients, each scored by the fold model that did not train on it (out of fold; centred on
+    #: that fold's training patients).
     dev: pd.Series
-    #: The test patients: the fold ensemble.
+    #: The test patients: the fold ensemble (mean of the folds' centred risks).
     test: pd.Series
     #: The ensemble's own predicted days on the test patients (``mse``, ``weibull``), else None.
     test_days: pd.Series | None
-    #: Per fold: the fold model's risks on its training rows and on its validation rows.
+    #: Per fold: the fold model's risks on its own training rows and on its validation rows.
     folds: tuple[tuple[pd.Series, pd.Series], ...]
+    #: Each fold model's risks on the test patients (columns in fold order), for the ensemble's mixture of
+    #: survival curves; None to score the mean risk alone.
+    test_folds: pd.DataFrame | None = None
+    #: The variant of the network (``hybrid``, ``tabular``, ``image``).
+    variant: str = "hybrid"
 
 
 def _cv(per_fold: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -71,16 +78,24 @@ def _fold_scores(train: pd.DataFrame, train_risk: np.ndarray, validation: pd.Dat
 
 def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkRun], clinical: list[str],
                 evaluation: EvaluationParams, oracle: pd.Series | None,
-                ) -> tuple[dict[str, ModelRisks], dict[str, dict[str, dict[str, float]]]]:
-    """Risks of every model on the development and test patients, and every score of each model over the
-    cross-validation folds (fitted on each fold's training rows, scored on its validation rows)."""
+                ) -> tuple[dict[str, ModelRisks], dict[str, dict[str, dict[str, float]]], OutOfFold]:
+    """Risks of every model on the development and test patients, every score of each model over the
+    cross-validation folds (fitted on each fold's training rows, scored on its validation rows), and every
+    model's out-of-fold risks on the development patients (fitted models centred on their fold's training
+    rows)."""
     dev, test = rows(table, splits.development), rows(table, splits.test)
+    fold_of = {c: k for k, fold in enumerate(splits.folds) for c in fold.validation}
+    dev_ids = list(dev["case_id"])
     models: dict[str, ModelRisks] = {}
     cv: dict[str, dict[str, dict[str, float]]] = {}
+    oof: dict[str, np.ndarray] = {}
     for net in networks:
         days = net.test_days.reindex(test["case_id"]).to_numpy(dtype=float) if net.test_days is not None else None
-        models[net.name] = ModelRisks(net.dev.reindex(dev["case_id"]).to_numpy(dtype=float),
-                                      net.test.reindex(test["case_id"]).to_numpy(dtype=float), days)
+        members = net.test_folds.reindex(test["case_id"]).to_numpy(dtype=float) if net.test_folds is not None \
+            else None
+        dev_risk = net.dev.reindex(dev["case_id"]).to_numpy(dtype=float)
+        models[net.name] = ModelRisks(dev_risk, net.test.reindex(test["case_id"]).to_numpy(dtype=float), days, members)
+        oof[net.name] = dev_risk
         per_fold = []
         for train_risk, val_risk in net.folds:
             train, validation = rows(table, list(train_risk.index)), rows(table, list(val_risk.index))
@@ -92,16 +107,33 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
         fitted = fit_baseline(baseline, dev, evaluation.seed)
         models[name] = ModelRisks(fitted.risk(dev), fitted.risk(test))
         per_fold = []
+        pooled = pd.Series(np.nan, index=dev_ids)
         for fold in splits.folds:
             train, validation = rows(table, fold.train), rows(table, fold.validation)
             model = fit_baseline(baseline, train, evaluation.seed)
-            per_fold.append(_fold_scores(train, model.risk(train), validation, model.risk(validation),
-                                         evaluation.tau_days))
+            fold_train, fold_val = model.risk(train), model.risk(validation)
+            per_fold.append(_fold_scores(train, fold_train, validation, fold_val, evaluation.tau_days))
+            fitted_model = baseline.estimator is not None  # a score by hand has an absolute scale: not centred
+            pooled[list(validation["case_id"])] = centre_on(fold_train, fold_val) if fitted_model else fold_val
         cv[name] = _cv(per_fold)
+        oof[name] = pooled.to_numpy(dtype=float)
     if oracle is not None and dev["case_id"].isin(oracle.index).all() and test["case_id"].isin(oracle.index).all():
         models["oracle"] = ModelRisks(oracle.reindex(dev["case_id"]).to_numpy(dtype=float),
                                       oracle.reindex(test["case_id"]).to_numpy(dtype=float))
-    return models, cv
+        oof["oracle"] = models["oracle"].train
+    folds = np.array([fold_of.get(c, -1) for c in dev_ids], dtype=np.int64)
+    return models, cv, OutOfFold(tuple(dev_ids), Outcome.of_frame(dev), folds, oof)
+
+
+def references(networks: Sequence[NetworkRun], models: Mapping[str, object]) -> dict[str, str]:
+    """The paired comparison's references present: the oracle, the first tabular-only network, the GPA."""
+    out = {"oracle": "oracle"} if "oracle" in models else {}
+    tabular = [n.name for n in networks if n.variant == "tabular"]
+    if tabular:
+        out["tabular"] = tabular[0]
+    if "gpa" in models:
+        out["gpa"] = "gpa"
+    return out
 
 
 def compare(table: pd.DataFrame, splits: Splits, models: dict[str, ModelRisks],
@@ -122,17 +154,21 @@ def compare(table: pd.DataFrame, splits: Splits, models: dict[str, ModelRisks],
 
 STAGE = "evaluation"
 #: The comparison's files, in ``<stage folder>/comparison/``.
-FILES = ("comparison.csv", "comparison.json", "per_site.csv", "cv.json", "cv.csv", "risks.parquet", "table.md")
+FILES = ("comparison.csv", "comparison.json", "per_site.csv", "cv.json", "cv.csv", "risks.parquet", "table.md",
+         "oof.csv", "oof.json", "oof_calibration.csv", "oof_risks.parquet")
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Where an evaluation's files are (comparison, explanation, report), and the comparison itself."""
+    """Where an evaluation's files are (comparison, explanation, report), and the comparison itself: on the
+    out-of-fold predictions of the development patients (``oof``, the comparison) and on the locked test set
+    (``comparison``, the confirmation)."""
 
     folder: Path
     comparison: pd.DataFrame
     per_site: pd.DataFrame
     cv: dict[str, dict[str, dict[str, float]]]
+    oof: pd.DataFrame
 
     @property
     def comparison_folder(self) -> Path:
@@ -145,6 +181,14 @@ class EvaluationResult:
     def report_html(self) -> Path:
         return self.folder / "report" / "report.html"
 
+    def report_decisions(self) -> int | None:
+        """The number of gate decisions on the test set the report names (``audit.json``; None: none named)."""
+        audit = self.folder / "report" / "audit.json"
+        if not audit.is_file():
+            return None
+        value = read_json(audit).get("test_set_decisions")
+        return int(value) if value is not None else None
+
     @property
     def summary_markdown(self) -> str:
         summary = self.folder / "report" / "summary.md"
@@ -152,6 +196,14 @@ class EvaluationResult:
 
     def risks(self) -> pd.DataFrame:
         return pd.read_parquet(self.comparison_folder / "risks.parquet")
+
+    def oof_risks(self) -> pd.DataFrame:
+        """Every model's out-of-fold risks on the development patients: ``model, case_id, fold, risk``."""
+        return pd.read_parquet(self.comparison_folder / "oof_risks.parquet")
+
+    def oof_calibration(self) -> pd.DataFrame:
+        """The cross-fitted calibration tables of the out-of-fold risks (``model, months, group, ...``)."""
+        return pd.read_csv(self.comparison_folder / "oof_calibration.csv")
 
 
 def evaluation_key(training_keys: Sequence[str], table_key: str, clinical: Sequence[str],
@@ -172,7 +224,8 @@ def load_comparison(folder: Path) -> EvaluationResult | None:
     if not all((part / name).is_file() for name in FILES):
         return None
     return EvaluationResult(folder, pd.read_csv(part / "comparison.csv", index_col="model"),
-                            pd.read_csv(part / "per_site.csv", index_col=0), read_json(part / "cv.json"))
+                            pd.read_csv(part / "per_site.csv", index_col=0), read_json(part / "cv.json"),
+                            pd.read_csv(part / "oof.csv", index_col="model"))
 
 
 def load_evaluation(folder: Path) -> EvaluationResult | None:
@@ -187,12 +240,34 @@ def _ci(row: pd.Series, metric: str) -> str:
     return format_ci(row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high"))
 
 
-def table_markdown(comparison: pd.DataFrame, cv: dict[str, dict[str, dict[str, float]]], test_patients: int) -> str:
-    """The comparison as a Markdown table (Prefect UI, MLflow, the CLI)."""
+def oof_markdown(oof: pd.DataFrame, references: Mapping[str, str], patients: int, deaths: int,
+                 confidence: float) -> str:
+    """The out-of-fold comparison as a Markdown table."""
+    roles = [r for r in ("oracle", "tabular", "gpa") if r in references]
+    heads = {"oracle": "ΔC vs oracle", "tabular": f"ΔC vs {references.get('tabular', 'tabular')}", "gpa": "ΔC vs GPA"}
     lines = [
-        f"{test_patients} test patients; 95% bootstrap intervals; difference to the GPA paired on the same "
-        "resamples; CV: mean ± SD over the development folds. R2 / MAE / RMSE (days) use uncensored patients "
-        "only, with each model's predicted time (the median of its Breslow survival curve for risk scores).", "",
+        f"**Out of fold, all {patients} development patients ({deaths} deaths)**: each patient scored by the model "
+        "of the fold that validated it (fitted, and every choice made, without it). "
+        f"{confidence:.0%} bootstrap intervals over patients; Δ: Harrell's C minus the reference's, paired on the "
+        "same resamples; headroom: (C − 0.5) / (C_oracle − 0.5). Calibration (integrated Brier) from "
+        "Breslow baselines cross-fitted on the other folds.", "",
+        "| model | Harrell's C | Uno's C | integrated Brier | headroom | " + " | ".join(heads[r] for r in roles) + " |",
+        "| --- | --- | --- | --- | --- | " + " | ".join("---" for _ in roles) + " |",
+    ]
+    for name, row in oof.iterrows():
+        deltas = [_ci(row, f"vs_{r}_harrell_c") if references.get(r) != name else "(reference)" for r in roles]
+        lines.append(f"| {name} | {_ci(row, 'harrell_c')} | {_ci(row, 'uno_c')} | {_ci(row, 'integrated_brier')} | "
+                     f"{_ci(row, 'headroom')} | " + " | ".join(deltas) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_markdown(comparison: pd.DataFrame, cv: dict[str, dict[str, dict[str, float]]], test_patients: int) -> str:
+    """The locked test set's comparison as a Markdown table (Prefect UI, MLflow, the CLI)."""
+    lines = [
+        f"**Locked test set, {test_patients} patients (confirmation)**: 95% bootstrap intervals; difference to the "
+        "GPA paired on the same resamples; CV: mean ± SD over the development folds' validation patients. R2 / MAE "
+        "/ RMSE (days) use uncensored patients only, with each model's predicted time (the median of its "
+        "Breslow survival curve for risk scores).", "",
         "| model | Harrell's C | Uno's C | integrated Brier | AUC 12 m | MAE days (deaths) | ΔC vs GPA | CV C |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -228,8 +303,14 @@ def run_comparison(table: pd.DataFrame, splits: Splits, networks: Sequence[Netwo
     existing = load_comparison(folder)
     if existing is not None:
         return existing
-    models, cv = model_risks(table, splits, networks, clinical, evaluation, oracle)
+    models, cv, oof = model_risks(table, splits, networks, clinical, evaluation, oracle)
     comparison, per_site = compare(table, splits, models, evaluation)
+    refs = references(networks, models)
+    out_of_fold = compare_out_of_fold(oof, refs, tau=evaluation.tau_days, resamples=evaluation.bootstrap,
+                                      confidence=evaluation.confidence, seed=evaluation.seed)
+    calibration = pd.concat([t.assign(model=name) for name, t in out_of_fold.calibration.items() if len(t)],
+                            ignore_index=True) if any(len(t) for t in out_of_fold.calibration.values()) \
+        else pd.DataFrame(columns=["model", "months", "group", "patients", "deaths", "predicted", "observed"])
     with atomic_directory(folder / "comparison") as tmp:
         write_text(comparison.reset_index().to_csv(index=False), tmp / "comparison.csv")
         write_json(json.loads(comparison.reset_index().to_json(orient="records")), tmp / "comparison.json")
@@ -237,7 +318,15 @@ def run_comparison(table: pd.DataFrame, splits: Splits, networks: Sequence[Netwo
         write_json(cv, tmp / "cv.json")
         write_text(cv_frame(cv).to_csv(index=False), tmp / "cv.csv")
         write_parquet(risks_frame(models, splits), tmp / "risks.parquet")
-        write_text(table_markdown(comparison, cv, len(splits.test)), tmp / "table.md")
+        write_text(out_of_fold.table.reset_index().to_csv(index=False), tmp / "oof.csv")
+        write_json({"references": out_of_fold.references, "patients": out_of_fold.patients,
+                    "deaths": out_of_fold.deaths, "resamples": out_of_fold.resamples,
+                    "table": json.loads(out_of_fold.table.reset_index().to_json(orient="records"))}, tmp / "oof.json")
+        write_text(calibration.to_csv(index=False), tmp / "oof_calibration.csv")
+        write_parquet(oof.frame(), tmp / "oof_risks.parquet")
+        write_text(oof_markdown(out_of_fold.table, out_of_fold.references, out_of_fold.patients, out_of_fold.deaths,
+                                evaluation.confidence) + "\n" + table_markdown(comparison, cv, len(splits.test)),
+                   tmp / "table.md")
     result = load_comparison(folder)
     if result is None:  # pragma: no cover - written atomically just above
         raise FileNotFoundError(folder / "comparison" / "comparison.csv")

@@ -12,7 +12,8 @@ Rules (each violation is a quarantine record; the rest of the cohort proceeds):
 
 Outputs (content-keyed folder): ``cohort.parquet`` (DESIGN.md 3.2), ``quarantine.parquet``,
 ``summary.json`` and a data fingerprint that depends on the data only (source file digests and
-clinical values), not on paths or code.
+clinical values), not on paths or code. ``summary.json`` also records ``pseudonym_key_fingerprint``,
+the fingerprint (never the value) of the key the case ids were made with.
 """
 
 from __future__ import annotations
@@ -254,8 +255,17 @@ def build_cohort(
     params: IngestParams,
     work_dir: Path,
     site_errors: Mapping[str, str] | None = None,
+    pseudonym_key_fingerprint: str | None = None,
 ) -> CohortResult:
-    """Assemble and write the cohort into a content-keyed folder (reused when present)."""
+    """Assemble and write the cohort into a content-keyed folder (reused when present).
+
+    ``pseudonym_key_fingerprint`` (``Pseudonymiser.fingerprint``, never the key) is recorded in
+    ``summary.json`` as ``pseudonym_key_fingerprint``: which key the case ids were made with. It is not
+    part of the folder key or of the data fingerprint: the key already changes every case id, hence the
+    outcomes' content keys (the folder) and the cohort's data (the fingerprint), so two keys never share
+    a folder; adding it would change nothing, and leaving it out keeps ``data_fingerprint`` a function
+    of the written table alone.
+    """
     key = cohort_key(outcomes, clinical, params, site_errors)
     folder = cohort_folder(work_dir, key)
     existing = load_cohort(folder)
@@ -269,6 +279,7 @@ def build_cohort(
         write_parquet(quarantine, tmp / "quarantine.parquet")
         summary = summarise(cohort, quarantine, sites)
         summary["fingerprint"] = data_fingerprint(cohort)
+        summary["pseudonym_key_fingerprint"] = pseudonym_key_fingerprint
         summary["clinical_reports"] = {c.site: c.report for c in clinical}
         summary["clinical_errors"] = {c.site: c.error for c in clinical if c.error}
         summary["image_source_errors"] = dict(site_errors or {})

@@ -1,8 +1,15 @@
 """Pseudonymisation: stable, keyed case identifiers that do not reveal the source identifier.
 
 ``case_id = <site>-<first 12 hex of HMAC-SHA256(key, site + US + source id)>``. The key is a random
-secret kept in a file outside the repository (``privacy.key_file``); the same key gives the same ids
-on every run, a different key gives unlinkable ids. Nothing here logs or stores the source id.
+secret that belongs to the deployment, not to the code: the library only receives its bytes
+(:class:`Pseudonymiser`) or reads a key file (:func:`load_or_create_key`); choosing the source (a Prefect
+Secret block, an environment variable, the file) is the flows layer's job (``tasks.privacy``, precedence
+in ``PrivacyParams``). The same key gives the same ids on every run, a different key gives unlinkable
+ids. Nothing here logs or stores the source id or the key: only :attr:`Pseudonymiser.fingerprint`, a
+digest that identifies the key without revealing it, is recorded (cohort summary, splits, model package).
+
+Nothing random in the pipeline depends on the key: the splits are drawn from the source-image digests
+(``survival_model.training.splits``), so a new key changes the ids, never which patients are tested.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ import os
 import secrets
 from pathlib import Path
 
-from survival_model.config import PrivacyParams
 from survival_model.errors import ConfigError
 
 _MIN_KEY_BYTES = 16
@@ -26,10 +32,6 @@ class Pseudonymiser:
         if len(key) < _MIN_KEY_BYTES:
             raise ConfigError(f"pseudonymisation key too short ({len(key)} bytes; need >= {_MIN_KEY_BYTES})")
         self._key = key
-
-    @classmethod
-    def from_params(cls, params: PrivacyParams) -> Pseudonymiser:
-        return cls(load_or_create_key(params.key_file, create=params.create_key_if_missing))
 
     def case_id(self, site: str, source_id: str) -> str:
         mac = hmac.new(self._key, f"{site}\x1f{source_id}".encode(), hashlib.sha256).hexdigest()
@@ -44,14 +46,22 @@ class Pseudonymiser:
         return f"Pseudonymiser(fingerprint={self.fingerprint})"
 
 
+def key_from_text(text: str | bytes, source: str) -> bytes:
+    """The key from a secret's text (stripped), whatever the source: the same text is the same key.
+    ``source`` names where it came from, for the error message (never the value)."""
+    key = (text.encode() if isinstance(text, str) else bytes(text)).strip()
+    if len(key) < _MIN_KEY_BYTES:
+        raise ConfigError(f"the pseudonymisation key from {source} holds fewer than {_MIN_KEY_BYTES} bytes: "
+                          "use a random one, e.g. the output of `python -c \"import secrets; "
+                          "print(secrets.token_hex(32))\"`")
+    return key
+
+
 def load_or_create_key(path: Path, *, create: bool) -> bytes:
     """Read the key file, creating a random 32-byte key (mode 0600) if allowed and missing."""
     path = Path(path).expanduser()
     if path.is_file():
-        key = path.read_bytes().strip()
-        if len(key) < _MIN_KEY_BYTES:
-            raise ConfigError(f"pseudonymisation key file {path} holds fewer than {_MIN_KEY_BYTES} bytes")
-        return key
+        return key_from_text(path.read_bytes(), f"the key file {path}")
     if not create:
         raise ConfigError(
             f"pseudonymisation key file {path} not found; create it (e.g. `python -c \"import "

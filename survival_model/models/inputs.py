@@ -3,16 +3,18 @@
 From one patient's preprocessed folder (every image on one grid in the declared orientation, LPS by
 default, so numpy axis 0 is the axial direction; intensities z-scored inside the brain, 0 outside):
 
-- **Slices.** The K axial positions are spread evenly across the tumour's axial extent (whole tumour:
-  NETC + SNFH + ET), and the one nearest the centre of the largest lesion (the largest connected
-  component of the tumour core, NETC + ET, or of the whole tumour when there is no core) is moved onto
-  it, so the slice through the main lesion is always there. A tumour thinner than K slices gives
-  repeated slices (each stays a real slice; no interpolation across slices).
-- **ROI.** One in-plane square for all K slices: the tumour's bounding box over all slices plus
-  ``roi_margin_mm``, made square around its centre (side = the longer edge), taken from the image with
-  zero padding where it leaves the grid (0 = the brain's mean, and outside the brain), resized to
-  S x S: images bilinearly (``torch.nn.functional.interpolate``, antialiased when shrinking), masks by
-  nearest neighbour so they stay 0/1.
+- **Slices and ROI** (``ImageInputParams.roi``). The largest lesion is the largest connected component
+  of the tumour core (NETC + ET), or of the whole tumour when there is no core.
+  ``lesion`` (default): a fixed ``window_mm`` square centred in-plane on the largest lesion, on K axial
+  slices spread evenly over that lesion's axial extent with one through its centre: every patient's
+  pixels have the same size in millimetres, so the network sees a lesion's shape, rim and surroundings at
+  one scale. ``tumour``: K slices spread over the whole tumour's axial extent (one through the largest
+  lesion's centre) and one in-plane square for all of them, the bounding box of every lesion plus
+  ``roi_margin_mm``, stretched to S x S (a small lesion and a large one look the same size). A lesion
+  thinner than K slices gives repeated slices (each stays a real slice; no interpolation across slices).
+  The square is taken from the image with zero padding where it leaves the grid (0 = the brain's mean,
+  and outside the brain) and resized to S x S: images bilinearly (``torch.nn.functional.interpolate``,
+  antialiased when shrinking), masks by nearest neighbour so they stay 0/1.
 - **Channels.** ``ImageInputParams.sequences`` in order (a sequence the patient lacks is zeros), then
   ``mask_channels`` (region masks, 0/1).
 
@@ -51,21 +53,34 @@ INPUT_FILE = "input.npy"
 FloatArray = npt.NDArray[np.float32]
 
 
-def slice_positions(labels: npt.NDArray[np.integer], k: int) -> list[int]:
-    """K axial indices (numpy axis 0) spread over the tumour, one through the largest lesion's centre."""
+def largest_lesion(labels: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_]:
+    """The largest connected component of the tumour core (NETC + ET), or of the whole tumour when there is
+    no core (26-connected)."""
     tumour = region_mask(labels, "wt")
     if not tumour.any():
         raise PatientDataError("empty_mask", "no tumour voxel in the label map: no slice to choose")
-    axial = np.flatnonzero(tumour.any(axis=(1, 2)))
-    low, high = int(axial.min()), int(axial.max())
-    positions = np.rint(np.linspace(low, high, k)).astype(int) if k > 1 else np.array([(low + high) // 2])
     core = region_mask(labels, "tc")
     components, _ = ndimage.label(core if core.any() else tumour, structure=np.ones((3, 3, 3)))
     sizes = np.bincount(components.ravel())[1:]
-    largest = components == (int(np.argmax(sizes)) + 1)
-    centre = int(np.rint(np.flatnonzero(largest.any(axis=(1, 2))).mean()))
+    largest: npt.NDArray[np.bool_] = components == (int(np.argmax(sizes)) + 1)
+    return largest
+
+
+def _spread(low: int, high: int, k: int, centre: int) -> list[int]:
+    """K indices spread evenly over [low, high], the one nearest ``centre`` moved onto it."""
+    positions = np.rint(np.linspace(low, high, k)).astype(int) if k > 1 else np.array([centre])
     positions[int(np.argmin(np.abs(positions - centre)))] = centre
     return sorted(int(p) for p in positions)
+
+
+def slice_positions(labels: npt.NDArray[np.integer], k: int, roi: str = "tumour") -> list[int]:
+    """K axial indices (numpy axis 0) through the largest lesion's centre, spread over the whole tumour's axial
+    extent (``roi="tumour"``) or over the largest lesion's (``roi="lesion"``)."""
+    largest = largest_lesion(labels)
+    lesion_axial = np.flatnonzero(largest.any(axis=(1, 2)))
+    centre = int(np.rint(lesion_axial.mean()))
+    extent = lesion_axial if roi == "lesion" else np.flatnonzero(region_mask(labels, "wt").any(axis=(1, 2)))
+    return _spread(int(extent.min()), int(extent.max()), k, centre)
 
 
 def roi_square(labels: npt.NDArray[np.integer], spacing_yx: tuple[float, float],
@@ -78,6 +93,26 @@ def roi_square(labels: npt.NDArray[np.integer], spacing_yx: tuple[float, float],
     side = max(2, round(extent))
     centre = ((rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2)
     return round(centre[0] - (side - 1) / 2), round(centre[1] - (side - 1) / 2), side
+
+
+def lesion_window(labels: npt.NDArray[np.integer], spacing_yx: tuple[float, float],
+                  window_mm: float) -> tuple[int, int, int]:
+    """(row0, col0, side) of a fixed ``window_mm`` square centred in-plane on the largest lesion's centroid
+    (side from the mean in-plane spacing: the preprocessed grid is isotropic in-plane)."""
+    largest = largest_lesion(labels)
+    _, rows, cols = np.nonzero(largest)
+    side = max(2, round(window_mm / ((spacing_yx[0] + spacing_yx[1]) / 2)))
+    centre = (float(rows.mean()), float(cols.mean()))
+    return round(centre[0] - (side - 1) / 2), round(centre[1] - (side - 1) / 2), side
+
+
+def input_geometry(labels: npt.NDArray[np.integer], spacing_yx: tuple[float, float],
+                   params: ImageInputParams) -> tuple[list[int], tuple[int, int, int]]:
+    """The K slice indices and the in-plane square (row0, col0, side) of a patient's input."""
+    positions = slice_positions(labels, params.slices, params.roi)
+    if params.roi == "lesion":
+        return positions, lesion_window(labels, spacing_yx, params.window_mm)
+    return positions, roi_square(labels, spacing_yx, params.roi_margin_mm)
 
 
 def _crop(plane: npt.NDArray[np.generic], row0: int, col0: int, side: int) -> npt.NDArray[np.generic]:
@@ -111,9 +146,8 @@ def build_image_input(images: Mapping[str, Path], seg: Path, params: ImageInputP
     except ImageReadError as exc:
         raise PatientDataError("preprocess_failed", f"cannot read the label map: {exc}") from None
     labels = sitk.GetArrayFromImage(label_image)
-    positions = slice_positions(labels, params.slices)
     spacing = label_image.GetSpacing()  # (x, y, z); numpy planes are (y, x)
-    row0, col0, side = roi_square(labels, (spacing[1], spacing[0]), params.roi_margin_mm)
+    positions, (row0, col0, side) = input_geometry(labels, (spacing[1], spacing[0]), params)
 
     def planes(volume: npt.NDArray[np.generic]) -> FloatArray:
         return np.stack([_crop(volume[z], row0, col0, side) for z in positions]).astype(np.float32)
@@ -149,8 +183,8 @@ def region_planes(seg: Path, params: ImageInputParams, regions: Sequence[str]) -
     label_image = read_image(seg)
     labels = sitk.GetArrayFromImage(label_image)
     spacing = label_image.GetSpacing()
-    roi = roi_square(labels, (spacing[1], spacing[0]), params.roi_margin_mm)
-    return _region_planes(labels, slice_positions(labels, params.slices), roi, params, regions)
+    positions, roi = input_geometry(labels, (spacing[1], spacing[0]), params)
+    return _region_planes(labels, positions, roi, params, regions)
 
 
 def input_key(patient: PreprocessedPatient, params: ImageInputParams) -> str:

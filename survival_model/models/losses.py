@@ -66,8 +66,8 @@ def censored_mse(prediction: torch.Tensor, time_days: torch.Tensor, event: torch
 
 
 def cox_loss(log_risk: torch.Tensor, time_days: torch.Tensor, event: torch.Tensor,
-             ties: Ties = "efron") -> torch.Tensor:
-    """Negative Cox partial log-likelihood (mean over events; torchsurv). Zero when no event."""
+             ties: Ties = "efron", reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
+    """Negative Cox partial log-likelihood (mean over events, or their sum; torchsurv). Zero when no event."""
     from torchsurv.loss.cox import neg_partial_log_likelihood  # imports torchmetrics (~4 s): only when training
 
     died = event.reshape(-1).to(torch.bool)
@@ -76,7 +76,8 @@ def cox_loss(log_risk: torch.Tensor, time_days: torch.Tensor, event: torch.Tenso
     with warnings.catch_warnings():  # torchsurv warns on every batch with tied times; ``ties`` handles them
         warnings.filterwarnings("ignore", message="Ties in `time` detected")
         loss: torch.Tensor = neg_partial_log_likelihood(log_risk.reshape(-1).float(), died,
-                                                        time_days.reshape(-1).float(), ties_method=ties)
+                                                        time_days.reshape(-1).float(), ties_method=ties,
+                                                        reduction=reduction)
     return loss
 
 

@@ -1,16 +1,29 @@
-"""The hybrid survival network: a 2D timm backbone over K axial slices, pooled, fused with a tabular MLP.
+"""The hybrid survival network: a 2D timm backbone over K slices around the main lesion and a tabular branch.
 
-Input per patient: ``images`` of shape ``(K, C, S, S)`` (K slices through the tumour, C channels = the
-sequences and optionally region masks, S x S pixels) and ``tabular`` of shape ``(T,)`` (the fitted
-tabular pipeline's output). The backbone (any timm model name; ``resnet50`` and ``efficientnet_b0`` are
-the paper's) embeds every slice with its classifier removed (``num_classes=0``: globally pooled
-features); the K slice embeddings become one image embedding by their mean or by attention weights
-(Ilse et al. 2018, gated-free form: a small MLP scores each slice, softmax over the slices); the tabular
-vector goes through an MLP; the two are concatenated into a head.
+Input per patient: ``images`` of shape ``(K, C, S, S)`` (K slices, C channels = the sequences and
+optionally region masks, S x S pixels) and ``tabular`` of shape ``(T,)`` (the fitted tabular pipeline's
+output). The backbone (any timm model name; ``resnet50`` and ``efficientnet_b0`` are the paper's) embeds
+every slice with its classifier removed (``num_classes=0``: globally pooled features); the K slice
+embeddings become one image embedding by their mean or by attention weights (Ilse et al. 2018, gated-free
+form: a small MLP scores each slice, softmax over the slices).
+
+Two fusions (``NetworkParams.fusion``):
+
+- ``additive`` (default): output = tabular term + image term. The tabular term is linear in the tabular
+  vector (a Cox model for ``cox``; hidden layers only if ``tabular_hidden`` asks for them); the image term
+  is a narrow bottleneck (``image_bottleneck`` units, dropout) whose last layer starts at exactly zero, so
+  an untrained image branch leaves the tabular model unchanged. The training fits the tabular term first
+  and then the image term on top of it (``survival_model.training.loop``): a backbone trained from scratch
+  on a few hundred patients cannot drown the clinical signal, and it only moves the risk where the images
+  add something the tabular vector does not hold.
+- ``concat``: the image embedding and a tabular MLP embedding concatenated into a head MLP, trained
+  jointly (the earlier design; kept for comparison in ``benchmarks/validity.py``).
 
 Outputs (``output_size``): 1 for ``cox`` (a log-risk score: higher = earlier death) and ``mse`` (a
 predicted survival time on the scale the training stage chooses), 2 for ``weibull`` (log scale, log
-shape). The ``tabular`` and ``image`` variants drop the other branch (ablations), same head.
+shape). The ``tabular`` and ``image`` variants drop the other branch (ablations). A ``cox`` network
+subtracts ``output_offset`` (its fold's mean risk on the fold's training patients, set after training and
+stored with the weights), so the risks of different folds are on one scale.
 
 Pretrained weights come only from a local file the user gives (``NetworkParams.pretrained_weights``),
 through timm's own loader (``pretrained_cfg_overlay={"file": ...}``), which adapts the first
@@ -20,7 +33,9 @@ convolution to ``in_chans`` and drops the ImageNet classifier; nothing is downlo
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -32,23 +47,46 @@ from survival_model.errors import ConfigError
 OUTPUTS = {"cox": 1, "mse": 1, "weibull": 2}
 
 
-def create_backbone(name: str, in_chans: int, weights: Path | None = None) -> nn.Module:
-    """A timm model without classifier (globally pooled features); weights from a local file only."""
+def create_backbone(name: str, in_chans: int, weights: Path | None = None,
+                    stages: Sequence[int] | None = None) -> nn.Module:
+    """A timm model without classifier: globally pooled features, or with ``stages`` the feature maps of those
+    stages (timm's ``features_only``; the later stages are not built). Weights from a local file only."""
     if name not in timm.list_models():
         raise ConfigError(f"training.network.backbone: {name!r} is not a timm model name "
                           "(e.g. resnet50, efficientnet_b0; see timm.list_models())")
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": tuple(stages)} if stages is not None \
+        else {"num_classes": 0}
     if weights is None:
-        model: nn.Module = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+        try:
+            model: nn.Module = timm.create_model(name, pretrained=False, in_chans=in_chans, **kwargs)
+        except (IndexError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"training.network.feature_stages {list(stages or [])} do not fit {name}: "
+                              f"{str(exc).splitlines()[0]}") from None
         return model
     if not Path(weights).is_file():
         raise ConfigError(f"training.network.pretrained_weights: file not found: {weights}")
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans,
-                                  pretrained_cfg_overlay={"file": str(weights)})
+        model = timm.create_model(name, pretrained=True, in_chans=in_chans,
+                                  pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise ConfigError(f"training.network.pretrained_weights: {weights} does not fit {name}: "
                           f"{str(exc).splitlines()[0]}") from None
     return model
+
+
+def region_pool(feature_maps: Sequence[torch.Tensor], masks: torch.Tensor, batch: int) -> torch.Tensor:
+    """Masked average pooling: every feature map ``(B*K, F, h, w)`` averaged inside each region mask ``(B*K, R,
+    H, W)`` (resized to ``h x w`` as area fractions) and over the whole window, weighted by the region's area in
+    each of the K slices (a slice without the region adds nothing) -> ``(B, (R + 1) * sum F)``."""
+    pooled = []
+    for fm in feature_maps:
+        weights = torch.nn.functional.adaptive_avg_pool2d(masks.to(fm.dtype), (int(fm.shape[-2]), int(fm.shape[-1])))
+        weights = torch.cat([weights, torch.ones_like(weights[:, :1])], dim=1)  # + the whole window
+        sums = torch.einsum("nrhw,nchw->nrc", weights, fm)
+        sums = sums.reshape(batch, -1, *sums.shape[1:]).sum(dim=1)  # over the K slices
+        areas = weights.sum(dim=(2, 3)).reshape(batch, -1, weights.shape[1]).sum(dim=1)
+        pooled.append((sums / (areas[..., None] + 1e-3)).flatten(1))
+    return torch.cat(pooled, dim=1)
 
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -71,57 +109,107 @@ class AttentionPool(nn.Module):
 
 
 class HybridSurvivalNet(nn.Module):
-    """Backbone over slices + tabular MLP -> head (see the module docstring)."""
+    """Backbone over slices + tabular branch -> risk (see the module docstring)."""
 
-    def __init__(self, params: NetworkParams, in_chans: int, n_tabular: int) -> None:
+    def __init__(self, params: NetworkParams, in_chans: int, n_tabular: int, region_channels: int = 0) -> None:
         super().__init__()
         self.variant = params.variant
+        self.fusion = params.fusion
+        #: With ``image_features: regions``, the last ``region_channels`` input channels are region masks.
+        self.region_channels = region_channels if params.image_features == "regions" else 0
         self.output_size = OUTPUTS[params.objective]
-        width = 0
+        #: Subtracted from every output: a ``cox`` fold's mean risk on its training patients (a Cox risk is
+        #: defined up to a constant; centring puts every fold on one scale). Zero for other objectives.
+        self.register_buffer("output_offset", torch.zeros(self.output_size))
         self.backbone: nn.Module | None = None
         self.pool: nn.Module | None = None
+        features = 0
         if params.variant in ("hybrid", "image"):
             if in_chans < 1:
                 raise ConfigError("the image branch needs at least one input channel")
-            self.backbone = create_backbone(params.backbone, in_chans, params.pretrained_weights)
-            # timm's pooled output width: ``head_hidden_size`` where a model has a pre-logits head
-            # (MobileNetV3's conv_head), else ``num_features``.
-            features: int = getattr(self.backbone, "head_hidden_size", None) or getattr(self.backbone, "num_features")  # noqa: B009
-            self.pool = AttentionPool(features) if params.pooling == "attention" else None
-            width += features
+            if params.image_features == "regions":
+                if region_channels < 1:
+                    raise ConfigError("training.network.image_features: regions pools the image features inside the "
+                                      "region masks: give training.inputs.mask_channels (e.g. [et, netc, snfh]), or "
+                                      "use image_features: global")
+                self.backbone = create_backbone(params.backbone, in_chans, params.pretrained_weights,
+                                                params.feature_stages)
+                features = sum(self.backbone.feature_info.channels()) * (region_channels + 1)  # type: ignore[union-attr,operator]
+            else:
+                self.backbone = create_backbone(params.backbone, in_chans, params.pretrained_weights)
+                # timm's pooled output width: ``head_hidden_size`` where a model has a pre-logits head
+                # (MobileNetV3's conv_head), else ``num_features``.
+                features = getattr(self.backbone, "head_hidden_size", None) or getattr(self.backbone, "num_features")  # noqa: B009
+                self.pool = AttentionPool(features) if params.pooling == "attention" else None
         self.tabular: nn.Module | None = None
-        if params.variant in ("hybrid", "tabular"):
-            if n_tabular < 1:
-                raise ConfigError("the tabular branch needs at least one tabular feature")
-            hidden = list(params.tabular_hidden) or [n_tabular]
-            self.tabular = _mlp([n_tabular, *hidden], params.dropout)
-            width += hidden[-1]
-        self.head = nn.Sequential(_mlp([width, *params.head_hidden], params.dropout),
-                                  nn.Linear(([width, *params.head_hidden])[-1], self.output_size))
+        self.image_head: nn.Module | None = None
+        self.head: nn.Module | None = None
+        uses_tabular = params.variant in ("hybrid", "tabular")
+        if uses_tabular and n_tabular < 1:
+            raise ConfigError("the tabular branch needs at least one tabular feature")
+        if params.fusion == "additive":
+            if uses_tabular:  # the tabular term: linear (a Cox model) unless hidden layers are asked for
+                hidden = list(params.tabular_hidden)
+                self.tabular = nn.Sequential(_mlp([n_tabular, *hidden], params.dropout),
+                                             nn.Linear(([n_tabular, *hidden])[-1], self.output_size))
+            if self.backbone is not None:  # the image term: a narrow bottleneck, starting at exactly zero
+                last = nn.Linear(params.image_bottleneck, self.output_size)
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+                self.image_head = nn.Sequential(nn.Dropout(params.dropout),
+                                                nn.Linear(features, params.image_bottleneck), nn.GELU(),
+                                                nn.Dropout(params.dropout), last)
+        else:
+            width = features
+            if uses_tabular:
+                hidden = list(params.tabular_hidden) or [n_tabular]
+                self.tabular = _mlp([n_tabular, *hidden], params.dropout)
+                width += hidden[-1]
+            self.head = nn.Sequential(_mlp([width, *params.head_hidden], params.dropout),
+                                      nn.Linear(([width, *params.head_hidden])[-1], self.output_size))
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, K, C, S, S) -> (B, F): every slice through the backbone, then pooled over the K slices."""
+        """(B, K, C, S, S) -> (B, F): every slice through the backbone, then pooled over the K slices (global
+        features: their mean or attention; region features: :func:`region_pool`)."""
         if self.backbone is None:
             raise ValueError("this network has no image branch")
         if images.ndim != 5:
             raise ValueError(f"images must be (batch, slices, channels, height, width), got {tuple(images.shape)}")
         b, k = images.shape[:2]
+        if self.region_channels:
+            flat = images.flatten(0, 1)
+            return region_pool(self.backbone(flat), flat[:, -self.region_channels:], b)
         per_slice: torch.Tensor = self.backbone(images.flatten(0, 1)).reshape(b, k, -1)
         pooled: torch.Tensor = self.pool(per_slice) if self.pool is not None else per_slice.mean(dim=1)
         return pooled
 
     def embed_tabular(self, tabular: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, H): the tabular branch."""
+        """(B, T) -> the tabular branch's output: the tabular term ``(B, outputs)`` (additive fusion) or its
+        embedding ``(B, H)`` (concat)."""
         if self.tabular is None:
             raise ValueError("this network has no tabular branch")
         out: torch.Tensor = self.tabular(tabular)
         return out
 
-    def combine(self, image_embedding: torch.Tensor | None, tabular_embedding: torch.Tensor | None) -> torch.Tensor:
-        """The head on the branches' embeddings (a permutation test reuses the branch it does not change)."""
-        parts = [p for p in (image_embedding, tabular_embedding) if p is not None]
-        out: torch.Tensor = self.head(torch.cat(parts, dim=1))
+    def image_term(self, image_embedding: torch.Tensor) -> torch.Tensor:
+        """The additive image term ``(B, outputs)`` from the pooled image embedding."""
+        if self.image_head is None:
+            raise ValueError("this network has no additive image term")
+        out: torch.Tensor = self.image_head(image_embedding)
         return out
+
+    def combine(self, image_embedding: torch.Tensor | None, tabular_embedding: torch.Tensor | None) -> torch.Tensor:
+        """The output from the branches' embeddings (a permutation test reuses the branch it does not change)."""
+        if self.head is not None:
+            parts = [p for p in (image_embedding, tabular_embedding) if p is not None]
+            out: torch.Tensor = self.head(torch.cat(parts, dim=1))
+        else:
+            terms = [t for t in (tabular_embedding,
+                                 self.image_term(image_embedding) if image_embedding is not None else None)
+                     if t is not None]
+            out = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        offset: torch.Tensor = self.output_offset  # type: ignore[assignment]
+        return out - offset.to(out.dtype)
 
     def forward(self, images: torch.Tensor | None, tabular: torch.Tensor | None) -> torch.Tensor:
         image_embedding = tabular_embedding = None
@@ -134,3 +222,11 @@ class HybridSurvivalNet(nn.Module):
                 raise ValueError(f"the {self.variant} network needs the tabular vector")
             tabular_embedding = self.embed_tabular(tabular)
         return self.combine(image_embedding, tabular_embedding)
+
+    def image_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the image branch (backbone, pooling, image term)."""
+        return [p for m in (self.backbone, self.pool, self.image_head) if m is not None for p in m.parameters()]
+
+    def tabular_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the tabular branch."""
+        return list(self.tabular.parameters()) if self.tabular is not None else []

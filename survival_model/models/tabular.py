@@ -6,7 +6,10 @@ rad_*``). Steps, each fitted on the training rows and then applied unchanged to 
 1. ``harmonise`` (optional): ComBat per site on the imaging features
    (:class:`survival_model.features.harmonise.SiteHarmoniser`; never the outcome as a covariate);
 2. ``columns``: the configured clinical fields and feature families; booleans become 0/1 (missing
-   stays missing), text becomes categories; outcome and identifier columns are never passed on;
+   stays missing), text becomes categories; outcome and identifier columns are never passed on; the
+   configured clinical scores are added (``score_gpa``: the GPA from age, KPS, extracranial disease and
+   the number of metastases, nothing fitted) and skewed columns (``log_columns``, e.g. volumes) become
+   ``log1p`` of their value;
 3. ``radiomics``: the ``radiomics_k`` ``rad_*`` columns with the strongest univariate concordance with
    survival on the training rows (Harrell's C from scikit-survival, ``|C - 0.5|``), the others dropped;
 4. ``encode``: numbers imputed with the training median (plus a missing-value indicator column where
@@ -20,6 +23,7 @@ because the radiomics ranking needs it; no other step sees it.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,30 +41,47 @@ from sksurv.util import Surv
 
 from survival_model.config import TabularParams
 from survival_model.features.harmonise import SiteHarmoniser, outcome_like
+from survival_model.features.scores import SCORE_INPUTS, SCORE_REQUIRED, SCORES
 
 
 class FeatureColumns(TransformerMixin, BaseEstimator):  # type: ignore[misc]
-    """Keep the configured clinical fields and feature families, with model-ready dtypes."""
+    """Keep the configured clinical fields and feature families, with model-ready dtypes; add the configured
+    clinical scores (``score_<name>``, computed per row from the clinical fields: nothing fitted) and take
+    ``log1p`` of the columns matching ``log_columns`` (shell patterns; skewed volumes)."""
 
-    def __init__(self, clinical: Sequence[str] = (), prefixes: Sequence[str] = ("vol_",)) -> None:
+    def __init__(self, clinical: Sequence[str] = (), prefixes: Sequence[str] = ("vol_",), scores: Sequence[str] = (),
+                 log_columns: Sequence[str] = ()) -> None:
         self.clinical = clinical
         self.prefixes = prefixes
+        self.scores = scores
+        self.log_columns = log_columns
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> FeatureColumns:  # noqa: N803 - scikit-learn's name
         missing = [c for c in self.clinical if c not in X.columns]
         if missing:
             raise ValueError(f"clinical field(s) {missing} are not in the feature table")
-        columns = [*self.clinical, *(c for c in X.columns if str(c).startswith(tuple(self.prefixes)))]
-        leaking = [c for c in columns if outcome_like(str(c))]
+        unknown = [s for s in self.scores if s not in SCORE_INPUTS]
+        if unknown:
+            raise ValueError(f"unknown clinical score(s) {unknown}; known: {sorted(SCORE_INPUTS)}")
+        outputs = [*self.clinical, *(c for c in X.columns if str(c).startswith(tuple(self.prefixes)))]
+        leaking = [c for c in outputs if outcome_like(str(c))]
         if leaking:
             raise ValueError(f"column(s) {leaking} look like survival outcomes and cannot be model inputs")
-        self.columns_ = columns
+        absent = sorted({c for s in self.scores for c in SCORE_REQUIRED[s] if c not in X.columns})
+        score_inputs = [c for s in self.scores for c in SCORE_INPUTS[s] if c in X.columns]
+        if absent:
+            raise ValueError(f"the clinical score(s) {list(self.scores)} need column(s) {absent}, absent from the "
+                             "feature table")
+        self.columns_ = list(dict.fromkeys([*outputs, *score_inputs]))  # every feature-table column read
+        self.logged_ = [c for c in outputs if any(fnmatch.fnmatchcase(str(c), p) for p in self.log_columns)]
+        self.outputs_ = [*outputs, *(f"score_{s}" for s in self.scores)]
+        self._outputs = outputs
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803 - scikit-learn's name
         check_is_fitted(self, "columns_")
-        out = {}
-        for column in self.columns_:
+        out: dict[str, Any] = {}
+        for column in self._outputs:
             values = X[column]
             if pd.api.types.is_bool_dtype(values) or str(values.dtype) == "boolean":
                 out[column] = values.astype("Float64").astype(float)
@@ -68,10 +89,14 @@ class FeatureColumns(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 out[column] = values.astype(float)
             else:
                 out[column] = values.astype(object).where(values.notna(), np.nan)
+        for column in self.logged_:
+            out[column] = np.log1p(np.clip(np.asarray(out[column], dtype=float), 0.0, None))
+        for name in self.scores:
+            out[f"score_{name}"] = SCORES[name](X)[0]
         return pd.DataFrame(out, index=X.index)
 
     def get_feature_names_out(self, input_features: Any = None) -> npt.NDArray[np.object_]:
-        return np.asarray(self.columns_, dtype=object)
+        return np.asarray(self.outputs_, dtype=object)
 
 
 class ConcordanceSelector(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -120,7 +145,8 @@ def build_tabular_pipeline(params: TabularParams) -> Pipeline:
     )
     steps: list[tuple[str, Any]] = [
         ("harmonise", SiteHarmoniser() if params.harmonise else "passthrough"),
-        ("columns", FeatureColumns(clinical=list(params.clinical), prefixes=prefixes)),
+        ("columns", FeatureColumns(clinical=list(params.clinical), prefixes=prefixes, scores=list(params.scores),
+                                   log_columns=list(params.log_columns))),
         ("radiomics", ConcordanceSelector(k=params.radiomics_k)),
         ("encode", encode),
     ]
@@ -144,5 +170,7 @@ def fit_transform_fold(params: TabularParams, train: pd.DataFrame,
     """Fit on ``train`` only; return the fitted pipeline and float32 matrices for train and ``others``."""
     pipeline = build_tabular_pipeline(params)
     pipeline.fit(train, survival_target(train))
-    matrices = [np.asarray(pipeline.transform(frame), dtype=np.float32) for frame in (train, *others)]
+    width = len(feature_names(pipeline))
+    matrices = [np.asarray(pipeline.transform(frame), dtype=np.float32) if len(frame)
+                else np.zeros((0, width), dtype=np.float32) for frame in (train, *others)]  # no rows: no transform
     return pipeline, matrices

@@ -638,15 +638,26 @@ class Normalisation:
 
 
 def normalise(
-    image: sitk.Image, mask: sitk.Image, clip_percentiles: tuple[float, float] | None
+    image: sitk.Image, mask: sitk.Image, clip_percentiles: tuple[float, float] | None,
+    lesions: sitk.Image | None = None,
 ) -> tuple[sitk.Image, Normalisation]:
-    """Z-score ``image`` inside ``mask`` (float32) after clipping to percentiles of the masked values;
-    zero outside the mask. A constant image inside the mask is only centred (std taken as 1)."""
+    """Z-score ``image`` inside ``mask`` (float32), zero outside the mask. The clip limits (percentiles), mean
+    and SD come from the normal-appearing brain: ``mask`` without ``lesions`` (any non-zero label) when given.
+    The normal-appearing brain is clipped to those limits; lesion voxels are clipped below at the same lower
+    limit and above at the higher of the normal brain's upper limit and the lesions' own upper percentile
+    (z-scored with the same mean and SD): contrast enhancement *is* the brightest tissue of a post-contrast
+    image, and an enhancing tumour often fills more than the brain's top 0.5 %, so clipping it at a brain
+    percentile would erase it; statistics without the lesions do not depend on the tumour burden.
+    A constant image inside the mask is only centred (std taken as 1)."""
     array = sitk.GetArrayFromImage(image).astype(np.float64)
     inside = sitk.GetArrayViewFromImage(mask) > 0
-    values = array[inside]
-    if values.size == 0:
+    if not inside.any():
         raise ValueError("the mask is empty: nothing to normalise")
+    normal = inside
+    if lesions is not None:
+        without = inside & ~(sitk.GetArrayViewFromImage(lesions) > 0)
+        normal = without if without.any() else inside
+    values = array[normal]
     lo, hi = (float(values.min()), float(values.max()))
     if clip_percentiles is not None:
         lo, hi = (float(v) for v in np.percentile(values, clip_percentiles))
@@ -654,8 +665,14 @@ def normalise(
     mean = float(values.mean())
     std = float(values.std())
     scale = std if std > 0 else 1.0
+    normalised = array.copy()
+    normalised[normal] = values
+    lesion = inside & ~normal
+    if clip_percentiles is not None and lesion.any():  # below: the normal brain's limit; above: the lesions' own
+        high = float(np.percentile(array[lesion], clip_percentiles[1]))
+        normalised[lesion] = np.clip(array[lesion], lo, max(hi, high))
     out = np.zeros(array.shape, dtype=np.float32)
-    out[inside] = ((values - mean) / scale).astype(np.float32)
+    out[inside] = ((normalised[inside] - mean) / scale).astype(np.float32)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
     return result, Normalisation(lo, hi, mean, std)

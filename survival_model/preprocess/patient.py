@@ -24,7 +24,8 @@ Order (each output image is interpolated exactly once)
 6. **Resample** every corrected sequence once onto the target grid, through its registration
    transform (``image_interpolator``); the brain mask label-aware.
 7. **Crop** every output to the brain's bounding box plus ``crop_margin_mm``.
-8. **Normalise** each sequence inside the brain: percentile clipping, z-score, zero outside.
+8. **Normalise** each sequence inside the brain: clip limits, mean and SD from the normal-appearing brain
+   (the brain without the segmented lesions), the normal brain clipped, lesions kept, z-score, zero outside.
 9. **Write** ``<seq>.nii.gz`` (float32), ``seg.nii.gz`` (uint8 labels) and ``brain_mask.nii.gz`` (uint8);
    ``.nii`` instead with ``compress_images: false``.
 
@@ -235,7 +236,7 @@ def _run(inp: PatientInput, params: PreprocessParams, out_dir: Path, stages: _St
         normalisation: dict[str, dict[str, float]] = {}
         for s in names:
             outputs[s], norm = ops.normalise(ops.crop_to_mask(resampled.pop(s), box), brain_out,
-                                             params.clip_percentiles)
+                                             params.clip_percentiles, seg_out)
             normalisation[s] = {"clip_low": norm.clip_low, "clip_high": norm.clip_high,
                                 "mean": norm.mean, "std": norm.std}
 

@@ -9,8 +9,9 @@ A package is built from a training stage's fold ensemble (``survival_model.train
   file cannot run arbitrary code the way a pickle can;
 - ``package.json``: the preprocessing, feature and image-input parameters the model was trained with
   (a prediction must compute its inputs the same way), the input schema (columns and kinds), the
-  Breslow baseline hazard fitted on the development patients' *out-of-fold* risks (survival
-  probabilities and median survival for any risk), the risk-group thresholds (quantiles of the same
+  Breslow baseline hazard fitted on the development patients' *out-of-fold* risks (each fold's risks
+  centred on its training patients, so the pooled risks are on one scale; a patient's survival curve is
+  the mean of the fold models' curves through that baseline), the risk-group thresholds (quantiles of the same
   out-of-fold risks, fixed at training), the code version, the training stage key, the data
   fingerprint and the development / test patients (pseudonymous ids: a gate re-scoring this model
   leaves out patients it trained on).
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+#: 2: folds centred on their training patients (``output_offset``), survival as the mixture of the folds' curves.
+FORMAT = 2
 PACKAGE_FILE = "package.json"
 #: The column of a prediction input that holds a patient's image input (a ``.npy`` written by
 #: ``survival_model.models.inputs.store_image_input``); needed by networks with an image branch.
@@ -129,8 +131,10 @@ def breslow(risk: npt.NDArray[np.float64], time: npt.NDArray[np.float64],
 
 
 def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, training_key: str,
-                  data_fingerprint: str, folder: Path) -> Path:
-    """Write the package of ``trained`` into ``folder`` (content-keyed by the caller; reused when present)."""
+                  data_fingerprint: str, folder: Path, pseudonym_key_fingerprint: str | None = None) -> Path:
+    """Write the package of ``trained`` into ``folder`` (content-keyed by the caller; reused when present).
+    ``pseudonym_key_fingerprint``: the fingerprint of the key its case ids were made with (a gate compares it
+    with the run's before leaving the champion's training patients out of the test set)."""
     import joblib
 
     from survival_model.evaluation.plots import risk_groups
@@ -185,6 +189,7 @@ def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, 
             "development_case_ids": list(splits.development),
             "test_case_ids": list(splits.test),
             "test_metrics": trained.metrics["test"],
+            "pseudonym_key_fingerprint": pseudonym_key_fingerprint,
         }, tmp / PACKAGE_FILE)
     log.info("model package written to %s", folder)
     return folder
@@ -202,7 +207,10 @@ def read_info(folder: Path) -> dict[str, Any]:
         raise PackageError(f"{folder} is not a model package (no {PACKAGE_FILE})")
     info: dict[str, Any] = read_json(path)
     if info.get("format") != FORMAT:
-        raise PackageError(f"{folder}: package format {info.get('format')} is not {FORMAT}")
+        raise PackageError(f"{folder}: package format {info.get('format')} is not {FORMAT}: it was built by another "
+                           "version of survival_model and cannot be scored by this one; run the pipeline to register "
+                           "a model in this format (a champion in the old format is then replaced by hand: "
+                           "`survival-model models promote N --reason ...`)")
     return info
 
 
@@ -270,11 +278,12 @@ def _load_fold(folder: Path) -> FoldModel:
     from safetensors.torch import load_file
 
     from survival_model.models.network import HybridSurvivalNet
-    from survival_model.training.folds import FoldModel
+    from survival_model.training.folds import FoldModel, region_channels
 
     config = read_json(folder / "config.json")
     network_params = NetworkParams.model_validate({**config["network"], "pretrained_weights": None})
-    network = HybridSurvivalNet(network_params, int(config["in_chans"]), int(config["n_tabular"]))
+    network = HybridSurvivalNet(network_params, int(config["in_chans"]), int(config["n_tabular"]),
+                                region_channels(config))
     network.load_state_dict(load_file(str(folder / "model.safetensors")))
     network.eval()
     pipeline = _skops_load(folder / "tabular.skops") if (folder / "tabular.skops").is_file() else None
@@ -312,8 +321,8 @@ class PackagedModel:
     def model_input(self, table: pd.DataFrame, image_paths: Mapping[str, Path] | None = None) -> pd.DataFrame:
         return model_input(self.info, table, image_paths)
 
-    def outputs(self, frame: pd.DataFrame) -> npt.NDArray[np.float32]:
-        """The fold ensemble's mean raw output for prediction-input rows (see :meth:`model_input`)."""
+    def fold_outputs(self, frame: pd.DataFrame) -> list[npt.NDArray[np.float32]]:
+        """Each fold model's raw outputs for prediction-input rows (see :meth:`model_input`)."""
         from survival_model.models.inputs import load_image_input
         from survival_model.training.folds import fold_outputs
 
@@ -323,34 +332,49 @@ class PackagedModel:
             if IMAGE_COLUMN not in frame.columns or frame[IMAGE_COLUMN].isna().any():
                 raise PackageError(f"this {self.info['variant']} model needs an {IMAGE_COLUMN!r} path for every row")
             images = np.stack([load_image_input(Path(p)) for p in frame[IMAGE_COLUMN]]).astype(np.float32)
-        per_fold = [fold_outputs(model, features, images) for model in self.folds]
-        mean: npt.NDArray[np.float32] = np.mean(per_fold, axis=0).astype(np.float32)
+        return [fold_outputs(model, features, images) for model in self.folds]
+
+    def outputs(self, frame: pd.DataFrame) -> npt.NDArray[np.float32]:
+        """The fold ensemble's mean raw output for prediction-input rows."""
+        mean: npt.NDArray[np.float32] = np.mean(self.fold_outputs(frame), axis=0).astype(np.float32)
         return mean
 
     def features(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Prediction-input rows in the dtypes the tabular pipeline was fitted on."""
         return input_columns(self.info, frame)
 
-    def risk(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+    def _risk_of(self, outputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         import torch
 
         from survival_model.models.losses import risk_score
 
-        outputs = torch.from_numpy(self.outputs(frame))
-        return risk_score(self.info["objective"], outputs).numpy().astype(float)
+        return risk_score(self.info["objective"], torch.from_numpy(outputs)).numpy().astype(float)
+
+    def risk(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """The ensemble's risk (of the mean output; each fold centred on its training patients)."""
+        return self._risk_of(self.outputs(frame))
+
+    def fold_risks(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
+        """Each fold model's risk, ``(patients, folds)``: on the scale of the out-of-fold risks the packaged
+        baseline hazard was fitted on."""
+        return np.column_stack([self._risk_of(out) for out in self.fold_outputs(frame)])
 
     def survival(self, risk: npt.NDArray[np.float64], times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """S(t | risk) = exp(-H0(t) exp(risk)), ``(patients, times)``; H0 is a step function, flat after the
-        last development time (where the curve is not known to change)."""
+        """S(t) at ``times``, ``(patients, times)``: exp(-H0(t) exp(risk)) for one risk per patient, or the mean
+        of the folds' curves for per-fold risks ``(patients, folds)`` (:meth:`fold_risks`: the ensemble's curve).
+        H0 is the packaged Breslow baseline (fitted on the development patients' out-of-fold risks), a step
+        function, flat after the last development time (where the curve is not known to change)."""
+        from survival_model.evaluation.scores import survival_from
+
         base = self.info["breslow"]
         grid, hazard = np.asarray(base["times"], dtype=float), np.asarray(base["cumulative_hazard"], dtype=float)
         position = np.searchsorted(grid, np.asarray(times, dtype=float), side="right") - 1
         h0 = np.where(position >= 0, hazard[np.clip(position, 0, None)], 0.0)
-        out: npt.NDArray[np.float64] = np.exp(-np.outer(np.exp(np.asarray(risk, dtype=float)), h0))
-        return out
+        return survival_from(h0, np.asarray(risk, dtype=float))
 
     def crossing(self, risk: npt.NDArray[np.float64], level: float) -> npt.NDArray[np.float64]:
-        """The first development event time at which S(t | risk) <= ``level`` (NaN: not reached)."""
+        """The first development event time at which S(t) <= ``level`` (NaN: not reached); ``risk`` as in
+        :meth:`survival`."""
         grid = np.asarray(self.info["breslow"]["times"], dtype=float)
         below = self.survival(risk, grid) <= level
         return np.where(below.any(axis=1), grid[np.argmax(below, axis=1)], np.nan)
@@ -359,15 +383,17 @@ class PackagedModel:
         """Per patient: ``case_id, risk, risk_group (1 = lowest), survival_<m>m, median_days,
         interval_low_days, interval_high_days`` (the middle half of the predicted survival time: a 50%
         prediction interval; NaN where the curve does not fall that low within the development follow-up)."""
-        risk = self.risk(frame)
+        outputs = self.fold_outputs(frame)
+        risk = self._risk_of(np.mean(outputs, axis=0).astype(np.float32))
+        members = np.column_stack([self._risk_of(out) for out in outputs])
         thresholds = np.asarray(self.info["risk_thresholds"], dtype=float)
         out = pd.DataFrame({"case_id": frame["case_id"].astype(str).to_numpy(), "risk": risk,
                             "risk_group": np.searchsorted(thresholds, risk, side="right").astype(np.int64) + 1})
         months = [float(m) for m in self.info["horizons_months"]]
-        probabilities = self.survival(risk, np.array(months) * DAYS_PER_MONTH)
+        probabilities = self.survival(members, np.array(months) * DAYS_PER_MONTH)
         for i, m in enumerate(months):
             out[f"survival_{m:g}m"] = probabilities[:, i]
-        out["median_days"] = self.crossing(risk, 0.5)
-        out["interval_low_days"] = self.crossing(risk, 0.75)
-        out["interval_high_days"] = self.crossing(risk, 0.25)
+        out["median_days"] = self.crossing(members, 0.5)
+        out["interval_low_days"] = self.crossing(members, 0.75)
+        out["interval_high_days"] = self.crossing(members, 0.25)
         return out

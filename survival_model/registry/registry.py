@@ -4,9 +4,21 @@
 - :func:`log_model`: the package as an MLflow pyfunc model (models from code: ``pyfunc_model.py`` is stored
   as code, the package as an artifact; a signature and an input example; explicit pip requirements, as
   inferring them took 10-15 s per model here) in a run's ``model/`` folder.
-- :func:`register`: a new version from that folder, tagged with the package key, data fingerprint, params
-  hash, code version and test metrics; a package already registered is found by its key instead
-  (:func:`find_version`), so re-running unchanged data and params registers nothing new.
+- :func:`register`: a new version from that folder, tagged with the package's content identity
+  (:func:`package_identity`), package key, data fingerprint, params hash, code version and test metrics; a
+  package already registered is found by its identity instead (:meth:`Registry.find_version`), so re-running
+  unchanged data and params registers nothing new, and neither does a code change that predicts identically.
+- the package's identity is what it *is*: every fold's weights (tensor names, dtypes, shapes and bytes), every
+  fold's fitted tabular pipeline and network config, and the settings of ``package.json``; not the code
+  version or anything derived from it (``code_version``, ``training_key``, a fold's stage ``key``), nor what
+  reports on the model rather than making it (``test_metrics``, a fold's training ``summary`` with its
+  timings). A skops file is a zip archive whose member timestamps and member names (Python object ids) and
+  whose schema (``__id__`` fields, again object ids) change with every dump of the same pipeline: its digest is
+  of the schema with object ids resolved and left out, the library-version fields left out, and each array
+  file replaced by the digest of its bytes (``.npy`` bytes are deterministic).
+- :meth:`Registry.record_test_set_decision` counts a gate decision on a locked test set
+  (``gate.fingerprint_test_set`` of the case ids it scored) in a JSON tag of the registered model;
+  :meth:`Registry.test_set_decisions` (or :func:`decisions_on_test_set` from a client) reads the count.
 - :func:`set_champion` / :func:`rollback`: move the ``champion`` alias and append to the registered
   model's promotion history (a JSON tag), with who/why; :func:`versions` lists versions with their aliases,
   metrics and gate decisions.
@@ -14,10 +26,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +40,25 @@ from typing import Any
 import pandas as pd
 
 from survival_model.errors import SurvivalModelError
+from survival_model.fingerprint import sha256_file, stable_hash
 from survival_model.registry.gate import Decision
+from survival_model.registry.package import PACKAGE_FILE, read_info
 
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 HISTORY_TAG = "champion.history"
+#: Registered-model tag: ``{test set fingerprint: gate decisions it served}``, most recently used last.
+TEST_SETS_TAG = "gate.test_sets"
+#: Version tag: the package's content identity (:func:`package_identity`).
+IDENTITY_TAG = "package_identity"
 #: MLflow limits a tag value (5000 characters in its SQL store): the history keeps the latest entries.
 _HISTORY_CHARS = 4800
+#: ``package.json`` fields that are not what the package is (see the module docstring).
+_NOT_IDENTITY = frozenset({"code_version", "training_key", "test_metrics"})
+_NOT_FOLD_IDENTITY = frozenset({"key", "summary"})
+#: skops schema fields naming the writer's library versions, not the pipeline.
+_SKOPS_WRITER = frozenset({"_sklearn_version", "_skops_version", "protocol"})
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
@@ -75,6 +100,85 @@ def log_model(client: Any, run_id: str, package: Path, example: pd.DataFrame, ou
     return f"{client.get_run(run_id).info.artifact_uri}/model"
 
 
+def tensors_digest(path: Path) -> str:
+    """A safetensors file's tensors (name, dtype, shape, bytes), read from its header without torch; the
+    header's free-form ``__metadata__`` is left out."""
+    data = Path(path).read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    body = data[8 + size:]
+    tensors = []
+    for name in sorted(k for k in header if k != "__metadata__"):
+        start, end = header[name]["data_offsets"]
+        tensors.append((name, header[name]["dtype"], header[name]["shape"],
+                        hashlib.sha256(body[start:end]).hexdigest()))
+    return stable_hash("safetensors", tensors)
+
+
+def skops_digest(path: Path) -> str:
+    """A skops file's fitted pipeline, independent of when and in which process it was dumped (see the module
+    docstring): the schema with cached references resolved, object ids and writer versions left out, and each
+    array file replaced by the digest of its bytes."""
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+        files = {name: hashlib.sha256(archive.read(name)).hexdigest() for name in archive.namelist()
+                 if name != "schema.json"}
+    nodes: dict[Any, Any] = {}
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__id__" in node and node.get("__loader__") != "CachedNode":
+                nodes.setdefault(node["__id__"], node)
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    def canonical(node: Any, seen: tuple[Any, ...] = ()) -> Any:
+        if isinstance(node, dict):
+            if node.get("__loader__") == "CachedNode":  # a reference to an object written elsewhere
+                ref = node.get("__id__")
+                return {"cycle": True} if ref in seen or ref not in nodes else canonical(nodes[ref], seen)
+            inner = (*seen, node["__id__"]) if "__id__" in node else seen
+            out = {}
+            for key in sorted(node):
+                if key == "__id__" or key in _SKOPS_WRITER:
+                    continue
+                value = node[key]
+                out[key] = files.get(value, value) if key == "file" and isinstance(value, str) else canonical(value,
+                                                                                                               inner)
+            return out
+        if isinstance(node, list):
+            return [canonical(v, seen) for v in node]
+        return node
+
+    collect(schema)
+    return stable_hash("skops", canonical(schema))
+
+
+def package_identity(folder: Path) -> str:
+    """What a package is (see the module docstring): equal for two packages that predict identically whatever
+    code version built them, different when a weight, a fitted pipeline or a setting differs."""
+    folder = Path(folder)
+    info = read_info(folder)
+    files: dict[str, Any] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name == PACKAGE_FILE:
+            continue
+        if path.suffix == ".safetensors":
+            files[name] = tensors_digest(path)
+        elif path.suffix == ".skops":
+            files[name] = skops_digest(path)
+        elif name.startswith("folds/") and path.name == "config.json":
+            config = json.loads(path.read_text())
+            files[name] = {k: v for k, v in config.items() if k not in _NOT_FOLD_IDENTITY}
+        else:
+            files[name] = sha256_file(path)
+    return stable_hash("package-identity", {k: v for k, v in info.items() if k not in _NOT_IDENTITY}, files)
+
+
 @dataclass(frozen=True)
 class Version:
     """One registered version, as listed (tags flattened)."""
@@ -110,10 +214,10 @@ class Registry:
                 self.name, description="Survival of patients with brain metastases: fold ensemble of a hybrid "
                                        "CNN + tabular network (survival_model). Aliases: challenger, champion.")
 
-    def find_version(self, package_key: str) -> Version | None:
-        """The version registered from this package, if any."""
+    def find_version(self, identity: str) -> Version | None:
+        """The version registered from a package with this content identity (:func:`package_identity`), if any."""
         for v in self.versions():
-            if v.tags.get("package_key") == package_key:
+            if v.tags.get(IDENTITY_TAG) == identity:
                 return v
         return None
 
@@ -176,6 +280,37 @@ class Registry:
         entries: list[dict[str, Any]] = json.loads(tags.get(HISTORY_TAG, "[]"))
         return entries
 
+    def test_sets(self) -> dict[str, int]:
+        """Gate decisions served per locked test set (fingerprint -> count)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_registered_model(self.name).tags or {}
+        except MlflowException:
+            return {}
+        counts: dict[str, int] = json.loads(tags.get(TEST_SETS_TAG, "{}"))
+        return counts
+
+    def test_set_decisions(self, fingerprint: str) -> int:
+        """How many gate decisions the locked test set ``fingerprint`` has served so far."""
+        return int(self.test_sets().get(fingerprint, 0))
+
+    def record_test_set_decision(self, fingerprint: str) -> int:
+        """Count one more gate decision on the test set ``fingerprint``; returns its count, this one included.
+        The tag keeps the most recently used test sets first to go last: when it outgrows MLflow's tag limit the
+        least recently used are dropped (with a warning). Not atomic: two registry flows deciding at the same
+        moment can count one decision."""
+        self.ensure_model()
+        counts = self.test_sets()
+        count = counts.pop(fingerprint, 0) + 1
+        counts[fingerprint] = count
+        while len(json.dumps(counts)) > _HISTORY_CHARS and len(counts) > 1:
+            dropped = next(iter(counts))
+            log.warning("%s: the count of gate decisions on test set %s (%d) is dropped from %s (tag size limit)",
+                        self.name, dropped, counts.pop(dropped), TEST_SETS_TAG)
+        self.client.set_registered_model_tag(self.name, TEST_SETS_TAG, json.dumps(counts))
+        return count
+
     def set_champion(self, number: int, *, reason: str, by: str) -> Version:
         """Give version ``number`` the ``champion`` alias and record why."""
         version = self.version(number)
@@ -210,9 +345,17 @@ class Registry:
             rows.append({"version": v.version, "aliases": ",".join(v.aliases), "created": v.created.strftime(
                 "%Y-%m-%d %H:%M"), "model": v.tags.get("model", ""), "test_uno_c": v.metric("test.uno_c"),
                 "test_harrell_c": v.metric("test.harrell_c"), "test_ibs": v.metric("test.integrated_brier"),
-                "gate": v.tags.get("gate.decision", ""), "data": v.tags.get("data_fingerprint", "")[:12],
+                "gate": v.tags.get("gate.decision", ""), "test_set": v.tags.get("gate.test_set", ""),
+                "test_set_decisions": v.tags.get("gate.test_set_decisions", ""),
+                "data": v.tags.get("data_fingerprint", "")[:12],
                 "run_id": v.run_id or ""})
         return pd.DataFrame(rows)
+
+
+def decisions_on_test_set(client: Any, model_name: str, fingerprint: str) -> int:
+    """How many gate decisions of the registered model ``model_name`` the locked test set ``fingerprint``
+    (``gate.fingerprint_test_set`` of its case ids) has served (0 when none, or no such model)."""
+    return Registry(client, model_name).test_set_decisions(fingerprint)
 
 
 def registration_markdown(name: str, version: Version, decision: Decision | None, run_link: str) -> str:
@@ -222,7 +365,8 @@ def registration_markdown(name: str, version: Version, decision: Decision | None
     else:
         gate = version.tags.get("gate.decision", "not gated")
         champion = "is" if CHAMPION in version.aliases else "is not"
-        text = (f"# {name}: nothing new to register\n\nData, parameters and code are unchanged: this run's model is "
-                f"version {version.version}, registered before (gate: {gate}; it {champion} the champion). No new "
-                f"version and no new gate decision.\n")
+        text = (f"# {name}: nothing new to register\n\nThis run's package is the same model (weights, fitted "
+                f"pipelines and settings) as version {version.version}, registered before (gate: {gate}; it "
+                f"{champion} the champion). No new version and no new gate decision (the locked test set was not "
+                "read again).\n")
     return text + f"\nModel: `models:/{name}/{version.version}`; MLflow run: {run_link}\n"

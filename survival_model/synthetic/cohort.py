@@ -13,7 +13,11 @@
 
 The pipeline never reads ``ground_truth/``. Everything is deterministic for ``seed``: each patient
 draws from its own ``numpy`` generator seeded by (seed, site, index), so patients can be rendered in
-parallel processes in any order.
+parallel processes in any order. The image-only contrast-enhancement latent ``z`` (see
+``survival.py``) has a stream of its own, (seed, site, index, ``ENHANCEMENT_STREAM``), so adding it
+changed no other draw. It is rendered whatever ``image_effect`` is, so cohorts that differ only in
+``image_effect`` have identical images and differ only in survival (true_lp, event and observed
+times, and the censoring rate calibrated on them).
 
 Deliberately bad patients (``bad_patients=True``) are extra patients, one per quarantine reason that
 bad input can produce, spread over the sites; ``expected_quarantine.csv`` says which is which.
@@ -31,7 +35,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +50,12 @@ from survival_model.synthetic import survival as sv
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # bump when the same settings would produce different data
+GENERATOR_VERSION = 3  # bump when the same settings would produce different data
+#: log hazard ratio per SD of the contrast-enhancement latent; explains ~12 % of true_lp's variance
+#: on the default cohort (0.75, "strong": ~38 %; 0: exactly the survival model of version 2)
+DEFAULT_IMAGE_EFFECT = 0.6
+ENHANCEMENT_STREAM = 5  # the 4th seed word of the enhancement latent's own random stream
+ENHANCEMENT_CLIP = 2.5  # |z| is clipped here (the phantom accepts up to 3)
 SITE_ORDER = ("site_a", "site_b", "site_c")
 
 #: quarantine reason -> site that produces it (when bad patients are switched on).
@@ -83,6 +92,7 @@ class GeneratorConfig:
     bad_patients: bool = True
     censor_fraction: float = 0.28
     workers: int = 1
+    image_effect: float = DEFAULT_IMAGE_EFFECT
 
     def identity(self) -> dict[str, Any]:
         """The settings that define the data (not where it is or how many workers made it)."""
@@ -94,6 +104,7 @@ class GeneratorConfig:
             "spacing_mm": self.spacing_mm,
             "bad_patients": self.bad_patients,
             "censor_fraction": self.censor_fraction,
+            "image_effect": self.image_effect,
         }
 
 
@@ -105,6 +116,8 @@ class PatientPlan:
 
 
 def plan_cohort(config: GeneratorConfig) -> list[PatientPlan]:
+    if not (math.isfinite(config.image_effect) and abs(config.image_effect) <= 3.0):
+        raise GeneratorError(f"image_effect must be a log hazard ratio in [-3, 3], got {config.image_effect!r}")
     plans = []
     for site in SITE_ORDER:
         n = config.patients.get(site, 0)
@@ -137,6 +150,12 @@ def _patient_rng(config: GeneratorConfig, plan: PatientPlan) -> np.random.Genera
     return np.random.default_rng([config.seed, SITE_ORDER.index(plan.site), plan.index])
 
 
+def draw_enhancement(config: GeneratorConfig, plan: PatientPlan) -> float:
+    """The patient's contrast-enhancement latent z ~ N(0, 1) clipped to +-2.5, from its own stream."""
+    rng = np.random.default_rng([config.seed, SITE_ORDER.index(plan.site), plan.index, ENHANCEMENT_STREAM])
+    return float(np.clip(rng.standard_normal(), -ENHANCEMENT_CLIP, ENHANCEMENT_CLIP))
+
+
 def _identity(rng: np.random.Generator, age: float, entry_months: float) -> dict[str, str]:
     diagnosis = dt.date(2016, 1, 4) + dt.timedelta(days=int(entry_months * sv.DAYS_PER_MONTH))
     birth = diagnosis - dt.timedelta(days=round(age * 365.25))
@@ -148,7 +167,8 @@ def _identity(rng: np.random.Generator, age: float, entry_months: float) -> dict
     }
 
 
-def _imaging_truth(head: phantom.Head, lesions: list[phantom.Lesion]) -> tuple[sv.ImagingTruth, list[dict[str, Any]]]:
+def _imaging_truth(head: phantom.Head, lesions: list[phantom.Lesion],
+                   enhancement: float = 0.0) -> tuple[sv.ImagingTruth, list[dict[str, Any]]]:
     # Tumour volumes are analytic (exact); edema follows white matter, so it is rendered - at 2 mm,
     # which is plenty for a patient-level covariate and 8x cheaper than 1 mm.
     summaries = phantom.lesion_summaries(head, lesions, n_directions=1024)
@@ -167,6 +187,7 @@ def _imaging_truth(head: phantom.Head, lesions: list[phantom.Lesion]) -> tuple[s
         rim_irregularity=float(np.dot(weights, [les.rim_irregularity for les in lesions])),
         heterogeneity=float(np.dot(weights, [les.heterogeneity for les in lesions])),
         infratentorial=any(s.infratentorial for s in summaries),
+        enhancement=enhancement,
     )
     rows = [
         {**asdict(les), "index": s.index, "tumour_mm3": s.tumour_mm3, "et_mm3": s.et_mm3,
@@ -197,9 +218,11 @@ def make_patient(config: GeneratorConfig, plan: PatientPlan) -> dict[str, Any]:
     spec = sites.SITES[plan.site]
     clinical = sv.sample_clinical(rng)
     head = phantom.sample_head(rng)
-    lesions = phantom.sample_lesions(head, clinical.n_brain_mets, rng)
-    imaging, lesion_rows = _imaging_truth(head, lesions)
-    truth = sv.survival_truth(clinical, imaging, rng)
+    enhancement = draw_enhancement(config, plan)  # own stream: every draw of ``rng`` is as before
+    lesions = [replace(les, enhancement=enhancement)
+               for les in phantom.sample_lesions(head, clinical.n_brain_mets, rng)]
+    imaging, lesion_rows = _imaging_truth(head, lesions, enhancement)
+    truth = sv.survival_truth(clinical, imaging, rng, config.image_effect)
     entry = sv.draw_entry_month(rng)
     identity = _identity(rng, clinical.age, entry)
     grid = sites.site_grid(spec, config.shape, config.spacing_mm)
@@ -330,7 +353,27 @@ def _clinical_tables(config: GeneratorConfig, patients: list[dict[str, Any]], ro
             writers[site](root / site, rows)
 
 
-def _ground_truth(patients: list[dict[str, Any]], root: Path) -> None:
+def image_effect_description(config: GeneratorConfig, patients: list[dict[str, Any]]) -> dict[str, Any]:
+    """The image-only effect's declaration and its share of ``true_lp``'s variance on the good patients."""
+    good = [p for p in patients if not p["bad"]]
+    shares = sv.variance_shares(np.array([p["truth"]["true_lp"] for p in good]),
+                                np.array([p["truth"]["image_effect_lp"] for p in good]))
+    return {
+        "property": "contrast enhancement of the enhancing tumour (ET) on t1c: its t1c intensity is "
+                    "multiplied by 1 + amplitude * z, z ~ N(0, 1) per patient (patients.csv img_enhancement)",
+        "latent": {"distribution": "normal(0, 1)", "clip": ENHANCEMENT_CLIP,
+                   "seed": ["seed", "site index", "patient index", ENHANCEMENT_STREAM]},
+        "amplitude": phantom.ENHANCEMENT_AMPLITUDE,
+        "strength": config.image_effect,
+        "term": "eta += strength * z (log hazard ratio per SD; patients.csv image_effect_lp)",
+        "patients": len(good),
+        **shares,
+        "shares": "over the good patients: variance_share = var(image_effect_lp) / var(true_lp); "
+                  "partial_share = 1 - corr(true_lp, true_lp - image_effect_lp)^2 (semi-partial R^2)",
+    }
+
+
+def _ground_truth(config: GeneratorConfig, patients: list[dict[str, Any]], root: Path) -> None:
     gt = root / "ground_truth"
     records, lesions = [], []
     for p in patients:
@@ -340,7 +383,7 @@ def _ground_truth(patients: list[dict[str, Any]], root: Path) -> None:
             **{f"clin_{k}": v for k, v in p["clinical"].items()},
             **{f"img_{k}": v for k, v in p["imaging"].items()},
             "gpa": p["truth"]["gpa"], "gpa_class": p["truth"]["gpa_class"], "eta": p["truth"]["eta"],
-            "true_lp": p["truth"]["true_lp"],
+            "true_lp": p["truth"]["true_lp"], "image_effect_lp": p["truth"]["image_effect_lp"],
             "event_time_days": p["truth"]["event_time_months"] * sv.DAYS_PER_MONTH,
             "censor_time_days": p["censor_months"] * sv.DAYS_PER_MONTH,
             "time_days": p["time_days"], "event": p["event"],
@@ -356,7 +399,8 @@ def _ground_truth(patients: list[dict[str, Any]], root: Path) -> None:
                  "reason": p["bad"]} for p in patients if p["bad"]]
     write_text(pd.DataFrame(expected, columns=["site", "source_id", "patient_key", "reason"]).to_csv(index=False),
                gt / "expected_quarantine.csv")
-    write_json(sv.model_description(), gt / "generative_model.json")
+    write_json({**sv.model_description(), "image_effect": image_effect_description(config, patients)},
+               gt / "generative_model.json")
     write_text(GROUND_TRUTH_README, gt / "README.md")
 
 
@@ -367,14 +411,20 @@ GROUND_TRUTH_README = """# Ground truth of the synthetic cohort (never an input 
   `params.yaml`; the pipeline's case id is `Pseudonymiser.case_id(site, patient_key)`. `true_lp` is the
   oracle risk score (log hazard, higher = worse); `event_time_days` / `censor_time_days` are the latent
   times; `time_days` / `event` what the sites report. `clin_*` and `img_*` are the true covariates.
+  `img_enhancement` is the image-only contrast-enhancement latent z (SD units; the enhancing tumour's
+  t1c intensity is multiplied by 1 + 0.15 z, whatever the strength) and `image_effect_lp` its term
+  `image_effect * z` in `true_lp` (0 for every patient when `synthetic.image_effect` is 0).
   `bias_seed` / `bias_strength` reproduce the bias field exactly:
   `survival_model.synthetic.phantom.BiasField(seed, strength).evaluate(grid)`; `motions` are the
   rigid movements of t1n/t2w/t2f relative to t1c (site C).
 - `bias/<site>/<case>.nii.gz`: the true multiplicative bias field on a 4x coarser grid over the same
   field of view (one per session; all sequences share it).
-- `lesions.csv`: every metastasis with its analytic parameters and true volumes (mm3).
+- `lesions.csv`: every metastasis with its analytic parameters and true volumes (mm3); `enhancement`
+  is its patient's z.
 - `expected_quarantine.csv`: the deliberately bad patients and the reason ingestion must give.
-- `generative_model.json`: the survival model's constants (see `survival_model/synthetic/survival.py`).
+- `generative_model.json`: the survival model's constants (see `survival_model/synthetic/survival.py`);
+  `image_effect`: the image-only effect's property, amplitude, strength and the share of `true_lp`'s
+  variance it explains on this cohort's good patients (`variance_share`, `partial_share`).
 """
 
 
@@ -391,7 +441,7 @@ def generate_cohort(config: GeneratorConfig, progress: Callable[[int, int], None
         patients = _render_all(staged, plans, progress)
         _apply_censoring(staged, patients)
         _clinical_tables(staged, patients, staging)
-        _ground_truth(patients, staging)
+        _ground_truth(config, patients, staging)
         counts = {s: sum(1 for p in patients if p["site"] == s and not p["bad"]) for s in SITE_ORDER}
         write_json({**config.identity(), "good_patients": counts,
                     "bad_patients_generated": sum(1 for p in patients if p["bad"])}, staging / "manifest.json")

@@ -69,14 +69,20 @@ soft tissue    0.52   0.62   0.38   0.42
 eye            0.18   0.19   1.40   0.10
 NETC           0.30   0.28   1.25   0.80
 SNFH (edema)   0.55   0.57   1.10   1.25
-ET             0.62   1.40   0.85   0.95
+ET             0.62   1.40+  0.85   0.95
 =============  =====  =====  =====  =====
+
+ET on t1c (1.40+) is the value at ``Lesion.enhancement = 0``: a lesion's contrast enhancement
+multiplies it by ``1 + ENHANCEMENT_AMPLITUDE * enhancement`` (amplitude 0.15; ``enhancement`` is a
+latent in standard deviations, within +-3), so ET t1c is 0.98-1.82 at +-2 SD (0.88-1.93 at the
+cohort's +-2.5 clip) against white matter's 0.90. Only ET on t1c changes: necrosis, edema, the labels
+and the other sequences do not.
 
 * ``t1n`` (native T1): short T1 makes fat brightest and myelinated WM brighter than GM; free water
   (CSF, vitreous, necrosis) is dark; cortical bone has no signal; tumour is hypo- to isointense.
 * ``t1c`` (T1 + gadolinium): as t1n, but contrast leaks where the blood-brain barrier is broken, so
   the enhancing rim is the brightest tissue, the necrotic core stays dark, dura and muscle enhance a
-  little.
+  little. How strongly a lesion enhances varies between patients (``Lesion.enhancement``, above).
 * ``t2w`` (T2): long T2 makes free water brightest (CSF, ventricles, eyes), edema and necrosis bright,
   WM darker than GM; fat stays fairly bright on fast spin echo.
 * ``t2f`` (FLAIR): T2 weighting with the free-water signal nulled by inversion, so CSF is dark while
@@ -116,6 +122,7 @@ __all__ = [
     "CSF",
     "DEEP_GM",
     "DURA",
+    "ENHANCEMENT_AMPLITUDE",
     "EYE",
     "GM",
     "INTRACRANIAL_TISSUES",
@@ -230,6 +237,10 @@ _TEXTURE_AMPLITUDE = np.array([0.0, 0.06, 0.10, 0.02, 0.03, 0.03, 0.02, 0.03, 0.
 _ET_TEXTURE = 0.30  # relative modulation of enhancing tissue per unit heterogeneity and field std
 _NETC_TEXTURE = 0.15
 _EDEMA_EDGE_WEIGHT = 0.6  # edema signal at the outer edge, as a fraction of its full value
+#: relative change of the ET's t1c intensity per unit ``Lesion.enhancement`` (one SD of the latent)
+ENHANCEMENT_AMPLITUDE = 0.15
+_ENHANCEMENT_LIMIT = 3.0  # |Lesion.enhancement| <= this keeps the ET's t1c gain >= 0.55
+_T1C_COLUMN = SEQUENCES.index("t1c")
 
 # --------------------------------------------------------------------------------------------------
 # Template anatomy (nominal millimetres, patient LPS; scaled per axis to each head)
@@ -1173,7 +1184,9 @@ class Lesion:
     amplitude of a low-order random radial perturbation (0 = sphere, 1 = lobulated, +-35 % radius);
     ``heterogeneity`` in [0, 1]: amplitude of the enhancing-tissue texture; ``edema_mm`` >= 0: how far
     edema reaches beyond the tumour (in white matter; cortex mostly spared); ``shape_seed`` seeds the
-    lesion's random fields.
+    lesion's random fields; ``enhancement`` in [-3, 3]: contrast enhancement in standard deviations of
+    a latent (0 = the intensity table's ET on t1c), which multiplies the ET's t1c intensity by
+    ``1 + ENHANCEMENT_AMPLITUDE * enhancement`` and changes nothing else (shape, labels, volumes).
     """
 
     centre_mm: tuple[float, float, float]
@@ -1183,6 +1196,7 @@ class Lesion:
     heterogeneity: float = 0.0
     edema_mm: float = 0.0
     shape_seed: int = 0
+    enhancement: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "centre_mm", _float3("centre_mm", self.centre_mm))
@@ -1190,11 +1204,12 @@ class Lesion:
         _check_range("necrosis_fraction", self.necrosis_fraction, 0.0, 0.85)
         _check_range("rim_irregularity", self.rim_irregularity, 0.0, 1.0)
         _check_range("heterogeneity", self.heterogeneity, 0.0, 1.0)
+        _check_range("enhancement", self.enhancement, -_ENHANCEMENT_LIMIT, _ENHANCEMENT_LIMIT)
         if not (math.isfinite(self.edema_mm) and self.edema_mm >= 0):
             raise ValueError(f"edema_mm must be >= 0, got {self.edema_mm!r}")
         if int(self.shape_seed) != self.shape_seed or self.shape_seed < 0:
             raise ValueError(f"shape_seed must be a non-negative integer, got {self.shape_seed!r}")
-        for name in ("radius_mm", "necrosis_fraction", "rim_irregularity", "heterogeneity", "edema_mm"):
+        for name in ("radius_mm", "necrosis_fraction", "rim_irregularity", "heterogeneity", "edema_mm", "enhancement"):
             object.__setattr__(self, name, float(getattr(self, name)))
         object.__setattr__(self, "shape_seed", int(self.shape_seed))
 
@@ -1250,6 +1265,7 @@ class _LesionLayers:
     labels: U8
     texture: F32  # relative modulation of tumour tissue (already scaled by heterogeneity)
     edema_weight: F32  # 1 at the tumour surface down to _EDEMA_EDGE_WEIGHT at the edema edge
+    enhancement: F32  # relative t1c gain - 1 of the tumour's enhancing tissue (its lesion's amplitude * z)
 
 
 _PRIORITY_TO_LABEL = np.array([0, LABEL_SNFH, LABEL_NETC, LABEL_ET], dtype=np.uint8)
@@ -1316,6 +1332,7 @@ def _render_lesions(lesions: Sequence[Lesion], amap: _AffineMap, tissue: U8, wit
     shape = amap.shape if with_modulators else (1, 1, 1)
     tex = np.zeros(shape, dtype=np.float32)
     edw = np.zeros(shape, dtype=np.float32)
+    enh = np.zeros(shape, dtype=np.float32)
     for lesion in lesions:
         box = amap.ball_box(np.array(lesion.centre_mm), lesion.influence_radius_mm)
         if box is None:
@@ -1329,9 +1346,11 @@ def _render_lesions(lesions: Sequence[Lesion], amap: _AffineMap, tissue: U8, wit
             tumour = p >= 2
             tview = tex[k0:k1, j0:j1, i0:i1]
             tview[tumour] = t.reshape(sub.shape)[tumour]
+            if lesion.enhancement != 0.0:
+                enh[k0:k1, j0:j1, i0:i1][tumour] = np.float32(ENHANCEMENT_AMPLITUDE * lesion.enhancement)
             wview = edw[k0:k1, j0:j1, i0:i1]
             np.maximum(wview, w.reshape(sub.shape), out=wview)
-    return _LesionLayers(labels=_PRIORITY_TO_LABEL[prio], texture=tex, edema_weight=edw)
+    return _LesionLayers(labels=_PRIORITY_TO_LABEL[prio], texture=tex, edema_weight=edw, enhancement=enh)
 
 
 def render_labels(head: Head, lesions: Sequence[Lesion], grid: Grid, motion: RigidMotion | None = None) -> U8:
@@ -1708,6 +1727,9 @@ def _object_intensity(scene: _Scene, column: int) -> F32:
         base = flat[idx]
         lesion_val = _LESION_INTENSITY[:, column][lab - 1]
         tumour_val = lesion_val * (np.float32(1.0) + tex)
+        if column == _T1C_COLUMN:  # contrast enhancement: ET on t1c only (a gain of exactly 1 at z = 0)
+            gain = np.float32(1.0) + scene.lesions.enhancement.reshape(-1)[idx]
+            tumour_val *= np.where(lab == LABEL_ET, gain, np.float32(1.0))
         edema_val = base + edw * (lesion_val - base)
         flat[idx] = np.where(lab == LABEL_SNFH, edema_val, tumour_val)
     return img

@@ -193,7 +193,12 @@ def write_site_c(root: Path, sid: str, volumes: Mapping[str, np.ndarray], grid: 
         "0010|0030": identity["birth_date"].replace("-", ""),
         "0020|000d": study_uid,
         "0020|0052": _uid("frame", seed, sid),
+        # fixed study and instance dates and times: SimpleITK stamps the wall clock otherwise, and the same
+        # cohort must be the same bytes on every machine (its content digests decide the splits)
         "0008|0020": "20200101",
+        "0008|0030": "120000",
+        "0008|0012": "20200101",
+        "0008|0013": "120000",
     }
     for number, name in enumerate(SEQUENCES, start=1):
         if name in volumes:

@@ -1,16 +1,27 @@
 """One cross-validation fold, trained once per content key and stored with everything to predict again.
 
-A fold's key is the feature table's content key, the image inputs' content keys of its patients, the
-fold's train/validation case ids, the training params (all but ``fit.device``/``workers``/
-``parallel_folds``, which do not change the result) and the code version of the training, model and
-evaluation packages. Its folder ``<work_dir>/training/folds/<fold>/<key>/`` holds:
+A fold's training patients are divided (``survival_model.training.splits``) into the patients the network
+is fitted on and the fold's **stopping** patients, on which every choice is made (the tabular penalty, the
+epoch kept: ``survival_model.training.loop``). The fold's validation patients are scored once, at the end,
+by the model that was kept: they never influence it, so their risks are an honest out-of-fold prediction.
+The tabular pipeline is fitted on the fitting patients only (its radiomics ranking reads the outcome).
 
-- ``model.safetensors``: the best epoch's weights (no pickle);
+After training, a ``cox`` network's outputs are centred on the fold's training patients (fitting and
+stopping): its mean risk there is stored as the network's ``output_offset`` and subtracted from every
+output, so the risks of different folds are on one scale before they are pooled or averaged.
+
+A fold's key is the feature table's content key, the image inputs' content keys of its patients, the
+fold's case ids, the training params (all but ``fit.device``/``parallel_folds``, which do not change the
+result) and the code version of the training, model and evaluation-metric modules. Its folder
+``<work_dir>/training/folds/<fold>/<key>/`` holds:
+
+- ``model.safetensors``: the kept weights and the output offset (no pickle);
 - ``config.json``: what rebuilds the network (network params, channels, tabular width, output centre,
-  the tabular feature names) and the fold's summary;
-- ``tabular.joblib``: the tabular pipeline fitted on the fold's training rows (a pickle: trusted
+  the tabular feature names) and the fold's summary (the choices made, the validation C-index);
+- ``tabular.joblib``: the tabular pipeline fitted on the fold's fitting rows (a pickle: trusted
   because this pipeline wrote it; loading it from elsewhere means trusting its author);
-- ``history.csv``: the per-epoch curves; ``validation.parquet``: the validation patients' outputs.
+- ``history.csv``: the per-epoch curves (on the stopping patients); ``validation.parquet``: the
+  validation patients' outputs and (centred) risks.
 
 A finished folder is reused, never retrained.
 """
@@ -26,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from survival_model.config import NetworkParams, TrainingParams
+from survival_model.config import SEQUENCES, NetworkParams, TrainingParams
 from survival_model.errors import SurvivalModelError
-from survival_model.fingerprint import code_version, file_digest, stable_hash
+from survival_model.fingerprint import code_version, content_order, file_digest, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
 from survival_model.training.splits import Fold
 
@@ -44,7 +55,7 @@ log = logging.getLogger(__name__)
 STAGE = "training"
 FILES = ("model.safetensors", "config.json", "tabular.joblib", "history.csv", "validation.parquet")
 #: Settings that change where or how fast a fold trains, not what it learns.
-RUNTIME_ONLY = {"device", "workers", "parallel_folds"}
+RUNTIME_ONLY = {"device", "parallel_folds"}
 
 
 class TrainingError(SurvivalModelError):
@@ -78,7 +89,12 @@ def fold_key(fold: Fold, table_key: str, input_keys: Mapping[str, str], training
     patients = sorted({*fold.train, *fold.validation})
     images = [input_keys[c] for c in patients] if uses_images(training.network) else []
     return stable_hash(STAGE, "fold", training_code_version(), table_key, fold.name, sorted(fold.train),
-                       sorted(fold.validation), images, learning_params(training))
+                       sorted(fold.stop), sorted(fold.validation), images, learning_params(training))
+
+
+def region_channels(config: Mapping[str, Any]) -> int:
+    """How many of a stored fold's input channels are region masks (they come after the sequences)."""
+    return sum(1 for c in config.get("channels", []) if c not in SEQUENCES)
 
 
 def fold_folder(work_dir: Path, fold_name: str, key: str) -> Path:
@@ -117,24 +133,43 @@ def _rows(table: pd.DataFrame, case_ids: Sequence[str]) -> pd.DataFrame:
     return indexed.loc[list(case_ids)].reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class FoldArrays:
+    """A fold's patients as arrays: fitted on, stopping (choices), validation (scored once)."""
+
+    fit: SurvivalArrays
+    stop: SurvivalArrays
+    validation: SurvivalArrays
+    pipeline: Pipeline | None
+    names: list[str]
+
+
 def fold_arrays(table: pd.DataFrame, fold: Fold, image_paths: Mapping[str, Path] | None,
-                training: TrainingParams) -> tuple[SurvivalArrays, SurvivalArrays, Pipeline | None, list[str]]:
-    """Train and validation arrays; the tabular pipeline fitted on the training rows only."""
+                training: TrainingParams) -> FoldArrays:
+    """The fold's three sets as arrays; the tabular pipeline fitted on the fitting rows only."""
     from survival_model.models.tabular import feature_names, fit_transform_fold
     from survival_model.training.data import stack_images
 
-    train, validation = _rows(table, fold.train), _rows(table, fold.validation)
+    stop_ids = set(fold.stop)
+    fit_ids = [c for c in fold.train if c not in stop_ids]
+    sets = {"fit": fit_ids, "stop": list(fold.stop), "validation": list(fold.validation)}
+    frames = {name: _rows(table, ids) for name, ids in sets.items()}
+    for name, frame in frames.items():  # patients in an order their data decide, not their (keyed) ids
+        frames[name] = frame.iloc[content_order(frame.to_dict("records"))].reset_index(drop=True)
+        sets[name] = [str(c) for c in frames[name]["case_id"]]
     pipeline, names = None, []
-    tab_train = tab_val = None
+    tabular: dict[str, Any] = dict.fromkeys(sets)
     if uses_tabular(training.network):
-        pipeline, (tab_train, tab_val) = fit_transform_fold(training.tabular, train, [validation])
+        pipeline, matrices = fit_transform_fold(training.tabular, frames["fit"], [frames["stop"], frames["validation"]])
+        tabular = dict(zip(sets, matrices, strict=True))
         names = feature_names(pipeline)
-    img_train = img_val = None
+    images: dict[str, Any] = dict.fromkeys(sets)
     if uses_images(training.network):
         if image_paths is None:
             raise TrainingError(f"the {training.network.variant} network needs image inputs")
-        img_train, img_val = stack_images(image_paths, fold.train), stack_images(image_paths, fold.validation)
-    return (_arrays(train, img_train, tab_train), _arrays(validation, img_val, tab_val), pipeline, names)
+        images = {name: stack_images(image_paths, ids) for name, ids in sets.items()}
+    arrays = {name: _arrays(frames[name], images[name], tabular[name]) for name in sets}
+    return FoldArrays(arrays["fit"], arrays["stop"], arrays["validation"], pipeline, names)
 
 
 def _arrays(frame: pd.DataFrame, images: Any, tabular: Any) -> SurvivalArrays:
@@ -142,6 +177,23 @@ def _arrays(frame: pd.DataFrame, images: Any, tabular: Any) -> SurvivalArrays:
 
     return SurvivalArrays(tuple(str(c) for c in frame["case_id"]), frame["time_days"].to_numpy(dtype=float),
                           frame["event"].astype(int).to_numpy() == 1, images, tabular)
+
+
+def _centre(model: HybridSurvivalNet, objective: str, arrays: Sequence[SurvivalArrays], choice: DeviceChoice) -> float:
+    """Set a ``cox`` network's output offset to its mean risk on ``arrays`` (the fold's training patients)."""
+    import torch
+
+    from survival_model.training.loop import predict_outputs
+
+    if objective != "cox":
+        return 0.0
+    with torch.no_grad():
+        model.output_offset.fill_(0.0)  # type: ignore[operator]
+    outputs = np.concatenate([predict_outputs(model, a, choice)[:, 0] for a in arrays if len(a)])
+    offset = float(np.mean(outputs))
+    with torch.no_grad():
+        model.output_offset.fill_(offset)  # type: ignore[operator]
+    return offset
 
 
 def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] | None, training: TrainingParams,
@@ -152,6 +204,7 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     import torch
     from safetensors.torch import save_file
 
+    from survival_model.evaluation.metrics import harrell_c
     from survival_model.models.losses import risk_score
     from survival_model.training.loop import choose_device, predict_outputs, train_model
 
@@ -160,34 +213,42 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     existing = load_fold(folder)
     if existing is not None:
         return existing
-    train, validation, pipeline, names = fold_arrays(table, fold, image_paths, training)
+    data = fold_arrays(table, fold, image_paths, training)
     sequence_channels = len(training.inputs.sequences)
-    outcome = train_model(training.network, training.fit, training.augment, train, validation,
+    outcome = train_model(training.network, training.fit, training.augment, data.fit, data.stop,
                           sequence_channels=sequence_channels, choice=choice, progress=progress)
+    offset = _centre(outcome.model, training.network.objective, [data.fit, data.stop], choice)
     history = pd.DataFrame([r.__dict__ for r in outcome.history])
     best = history.loc[history["epoch"] == outcome.best_epoch].iloc[0]
-    val_outputs = predict_outputs(outcome.model, validation, choice)
+    validation = data.validation
+    val_outputs = predict_outputs(outcome.model, validation, choice)  # the validation patients, scored once
     val_risk = risk_score(training.network.objective, torch.from_numpy(val_outputs)).numpy()
     summary = {
-        "patients_train": len(train), "patients_validation": len(validation),
-        "deaths_train": int(train.event.sum()), "deaths_validation": int(validation.event.sum()),
-        "epochs": len(history), "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
-        "val_cindex": float(best["val_cindex"]), "val_loss": float(best["val_loss"]),
-        "train_loss": float(best["train_loss"]), "seconds": float(history["seconds"].sum()),
-        "data_wait_share": outcome.data_wait_share, "device": outcome.device,
-        "patients_per_second": float(history["patients"].sum() / history["seconds"].sum()),
+        "patients_fit": len(data.fit), "patients_stop": len(data.stop), "patients_validation": len(validation),
+        "deaths_fit": int(data.fit.event.sum()), "deaths_stop": int(data.stop.event.sum()),
+        "deaths_validation": int(validation.event.sum()),
+        "epochs": int(history["epoch"].max()), "best_epoch": outcome.best_epoch,
+        "stopped_early": outcome.stopped_early, "selection": "stopping patients (inside the fold's training set)",
+        "stop_cindex": float(best["stop_cindex"]), "stop_loss": float(best["stop_loss"]),
+        "train_loss": float(best["train_loss"]),
+        "validation_cindex": harrell_c(val_risk, validation.time_days, validation.event) if len(validation)
+        else float("nan"),
+        "tabular_penalty": outcome.tabular_penalty, "penalties": outcome.penalties, "output_offset": offset,
+        "seconds": float(history["seconds"].sum()), "data_wait_share": outcome.data_wait_share,
+        "device": outcome.device,
+        "patients_per_second": float(history["patients"].iloc[1:].sum() / max(history["seconds"].sum(), 1e-9)),
     }
     config = {
         "fold": fold.name, "key": key, "network": training.network.model_dump(mode="json"),
-        "in_chans": int(train.images.shape[2]) if train.images is not None else 0,
-        "n_tabular": len(names), "tabular_features": names, "centre": outcome.centre,
+        "in_chans": int(data.fit.images.shape[2]) if data.fit.images is not None else 0,
+        "n_tabular": len(data.names), "tabular_features": data.names, "centre": outcome.centre,
         "channels": [*training.inputs.sequences, *training.inputs.mask_channels], "summary": summary,
     }
     with atomic_directory(folder) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in outcome.model.state_dict().items()},
                   str(tmp / "model.safetensors"))
         write_json(config, tmp / "config.json")
-        joblib.dump(pipeline, tmp / "tabular.joblib")
+        joblib.dump(data.pipeline, tmp / "tabular.joblib")
         write_text(history.to_csv(index=False), tmp / "history.csv")
         write_parquet(pd.DataFrame({"case_id": list(validation.case_ids), "time_days": validation.time_days,
                                     "event": validation.event, "risk": val_risk.astype(float),
@@ -196,8 +257,8 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     result = load_fold(folder)
     if result is None:  # pragma: no cover - written atomically just above
         raise TrainingError(f"fold {fold.name}: output missing in {folder}")
-    log.info("fold %s: best epoch %d of %d, validation C-index %.3f", fold.name, outcome.best_epoch, len(history),
-             summary["val_cindex"])
+    log.info("fold %s: kept epoch %d of %d (chosen on %d stopping patients), validation C-index %.3f",
+             fold.name, outcome.best_epoch, summary["epochs"], len(data.stop), summary["validation_cindex"])
     return result
 
 
@@ -206,7 +267,7 @@ def _cpu() -> DeviceChoice:
 
     from survival_model.training.loop import DeviceChoice
 
-    return DeviceChoice(torch.device("cpu"), None, False, False, 0)
+    return DeviceChoice(torch.device("cpu"), None, False, False)
 
 
 @dataclass
@@ -231,7 +292,7 @@ def load_fold_model(fold: FoldResult) -> FoldModel:
 
     config = read_json(fold.folder / "config.json")
     params = NetworkParams.model_validate({**config["network"], "pretrained_weights": None})
-    network = HybridSurvivalNet(params, int(config["in_chans"]), int(config["n_tabular"]))
+    network = HybridSurvivalNet(params, int(config["in_chans"]), int(config["n_tabular"]), region_channels(config))
     network.load_state_dict(load_file(str(fold.folder / "model.safetensors")))
     network.eval()
     pipeline = joblib.load(fold.folder / "tabular.joblib")

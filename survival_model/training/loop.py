@@ -1,16 +1,33 @@
-"""Training one network on one fold: AdamW, warm-up + cosine schedule, early stopping, best weights.
+"""Training one network on one fold: exact full-batch losses, selection on the fold's own stopping patients.
 
-Per epoch: the training patients in shuffled mini-batches (augmented), then the validation patients
-(no augmentation) scored by the loss and Harrell's C-index; the weights of the best validation epoch
-(``FitParams.monitor``) are kept, and training stops after ``patience`` epochs without improvement
-(never before ``min_epochs``).
+A fold's training patients are split (``survival_model.training.splits``) into the patients the network
+is fitted on (``train``) and the **stopping** patients (``stop``): every choice made while training (the
+tabular term's penalty, the epoch kept) is made on the stopping patients, never on the fold's validation
+patients, which the fold scores once, at the end, with the model that was kept.
 
-Devices (``FitParams.device``/``precision``): on CUDA the model and batches are channels-last, the
-forward pass runs under bf16 autocast (fp32 weights and optimiser), batches come from pinned memory
-through DataLoader workers; on CPU in fp32 with the loader in the training process (the cores train).
-Seeds: the initial weights, the batch order and every augmentation draw come from ``FitParams.seed``,
-and with ``deterministic`` torch's deterministic algorithms are used, so a CPU run is repeatable
-bit for bit. The time spent waiting for batches is measured every epoch (``data_seconds``).
+Every step sees the whole training set (``full_batch_step``): the Cox partial likelihood is computed over
+exact risk sets (a mini-batch of 16 gives risk sets of 16 patients, a different objective). Where the
+images do not fit through the network at once, the forward pass runs in chunks of ``FitParams.chunk_size``
+patients: a first pass without gradients gives every patient's output and the loss's gradient with respect
+to each output, a second pass (same chunks, same random draws) back-propagates those gradients chunk by
+chunk, so the parameters' gradient is exactly the full-batch one in bounded memory.
+
+Additive fusion (``NetworkParams.fusion``, see ``survival_model.models.network``), in two phases:
+
+1. the tabular term (linear by default) gets its L2 penalty by cross-validation inside the fold's training
+   patients (``fit_tabular_term``: the cross-validated partial likelihood for a Cox term) and is then fitted
+   to convergence (L-BFGS) on all of them and frozen;
+2. the image term is trained on top of the fixed tabular term (AdamW, warm-up + cosine schedule,
+   augmentation), one full-batch step per epoch; epoch 0 is the tabular model alone (the image term starts
+   at zero), and the epoch with the best ``monitor`` score on the stopping patients is kept (possibly 0:
+   the images added nothing), with ``patience`` epochs without improvement ending training.
+
+``concat`` fusion and the ``image`` variant train every parameter together in phase 2.
+
+Devices (``FitParams.device``/``precision``): on CUDA the model and inputs are channels-last and the
+forward pass runs under bf16 autocast (fp32 weights and optimiser); on CPU in fp32. Seeds: the initial
+weights, every augmentation draw and the dropout draws come from ``FitParams.seed``, and with
+``deterministic`` torch's deterministic algorithms are used, so a CPU run is repeatable bit for bit.
 """
 
 from __future__ import annotations
@@ -22,7 +39,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +48,7 @@ from torch.utils.data import DataLoader
 from survival_model.config import AugmentParams, FitParams, NetworkParams
 from survival_model.errors import ConfigError
 from survival_model.evaluation.metrics import harrell_c
-from survival_model.models.losses import objective_loss, risk_score
+from survival_model.models.losses import cox_loss, objective_loss, risk_score
 from survival_model.models.network import HybridSurvivalNet
 from survival_model.training.data import SurvivalArrays, SurvivalDataset
 
@@ -47,11 +63,10 @@ class DeviceChoice:
     amp_dtype: torch.dtype | None
     channels_last: bool
     pin_memory: bool
-    workers: int
 
     def describe(self) -> str:
         precision = "bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32"
-        return f"{self.device} ({precision}, {self.workers} loader workers)"
+        return f"{self.device} ({precision})"
 
 
 def choose_device(fit: FitParams, index: int | None = None) -> DeviceChoice:
@@ -62,11 +77,10 @@ def choose_device(fit: FitParams, index: int | None = None) -> DeviceChoice:
     if fit.device == "cpu" or not cuda:
         if fit.precision == "bf16":
             log.warning("training.fit.precision: bf16 is used on CUDA only; training on the CPU in fp32")
-        return DeviceChoice(torch.device("cpu"), None, False, False, fit.workers or 0)
+        return DeviceChoice(torch.device("cpu"), None, False, False)
     device = torch.device("cuda", index if index is not None else torch.cuda.current_device())
     bf16 = fit.precision == "bf16" or (fit.precision == "auto" and torch.cuda.is_bf16_supported())
-    workers = fit.workers if fit.workers is not None else 4
-    return DeviceChoice(device, torch.bfloat16 if bf16 else None, True, True, workers)
+    return DeviceChoice(device, torch.bfloat16 if bf16 else None, True, True)
 
 
 @contextmanager
@@ -90,12 +104,13 @@ def torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's curves (``val_*`` NaN when there is no validation set)."""
+    """One epoch of the image phase (one full-batch step); epoch 0 is the model before it. ``stop_*``: the
+    loss and Harrell's C on the fold's stopping patients (NaN when there are none)."""
 
     epoch: int
     train_loss: float
-    val_loss: float
-    val_cindex: float
+    stop_loss: float
+    stop_cindex: float
     learning_rate: float
     seconds: float
     data_seconds: float
@@ -105,7 +120,7 @@ class EpochRecord:
 
 @dataclass
 class TrainOutcome:
-    """The best epoch's weights and the curves that chose it."""
+    """The kept model, the curves that chose it and the choices made on the stopping patients."""
 
     model: HybridSurvivalNet
     history: list[EpochRecord]
@@ -114,7 +129,10 @@ class TrainOutcome:
     stopped_early: bool
     centre: float
     device: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The tabular term's L2 penalty kept (None without a separately fitted tabular term).
+    tabular_penalty: float | None = None
+    #: Each penalty tried and its loss on the stopping patients.
+    penalties: dict[str, float] = field(default_factory=dict)
 
     @property
     def data_wait_share(self) -> float:
@@ -161,10 +179,9 @@ def predict_outputs(model: HybridSurvivalNet, arrays: SurvivalArrays, choice: De
     return torch.cat(outputs).numpy().astype(np.float32)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, fit: FitParams,
-              steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    warmup = fit.warmup_epochs * steps_per_epoch
-    total = fit.epochs * steps_per_epoch
+def _schedule(optimizer: torch.optim.Optimizer, fit: FitParams) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per step (= per epoch: every step is full-batch): linear warm-up, then cosine decay or constant."""
+    warmup, total = fit.warmup_epochs, fit.epochs
     schedulers: list[torch.optim.lr_scheduler.LRScheduler] = []
     if warmup:
         schedulers.append(torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup))
@@ -186,10 +203,165 @@ def _improved(score: float, best: float, monitor: str) -> bool:
 ProgressFn = Callable[[EpochRecord], None]
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A whole set of patients as tensors on the training device (``images``/``tabular`` None when absent)."""
+
+    images: torch.Tensor | None
+    tabular: torch.Tensor | None
+    time: torch.Tensor
+    event: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.time.shape[0])
+
+
+def as_batch(arrays: SurvivalArrays, choice: DeviceChoice, images: torch.Tensor | None = None) -> Batch:
+    """``arrays`` on ``choice``'s device; ``images`` replaces the stored images (e.g. augmented ones)."""
+    if images is None and arrays.images is not None:
+        images = torch.from_numpy(np.ascontiguousarray(arrays.images, dtype=np.float32))
+    tabular = torch.from_numpy(np.ascontiguousarray(arrays.tabular, dtype=np.float32)) \
+        if arrays.tabular is not None else None
+    moved = _batch_to({k: v for k, v in {"images": images, "tabular": tabular}.items() if v is not None}, choice)
+    return Batch(moved.get("images"), moved.get("tabular"),
+                 torch.from_numpy(arrays.time_days.astype(np.float32)).to(choice.device),
+                 torch.from_numpy(arrays.event.astype(bool)).to(choice.device))
+
+
+def _seeded(forward: Callable[[slice], torch.Tensor], chunk: slice, seed: int) -> torch.Tensor:
+    """``forward(chunk)`` with the random draws (dropout) fixed by ``seed``: the two passes of a chunked step
+    see the same network."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return forward(chunk)
+
+
+def full_batch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    forward: Callable[[slice], torch.Tensor], loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                    n: int, chunk_size: int, seed: int) -> float:
+    """One optimiser step on the loss of all ``n`` patients' outputs (``forward(rows)`` gives the outputs of a
+    slice of patients). With more than ``chunk_size`` patients the forward pass runs in chunks twice: without
+    gradients for the outputs and the loss's gradient with respect to them, then with gradients,
+    back-propagating those output gradients chunk by chunk (same chunks and random draws; running
+    statistics restored after the first pass): the parameters' gradient is the full-batch one, exactly."""
+    optimizer.zero_grad(set_to_none=True)
+    if n <= chunk_size:
+        loss = loss_fn(forward(slice(0, n)))
+        loss.backward()  # type: ignore[no-untyped-call]
+    else:
+        chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+        saved = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+        with torch.no_grad():
+            outputs = torch.cat([_seeded(forward, c, seed + j) for j, c in enumerate(chunks)])
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(saved[name])
+        leaf = outputs.detach().requires_grad_(True)
+        loss = loss_fn(leaf)
+        loss.backward()  # type: ignore[no-untyped-call]
+        gradient = leaf.grad
+        if gradient is None:  # pragma: no cover - the loss depends on the outputs
+            raise RuntimeError("the loss has no gradient with respect to the outputs")
+        for j, c in enumerate(chunks):
+            _seeded(forward, c, seed + j).backward(gradient[c])  # type: ignore[no-untyped-call]
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _loss(network: NetworkParams, fit: FitParams, centre: float, output: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return objective_loss(network.objective, output, batch.time, batch.event, centre=centre, censored=fit.censored,
+                          ties=fit.ties)
+
+
+def inner_folds(time: npt.NDArray[np.float64], event: npt.NDArray[np.bool_], x: npt.NDArray[np.float32],
+                folds: int) -> npt.NDArray[np.int64]:
+    """An inner fold per patient: patients ordered by survival time (then event and their tabular values: no
+    identifier, so no key, decides the order) and dealt out in turn, so every inner fold spans the times."""
+    order = np.lexsort((*x.T[::-1], event, time))
+    assigned = np.empty(len(time), dtype=np.int64)
+    assigned[order] = np.arange(len(time)) % folds
+    return assigned
+
+
+def _fit_linear(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
+                time: torch.Tensor, event: torch.Tensor, penalty: float, initial: dict[str, torch.Tensor]) -> None:
+    """The tabular term fitted to convergence (L-BFGS, full batch) with an L2 penalty on its weights."""
+    tabular = model.tabular
+    if tabular is None:  # pragma: no cover - checked by the caller
+        raise ConfigError("no tabular term to fit")
+    tabular.load_state_dict(initial)
+    weights = [p for name, p in tabular.named_parameters() if name.endswith("weight")]
+    optimizer = torch.optim.LBFGS(list(tabular.parameters()), lr=1.0, max_iter=fit.tabular_iterations,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = objective_loss(network.objective, model.embed_tabular(x), time, event, centre=centre,
+                              censored=fit.censored, ties=fit.ties)
+        loss = loss + penalty * sum((w**2).sum() for w in weights)
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
+
+
+def _total_loss(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
+                time: torch.Tensor, event: torch.Tensor) -> float:
+    """The unpenalised loss summed over patients (Cox: the negative log partial likelihood over these patients'
+    own risk sets)."""
+    with torch.no_grad():
+        out = model.embed_tabular(x)
+        if network.objective == "cox":
+            return float(cox_loss(out[:, 0], time, event, fit.ties, reduction="sum"))
+        return float(objective_loss(network.objective, out, time, event, centre=centre, censored=fit.censored,
+                                    ties=fit.ties)) * len(time)
+
+
+def fit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, train: Batch,
+                     stop: Batch) -> tuple[float, dict[str, float]]:
+    """Phase 1 of the additive fusion: the tabular term's L2 penalty (on its weights, not the biases) is chosen by
+    cross-validation inside the fold's training patients (``train`` and ``stop``; ``fit.tabular_cv_folds``
+    inner folds, :func:`inner_folds`), and the term is then fitted to convergence on all of them with that
+    penalty and frozen. For a Cox term the criterion is the cross-validated partial likelihood of Verweij and van
+    Houwelingen (Stat Med 1993): each inner fold contributes l(b_-k) - l_-k(b_-k), the log partial likelihood
+    of all patients minus that of the patients the fit saw, which stays stable with few deaths per inner fold;
+    for the other objectives, the held-out loss. Ties: the larger penalty. Returns the penalty kept and every
+    penalty's criterion (lower is better)."""
+    tabular = model.tabular
+    if tabular is None or train.tabular is None or (len(stop) and stop.tabular is None):
+        raise ConfigError("the tabular term needs the tabular vector")
+    x = torch.cat([train.tabular, stop.tabular]) if len(stop) and stop.tabular is not None else train.tabular
+    time, event = torch.cat([train.time, stop.time]), torch.cat([train.event, stop.event])
+    initial = copy.deepcopy(tabular.state_dict())
+    model.eval()  # a deterministic objective for L-BFGS (dropout off; the L2 penalty regularises)
+    assigned = inner_folds(time.cpu().numpy().astype(float), event.cpu().numpy().astype(bool),
+                           x.detach().cpu().numpy(), min(fit.tabular_cv_folds, len(time)))
+    tried: dict[str, float] = {}
+    for penalty in fit.tabular_penalties:
+        total = 0.0
+        for k in np.unique(assigned):
+            held = torch.from_numpy(assigned == k).to(x.device)
+            kept = ~held
+            _fit_linear(model, network, fit, centre, x[kept], time[kept], event[kept], penalty, initial)
+            if network.objective == "cox":
+                total += _total_loss(model, network, fit, centre, x, time, event) - \
+                    _total_loss(model, network, fit, centre, x[kept], time[kept], event[kept])
+            else:
+                total += _total_loss(model, network, fit, centre, x[held], time[held], event[held])
+        tried[f"{penalty:g}"] = total
+    finite = {p: tried[f"{p:g}"] for p in fit.tabular_penalties if math.isfinite(tried[f"{p:g}"])}
+    chosen = min(finite, key=lambda p: (finite[p], -p)) if finite else max(fit.tabular_penalties)
+    _fit_linear(model, network, fit, centre, x, time, event, chosen, initial)
+    for parameter in tabular.parameters():
+        parameter.requires_grad_(False)
+    return chosen, tried
+
+
 def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, train: SurvivalArrays,
-                validation: SurvivalArrays, *, sequence_channels: int, choice: DeviceChoice | None = None,
+                stop: SurvivalArrays, *, sequence_channels: int, choice: DeviceChoice | None = None,
                 progress: ProgressFn | None = None) -> TrainOutcome:
-    """Train a fresh network on ``train``, early-stopped on ``validation`` (see the module docstring)."""
+    """Train a fresh network on ``train``; every choice on ``stop`` (see the module docstring)."""
     choice = choice or choose_device(fit)
     if len(train) < 2 or not bool(train.event.any()):
         raise ConfigError(f"a fold needs at least 2 training patients and one death (got {len(train)} patients, "
@@ -199,60 +371,122 @@ def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, 
     centre = output_centre(network.objective, train.time_days)
     with torch_settings(fit.threads if choice.device.type == "cpu" else None, fit.deterministic):
         torch.manual_seed(fit.seed)
-        model = HybridSurvivalNet(network, in_chans, n_tabular).to(choice.device)
+        model = HybridSurvivalNet(network, in_chans, n_tabular, in_chans - sequence_channels).to(choice.device)
         if choice.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        dataset = SurvivalDataset(train, augment, sequence_channels, fit.seed)
-        batch_size = min(fit.batch_size, len(train))
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(train) > batch_size,
-                            num_workers=choice.workers, pin_memory=choice.pin_memory,
-                            persistent_workers=choice.workers > 0,
-                            generator=torch.Generator().manual_seed(fit.seed))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=fit.learning_rate, weight_decay=fit.weight_decay)
-        scheduler = _schedule(optimizer, fit, len(loader))
-        history: list[EpochRecord] = []
-        best_state, best_epoch, best = copy.deepcopy(model.state_dict()), 0, float("nan")
-        stale, stopped = 0, False
-        k_slices = int(train.images.shape[1]) if train.images is not None else 0
-        for epoch in range(1, fit.epochs + 1):
-            dataset.set_epoch(epoch)
-            model.train()
-            started, waiting, losses, seen = time.perf_counter(), 0.0, [], 0
-            fetch = time.perf_counter()
-            for batch in loader:
-                batch = _batch_to(batch, choice)
-                waiting += time.perf_counter() - fetch
-                output = _forward(model, batch, choice)
-                loss = objective_loss(network.objective, output, batch["time"], batch["event"], centre=centre,
-                                      censored=fit.censored, ties=fit.ties)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
-                scheduler.step()
-                losses.append(float(loss.detach()))
-                seen += len(batch["time"])
-                fetch = time.perf_counter()
-            lr = float(optimizer.param_groups[0]["lr"])
-            val_loss, val_c = _validate(model, network, fit, validation, choice, centre)
-            record = EpochRecord(epoch, float(np.mean(losses)), val_loss, val_c, lr, time.perf_counter() - started,
-                                 waiting, seen, seen * k_slices)
-            history.append(record)
-            if progress is not None:
-                progress(record)
-            score = val_c if fit.monitor == "cindex" else val_loss
-            if len(validation) == 0:
-                score = -record.train_loss if fit.monitor == "cindex" else record.train_loss
-            if _improved(score, best, fit.monitor) or best_epoch == 0:
-                best, best_epoch, stale = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                stale += 1
-            if stale >= fit.patience and epoch >= fit.min_epochs:
-                stopped = True
-                break
-        model.load_state_dict(best_state)
+        train_batch, stop_batch = as_batch(train, choice), as_batch(stop, choice)
+        penalty: float | None = None
+        penalties: dict[str, float] = {}
+        if model.fusion == "additive" and model.tabular is not None:
+            penalty, penalties = fit_tabular_term(model, network, fit, centre, train_batch, stop_batch)
+        history, best_epoch, best, stopped = _train_images(model, network, fit, augment, train, train_batch, stop,
+                                                           sequence_channels, centre, choice, progress)
         model.eval()
-    return TrainOutcome(model, history, best_epoch, best, stopped, centre, choice.describe())
+    return TrainOutcome(model, history, best_epoch, best, stopped, centre, choice.describe(), penalty, penalties)
+
+
+def augmented_images(arrays: SurvivalArrays, augment: AugmentParams, sequence_channels: int, seed: int,
+                     epoch: int) -> torch.Tensor:
+    """Every patient's image input augmented for ``epoch`` (draws fixed by seed, epoch and patient)."""
+    if arrays.images is None:
+        raise ValueError("no images to augment")
+    dataset = SurvivalDataset(arrays, augment, sequence_channels, seed)
+    dataset.set_epoch(epoch)
+    return torch.stack([dataset[i]["images"] for i in range(len(arrays))])
+
+
+def _train_images(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, augment: AugmentParams,
+                  train: SurvivalArrays, train_batch: Batch, stop: SurvivalArrays, sequence_channels: int,
+                  centre: float, choice: DeviceChoice, progress: ProgressFn | None,
+                  ) -> tuple[list[EpochRecord], int, float, bool]:
+    """Phase 2: the image term (additive) or every parameter (concat, image variant), one full-batch step per
+    epoch; the best epoch on the stopping patients is kept (epoch 0, the model before any step, only in the
+    additive fusion, where it is the tabular model alone)."""
+    k_slices = int(train.images.shape[1]) if train.images is not None else 0
+    started = time.perf_counter()
+    loss0 = _full_loss(model, network, fit, centre, train_batch)
+    stop_loss, stop_c = _validate(model, network, fit, stop, choice, centre)
+    history = [EpochRecord(0, loss0, stop_loss, stop_c, 0.0, time.perf_counter() - started, 0.0, len(train), 0)]
+    if progress is not None:
+        progress(history[0])
+    additive = model.fusion == "additive"
+    trainable = model.image_parameters() if additive else [p for p in model.parameters() if p.requires_grad]
+    if model.backbone is None and additive:  # the tabular model alone: nothing more to train
+        return history, 0, _score(history[0], fit), False
+    fixed_tabular = None
+    if additive and model.tabular is not None and train_batch.tabular is not None:
+        with torch.no_grad():
+            fixed_tabular = model.embed_tabular(train_batch.tabular)
+    optimizer = torch.optim.AdamW(trainable, lr=fit.learning_rate, weight_decay=fit.weight_decay)
+    scheduler = _schedule(optimizer, fit)
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, best = (0, _score(history[0], fit)) if additive else (0, float("nan"))
+    stale, stopped = 0, False
+    for epoch in range(1, fit.epochs + 1):
+        began = time.perf_counter()
+        images = None
+        if train.images is not None:
+            images = augmented_images(train, augment, sequence_channels, fit.seed, epoch)
+        batch = as_batch(train, choice, images)
+        data_seconds = time.perf_counter() - began
+
+        def forward(rows: slice, batch: Batch = batch) -> torch.Tensor:
+            images = batch.images[rows] if batch.images is not None else None
+            if additive:  # the fixed tabular term plus the image term
+                tabular = fixed_tabular[rows] if fixed_tabular is not None else None
+                return _autocast(choice, lambda: model.combine(model.embed_images(images), tabular))  # type: ignore[arg-type]
+            return _autocast(choice, lambda: model(images, batch.tabular[rows] if batch.tabular is not None else None))
+
+        model.train()
+        def loss_fn(out: torch.Tensor, batch: Batch = batch) -> torch.Tensor:
+            return _loss(network, fit, centre, out, batch)
+
+        train_loss = full_batch_step(model, optimizer, forward, loss_fn, len(batch), fit.chunk_size,
+                                     fit.seed * 1000 + epoch)
+        scheduler.step()
+        stop_loss, stop_c = _validate(model, network, fit, stop, choice, centre)
+        record = EpochRecord(epoch, train_loss, stop_loss, stop_c, float(optimizer.param_groups[0]["lr"]),
+                             time.perf_counter() - began, data_seconds, len(train), len(train) * k_slices)
+        history.append(record)
+        if progress is not None:
+            progress(record)
+        score = _score(record, fit)
+        if len(stop) == 0:
+            score = -record.train_loss if fit.monitor == "cindex" else record.train_loss
+        if _improved(score, best, fit.monitor) or (best_epoch == 0 and not additive):
+            best, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        if stale >= fit.patience and epoch >= fit.min_epochs:
+            stopped = True
+            break
+    model.load_state_dict(best_state)
+    return history, best_epoch, best, stopped
+
+
+def _autocast(choice: DeviceChoice, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    with torch.autocast(choice.device.type, dtype=choice.amp_dtype or torch.float32,
+                        enabled=choice.amp_dtype is not None):
+        out = fn()
+    return out.float()
+
+
+def _score(record: EpochRecord, fit: FitParams) -> float:
+    return record.stop_cindex if fit.monitor == "cindex" else record.stop_loss
+
+
+def _full_loss(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float,
+               batch: Batch) -> float:
+    """The loss of the whole (unaugmented) training set in eval mode, in chunks."""
+    model.eval()
+    with torch.no_grad():
+        outputs = []
+        for i in range(0, len(batch), fit.chunk_size):
+            rows = slice(i, i + fit.chunk_size)
+            outputs.append(model(batch.images[rows] if batch.images is not None else None,
+                                 batch.tabular[rows] if batch.tabular is not None else None).float())
+        return float(_loss(network, fit, centre, torch.cat(outputs), batch))
 
 
 def _validate(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, validation: SurvivalArrays,

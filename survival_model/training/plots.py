@@ -1,4 +1,4 @@
-"""Learning curves of the folds (one PNG: training/validation loss and validation C-index per epoch)."""
+"""Learning curves of the folds (one PNG: training and stopping loss, stopping C-index per epoch)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ def learning_curves(folds: Sequence[FoldResult], path: Path) -> Path:
         history = fold.history()
         colour = f"C{i % 10}"
         loss_ax.plot(history["epoch"], history["train_loss"], color=colour, alpha=0.5, linestyle="--")
-        loss_ax.plot(history["epoch"], history["val_loss"], color=colour, label=fold.name)
-        c_ax.plot(history["epoch"], history["val_cindex"], color=colour, label=fold.name)
+        loss_ax.plot(history["epoch"], history["stop_loss"], color=colour, label=fold.name)
+        c_ax.plot(history["epoch"], history["stop_cindex"], color=colour, label=fold.name)
         best = history.loc[history["epoch"] == fold.summary["best_epoch"]]
-        c_ax.scatter(best["epoch"], best["val_cindex"], color=colour, zorder=3)
-    loss_ax.set(title="loss (dashed: training, solid: validation)", xlabel="epoch", ylabel="loss")
+        c_ax.scatter(best["epoch"], best["stop_cindex"], color=colour, zorder=3)
+        loss_ax.scatter(best["epoch"], best["stop_loss"], color=colour, zorder=3)
+    loss_ax.set(title="loss (dashed: training, solid: stopping patients)", xlabel="epoch", ylabel="loss")
     c_ax.axhline(0.5, color="grey", linewidth=0.8)
-    c_ax.set(title="validation C-index (dot: best epoch, kept)", xlabel="epoch", ylabel="Harrell's C")
+    c_ax.set(title="C-index on the stopping patients (dot: epoch kept)", xlabel="epoch", ylabel="Harrell's C")
     c_ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -65,10 +65,14 @@ class TrainingResult:
 
     @property
     def name(self) -> str:
-        """``variant-objective (backbone)`` for tables."""
+        """``variant-objective [fusion] [pooling] (backbone)`` for tables: the fusion named when it is not additive,
+        the image features when they are pooled over the whole input instead of per region."""
         m = self.metrics
-        return f"{m['variant']}-{m['objective']} ({m['backbone']})" if m["variant"] != "tabular" else \
-            f"tabular-{m['objective']}"
+        if m["variant"] == "tabular":
+            return f"tabular-{m['objective']}"
+        fusion = "" if m.get("fusion", "additive") == "additive" or m["variant"] != "hybrid" else f" {m['fusion']}"
+        pooled = " global" if m.get("image_features") == "global" else ""
+        return f"{m['variant']}-{m['objective']}{fusion}{pooled} ({m['backbone']})"
 
     def files(self) -> list[Path]:
         return [self.folder / "metrics.json", self.predictions_path, self.folder / "result.json",
@@ -117,12 +121,19 @@ def ensemble_outputs(folds: Sequence[FoldResult], frame: pd.DataFrame, images: n
 
 
 def _cv_summary(folds: Sequence[FoldResult]) -> dict[str, Any]:
-    values = [float(f.summary["val_cindex"]) for f in folds]
-    finite = [v for v in values if np.isfinite(v)]
+    """Every fold's validation C-index (its validation patients scored once by the kept model: honest) as mean
+    ± SD, and the C-index on the stopping patients that chose the model (selection-biased, for the record)."""
+    def mean_sd(key: str) -> tuple[float, float]:
+        finite = [v for v in (float(f.summary[key]) for f in folds) if np.isfinite(v)]
+        return (float(np.mean(finite)) if finite else float("nan"),
+                float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"))
+
+    (val_mean, val_sd), (stop_mean, stop_sd) = mean_sd("validation_cindex"), mean_sd("stop_cindex")
     return {
-        "val_cindex_mean": float(np.mean(finite)) if finite else float("nan"),
-        "val_cindex_sd": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
-        "per_fold": {f.name: {k: f.summary[k] for k in ("val_cindex", "best_epoch", "epochs", "seconds")}
+        "validation_cindex_mean": val_mean, "validation_cindex_sd": val_sd,
+        "stop_cindex_mean": stop_mean, "stop_cindex_sd": stop_sd,
+        "per_fold": {f.name: {k: f.summary[k] for k in ("validation_cindex", "stop_cindex", "best_epoch", "epochs",
+                                                        "tabular_penalty", "seconds")}
                      for f in folds},
     }
 
@@ -165,6 +176,8 @@ def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: 
 
     metrics: dict[str, Any] = {
         "objective": objective, "variant": training.network.variant, "backbone": training.network.backbone,
+        "fusion": training.network.fusion,
+        "image_features": training.network.image_features,
         "test": {"patients": len(test), "deaths": int(event.sum()), "cindex": boot(risk, time, event)},
         "cv": _cv_summary(folds),
         "per_site": {str(site): {"patients": len(g), "cindex": harrell_c(g["risk"], g["time_days"], g["event"])}

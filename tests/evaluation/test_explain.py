@@ -100,7 +100,8 @@ def test_grad_cam_maps_every_slice_of_every_patient() -> None:
     from survival_model.training.folds import FoldModel
 
     torch.manual_seed(0)
-    net = HybridSurvivalNet(NetworkParams(backbone="resnet18", variant="image"), in_chans=2, n_tabular=0).eval()
+    params = NetworkParams(backbone="resnet18", variant="image", fusion="concat")  # an additive term starts at 0
+    net = HybridSurvivalNet(params, in_chans=2, n_tabular=0).eval()
     explainer = EnsembleExplainer([FoldModel(net, None, {"network": {"objective": "cox"}})] * 2, "cox", 0.0,
                                   ["t1c", "t2f"])
     rng = np.random.default_rng(0)

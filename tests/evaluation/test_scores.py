@@ -61,13 +61,14 @@ def test_the_papers_metrics_use_uncensored_patients_only() -> None:
         Outcome.of([1.0, 2.0], [True])
 
 
-def test_bootstrap_intervals_bracket_each_score() -> None:
-    x_train, train = risk_cohort(200, 1)
-    x_test, test = risk_cohort(60, 2)
-    scores = bootstrap_scores(x_train, train, x_test, test, tau=730, resamples=30, seed=1)
-    for name in ("harrell_c", "uno_c", "integrated_brier", "auc_12m"):
-        s = scores[name]
-        assert s["low"] <= s["value"] <= s["high"], name
+def test_bootstrap_intervals_narrow_with_the_square_root_of_the_test_set() -> None:
+    x_train, train = risk_cohort(300, 1)
+    x_test, test = risk_cohort(240, 2)
+    whole = bootstrap_scores(x_train, train, x_test, test, tau=730, resamples=100, seed=1)
+    quarter = bootstrap_scores(x_train, train, x_test[:60], test.take(np.arange(60)), tau=730, resamples=100, seed=1)
+    for name in ("harrell_c", "uno_c", "integrated_brier"):
+        ratio = (quarter[name]["high"] - quarter[name]["low"]) / (whole[name]["high"] - whole[name]["low"])
+        assert 1.4 < ratio < 2.9, (name, ratio)  # a quarter of the patients: about twice as wide
 
 
 def test_a_test_patient_followed_beyond_the_training_patients_does_not_void_uno_c_or_the_auc() -> None:

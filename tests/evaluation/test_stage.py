@@ -26,7 +26,7 @@ def noisy_network(splits: Splits, oracle: pd.Series, noise: float, seed: int, na
 @pytest.fixture(scope="module")
 def cohort() -> tuple[pd.DataFrame, pd.Series, Splits]:
     table, oracle = clinical_cohort(240, 5, sites="abc")
-    return table, oracle, make_splits(table, SplitParams(folds=3))
+    return table, oracle, make_splits(table.assign(source_digest=table["case_id"]), SplitParams(folds=3))
 
 
 CLINICAL = ["age", "kps", "extracranial", "n_brain_mets", "sex"]
@@ -35,9 +35,24 @@ CLINICAL = ["age", "kps", "extracranial", "n_brain_mets", "sex"]
 def test_every_model_is_scored_on_the_same_test_patients_beside_the_oracle(cohort: tuple) -> None:
     table, oracle, splits = cohort
     evaluation = EvaluationParams(score_resamples=20, baselines=["gpa", "cox_clinical", "rsf"])
-    models, cv = model_risks(table, splits, [noisy_network(splits, oracle, 0.5, 0)], CLINICAL, evaluation, oracle)
+    models, cv, oof = model_risks(table, splits, [noisy_network(splits, oracle, 0.5, 0)], CLINICAL, evaluation,
+                                  oracle)
     assert list(models) == ["network", "gpa", "cox_clinical", "rsf", "oracle"]
     assert set(cv) == {"network", "gpa", "cox_clinical", "rsf"}
+    # out of fold: every development patient scored by the model of the fold that validated it
+    assert set(oof.risks) == set(models) and oof.case_ids == tuple(splits.development)
+    fold = splits.folds[1]
+    inside = np.isin(oof.case_ids, fold.validation)
+    assert (oof.fold[inside] == 1).all() and np.isfinite(oof.risks["cox_clinical"]).all()
+    from survival_model.evaluation.baselines import baselines, fit_baseline
+    from survival_model.evaluation.stage import rows
+
+    own = fit_baseline(baselines(CLINICAL)["cox_clinical"], rows(table, fold.train), evaluation.seed)
+    expected = own.risk(rows(table, fold.validation)) - own.risk(rows(table, fold.train)).mean()  # centred
+    np.testing.assert_allclose(oof.risks["cox_clinical"][inside], expected)
+    from survival_model.features.scores import gpa
+
+    np.testing.assert_allclose(oof.risks["gpa"][inside], -gpa(rows(table, fold.validation))[0])  # not centred
     comparison, per_site = compare(table, splits, models, evaluation)
     assert list(comparison.index) == list(models)
     c = comparison["harrell_c"]
@@ -52,7 +67,7 @@ def test_every_score_has_a_mean_and_sd_over_the_folds(cohort: tuple) -> None:
     table, oracle, splits = cohort
     evaluation = EvaluationParams(score_resamples=0, baselines=["gpa"])
     net = noisy_network(splits, oracle, 0.3, 1)
-    _, cv = model_risks(table, splits, [net], CLINICAL, evaluation, None)
+    _, cv, _ = model_risks(table, splits, [net], CLINICAL, evaluation, None)
     scores = cv["network"]
     assert {"harrell_c", "uno_c", "integrated_brier", "auc_12m", "mae_days_uncensored"} <= set(scores)
     by_fold = [harrell_c(v, table.set_index("case_id").loc[list(v.index), "time_days"],
@@ -76,4 +91,7 @@ def test_a_network_with_its_own_predicted_days_is_scored_on_them(cohort: tuple, 
     assert len(risks[(risks["model"] == "gpa") & (risks["set"] == "test")]) == len(splits.test)
     again = load_comparison(tmp_path / "stage")
     assert again is not None and again.comparison.equals(result.comparison)
-    assert "CV" in (tmp_path / "stage" / "comparison" / "table.md").read_text(encoding="utf-8")
+    table_md = (tmp_path / "stage" / "comparison" / "table.md").read_text(encoding="utf-8")
+    assert "CV" in table_md and "Out of fold" in table_md
+    assert "headroom" not in again.oof.columns  # no oracle given here: no headroom
+    assert "vs_gpa_harrell_c_low" in again.oof.columns and set(again.oof.index) == {"network", "timer", "gpa"}

@@ -17,6 +17,7 @@ from flows import cli, deploy
 from flows.pipeline import pipeline
 from survival_model import local_servers
 from survival_model.config import Params, load_params
+from survival_model.errors import ConfigError
 from tests.conftest import REPO
 
 HAS_PREDICT = (REPO / "flows" / "predict.py").is_file()
@@ -113,6 +114,24 @@ def flow_at(entrypoint: str) -> Any:
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 
 
+def test_prefect_yaml_deployments_read_the_pseudonym_key_from_a_secret_block_and_never_create_one() -> None:
+    for entry in prefect_yaml().values():
+        overrides = entry["parameters"]["overrides"]
+        assert overrides["privacy.key_secret_block"] and overrides["privacy.create_key_if_missing"] is False
+        params = load_params(REPO / entry["parameters"]["params_path"], overrides)
+        assert params.privacy.key_secret_block == "survival-model-pseudonym-key"
+    text = (REPO / "prefect.yaml").read_text(encoding="utf-8")
+    assert "Secret(value=" in text and "job_variables" not in text.split("deployments:")[1]  # no key stored
+
+
+def test_serve_refuses_when_its_runs_would_find_no_pseudonym_key(project: Path) -> None:
+    (project / "pseudonym.key").unlink()
+    params = load_params(project / "params.yaml")
+    with pytest.raises(ConfigError, match=r"no pseudonymisation key: .*from a Prefect deployment"):
+        deploy.deployments(params, project / "params.yaml")
+    assert not (project / "pseudonym.key").exists()  # and none was created
+
+
 def test_prefect_yaml_schedules_the_pipeline_as_params_yaml_does() -> None:
     data = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
     assert list(data["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
@@ -145,11 +164,13 @@ def test_prefect_yaml_predicts_with_the_prediction_flow() -> None:
 @pytest.fixture()
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of params.yaml with private servers home; Prefect's environment restored afterwards."""
-    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     data["privacy"]["key_file"] = str(tmp_path / "pseudonym.key")
+    (tmp_path / "pseudonym.key").write_text("0123456789abcdef0123456789abcdef\n")  # as a first local run leaves it
     data["servers"]["home"] = str(tmp_path / "servers")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     shutil.copytree(REPO / "infra", tmp_path / "infra")
+    monkeypatch.delenv("SURVIVAL_MODEL_PSEUDONYM_KEY", raising=False)
     # `serve` sets Prefect's environment for its process: recorded here so that it is restored
     monkeypatch.setenv("PREFECT_HOME", os.environ.get("PREFECT_HOME", str(tmp_path / "prefect")))
     monkeypatch.setenv("PREFECT_API_URL", "")

@@ -15,7 +15,7 @@ from flows.training import training, variant_params
 from survival_model.config import Params
 from survival_model.evaluation.stage import evaluation_folder, evaluation_key
 from tasks import evaluation as t
-from tests.conftest import params_for
+from tests.conftest import params_for, split_seed
 from tests.flows.test_ingest_flow import task_states
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -78,8 +78,10 @@ def test_the_tasks_run_on_their_own(tiny_cohort_master: Path, tmp_path: Path) ->
                                     tmp_path / "twice")  # two networks of one name (e.g. two poolings) stay apart
         assert list(twice.comparison.index[:2]) == [trained.name, f"{trained.name} [{trained.folder.name[:8]}]"]
 
+        seed = split_seed(tiny_cohort_master, test_fraction=0.3, start=7)  # another valid split of these patients
+        assert seed is not None
         reseeded = params.model_copy(update={"training": params.training.model_copy(update={
-            "splits": params.training.splits.model_copy(update={"seed": 7, "test_fraction": 0.3})})})
+            "splits": params.training.splits.model_copy(update={"seed": seed, "test_fraction": 0.3})})})
         other = training(reseeded, cohort, table)
         with pytest.raises(ValueError, match="different splits"):
             t.compare_models.fn(table.table_path, [trained, other], None, clinical, params.evaluation, None,

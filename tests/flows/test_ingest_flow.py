@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowR
 
 from flows.ingest import ingest
 from survival_model.config import Params
-from survival_model.ingest.privacy import Pseudonymiser
+from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 from tests.conftest import TRAIN_FAST, params_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 def expected_quarantine(data_dir: Path, params: Params) -> dict[str, str]:
     """case id -> reason, from the generator's ground truth."""
-    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    pseudonymiser = resolve_pseudonymiser(params.privacy)
     table = pd.read_csv(data_dir / "ground_truth" / "expected_quarantine.csv", dtype=str)
     return {pseudonymiser.case_id(r.site, r.patient_key): r.reason for r in table.itertuples()}
 
@@ -68,7 +68,7 @@ def test_every_bad_patient_is_quarantined_for_its_reason_and_the_rest_is_intact(
 
     truth = pd.read_csv(tiny_cohort_master / "ground_truth" / "patients.csv", dtype={"patient_key": str})
     good = truth[truth["bad_reason"].isna()]
-    pseudonymiser = Pseudonymiser.from_params(params.privacy)
+    pseudonymiser = resolve_pseudonymiser(params.privacy)
     good_ids = {pseudonymiser.case_id(r.site, r.patient_key) for r in good.itertuples()}
     assert set(cohort["case_id"]) == good_ids
     assert cohort_result.summary["patients"] == 10
@@ -127,7 +127,7 @@ def test_second_run_is_cached_and_a_changed_image_reruns_that_patient_only(
 
     # one changed case makes a new stage key: the per-case tasks run, and only that case recomputes
     _, states4 = run_ingest(params)
-    changed_id = Pseudonymiser.from_params(params.privacy).case_id("site_a", "SYN-MET-00002-000")
+    changed_id = resolve_pseudonymiser(params.privacy).case_id("site_a", "SYN-MET-00002-000")
     images = {n: s for n, s in states4.items() if n.startswith("images-")}
     assert images[f"images-{changed_id}"] == "Completed"
     assert all(s == "Cached" for n, s in images.items() if n != f"images-{changed_id}")
@@ -173,9 +173,11 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
 
     params = params_for(tiny_cohort_master, tmp_path / "work")
     params_file = tmp_path / "params.yaml"
-    params_file.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    params_file.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text(encoding="utf-8"),
+                           encoding="utf-8")
     overrides = {
         **TRAIN_FAST,
+        "training.splits.seed": params.training.splits.seed,  # one that suits the tiny cohort (split_seed)
         "evaluation.ground_truth.path": str(tiny_cohort_master / "ground_truth" / "patients.csv"),
         "work_dir": str(params.work_dir),
         "privacy.key_file": str(params.privacy.key_file),
@@ -189,7 +191,7 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
     assert sorted(c.name for c in children) == ["evaluation", "imaging", "ingest", "registry", "training",
-                                                "training-hybrid-mse-test_efficientnet", "training-tabular-cox"]
+                                                "training-tabular-cox"]
     assert all(c.state is not None and c.state.is_completed() for c in children)
 
     from mlflow import MlflowClient
@@ -218,8 +220,8 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     assert feature_artifacts == {"features/schema.json", "features/qc_summary.json", "features/qc_table.csv",
                                  "features/quarantine.csv"}
     # training: the ensemble's test C-index beside the oracle, one nested run per fold with its curves
-    test_c = result.training_metrics["test"]["cindex"]["value"]  # NaN when the 2 test patients are not comparable
-    assert run.data.metrics["test.patients"] == 2
+    test_c = result.training_metrics["test"]["cindex"]["value"]  # NaN when the test patients are not comparable
+    assert run.data.metrics["test.patients"] == result.training_metrics["test"]["patients"] >= 2
     assert run.data.metrics.get("test.cindex", float("nan")) == test_c or test_c != test_c
     assert run.data.tags["model.backbone"] == "test_efficientnet"
     training_artifacts = {a.path for a in client.list_artifacts(result.mlflow_run_id, "training")}
@@ -229,8 +231,8 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
                                 filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_run_id}'")
     assert sorted(r.data.tags["fold"] for r in nested) == ["fold-1", "fold-2"]
     for child in nested:
-        curve = client.get_metric_history(child.info.run_id, "val_cindex")
-        assert [m.step for m in curve] == [1, 2]
+        curve = client.get_metric_history(child.info.run_id, "train_loss")
+        assert [m.step for m in curve] == [0, 1, 2]  # epoch 0: the model before the image phase
         assert {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")} >= {
             "checkpoint/model.safetensors", "checkpoint/config.json"}
 
@@ -243,7 +245,8 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary",
             "training-summary", "training-folds", "model-comparison", "model-comparison-summary",
             "evaluation-report", "promotion-decision", "model-versions"} <= set(by_key)
-    assert run.data.tags["registry.version"] == "1" and run.data.tags["registry.gate"] in ("promoted", "refused")
+    assert run.data.tags["registry.version"] == "1" and run.data.tags["registry.gate"] in (
+        "promoted", "refused", "undefined")  # 10 patients: often too few test patients to decide
     assert "Promotion gate" in str(by_key["promotion-decision"].data)
     assert {a.path for a in client.list_artifacts(result.mlflow_run_id, "model")} >= {"model/MLmodel"}
     assert "gpa" in str(by_key["model-comparison"].data) and "oracle" in str(by_key["model-comparison"].data)

@@ -11,7 +11,7 @@ from survival_model.config import ImageSource, PrivacyParams
 from survival_model.errors import ConfigError, DataSourceError
 from survival_model.ingest.discovery import discover_cases
 from survival_model.ingest.ids import normalise_id
-from survival_model.ingest.privacy import Pseudonymiser, load_or_create_key
+from survival_model.ingest.privacy import Pseudonymiser, key_from_text, load_or_create_key
 
 
 @pytest.mark.parametrize(
@@ -47,12 +47,28 @@ def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     path = tmp_path / "keys" / "pseudonym.key"
     with pytest.raises(ConfigError, match="not found"):
         load_or_create_key(path, create=False)
-    first = Pseudonymiser.from_params(PrivacyParams(key_file=path))
+    first = Pseudonymiser(load_or_create_key(path, create=True))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert Pseudonymiser.from_params(PrivacyParams(key_file=path)).fingerprint == first.fingerprint
+    assert Pseudonymiser(load_or_create_key(path, create=False)).fingerprint == first.fingerprint
     path.write_bytes(b"tiny")
     with pytest.raises(ConfigError, match="fewer than 16 bytes"):
         load_or_create_key(path, create=True)
+
+
+def test_the_same_key_text_is_the_same_key_from_any_source_and_the_library_reads_no_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "0123456789abcdef0123456789abcdef"
+    (tmp_path / "key").write_text(text + "\n")
+    assert key_from_text(f"  {text}\n", "a secret") == load_or_create_key(tmp_path / "key", create=False)
+    with pytest.raises(ConfigError, match="key from the environment variable X holds fewer than 16 bytes"):
+        key_from_text("short", "the environment variable X")
+    monkeypatch.setenv("SURVIVAL_MODEL_PSEUDONYM_KEY", "z" * 32)  # the library ignores it: the flows read it
+    assert Pseudonymiser(load_or_create_key(tmp_path / "key", create=False)).case_id("s", "1") == \
+        Pseudonymiser(text.encode()).case_id("s", "1")
+    assert PrivacyParams().key_env == "SURVIVAL_MODEL_PSEUDONYM_KEY" and PrivacyParams().key_secret_block is None
+    with pytest.raises(ValueError, match="must be a name or null"):
+        PrivacyParams(key_env=" ")
 
 
 def test_discovery_finds_cases_with_missing_files_and_ignores_junk(tmp_path: Path) -> None:

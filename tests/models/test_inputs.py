@@ -12,6 +12,7 @@ from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
 from survival_model.models.inputs import (
     build_image_input,
+    lesion_window,
     load_image_input,
     roi_square,
     slice_positions,
@@ -67,6 +68,28 @@ def test_slices_span_the_tumour_and_one_goes_through_the_largest_lesion() -> Non
         slice_positions(np.zeros(SHAPE, dtype=np.uint8), 4)
 
 
+def test_the_lesion_window_has_one_size_in_mm_and_its_slices_span_the_largest_lesion(
+    patient: tuple[dict[str, Path], Path]
+) -> None:
+    seg = labels()
+    positions = slice_positions(seg, 4, roi="lesion")
+    assert positions[0] == 12 - 5 and positions[-1] == 12 + 5 and 12 in positions  # the large lesion's core only
+    row0, col0, side = lesion_window(seg, (2.0, 2.0), window_mm=40.0)
+    assert side == 20  # 40 mm at 2 mm, centred on the core (within half a voxel: an even side)
+    assert abs(row0 + (side - 1) / 2 - 18) <= 0.5 and abs(col0 + (side - 1) / 2 - 18) <= 0.5
+    images, path = patient
+    params = ImageInputParams(slices=4, size=16, roi="lesion", window_mm=40.0, sequences=["t1c"],
+                              mask_channels=["tc"])
+    x = build_image_input(images, path, params)
+    assert x.shape == (4, 2, 16, 16)
+    core = x[:, 1].sum(axis=(1, 2))
+    assert core[1] > 0 and core[2] > 0  # the middle slices cut the core ...
+    small = labels()
+    small[ball((12, 18, 18), 8)] = 0  # ... and a window of the same millimetres around a smaller lesion
+    small[ball((12, 18, 18), 3)] = 3
+    assert lesion_window(small, (2.0, 2.0), window_mm=40.0)[2] == 20
+
+
 def test_the_roi_is_a_square_holding_the_whole_tumour_with_its_margin() -> None:
     seg = labels()
     row0, col0, side = roi_square(seg, (2.0, 2.0), margin_mm=4.0)
@@ -81,7 +104,7 @@ def test_the_input_holds_the_chosen_slices_channels_in_order_and_masks_as_zero_o
     patient: tuple[dict[str, Path], Path]
 ) -> None:
     images, seg = patient
-    params = ImageInputParams(slices=5, size=32, roi_margin_mm=4.0, sequences=["t1n", "t1c", "t2f"],
+    params = ImageInputParams(slices=5, size=32, roi="tumour", roi_margin_mm=4.0, sequences=["t1n", "t1c", "t2f"],
                               mask_channels=["et", "wt"])
     x = build_image_input(images, seg, params)
     assert x.shape == (5, 5, 32, 32) and x.dtype == np.float32

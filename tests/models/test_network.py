@@ -38,8 +38,9 @@ def test_the_paper_backbones_give_one_output_row_per_patient(backbone: str, obje
 def test_attention_pooling_weights_the_slices_and_mean_pooling_ignores_their_order() -> None:
     torch.manual_seed(0)
     images, tabular = inputs()
-    mean = HybridSurvivalNet(NetworkParams(backbone="resnet18", pooling="mean"), CHANNELS, TABULAR).eval()
-    attention = HybridSurvivalNet(NetworkParams(backbone="resnet18", pooling="attention"), CHANNELS, TABULAR).eval()
+    concat = {"backbone": "resnet18", "fusion": "concat"}  # an additive image term starts at zero: compare heads
+    mean = HybridSurvivalNet(NetworkParams(**concat, pooling="mean"), CHANNELS, TABULAR).eval()  # type: ignore[arg-type]
+    attention = HybridSurvivalNet(NetworkParams(**concat, pooling="attention"), CHANNELS, TABULAR).eval()  # type: ignore[arg-type]
     reversed_slices = images.flip(1)
     with torch.no_grad():
         assert torch.allclose(mean(images, tabular), mean(reversed_slices, tabular), atol=1e-5)
@@ -49,6 +50,47 @@ def test_attention_pooling_weights_the_slices_and_mean_pooling_ignores_their_ord
         changed = images.clone()
         changed[:, 0] += 1.0
         assert not torch.allclose(attention.embed_images(changed), attention.embed_images(images))
+
+
+def test_the_additive_fusion_starts_as_the_tabular_term_and_adds_an_image_term() -> None:
+    torch.manual_seed(0)
+    images, tabular = inputs()
+    net = HybridSurvivalNet(NetworkParams(backbone="resnet18", image_bottleneck=4), CHANNELS, TABULAR).eval()
+    assert net.head is None and isinstance(net.tabular, torch.nn.Sequential)
+    linear = [m for m in net.tabular.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear) == 1 and linear[0].in_features == TABULAR  # tabular_hidden [] : a linear (Cox) term
+    with torch.no_grad():
+        assert torch.equal(net(images, tabular), net.embed_tabular(tabular))  # the image term starts at zero
+        assert net.image_head is not None
+        last = [m for m in net.image_head.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.fill_(0.1)
+        moved = net(images, tabular)
+        assert not torch.equal(moved, net.embed_tabular(tabular))
+        assert torch.allclose(moved, net.embed_tabular(tabular) + net.image_term(net.embed_images(images)))
+        net.output_offset.fill_(2.5)  # type: ignore[operator]
+        assert torch.allclose(net(images, tabular), moved - 2.5)  # a fold's centring is part of the model
+    assert {id(p) for p in net.image_parameters()}.isdisjoint(id(p) for p in net.tabular_parameters())
+    assert len(net.image_parameters()) + len(net.tabular_parameters()) == len(list(net.parameters()))
+    assert "output_offset" in net.state_dict()  # saved with the weights
+
+
+def test_region_features_pool_early_feature_maps_inside_each_mask_and_follow_the_lesion() -> None:
+    torch.manual_seed(0)
+    images, _ = inputs()
+    masks = torch.zeros(BATCH, SLICES, 2, SIZE, SIZE)
+    masks[:, :, 0, 16:32, 16:32] = 1  # region 1 on every slice
+    masks[:, 1, 1, 40:48, 40:48] = 1  # region 2 on the middle slice only
+    with_masks = torch.cat([images, masks], dim=2)
+    params = NetworkParams(backbone="mobilenetv3_small_050", image_features="regions", feature_stages=[0, 1])
+    net = HybridSurvivalNet(params, CHANNELS + 2, TABULAR, region_channels=2).eval()
+    embedding = net.embed_images(with_masks)
+    assert embedding.shape == (BATCH, (16 + 8) * 3)  # (stage 0 + stage 1 channels) x (2 regions + the window)
+    brighter = with_masks.clone()
+    brighter[:, :, :CHANNELS, 16:32, 16:32] += 3.0  # brighter only inside region 1
+    moved = (net.embed_images(brighter) - embedding).abs().reshape(BATCH, 3, -1).mean(dim=(0, 2))
+    assert moved[0] > 10 * moved[1]  # region 1's features change, region 2's (elsewhere) hardly
+    with pytest.raises(ConfigError, match="mask_channels"):
+        HybridSurvivalNet(params, CHANNELS, TABULAR, region_channels=0)
 
 
 def test_tabular_only_and_image_only_variants_use_one_branch() -> None:

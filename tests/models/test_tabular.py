@@ -43,7 +43,7 @@ def test_the_pipeline_is_fitted_on_the_training_rows_only() -> None:
     train, validation = frame.iloc[:60].copy(), frame.iloc[60:].copy()
     validation["age"] = 1000.0  # wildly different: a pipeline that saw these rows would shift its scaling
     validation["primary"] = "renal"  # a category training never saw
-    pipeline, (x_train, x_val) = fit_transform_fold(TabularParams(clinical=CLINICAL), train, [validation])
+    pipeline, (x_train, x_val) = fit_transform_fold(TabularParams(clinical=CLINICAL, scores=[]), train, [validation])
     scaler = pipeline.named_steps["encode"].named_transformers_["numbers"].named_steps["standardscaler"]
     names = feature_names(pipeline)
     age = names.index("numbers__age")
@@ -59,7 +59,7 @@ def test_the_pipeline_is_fitted_on_the_training_rows_only() -> None:
 
 def test_encodings_booleans_missing_values_and_no_outcome_or_identifier_columns() -> None:
     frame = table()
-    pipeline, (x,) = fit_transform_fold(TabularParams(clinical=CLINICAL), frame)
+    pipeline, (x,) = fit_transform_fold(TabularParams(clinical=CLINICAL, scores=[]), frame)
     names = feature_names(pipeline)
     assert "numbers__extracranial" in names and "numbers__missingindicator_age" in names
     assert {"categories__sex_female", "categories__sex_male"} <= set(names)
@@ -70,7 +70,7 @@ def test_encodings_booleans_missing_values_and_no_outcome_or_identifier_columns(
 
 def test_radiomics_are_ranked_on_the_training_rows_by_concordance() -> None:
     frame = table(200, seed=1)
-    params = TabularParams(clinical=CLINICAL, radiomics_k=1)
+    params = TabularParams(clinical=CLINICAL, radiomics_k=1, scores=[])
     pipeline, _ = fit_transform_fold(params, frame.iloc[:150], [frame.iloc[150:]])
     selector = pipeline.named_steps["radiomics"]
     assert selector.selected_ == ["rad_wt_t1c_signal"]
@@ -86,11 +86,12 @@ def test_radiomics_are_ranked_on_the_training_rows_by_concordance() -> None:
 def test_site_harmonisation_runs_inside_the_fold_and_outcomes_are_refused_as_inputs() -> None:
     frame = table(120, seed=3)
     frame.loc[frame["site"] == "site_b", "vol_wt_mm3"] *= 3.0  # a site effect
-    pipeline, (x_train, x_test) = fit_transform_fold(TabularParams(clinical=CLINICAL, harmonise=True),
+    pipeline, (x_train, x_test) = fit_transform_fold(TabularParams(clinical=CLINICAL, harmonise=True, scores=[]),
                                                      frame.iloc[:90], [frame.iloc[90:]])
     assert pipeline.named_steps["harmonise"].__class__.__name__ == "SiteHarmoniser"
     assert x_test.shape[1] == x_train.shape[1]
     with pytest.raises(ValueError, match="look like survival outcomes"):
-        build_tabular_pipeline(TabularParams(clinical=["age", "time_days"])).fit(frame, survival_target(frame))
+        leaky = TabularParams(clinical=["age", "time_days"], scores=[])
+        build_tabular_pipeline(leaky).fit(frame, survival_target(frame))
     with pytest.raises(ValueError, match=r"clinical field\(s\) \['gpa'\] are not in the feature table"):
-        build_tabular_pipeline(TabularParams(clinical=["gpa"])).fit(frame, survival_target(frame))
+        build_tabular_pipeline(TabularParams(clinical=["gpa"], scores=[])).fit(frame, survival_target(frame))

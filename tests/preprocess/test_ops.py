@@ -285,6 +285,27 @@ def test_normalise_z_scores_inside_the_mask_and_zeroes_outside(clip: tuple[float
         assert values[inside].max() == pytest.approx((record.clip_high - record.mean) / record.std, rel=1e-5)
 
 
+def test_normalise_keeps_an_enhancing_lesion_and_takes_its_statistics_from_the_normal_brain() -> None:
+    rng = np.random.default_rng(4)
+    array = rng.normal(500.0, 50.0, (20, 30, 30)).astype(np.float32)
+    inside = np.zeros(array.shape, dtype=bool)
+    inside[3:17, 5:25, 5:25] = True
+    lesion = np.zeros(array.shape, dtype=np.uint8)
+    lesion[8:12, 12:18, 12:18] = 3  # 144 voxels, 2.6 % of the brain: above the 99.5th percentile
+    array[lesion > 0] = 1500.0  # enhancing: far brighter than any normal tissue
+    image, mask = sitk.GetImageFromArray(array), sitk.GetImageFromArray(inside.astype(np.uint8))
+    kept, record = ops.normalise(image, mask, (0.5, 99.5), sitk.GetImageFromArray(lesion))
+    values = sitk.GetArrayViewFromImage(kept)
+    normal = inside & (lesion == 0)
+    assert record.mean == pytest.approx(float(np.clip(array[normal], record.clip_low, record.clip_high).mean()))
+    assert record.clip_high < 700  # the limits are the normal brain's ...
+    assert values[lesion > 0] == pytest.approx((1500.0 - record.mean) / record.std)  # ... the lesion keeps its value
+    assert values[lesion > 0].min() > 15  # about 20 normal-brain SDs above the mean: the enhancement survives
+    # with the whole brain's statistics the lesion inflates the SD: its value would depend on the tumour burden
+    whole, _ = ops.normalise(image, mask, (0.5, 99.5))
+    assert sitk.GetArrayViewFromImage(whole)[lesion > 0].max() < 10
+
+
 def test_region_volumes_count_each_region_in_mm3() -> None:
     array = np.zeros((4, 4, 4), dtype=np.uint8)
     array[0, 0, :3] = 1

@@ -1,16 +1,27 @@
-"""The promotion gate's rule on deliberately built models: the true risk (better) against a noisy or reversed
-one (worse), scored on the same synthetic patients."""
+"""The promotion gate's rule on deliberately built models scored on the same synthetic patients: a small true
+difference on 30 patients is not shown (no promotion), a large one on 120 is; undefined scores and a worse
+integrated Brier score refuse, with the reason; the first model against the GPA; a champion trained under
+another pseudonym key stops the gate."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from survival_model.config import GateParams
 from survival_model.evaluation.scores import Outcome
-from survival_model.registry.gate import Decision, decide, judge, locked_patients, package_scores, score_baseline
+from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.registry.gate import (
+    Decision,
+    PseudonymKeyError,
+    check_pseudonym_key,
+    fingerprint_test_set,
+    judge,
+    locked_patients,
+)
 
 
 def cohort(n: int, seed: int) -> tuple[np.ndarray, Outcome]:
@@ -22,75 +33,133 @@ def cohort(n: int, seed: int) -> tuple[np.ndarray, Outcome]:
 
 
 class Curves:
-    """A stand-in for a packaged model: fixed risks, exponential curves around one baseline."""
+    """A stand-in for a packaged model: fixed risks, exponential curves around one baseline (``scale``: how
+    many times the true baseline hazard its curves assume)."""
 
-    def __init__(self, risk: np.ndarray) -> None:
+    def __init__(self, risk: np.ndarray, scale: float = 1.0) -> None:
         self._risk = risk
+        self.scale = scale
 
     def risk(self, frame: Any) -> np.ndarray:
         return self._risk
 
     def survival(self, risk: np.ndarray, times: np.ndarray) -> np.ndarray:
-        return np.exp(-np.outer(np.exp(risk), np.asarray(times) / 365))
+        return np.exp(-self.scale * np.outer(np.exp(risk), np.asarray(times) / 365))
 
 
-@pytest.fixture(scope="module")
-def scored() -> dict[str, dict[str, float]]:
-    train_risk, train = cohort(200, 1)
+def frame_of(outcome: Outcome, seed: int, prefix: str = "p") -> pd.DataFrame:
+    """Feature-table rows: the outcome, ids, and GPA components unrelated to it (a useless GPA)."""
+    rng = np.random.default_rng(seed)
+    n = len(outcome.time)
+    return pd.DataFrame({"case_id": [f"{prefix}{i:03d}" for i in range(n)], "time_days": outcome.time,
+                         "event": outcome.event.astype(int), "age": rng.uniform(40, 80, n),
+                         "kps": rng.choice([60, 70, 80, 90], n), "extracranial": rng.uniform(size=n) < 0.5,
+                         "n_brain_mets": rng.integers(1, 5, n)})
+
+
+def decide_on(test_n: int, seed: int, challenger_noise: float, champion_noise: float,
+              gate: GateParams | None = None) -> Decision:
+    """Challenger = truth + noise, champion = truth + more (or less) noise, on ``test_n`` test patients."""
+    _, train = cohort(200, 1)
+    truth, test = cohort(test_n, seed)
+    rng = np.random.default_rng(seed + 100)
+    challenger = Curves(truth + challenger_noise * rng.normal(size=test_n))
+    champion = Curves(truth + champion_noise * rng.normal(size=test_n))
+    locked = frame_of(test, seed)
+    return judge(challenger, locked, ("champion v1", champion, locked), frame_of(train, 4, "d"), locked,
+                 gate or GateParams(), tau=730)
+
+
+def test_a_small_true_difference_on_30_patients_is_not_promoted() -> None:
+    """Noise SD 0.8 against 1.0 (the challenger truly better by about 0.02 C): on 30 patients its point
+    estimate beats the champion by more than the old 0.005, but the interval of the difference is about
+    +-0.15 wide, so nothing is shown."""
+    decision = decide_on(30, 11, 0.8, 1.0)
+    d = decision.difference["uno_c"]
+    assert d["value"] > 0.005  # the old point-estimate rule would have promoted
+    assert not decision.promote and decision.outcome == "refused" and "does not beat" in decision.reason
+    assert d["lower"] < 0 < d["upper"] and 0.15 < d["high"] - d["low"] < 0.6
+    assert decision.patients == 30 and decision.resamples == 2000 and d["resamples"] >= 1800
+
+
+def test_a_large_difference_on_120_patients_is_promoted() -> None:
+    decision = decide_on(120, 2, 0.0, 2.0)  # the true risk against a very noisy one
+    d, ibs = decision.difference["uno_c"], decision.difference["integrated_brier"]
+    assert decision.promote and decision.outcome == "promoted" and "better with 95% confidence" in decision.reason
+    assert d["lower"] > 0 and ibs["upper"] < GateParams().ibs_margin
+    assert decision.reference == "champion v1" and decision.champion is not None and decision.baseline is None
+
+
+def test_the_confidence_and_the_margin_make_it_stricter() -> None:
+    lenient = decide_on(120, 2, 0.0, 2.0, GateParams(confidence=0.5))
+    d = lenient.difference["uno_c"]
+    assert lenient.promote
+    assert not decide_on(120, 2, 0.0, 2.0, GateParams(margin=d["lower"] + 0.01)).promote
+    strict = decide_on(120, 2, 0.0, 2.0, GateParams(confidence=0.999))
+    assert strict.difference["uno_c"]["lower"] < d["lower"]
+
+
+def test_an_undefined_score_is_refused_with_the_reason() -> None:
+    _, train = cohort(200, 1)
+    truth, test = cohort(60, 2)
+    broken = truth.copy()
+    broken[5] = np.nan
+    locked = frame_of(test, 5)
+    decision = judge(Curves(broken), locked, ("champion v1", Curves(truth), locked), frame_of(train, 4, "d"),
+                     locked, GateParams(), tau=730)
+    assert not decision.promote and decision.outcome == "undefined" and "undefined" in decision.reason
+    assert decision.tags()["gate.decision"] == "undefined" and "undefined" in decision.markdown("m", 2)
+    nobody_died = frame_of(Outcome(test.time, np.zeros(60, dtype=bool)), 5)
+    decision = judge(Curves(truth), nobody_died, ("champion v1", Curves(-truth), nobody_died),
+                     frame_of(train, 4, "d"), nobody_died, GateParams(), tau=730)
+    assert decision.outcome == "undefined" and "0 of 2000 resamples" in decision.reason
+
+
+def test_a_worse_integrated_brier_score_is_refused() -> None:
+    """The same ranking as the true risk (better C than the noisy champion) with curves that assume ten
+    times the true hazard: discrimination shown, calibration not non-inferior."""
+    _, train = cohort(200, 1)
     truth, test = cohort(120, 2)
     rng = np.random.default_rng(3)
-    models = {"better": truth, "noisy": truth + rng.normal(scale=2.0, size=len(truth)), "reversed": -truth}
-    out = {name: package_scores(Curves(r), None, train, test, tau=730) for name, r in models.items()}
-    out["gpa"] = score_baseline(train_risk * 0.2 + rng.normal(size=200), train, truth * 0.2 + rng.normal(size=120),
-                                test, tau=730)
-    return out
+    locked = frame_of(test, 5)
+    champion = Curves(truth + 2.0 * rng.normal(size=120))
+    decision = judge(Curves(truth, scale=10.0), locked, ("champion v1", champion, locked), frame_of(train, 4, "d"),
+                     locked, GateParams(), tau=730)
+    assert decision.difference["uno_c"]["lower"] > 0
+    assert not decision.promote and decision.outcome == "refused"
+    assert "not shown non-inferior" in decision.reason and decision.difference["integrated_brier"]["upper"] > 0.02
+    c_only = judge(Curves(truth, scale=10.0), locked, ("champion v1", champion, locked), frame_of(train, 4, "d"),
+                   locked, GateParams(ibs_margin=None), tau=730)  # the Brier part left out: the C part decides
+    assert c_only.promote and "ibs_margin null" in c_only.reason and c_only.tags()["gate.ibs_margin"] == "none"
+    assert "not checked" in c_only.markdown("m", 2)
 
 
-def test_the_true_risk_scores_best(scored: dict[str, dict[str, float]]) -> None:
-    assert scored["better"]["uno_c"] > scored["noisy"]["uno_c"] > 0.5 > scored["reversed"]["uno_c"]
-    assert scored["better"]["integrated_brier"] < scored["reversed"]["integrated_brier"]
-    assert all(np.isfinite(v) for s in scored.values() for v in s.values())
-
-
-def test_a_better_challenger_is_promoted_a_worse_one_refused(scored: dict[str, dict[str, float]]) -> None:
-    gate = GateParams()
-    _, test = cohort(120, 2)
-    promoted = decide(scored["better"], gate, champion=scored["noisy"], champion_label="champion v1", baseline=None,
-                      test=test)
-    assert promoted.promote and promoted.reference == "champion v1" and "beats" in promoted.reason
-    refused = decide(scored["noisy"], gate, champion=scored["better"], champion_label="champion v2", baseline=None,
-                     test=test)
-    assert not refused.promote and "does not beat" in refused.reason
-    assert refused.tags()["gate.decision"] == "refused" and refused.tags()["gate.champion.uno_c"]
-    assert "not promoted" in refused.markdown("m", 3) and "| champion v2 |" in refused.markdown("m", 3)
-
-
-def test_the_margin_and_the_brier_tolerance(scored: dict[str, dict[str, float]]) -> None:
-    _, test = cohort(120, 2)
-    better, noisy = scored["better"], scored["noisy"]
-    gap = better["uno_c"] - noisy["uno_c"]
-    too_wide = GateParams(margin=gap + 0.01)
-    assert not decide(better, too_wide, champion=noisy, champion_label="c", baseline=None, test=test).promote
-    worse_brier = {**better, "integrated_brier": noisy["integrated_brier"] + 0.05}
-    decision = decide(worse_brier, GateParams(ibs_tolerance=0.01), champion=noisy, champion_label="c",
-                      baseline=None, test=test)
-    assert not decision.promote and "integrated Brier" in decision.reason
-    undefined = {**better, "uno_c": float("nan")}
-    assert not decide(undefined, GateParams(), champion=noisy, champion_label="c", baseline=None, test=test).promote
-
-
-def test_the_first_model_must_beat_the_gpa(scored: dict[str, dict[str, float]]) -> None:
-    _, test = cohort(120, 2)
-    first = decide(scored["better"], GateParams(), champion=None, champion_label=None, baseline=scored["gpa"],
-                   test=test)
-    assert first.promote and first.reference == "gpa"
-    reversed_first = decide(scored["reversed"], GateParams(), champion=None, champion_label=None,
-                            baseline=scored["gpa"], test=test)
+def test_the_first_model_against_the_gpa() -> None:
+    _, train = cohort(200, 1)
+    truth, test = cohort(120, 2)
+    development, locked = frame_of(train, 4, "d"), frame_of(test, 5)
+    first = judge(Curves(truth), locked, None, development, locked, GateParams(), tau=730)  # the GPA is noise here
+    assert first.promote and first.reference == "gpa" and first.baseline is not None and first.champion is None
+    assert "first model, against the GPA" in first.reason and first.difference["uno_c"]["lower"] > 0
+    reversed_first = judge(Curves(-truth), locked, None, development, locked, GateParams(), tau=730)
     assert not reversed_first.promote and "GPA" in reversed_first.reason
-    assert not decide(scored["better"], GateParams(), champion=None, champion_label=None, baseline=None,
-                      test=test).promote
-    assert decide(scored["reversed"], GateParams(first_model_baseline="none"), champion=None, champion_label=None,
-                  baseline=None, test=test).promote
+    unguarded = judge(Curves(-truth), locked, None, development, locked, GateParams(first_model_baseline="none"),
+                      tau=730)
+    assert unguarded.promote and unguarded.reference == "none" and unguarded.difference == {}
+
+
+def test_a_decision_names_its_test_set_and_round_trips() -> None:
+    decision = decide_on(120, 2, 0.0, 2.0)
+    assert decision.test_set == fingerprint_test_set(frame_of(cohort(120, 2)[1], 2)["case_id"])
+    assert fingerprint_test_set(["b", "a"]) == fingerprint_test_set(["a", "b"]) != fingerprint_test_set(["a"])
+    counted = decision.counted(3)
+    assert Decision(**counted.as_dict()) == counted
+    tags = counted.tags()
+    assert tags["gate.test_set"] == decision.test_set and tags["gate.test_set_decisions"] == "3"
+    assert float(tags["gate.delta.uno_c.lower"]) == pytest.approx(decision.difference["uno_c"]["lower"], abs=1e-4)
+    assert tags["gate.confidence"] == "0.95" and tags["gate.resamples"] == "2000" and "gate.ibs_margin" in tags
+    text = counted.markdown("m", 4)
+    assert "has now served 3 gate decision(s)" in text and "one-sided lower" in text and "| champion v1 |" in text
 
 
 def test_patients_the_champion_trained_on_are_left_out() -> None:
@@ -98,35 +167,12 @@ def test_patients_the_champion_trained_on_are_left_out() -> None:
     assert locked_patients(["a", "b"], None) == (["a", "b"], 0)
 
 
-def test_a_decision_round_trips_as_a_dict(scored: dict[str, dict[str, float]]) -> None:
-    _, test = cohort(120, 2)
-    decision = decide(scored["better"], GateParams(), champion=scored["noisy"], champion_label="c", baseline=None,
-                      test=test, excluded=2)
-    assert Decision(**decision.as_dict()) == decision and decision.tags()["gate.excluded"] == "2"
-
-
-def frame_of(outcome: Outcome, seed: int) -> Any:
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    n = len(outcome.time)
-    return pd.DataFrame({"time_days": outcome.time, "event": outcome.event.astype(int), "age": rng.uniform(40, 80, n),
-                         "kps": rng.choice([60, 70, 80, 90], n), "extracranial": rng.uniform(size=n) < 0.5,
-                         "n_brain_mets": rng.integers(1, 5, n)})
-
-
-def test_judge_scores_both_models_on_the_same_patients() -> None:
-    _, train = cohort(200, 1)
-    truth, test = cohort(120, 2)
-    development, locked = frame_of(train, 4), frame_of(test, 5)
-    better, reversed_model = Curves(truth), Curves(-truth)
-    promoted = judge(better, locked, ("champion v1", reversed_model, locked), development, locked, GateParams(),
-                     tau=730)
-    assert promoted.promote and promoted.champion is not None and promoted.baseline is None
-    assert promoted.challenger["harrell_c"] == pytest.approx(1 - promoted.champion["harrell_c"])
-    refused = judge(reversed_model, locked, ("champion v2", better, locked), development, locked, GateParams(),
-                    tau=730, excluded=3)
-    assert not refused.promote and refused.excluded == 3 and refused.patients == 120
-    first = judge(better, locked, None, development, locked, GateParams(), tau=730)  # the GPA is noise here
-    assert first.promote and first.reference == "gpa" and first.baseline is not None
-    assert not judge(reversed_model, locked, None, development, locked, GateParams(), tau=730).promote
+def test_a_champion_trained_under_another_key_stops_the_gate() -> None:
+    ours, theirs = Pseudonymiser(b"k" * 32).fingerprint, Pseudonymiser(b"another-key-" * 3).fingerprint
+    check_pseudonym_key({"pseudonym_key_fingerprint": ours}, ours)  # the same key: nothing to say
+    with pytest.raises(PseudonymKeyError, match=r"differs from the one champion v2 was trained with") as caught:
+        check_pseudonym_key({"pseudonym_key_fingerprint": theirs}, ours, "champion v2")
+    message = str(caught.value)
+    assert theirs in message and ours in message and "cannot be left out" in message and "by hand" in message
+    with pytest.raises(PseudonymKeyError, match="no fingerprint recorded"):
+        check_pseudonym_key({}, ours)  # a package older than the fingerprint

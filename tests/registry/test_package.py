@@ -26,7 +26,7 @@ from survival_model.registry.package import (
 )
 
 INFO: dict[str, Any] = {
-    "format": 1, "uses_images": True, "horizons_months": [6, 12], "risk_thresholds": [-0.5, 0.5],
+    "format": 2, "uses_images": True, "horizons_months": [6, 12], "risk_thresholds": [-0.5, 0.5],
     "input_schema": [{"name": "age", "kind": "number"}, {"name": "sex", "kind": "text"},
                      {"name": "egfr_mutant", "kind": "number"}],
     "breslow": {"times": [100.0, 200.0, 400.0], "cumulative_hazard": [0.2, 0.7, 1.5]},
@@ -75,7 +75,7 @@ def test_skops_files_load_only_trusted_types(tmp_path: Path) -> None:
     frame = pd.DataFrame({"case_id": [f"p{i}" for i in range(8)], "age": np.arange(8) + 50.0,
                           "sex": ["m", "f"] * 4, "vol_wt_mm3": np.arange(8) * 100.0,
                           "time_days": np.arange(8) * 30.0 + 10, "event": [1, 0] * 4})
-    pipeline = build_tabular_pipeline(TabularParams(clinical=["age", "sex"], volumetric=True))
+    pipeline = build_tabular_pipeline(TabularParams(clinical=["age", "sex"], volumetric=True, scores=[]))
     pipeline.fit(frame, survival_target(frame))
     _skops_dump(pipeline, tmp_path / "ok.skops")
     loaded = _skops_load(tmp_path / "ok.skops")
@@ -89,5 +89,5 @@ def test_bad_packages_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="not a model package"):
         read_info(tmp_path)
     write_json({**INFO, "format": 99}, tmp_path / "package.json")
-    with pytest.raises(PackageError, match="format 99 is not 1"):
+    with pytest.raises(PackageError, match="format 99 is not 2: it was built by another version"):
         PackagedModel.load(tmp_path)

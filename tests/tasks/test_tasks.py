@@ -9,14 +9,14 @@ from prefect.states import Failed
 
 from survival_model.config import Params
 from survival_model.errors import ConfigError, PatientDataError, TransientIOError
-from survival_model.ingest.privacy import Pseudonymiser
 from tasks import ingest as t
 from tasks.caching import ContentCache
 from tasks.common import configure, is_transient
+from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 
 
 def test_discover_gives_pseudonymous_ids_and_reports_a_missing_folder(tiny_params: Params) -> None:
-    pseudonymiser = Pseudonymiser.from_params(tiny_params.privacy)
+    pseudonymiser = resolve_pseudonymiser(tiny_params.privacy)
     found = t.discover.fn("site_b", tiny_params.institutions["site_b"], pseudonymiser)
     assert found.error is None and len(found.cases) == 7  # 3 good + 4 bad with images
     assert found.cases[0].case_id == pseudonymiser.case_id("site_b", "1")
@@ -27,7 +27,7 @@ def test_discover_gives_pseudonymous_ids_and_reports_a_missing_folder(tiny_param
 
 
 def test_image_task_key_matches_the_library_output(tiny_params: Params) -> None:
-    pseudonymiser = Pseudonymiser.from_params(tiny_params.privacy)
+    pseudonymiser = resolve_pseudonymiser(tiny_params.privacy)
     inst = tiny_params.institutions["site_a"]
     case = t.discover.fn("site_a", inst, pseudonymiser).cases[0]
     inputs = {"case_id": case.case_id, "case": case.files, "institution": inst, "params": tiny_params.ingest,
@@ -40,7 +40,7 @@ def test_image_task_key_matches_the_library_output(tiny_params: Params) -> None:
 
 
 def test_clinical_task_key_matches_the_library_output(tiny_params: Params) -> None:
-    pseudonymiser = Pseudonymiser.from_params(tiny_params.privacy)
+    pseudonymiser = resolve_pseudonymiser(tiny_params.privacy)
     inputs = {"site": "site_c", "institution": tiny_params.institutions["site_c"], "params": tiny_params.ingest,
               "pseudonymiser": pseudonymiser, "work_dir": tiny_params.work_dir}
     key, _ = t.clinical_key(inputs)

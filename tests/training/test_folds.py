@@ -15,11 +15,11 @@ from survival_model.training.splits import make_splits
 from survival_model.training.stage import evaluate_ensemble, load_result, stage_key
 
 TRAINING = TrainingParams.model_validate({
-    "splits": {"folds": 2, "test_fraction": 0.2},
+    "splits": {"folds": 2, "test_fraction": 0.2, "seed": 1},
     "inputs": {"slices": 2, "size": 16, "sequences": ["t1c"]},
-    "tabular": {"clinical": ["age", "sex"], "volumetric": True},
-    "network": {"backbone": "test_efficientnet", "tabular_hidden": [8], "head_hidden": [8]},
-    "fit": {"epochs": 2, "batch_size": 8, "device": "cpu"},
+    "tabular": {"clinical": ["age", "sex"], "volumetric": True, "scores": []},
+    "network": {"backbone": "test_efficientnet", "image_bottleneck": 4},
+    "fit": {"epochs": 2, "device": "cpu", "tabular_penalties": [0.01, 0.1]},
 })
 
 
@@ -27,9 +27,11 @@ def cohort(tmp_path: Path, n: int = 30) -> tuple[pd.DataFrame, dict[str, Path]]:
     rng = np.random.default_rng(4)
     table = pd.DataFrame({
         "case_id": [f"site_{'ab'[i % 2]}-{i:04d}" for i in range(n)], "site": [f"site_{'ab'[i % 2]}" for i in range(n)],
-        "time_days": rng.uniform(30, 900, n).round(), "event": (rng.random(n) < 0.7).astype(int),
-        "age": rng.normal(60, 10, n), "sex": rng.choice(["female", "male"], n), "vol_wt_mm3": rng.lognormal(9, 1, n),
+        "event": (rng.random(n) < 0.7).astype(int), "age": rng.normal(60, 10, n),
+        "sex": rng.choice(["female", "male"], n), "vol_wt_mm3": rng.lognormal(9, 1, n),
     })
+    # survival shortens with the tumour volume: a signal the tabular term can find
+    table["time_days"] = (4000 / np.sqrt(table["vol_wt_mm3"]) * rng.lognormal(0, 0.3, n)).round() + 1
     table.loc[3, "age"] = np.nan  # imputed with the training median
     paths = {}
     for case_id in table["case_id"]:
@@ -41,30 +43,38 @@ def cohort(tmp_path: Path, n: int = 30) -> tuple[pd.DataFrame, dict[str, Path]]:
     return table, paths
 
 
-def test_the_tabular_pipeline_is_fitted_on_the_training_rows_only(tmp_path: Path) -> None:
+def test_the_tabular_pipeline_is_fitted_on_the_fitting_rows_only(tmp_path: Path) -> None:
     table, paths = cohort(tmp_path)
-    fold = make_splits(table, TRAINING.splits).folds[0]
-    train, validation, pipeline, names = folds_lib.fold_arrays(table, fold, paths, TRAINING)
-    scaler = pipeline.named_steps["encode"].named_transformers_["numbers"][-1]  # type: ignore[union-attr]
-    volume = names.index("numbers__vol_wt_mm3")
-    train_rows = table.set_index("case_id").loc[list(fold.train)]
-    assert scaler.mean_[volume] == pytest.approx(train_rows["vol_wt_mm3"].mean())
-    assert scaler.mean_[volume] != pytest.approx(table["vol_wt_mm3"].mean())  # would fail if it saw validation rows
-    assert train.tabular is not None and validation.tabular is not None
-    assert abs(float(train.tabular[:, volume].mean())) < 1e-5  # standardised on the training rows
-    assert train.images is not None and train.images.shape == (len(fold.train), 2, 1, 16, 16)
-    assert set(train.case_ids).isdisjoint(validation.case_ids)
+    fold = make_splits(table.assign(source_digest=table["case_id"]), TRAINING.splits).folds[0]
+    data = folds_lib.fold_arrays(table, fold, paths, TRAINING)
+    assert data.pipeline is not None and len(fold.stop) > 0
+    scaler = data.pipeline.named_steps["encode"].named_transformers_["numbers"][-1]
+    volume = data.names.index("numbers__vol_wt_mm3")
+    fitting = [c for c in fold.train if c not in fold.stop]
+    fit_rows = table.set_index("case_id").loc[fitting]
+    assert scaler.mean_[volume] == pytest.approx(np.log1p(fit_rows["vol_wt_mm3"]).mean())  # log volumes
+    # would fail if it saw the stopping or the validation rows
+    assert scaler.mean_[volume] != pytest.approx(np.log1p(table.set_index("case_id").loc[list(fold.train)]
+                                                          ["vol_wt_mm3"]).mean())
+    assert data.fit.tabular is not None and data.validation.tabular is not None
+    assert abs(float(data.fit.tabular[:, volume].mean())) < 1e-5  # standardised on the fitting rows
+    assert "numbers__score_gpa" not in data.names  # the GPA needs fields this cohort lacks: not asked for here
+    assert data.fit.images is not None and data.fit.images.shape == (len(fitting), 2, 1, 16, 16)
+    assert set(data.fit.case_ids) | set(data.stop.case_ids) == set(fold.train)
+    assert set(data.fit.case_ids).isdisjoint(data.stop.case_ids) and set(fold.train).isdisjoint(fold.validation)
 
 
 def test_a_fold_is_trained_once_stored_without_pickle_for_weights_and_reloaded_identically(tmp_path: Path) -> None:
     table, paths = cohort(tmp_path)
-    splits = make_splits(table, TRAINING.splits)
+    splits = make_splits(table.assign(source_digest=table["case_id"]), TRAINING.splits)
     fold = splits.folds[0]
     input_keys = {c: f"key-{c}" for c in paths}
     key = folds_lib.fold_key(fold, "table", input_keys, TRAINING)
     result = folds_lib.train_fold(fold, table, paths, TRAINING, tmp_path / "work", key)
     assert all(p.is_file() for p in result.files())
-    assert result.summary["epochs"] == 2 and result.summary["patients_train"] == len(fold.train)
+    assert result.summary["epochs"] == 2 and result.summary["patients_fit"] + result.summary["patients_stop"] == \
+        len(fold.train) and result.summary["patients_stop"] == len(fold.stop)
+    assert result.summary["selection"].startswith("stopping patients")
     mtime = (result.folder / "model.safetensors").stat().st_mtime_ns
     again = folds_lib.train_fold(fold, table, paths, TRAINING, tmp_path / "work", key)
     assert (again.folder / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not retrained
@@ -74,17 +84,17 @@ def test_a_fold_is_trained_once_stored_without_pickle_for_weights_and_reloaded_i
     from survival_model.training.data import stack_images
 
     outputs = folds_lib.fold_outputs(model, validation, stack_images(paths, fold.validation))
-    stored = pd.read_parquet(result.folder / "validation.parquet")
+    stored = pd.read_parquet(result.folder / "validation.parquet").set_index("case_id").loc[list(fold.validation)]
     np.testing.assert_allclose(outputs[:, 0], stored["output_0"], rtol=1e-5, atol=1e-6)
 
 
 def test_fold_keys_change_with_what_a_fold_learns_from_and_not_with_where_it_runs(tmp_path: Path) -> None:
     table, paths = cohort(tmp_path)
-    fold = make_splits(table, TRAINING.splits).folds[0]
+    fold = make_splits(table.assign(source_digest=table["case_id"]), TRAINING.splits).folds[0]
     keys = {c: f"key-{c}" for c in paths}
     base = folds_lib.fold_key(fold, "table", keys, TRAINING)
     assert folds_lib.fold_key(fold, "table", keys, TRAINING) == base
-    runtime = TRAINING.model_copy(update={"fit": TRAINING.fit.model_copy(update={"workers": 3,
+    runtime = TRAINING.model_copy(update={"fit": TRAINING.fit.model_copy(update={"device": "cpu",
                                                                                    "parallel_folds": False})})
     assert folds_lib.fold_key(fold, "table", keys, runtime) == base
     slower = TRAINING.model_copy(update={"fit": TRAINING.fit.model_copy(update={"learning_rate": 1e-4})})
@@ -101,13 +111,14 @@ def test_fold_keys_change_with_what_a_fold_learns_from_and_not_with_where_it_run
 
 def test_the_ensemble_averages_the_folds_and_is_scored_on_the_test_set_beside_the_oracle(tmp_path: Path) -> None:
     table, paths = cohort(tmp_path, 40)
-    splits = make_splits(table, TRAINING.splits)
+    splits = make_splits(table.assign(source_digest=table["case_id"]), TRAINING.splits)
     keys = {c: f"key-{c}" for c in paths}
     work = tmp_path / "work"
     trained = [folds_lib.train_fold(f, table, paths, TRAINING, work, folds_lib.fold_key(f, "t", keys, TRAINING))
                for f in splits.folds]
     splits_path = splits.save(work / "splits.json")
-    oracle = pd.Series(-table["time_days"].to_numpy(), index=table["case_id"])  # a perfect ranking
+    oracle = pd.Series(-table["time_days"].to_numpy() + 0.1 * table["event"].to_numpy(),  # a perfect ranking
+                       index=table["case_id"])
     evaluation = EvaluationParams(bootstrap=100)
     key = stage_key("t", keys, splits, TRAINING, evaluation, "oracle")
     result = evaluate_ensemble(trained, table, splits, splits_path, paths, TRAINING, evaluation, oracle, work, key)
@@ -117,7 +128,54 @@ def test_the_ensemble_averages_the_folds_and_is_scored_on_the_test_set_beside_th
     # cox: the ensemble risk is the mean of the fold log-risks (mean of outputs)
     np.testing.assert_allclose(predictions["risk"], predictions[fold_columns].mean(axis=1), rtol=1e-5, atol=1e-6)
     assert result.metrics["oracle"]["cindex"]["value"] == 1.0
+    assert result.metrics["test"]["cindex"]["value"] > 0.7  # the ensemble finds the volume signal
     assert result.metrics["test"]["patients"] == len(splits.test)
     assert set(result.metrics["cv"]["per_fold"]) == {f.name for f in splits.folds}
     assert (result.folder / "learning_curves.png").stat().st_size > 1000
     assert load_result(result.folder) == result
+
+
+def test_a_folds_risks_are_centred_on_its_training_patients_whatever_constant_it_learned(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from survival_model.training.data import stack_images
+
+    table, paths = cohort(tmp_path)
+    fold = make_splits(table.assign(source_digest=table["case_id"]), TRAINING.splits).folds[0]
+    result = folds_lib.train_fold(fold, table, paths, TRAINING, tmp_path / "work", "k")
+    model = folds_lib.load_fold_model(result)
+    rows = table.set_index("case_id", drop=False)
+    train_rows = rows.loc[list(fold.train)].reset_index(drop=True)
+    train_out = folds_lib.fold_outputs(model, train_rows, stack_images(paths, fold.train))[:, 0]
+    assert abs(float(train_out.mean())) < 1e-4  # centred on the fold's training patients (fitting + stopping)
+    assert result.summary["output_offset"] != 0.0
+
+    # the same fold with a constant added to its tabular term (a Cox model's arbitrary level), centred again
+    state = load_file(str(result.folder / "model.safetensors"))
+    bias = sorted(k for k in state if k.startswith("tabular.") and k.endswith(".bias"))[-1]
+    state[bias] = state[bias] + 7.0
+    model.network.load_state_dict(state)
+    data = folds_lib.fold_arrays(table, fold, paths, TRAINING)
+    folds_lib._centre(model.network, "cox", [data.fit, data.stop], folds_lib._cpu())
+    validation = rows.loc[list(fold.validation)].reset_index(drop=True)
+    shifted = folds_lib.fold_outputs(model, validation, stack_images(paths, fold.validation))[:, 0]
+    stored = pd.read_parquet(result.folder / "validation.parquet").set_index("case_id").loc[list(fold.validation)]
+    np.testing.assert_allclose(shifted, stored["risk"].to_numpy(), atol=1e-4)
+    assert torch.isfinite(model.network.output_offset).all()
+
+
+def test_a_fold_learns_the_same_whatever_the_pseudonym_key(tmp_path: Path) -> None:
+    # the same patients under other pseudonymous ids (another key sorts them otherwise): the same model
+    table, paths = cohort(tmp_path)
+    fold = make_splits(table.assign(source_digest=table["case_id"]), TRAINING.splits).folds[0]
+    rename = {c: f"other-{(i * 7919) % 1000:03d}-{c[-4:]}" for i, c in enumerate(table["case_id"])}
+    renamed = table.assign(case_id=table["case_id"].map(rename))
+    other_paths = {rename[c]: p for c, p in paths.items()}
+    other_fold = type(fold)(fold.name, tuple(rename[c] for c in fold.train), tuple(rename[c] for c in fold.validation),
+                            tuple(rename[c] for c in fold.stop))
+    first = folds_lib.train_fold(fold, table, paths, TRAINING, tmp_path / "a", "k")
+    second = folds_lib.train_fold(other_fold, renamed, other_paths, TRAINING, tmp_path / "b", "k")
+    risks = pd.read_parquet(first.folder / "validation.parquet").set_index("case_id")["risk"]
+    other = pd.read_parquet(second.folder / "validation.parquet").set_index("case_id")["risk"]
+    np.testing.assert_array_equal(risks.rename(index=rename).sort_index().to_numpy(), other.sort_index().to_numpy())

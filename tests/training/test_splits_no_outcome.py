@@ -23,6 +23,7 @@ def patients(n_known: int = 40, n_new: int = 12, seed: int = 0) -> pd.DataFrame:
     new = pd.DataFrame({"case_id": [f"n-{i:03d}" for i in range(n_new)], "site": "new_site",
                         "time_days": None, "event": None})
     frame = pd.concat([known, new], ignore_index=True)
+    frame["source_digest"] = [f"images of {c}" for c in frame["case_id"]]
     return frame.astype({"site": "string", "case_id": "string", "time_days": "Float64", "event": "Int64"})
 
 

@@ -1,0 +1,216 @@
+"""Does the image branch earn its place? Every model's out-of-fold C-index on synthetic cohorts whose image-only
+effect has a declared strength, with paired intervals, in one command.
+
+    .venv/bin/python benchmarks/validity.py [--sizes 150 600] [--strengths 0 0.6 1.0] [--seed 20250515]
+        [--candidates '[{"image_features": "global"}, {"fusion": "concat", "tabular_hidden": [32]}]']
+        [--candidates-at 600:0.6] [--set key=value ...] [--out benchmarks/out/validity] [--no-record] [--resume]
+
+For each cohort size and strength of the generator's image-only effect (``synthetic.image_effect``: a log hazard
+ratio per SD of the enhancing tumour's contrast uptake, rendered in the post-contrast T1 whatever the strength)
+the whole pipeline runs as the main command does (``params.yaml`` with the synthetic cohort moved to
+``<out>/data/n<size>-s<strength>``, its sites scaled to the size, no deliberately bad patients, no registry),
+in one shared work directory: the images are identical across strengths and the 150 patients are the first of
+the 600, so ingestion, preprocessing, features and image inputs are computed once per patient. The main network
+(``params.yaml``: the default hybrid) is compared with the tabular-only network, the clinical baselines and the
+oracle (the true risk) on the same splits, **out of fold on all development patients**
+(``survival_model.evaluation.oof``); at the ``--candidates-at`` cohorts also with the ``--candidates`` (default:
+the hybrid with globally pooled image features, and the earlier concatenation fusion), which is how the
+defaults were chosen. Printed and recorded
+(``benchmarks/RESULTS.md``, between ``validity-benchmark`` markers): per cohort and model, Harrell's C with its
+95% bootstrap interval, the share of the oracle's headroom ``(C - 0.5) / (C_oracle - 0.5)``, the paired
+differences to the tabular-only network and to the GPA, and the main network's Grad-CAM energy share inside
+tumour + edema against their area share (locked test patients).
+
+Goals (issue 13): at the default strength on 600 patients the hybrid reaches >= 0.85 of the oracle's headroom and
+beats the tabular-only network with a paired interval above 0; at strength 0 it is no worse than tabular-only
+(interval includes 0 or better); it beats the GPA with an interval above 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+SITES = {"site_a": 60, "site_b": 50, "site_c": 38}  # the default cohort's shares
+MARKERS = ("<!-- validity-benchmark:begin -->", "<!-- validity-benchmark:end -->")
+
+
+def site_counts(size: int) -> dict[str, int]:
+    """``size`` patients over the sites in the default cohort's proportions (largest remainder)."""
+    total = sum(SITES.values())
+    raw = {s: size * n / total for s, n in SITES.items()}
+    counts = {s: int(v) for s, v in raw.items()}
+    for site in sorted(raw, key=lambda s: raw[s] - counts[s], reverse=True)[: size - sum(counts.values())]:
+        counts[site] += 1
+    return counts
+
+
+def _relocate(node: Any, old: str, new: str) -> Any:
+    """Every string value under ``node`` starting with ``old`` (the default cohort's folder) moved to ``new``."""
+    if isinstance(node, dict):
+        return {k: _relocate(v, old, new) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_relocate(v, old, new) for v in node]
+    if isinstance(node, str) and node.startswith(old):
+        return new + node[len(old):]
+    return node
+
+
+def params_file(out: Path, size: int, strength: float, networks: list[dict[str, Any]], seed: int) -> Path:
+    """``params.yaml`` for one cohort of the benchmark, written to ``<out>/params/``."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    old = str(base["synthetic"]["out_dir"]).rstrip("/")
+    data = (out / "data" / f"n{size}-s{strength:g}").resolve()
+    params = _relocate(base, old, str(data))
+    params["work_dir"] = str((out / "work").resolve())
+    params["synthetic"].update({"out_dir": str(data), "patients": site_counts(size), "bad_patients": False,
+                                "image_effect": strength, "seed": seed})
+    params["registry"]["enabled"] = False
+    params["evaluation"]["networks"] = [{"variant": "tabular"}, *networks]
+    params["evaluation"]["importance_repeats"] = 1
+    params["evaluation"]["gradcam_panel"] = 4
+    path = out / "params" / f"n{size}-s{strength:g}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_pipeline(path: Path, overrides: dict[str, Any]) -> Path:
+    """The main command's pipeline on ``path`` (generating the cohort when missing); the evaluation folder."""
+    from flows.cli import default_services_file, ensure_synthetic_cohort, prefect_environment
+    from survival_model.config import load_params
+
+    params = load_params(path, overrides or None)
+    ensure_synthetic_cohort(params)
+    prefect_environment(params, default_services_file(path))
+    from flows.pipeline import pipeline
+    from flows.runners import task_runner_for
+
+    result = pipeline.with_options(task_runner=task_runner_for(params))(params_path=str(path),
+                                                                       overrides=overrides or None)
+    return Path(result.evaluation)
+
+
+def image_share(path: Path) -> float:
+    """The share of the true risk's variance the image-only effect explains on this cohort (its ground truth)."""
+    import yaml as _yaml
+
+    data = Path(_yaml.safe_load(path.read_text(encoding="utf-8"))["synthetic"]["out_dir"])
+    model = json.loads((data / "ground_truth" / "generative_model.json").read_text(encoding="utf-8"))
+    return float(model["image_effect"]["variance_share"])
+
+
+def rows_of(evaluation: Path, size: int, strength: float, seconds: float, share: float) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    oof = pd.read_csv(evaluation / "comparison" / "oof.csv", index_col="model")
+    meta = json.loads((evaluation / "comparison" / "oof.json").read_text(encoding="utf-8"))
+    cams = evaluation / "explanation" / "gradcam.csv"
+    cam = pd.read_csv(cams) if cams.is_file() else None
+    out = []
+    for name, row in oof.iterrows():
+        record = {"size": size, "strength": strength, "share": share, "model": str(name), "patients": meta["patients"],
+                  "deaths": meta["deaths"], "seconds": seconds, "tabular": meta["references"].get("tabular", ""),
+                  **{k: float(v) for k, v in row.items()}}
+        if cam is not None and len(cam) and str(name) == oof.index[0]:
+            record["cam_share"] = float(cam["cam_share_tumour_edema"].median())
+            record["area_share"] = float(cam["area_share_tumour_edema"].median())
+        out.append(record)
+    return out
+
+
+def _ci(row: dict[str, Any], key: str) -> str:
+    from survival_model.evaluation.metrics import format_ci
+
+    return format_ci(row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high"))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| patients (dev, deaths) | image effect (share of var) | model | Harrell's C (OOF) | headroom | "
+             "ΔC vs tabular-only | ΔC vs GPA | CAM / area share |",
+             "| --- | ---: | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cam = f"{r['cam_share']:.2f} / {r['area_share']:.2f}" if "cam_share" in r else ""
+        tabular = "(reference)" if r["model"] == r["tabular"] else _ci(r, "vs_tabular_harrell_c")
+        gpa = "(reference)" if r["model"] == "gpa" else _ci(r, "vs_gpa_harrell_c")
+        lines.append(f"| {r['size']} ({r['patients']}, {r['deaths']}) | {r['strength']:g} ({r['share']:.0%}) | "
+                     f"{r['model']} | "
+                     f"{_ci(r, 'harrell_c')} | {_ci(r, 'headroom')} | {tabular} | {gpa} | {cam} |")
+    return "\n".join(lines)
+
+
+def record(text: str, command: str) -> None:
+    results = REPO / "benchmarks" / "RESULTS.md"
+    body = results.read_text(encoding="utf-8")
+    block = (f"{MARKERS[0]}\n{text}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.node() or 'host'}, "
+             f"{os.cpu_count()} CPUs)\n{MARKERS[1]}")
+    if MARKERS[0] in body:
+        start, end = body.index(MARKERS[0]), body.index(MARKERS[1]) + len(MARKERS[1])
+        body = body[:start] + block + body[end:]
+    else:
+        body += "\n## Does the image branch earn its place? (validity)\n\n" + block + "\n"
+    results.write_text(body, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[150, 600])
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.6, 1.0])
+    parser.add_argument("--seed", type=int, default=20250515)
+    parser.add_argument("--candidates", default='[{"image_features": "global"}, {"fusion": "concat", '
+                                                '"tabular_hidden": [32]}]',
+                        help="JSON list of further networks (overrides of training.network) to compare")
+    parser.add_argument("--candidates-at", nargs="*", default=["600:0.6"],
+                        help="size:strength cohorts where the candidates are trained too")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value (params overrides)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "validity")
+    parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of <out>/rows.json and skip the cohorts already measured there")
+    args = parser.parse_args()
+    from survival_model.config import parse_override
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    candidates = json.loads(args.candidates)
+    where = {(int(c.split(":")[0]), float(c.split(":")[1])) for c in args.candidates_at}
+    saved = args.out / "rows.json"
+    resumed = args.resume and saved.is_file()
+    rows: list[dict[str, Any]] = json.loads(saved.read_text(encoding="utf-8")) if resumed else []
+    done = {(r["size"], r["strength"]) for r in rows}
+    started = time.perf_counter()
+    for size in sorted(args.sizes):
+        for strength in args.strengths:
+            if (size, strength) in done:
+                print(f"{size} patients, image effect {strength:g}: kept from {saved}", flush=True)
+                continue
+            path = params_file(args.out, size, strength, candidates if (size, strength) in where else [], args.seed)
+            print(f"[{time.perf_counter() - started:7.0f} s] {size} patients, image effect {strength:g}: {path}",
+                  flush=True)
+            began = time.perf_counter()
+            evaluation = run_pipeline(path, overrides)
+            rows += rows_of(evaluation, size, strength, time.perf_counter() - began, image_share(path))
+            saved.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+            print(table([r for r in rows if r["size"] == size and r["strength"] == strength]), flush=True)
+    rows.sort(key=lambda r: (r["size"], r["strength"]))  # stable: each cohort's models keep their order
+    text = table(rows)
+    print("\n" + text)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if not args.no_record:
+        command = "  ".join(["", *sys.argv]).strip()
+        record(text, f".venv/bin/python benchmarks/validity.py {' '.join(sys.argv[1:])}".strip() or command)
+
+
+if __name__ == "__main__":
+    main()

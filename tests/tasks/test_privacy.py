@@ -1,0 +1,99 @@
+"""Where the pseudonymisation key comes from: secret block, environment, file; never created in a deployment."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from survival_model.config import PrivacyParams
+from survival_model.errors import ConfigError
+from tasks import privacy
+
+KEY = "0123456789abcdef0123456789abcdef"
+OTHER = "fedcba9876543210fedcba9876543210"
+
+
+def no_secret(name: str) -> object:
+    raise AssertionError(f"no Secret block should be loaded, not {name!r}")
+
+
+def test_precedence_secret_block_then_environment_then_file(tmp_path: Path) -> None:
+    path = tmp_path / "pseudonym.key"
+    path.write_text(KEY + "\n")
+    from_file = privacy.resolve_key(PrivacyParams(key_file=path), deployment=True, environ={},
+                                    load_secret=no_secret)
+    assert from_file.key == KEY.encode() and from_file.source == f"the key file {path}"
+    env = {"SURVIVAL_MODEL_PSEUDONYM_KEY": OTHER}
+    from_env = privacy.resolve_key(PrivacyParams(key_file=path), deployment=True, environ=env, load_secret=no_secret)
+    assert from_env.key == OTHER.encode() and "SURVIVAL_MODEL_PSEUDONYM_KEY" in from_env.source
+    blank = privacy.resolve_key(PrivacyParams(key_file=path), deployment=True,
+                                environ={"SURVIVAL_MODEL_PSEUDONYM_KEY": " "}, load_secret=no_secret)
+    assert blank.key == KEY.encode()  # a blank variable is not a key
+    secrets = {"pseudonym-key": "  a-secret-key-from-prefect-123 "}
+    from_block = privacy.resolve_key(PrivacyParams(key_file=path, key_secret_block="pseudonym-key"), deployment=True,
+                                     environ=env, load_secret=secrets.__getitem__)
+    assert from_block.key == b"a-secret-key-from-prefect-123" and "'pseudonym-key'" in from_block.source
+    # the same text from any source is the same key, so the same ids
+    assert privacy.pseudonymiser(PrivacyParams(key_file=path), deployment=False, environ={}).fingerprint == \
+        privacy.pseudonymiser(PrivacyParams(key_file=tmp_path / "none"), deployment=False,
+                              environ={"SURVIVAL_MODEL_PSEUDONYM_KEY": KEY}).fingerprint
+
+
+def test_a_named_secret_block_must_exist_and_hold_a_string(tmp_path: Path) -> None:
+    path = tmp_path / "pseudonym.key"
+    path.write_text(KEY)
+    params = PrivacyParams(key_file=path, key_secret_block="missing-block")
+
+    def missing(name: str) -> object:
+        raise ConfigError(f"privacy.key_secret_block: the Prefect Secret block {name!r} cannot be loaded")
+
+    with pytest.raises(ConfigError, match="'missing-block' cannot be loaded"):  # no silent fall-back to the file
+        privacy.resolve_key(params, deployment=False, environ={}, load_secret=missing)
+    with pytest.raises(ConfigError, match="must hold the key as a string"):
+        privacy.resolve_key(params, deployment=False, environ={}, load_secret=lambda name: {"key": KEY})
+
+
+def test_a_missing_key_is_created_only_for_a_local_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keys" / "pseudonym.key"
+    params = PrivacyParams(key_file=path)
+    for deployment, params_used, why in [(True, params, "from a Prefect deployment"),
+                                         (False, params.model_copy(update={"create_key_if_missing": False}),
+                                          "create_key_if_missing is false")]:
+        with pytest.raises(ConfigError) as error:
+            privacy.pseudonymiser(params_used, deployment=deployment, environ={})
+        message = str(error.value)
+        assert why in message and "SURVIVAL_MODEL_PSEUDONYM_KEY (not set)" in message and str(path) in message
+        assert "privacy.key_secret_block" in message and not path.exists()
+    with caplog.at_level(logging.INFO, logger="tasks.privacy"):
+        created = privacy.pseudonymiser(params, deployment=False, environ={})
+    assert path.is_file() and "created a new random one" in caplog.text
+    key = path.read_bytes().strip()
+    assert key.decode() not in caplog.text and created.fingerprint in caplog.text  # the fingerprint, never the key
+    assert privacy.pseudonymiser(params, deployment=True, environ={}).fingerprint == created.fingerprint
+
+
+def test_a_run_from_a_deployment_is_detected_and_never_creates_a_key(tmp_path: Path) -> None:
+    from uuid import uuid4
+
+    from prefect.context import _deployment_id  # what Prefect's engine sets for a deployment's flow run
+
+    assert privacy.in_deployment() is False  # outside a flow run
+    token = _deployment_id.set(uuid4())
+    try:
+        assert privacy.in_deployment() is True
+        with pytest.raises(ConfigError, match="from a Prefect deployment"):
+            privacy.pseudonymiser(PrivacyParams(key_file=tmp_path / "pseudonym.key"), environ={})
+    finally:
+        _deployment_id.reset(token)
+    assert not (tmp_path / "pseudonym.key").exists()
+
+
+def test_check_key_available_never_creates_a_key(tmp_path: Path) -> None:
+    params = PrivacyParams(key_file=tmp_path / "pseudonym.key")
+    with pytest.raises(ConfigError, match="from a Prefect deployment"):
+        privacy.check_key_available(params, environ={})
+    assert not (tmp_path / "pseudonym.key").exists()
+    assert "SURVIVAL_MODEL_PSEUDONYM_KEY" in privacy.check_key_available(
+        params, environ={"SURVIVAL_MODEL_PSEUDONYM_KEY": KEY})
