@@ -355,7 +355,11 @@ def _print_comparison(folder: Path) -> None:
     def ci(row: Any, metric: str) -> str:
         return _ci({"value": row.get(metric), "low": row.get(f"{metric}_low"), "high": row.get(f"{metric}_high")})
 
-    table = Table(title="Models on the locked test set (95% bootstrap CI; ΔC paired with the GPA; CV mean ± SD)")
+    oof_file = folder / "comparison" / "oof.csv"
+    if oof_file.is_file():
+        _print_oof(pd.read_csv(oof_file, index_col="model"), ci)
+    table = Table(title="Confirmation on the locked test set (95% bootstrap CI; ΔC paired with the GPA; "
+                        "CV mean ± SD)")
     for column in ("model", "Harrell's C", "Uno's C", "integrated Brier", "ΔC vs GPA", "CV Harrell's C"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for model, row in frame.iterrows():
@@ -367,6 +371,17 @@ def _print_comparison(folder: Path) -> None:
     for finding in read_json(audit)["findings"] if audit.is_file() else []:
         colour = "red" if finding["level"] == "warning" else "yellow"
         console.print(f"[bold {colour}]{finding['level']}:[/] {finding['text']}")
+
+
+def _print_oof(oof: Any, ci: Any) -> None:
+    """The comparison: every model out of fold on all development patients, paired differences."""
+    table = Table(title="Models out of fold on the development patients (95% bootstrap CI; Δ paired)")
+    for column in ("model", "Harrell's C", "Uno's C", "oracle headroom", "ΔC vs tabular-only", "ΔC vs GPA"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model, row in oof.iterrows():
+        table.add_row(str(model), ci(row, "harrell_c"), ci(row, "uno_c"), ci(row, "headroom"),
+                      ci(row, "vs_tabular_harrell_c"), ci(row, "vs_gpa_harrell_c"))
+    console.print(table)
 
 
 @app.command()

@@ -159,7 +159,9 @@ def oof_warnings(oof: pd.DataFrame, evaluation: EvaluationParams) -> list[Findin
             low = row.get(f"vs_{role}_harrell_c_low")
             if low is not None and np.isfinite(low) and low <= 0:
                 delta = format_ci(row[f"vs_{role}_harrell_c"], low, row[f"vs_{role}_harrell_c_high"])
-                verdict = "worse than" if row[f"vs_{role}_harrell_c"] < 0 else "not shown better than"
+                high = row[f"vs_{role}_harrell_c_high"]
+                # "worse" only when the interval shows it; a lower point estimate inside an interval round 0 is not
+                verdict = "worse than" if np.isfinite(high) and high < 0 else "not shown better than"
                 out.append(Finding("note", f"{name} is {verdict} {label} out of fold: ΔC {delta}"))
     return out
 
