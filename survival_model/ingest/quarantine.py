@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-#: reason code -> what it means (shown in the README and the run summary).
+#: reason code -> what it means (shown in docs/data.md and the run summary).
 REASONS: dict[str, str] = {
     "missing_sequence": "a declared MRI sequence is absent",
     "missing_segmentation": "the tumour segmentation (mask) is absent",
