@@ -163,7 +163,7 @@ class EnsembleExplainer:
         from survival_model.models.losses import predicted_days, risk_score
 
         tensor = torch.from_numpy(outputs)
-        risk = risk_score(self.objective, tensor).numpy().astype(float)  # type: ignore[arg-type]
+        risk = risk_score(self.objective, tensor, self.centre).numpy().astype(float)  # type: ignore[arg-type]
         days = predicted_days(self.objective, tensor, self.centre)  # type: ignore[arg-type]
         return risk, (days.numpy().astype(float) if days is not None else None)
 
@@ -262,7 +262,7 @@ def grad_cam(explainer: EnsembleExplainer, images: npt.NDArray[np.float32],
 
             def forward(slices: torch.Tensor, net: Any = net, row_tab: Any = row_tab) -> torch.Tensor:
                 out = net.combine(net.embed_images(slices[None]), row_tab)
-                return risk_score(explainer.objective, out)  # type: ignore[arg-type]
+                return risk_score(explainer.objective, out, explainer.centre)  # type: ignore[arg-type]
 
             cam = LayerGradCam(forward, cam_layer(net.backbone))
             x = _tensor(images[i]).requires_grad_(True)  # (K, C, S, S): the slices as a batch

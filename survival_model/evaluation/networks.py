@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from survival_model.evaluation.explain import EnsembleExplainer
@@ -46,7 +45,8 @@ def network_run(trained: TrainingResult, table: pd.DataFrame, image_paths: Mappi
                 raise TrainingError(f"{trained.name}: the image inputs are needed to score the fold models")
             images = stack_images(image_paths, fold.train)
         outputs = fold_outputs(model, rows(table, fold.train), images)
-        train_risk = risk_score(model.objective, torch.from_numpy(outputs)).numpy().astype(float)  # type: ignore[arg-type]
+        train_risk = risk_score(model.objective, torch.from_numpy(outputs),  # type: ignore[arg-type]
+                                float(model.config["centre"])).numpy().astype(float)
         validation = pd.read_parquet(result.folder / "validation.parquet").set_index("case_id")["risk"]
         folds.append((pd.Series(train_risk, index=list(fold.train)), validation.astype(float)))
     days = predictions["predicted_days"].astype(float) if "predicted_days" in predictions else None
@@ -62,7 +62,10 @@ def explainer(trained: TrainingResult) -> EnsembleExplainer:
     objectives = {m.objective for m in models}
     if len(objectives) != 1:
         raise TrainingError(f"the folds were trained with different objectives: {sorted(objectives)}")
-    return EnsembleExplainer(models, objectives.pop(), float(np.mean([c["centre"] for c in configs])),
+    from survival_model.models.losses import ensemble_centre  # torch: only where networks are loaded
+
+    objective = objectives.pop()
+    return EnsembleExplainer(models, objective, ensemble_centre(objective, [float(c["centre"]) for c in configs]),  # type: ignore[arg-type]
                              list(configs[0]["channels"]))
 
 

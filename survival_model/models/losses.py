@@ -14,7 +14,7 @@ The loss is the mean over the patients that contribute (all of them for ``hinge`
 The network predicts log-days relative to ``centre`` (the training rows' mean log-days), so a fresh
 network starts at the average survival instead of at 1 day.
 
-``cox``: the negative Cox partial log-likelihood (torchsurv, Efron or Breslow ties) of the network's
+``cox``: the negative Cox partial log-likelihood (Efron or Breslow ties, exact risk sets) of the network's
 log-risk; ``tests/models/test_losses.py`` checks it against scikit-survival's Cox model.
 
 ``weibull``: the negative log-likelihood of a Weibull model with per-patient log scale and log shape
@@ -28,7 +28,6 @@ the convention of every C-index here.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Literal
 
 import torch
@@ -67,18 +66,41 @@ def censored_mse(prediction: torch.Tensor, time_days: torch.Tensor, event: torch
 
 def cox_loss(log_risk: torch.Tensor, time_days: torch.Tensor, event: torch.Tensor,
              ties: Ties = "efron", reduction: Literal["mean", "sum"] = "mean") -> torch.Tensor:
-    """Negative Cox partial log-likelihood (mean over events, or their sum; torchsurv). Zero when no event."""
-    from torchsurv.loss.cox import neg_partial_log_likelihood  # imports torchmetrics (~4 s): only when training
+    """Negative Cox partial log-likelihood of ``log_risk`` (mean over deaths, or the sum). Zero when no death.
 
+    Every death's risk set is every patient whose time is at or after it, censored patients with the same time
+    included; tied deaths share a denominator (Breslow) or have it thinned by their tied share (Efron).
+    Written here because torchsurv's (0.1.x) shortcut for batches without tied deaths counts each risk set
+    from the death's sorted position, so a patient censored on a death's day drops out of it whenever the
+    (unstable) sort puts them first; ``tests/models/test_losses.py`` checks this against scikit-survival and a
+    direct loop. Computed in float64 with the largest log-risk factored out (no overflow).
+    """
     died = event.reshape(-1).to(torch.bool)
     if not bool(died.any()):
         return log_risk.sum() * 0.0  # no death in the batch: the likelihood has no term
-    with warnings.catch_warnings():  # torchsurv warns on every batch with tied times; ``ties`` handles them
-        warnings.filterwarnings("ignore", message="Ties in `time` detected")
-        loss: torch.Tensor = neg_partial_log_likelihood(log_risk.reshape(-1).float(), died,
-                                                        time_days.reshape(-1).float(), ties_method=ties,
-                                                        reduction=reduction)
-    return loss
+    if ties not in ("efron", "breslow"):
+        raise ValueError(f"ties must be efron or breslow, not {ties!r}")
+    risk = log_risk.reshape(-1).to(torch.float64)
+    time = time_days.reshape(-1).to(device=risk.device, dtype=torch.float64)
+    died = died.to(risk.device)
+    order = torch.argsort(time, stable=True)
+    risk, time, died = risk[order], time[order], died[order]
+    top = risk.detach().max()
+    weight = torch.exp(risk - top)
+    at_or_after = torch.flip(torch.cumsum(torch.flip(weight, [0]), 0), [0])  # sum over rows i.. of the sorted set
+    death_time = time[died]
+    unique_times, tied = torch.unique(death_time, return_counts=True)  # sorted
+    group = torch.searchsorted(unique_times, death_time)  # each death's tie group
+    risk_set = at_or_after[torch.searchsorted(time.contiguous(), unique_times)][group]  # from the first row at t
+    if ties == "efron":
+        tied_weight = torch.zeros_like(unique_times).scatter_add(0, group, weight[died])[group]
+        first_death = torch.searchsorted(death_time.contiguous(), unique_times)[group]
+        rank = torch.arange(len(death_time), device=risk.device) - first_death  # 0 .. m-1 within a tie group
+        risk_set = risk_set - rank / tied[group] * tied_weight
+    log_likelihood = risk[died] - (torch.log(risk_set) + top)
+    total = -log_likelihood.sum()
+    loss = total / len(death_time) if reduction == "mean" else total
+    return loss.to(log_risk.dtype if log_risk.is_floating_point() else torch.float32)
 
 
 def weibull_loss(log_params: torch.Tensor, time_days: torch.Tensor, event: torch.Tensor,
@@ -105,24 +127,34 @@ def objective_loss(objective: Objective, output: torch.Tensor, time_days: torch.
     raise ValueError(f"unknown objective {objective!r}")
 
 
-def risk_score(objective: Objective, output: torch.Tensor) -> torch.Tensor:
-    """One risk per patient, higher = earlier death: the log-risk (cox), minus the predicted log-time
-    (mse), minus the log median survival time (weibull: log scale + log(ln 2) / shape)."""
+def risk_score(objective: Objective, output: torch.Tensor, centre: float) -> torch.Tensor:
+    """One risk per patient, higher = earlier death, on a scale that does not depend on the training rows: the
+    log-risk (cox; ``centre`` unused, the network's ``output_offset`` centres it), minus the predicted log-days
+    (mse: output + ``centre``), minus the log of the median survival in days (weibull: log scale + log
+    ``centre`` + log(ln 2) / shape). ``centre`` is the one the network was trained with (its fold's), or the
+    mean of the folds' for an ensemble's mean output."""
     if objective == "cox":
         return output[:, 0]
     if objective == "mse":
-        return -output[:, 0]
+        return -(output[:, 0] + centre)
     if objective == "weibull":
         log_scale, log_shape = output[:, 0], output[:, 1]
-        return -(log_scale + math.log(math.log(2.0)) * torch.exp(-log_shape))
+        return -(log_scale + math.log(centre) + math.log(math.log(2.0)) * torch.exp(-log_shape))
     raise ValueError(f"unknown objective {objective!r}")
+
+
+def ensemble_centre(objective: Objective, centres: list[float]) -> float:
+    """The centre of the folds' mean output: the mean of the folds' centres (mse: they add to log-days), their
+    geometric mean for weibull (its log scale is in units of the centre), so that ``risk_score`` of the mean
+    output is the mean of the folds' risks' location terms."""
+    if objective == "weibull":
+        return float(math.exp(sum(math.log(c) for c in centres) / len(centres)))
+    return float(sum(centres) / len(centres))
 
 
 def predicted_days(objective: Objective, output: torch.Tensor, centre: float) -> torch.Tensor | None:
     """Predicted survival time in days where the objective gives one (mse: exp of log-days; weibull:
     the median), None for cox (a risk score has no time scale without a baseline hazard)."""
-    if objective == "mse":
-        return torch.exp(output[:, 0] + centre)
-    if objective == "weibull":
-        return centre * torch.exp(-risk_score("weibull", output))
+    if objective in ("mse", "weibull"):
+        return torch.exp(-risk_score(objective, output, centre))
     return None

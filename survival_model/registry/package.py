@@ -46,7 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: 2: folds centred on their training patients (``output_offset``), survival as the mixture of the folds' curves.
-FORMAT = 2
+#: 3: mse and weibull risks on the absolute (log-days) scale, their fold's centre added; a cox package of format 2
+#: is read the same way.
+FORMAT = 3
 PACKAGE_FILE = "package.json"
 #: The column of a prediction input that holds a patient's image input (a ``.npy`` written by
 #: ``survival_model.models.inputs.store_image_input``); needed by networks with an image branch.
@@ -138,6 +140,7 @@ def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, 
     import joblib
 
     from survival_model.evaluation.plots import risk_groups
+    from survival_model.models.losses import ensemble_centre
     from survival_model.training.splits import Splits
 
     if (folder / PACKAGE_FILE).is_file():
@@ -176,7 +179,7 @@ def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, 
             "name": trained.name, "objective": configs[0]["network"]["objective"],
             "network": network.model_dump(mode="json"), "variant": network.variant, "backbone": network.backbone,
             "folds": [f.name for f in trained.folds],
-            "centre": float(np.mean([c["centre"] for c in configs])),
+            "centre": ensemble_centre(configs[0]["network"]["objective"], [float(c["centre"]) for c in configs]),
             "channels": list(configs[0]["channels"]),
             "uses_images": network.variant in ("hybrid", "image"),
             "inputs": params.training.inputs.model_dump(mode="json"),
@@ -206,7 +209,7 @@ def read_info(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PackageError(f"{folder} is not a model package (no {PACKAGE_FILE})")
     info: dict[str, Any] = read_json(path)
-    if info.get("format") != FORMAT:
+    if info.get("format") != FORMAT and not (info.get("format") == 2 and info.get("objective") == "cox"):
         raise PackageError(f"{folder}: package format {info.get('format')} is not {FORMAT}: it was built by another "
                            "version of survival_model and cannot be scored by this one; run the pipeline to register "
                            "a model in this format (a champion in the old format is then replaced by hand: "
@@ -343,21 +346,22 @@ class PackagedModel:
         """Prediction-input rows in the dtypes the tabular pipeline was fitted on."""
         return input_columns(self.info, frame)
 
-    def _risk_of(self, outputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def _risk_of(self, outputs: npt.NDArray[np.float32], centre: float) -> npt.NDArray[np.float64]:
         import torch
 
         from survival_model.models.losses import risk_score
 
-        return risk_score(self.info["objective"], torch.from_numpy(outputs)).numpy().astype(float)
+        return risk_score(self.info["objective"], torch.from_numpy(outputs), centre).numpy().astype(float)
 
     def risk(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
         """The ensemble's risk (of the mean output; each fold centred on its training patients)."""
-        return self._risk_of(self.outputs(frame))
+        return self._risk_of(self.outputs(frame), float(self.info["centre"]))
 
     def fold_risks(self, frame: pd.DataFrame) -> npt.NDArray[np.float64]:
         """Each fold model's risk, ``(patients, folds)``: on the scale of the out-of-fold risks the packaged
         baseline hazard was fitted on."""
-        return np.column_stack([self._risk_of(out) for out in self.fold_outputs(frame)])
+        return np.column_stack([self._risk_of(out, float(fold.config["centre"]))
+                                for out, fold in zip(self.fold_outputs(frame), self.folds, strict=True)])
 
     def survival(self, risk: npt.NDArray[np.float64], times: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """S(t) at ``times``, ``(patients, times)``: exp(-H0(t) exp(risk)) for one risk per patient, or the mean
@@ -384,8 +388,9 @@ class PackagedModel:
         interval_low_days, interval_high_days`` (the middle half of the predicted survival time: a 50%
         prediction interval; NaN where the curve does not fall that low within the development follow-up)."""
         outputs = self.fold_outputs(frame)
-        risk = self._risk_of(np.mean(outputs, axis=0).astype(np.float32))
-        members = np.column_stack([self._risk_of(out) for out in outputs])
+        risk = self._risk_of(np.mean(outputs, axis=0).astype(np.float32), float(self.info["centre"]))
+        members = np.column_stack([self._risk_of(out, float(fold.config["centre"]))
+                                   for out, fold in zip(outputs, self.folds, strict=True)])
         thresholds = np.asarray(self.info["risk_thresholds"], dtype=float)
         out = pd.DataFrame({"case_id": frame["case_id"].astype(str).to_numpy(), "risk": risk,
                             "risk_group": np.searchsorted(thresholds, risk, side="right").astype(np.int64) + 1})

@@ -222,7 +222,7 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     best = history.loc[history["epoch"] == outcome.best_epoch].iloc[0]
     validation = data.validation
     val_outputs = predict_outputs(outcome.model, validation, choice)  # the validation patients, scored once
-    val_risk = risk_score(training.network.objective, torch.from_numpy(val_outputs)).numpy()
+    val_risk = risk_score(training.network.objective, torch.from_numpy(val_outputs), outcome.centre).numpy()
     summary = {
         "patients_fit": len(data.fit), "patients_stop": len(data.stop), "patients_validation": len(validation),
         "deaths_fit": int(data.fit.event.sum()), "deaths_stop": int(data.stop.event.sum()),
@@ -235,7 +235,7 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
         else float("nan"),
         "tabular_penalty": outcome.tabular_penalty, "penalties": outcome.penalties, "output_offset": offset,
         "seconds": float(history["seconds"].sum()), "data_wait_share": outcome.data_wait_share,
-        "device": outcome.device,
+        "device": outcome.device, "threads": training.fit.threads or torch.get_num_threads(),
         "patients_per_second": float(history["patients"].iloc[1:].sum() / max(history["seconds"].sum(), 1e-9)),
     }
     config = {

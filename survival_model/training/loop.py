@@ -16,18 +16,23 @@ Additive fusion (``NetworkParams.fusion``, see ``survival_model.models.network``
 
 1. the tabular term (linear by default) gets its L2 penalty by cross-validation inside the fold's training
    patients (``fit_tabular_term``: the cross-validated partial likelihood for a Cox term) and is then fitted
-   to convergence (L-BFGS) on all of them and frozen;
+   to convergence (L-BFGS) on the fitting patients only and frozen, so that the stopping patients judge
+   every epoch, epoch 0 included, out of sample;
 2. the image term is trained on top of the fixed tabular term (AdamW, warm-up + cosine schedule,
    augmentation), one full-batch step per epoch; epoch 0 is the tabular model alone (the image term starts
    at zero), and the epoch with the best ``monitor`` score on the stopping patients is kept (possibly 0:
-   the images added nothing), with ``patience`` epochs without improvement ending training.
+   the images added nothing), with ``patience`` epochs without improvement ending training;
+3. the tabular term is refitted with the same penalty on all the fold's training patients (fitting and
+   stopping: the usual refit after selection, nothing chosen any more) under the kept image term.
 
 ``concat`` fusion and the ``image`` variant train every parameter together in phase 2.
 
 Devices (``FitParams.device``/``precision``): on CUDA the model and inputs are channels-last and the
 forward pass runs under bf16 autocast (fp32 weights and optimiser); on CPU in fp32. Seeds: the initial
 weights, every augmentation draw and the dropout draws come from ``FitParams.seed``, and with
-``deterministic`` torch's deterministic algorithms are used, so a CPU run is repeatable bit for bit.
+``deterministic`` torch's deterministic algorithms are used, so a CPU run is repeatable bit for bit with the same
+number of threads (``FitParams.threads``; recorded in each fold's summary): sums split over another number of
+threads round differently in the last bits.
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ def output_centre(objective: str, time_days: npt.NDArray[np.float64]) -> float:
 
 def _batch_to(batch: dict[str, torch.Tensor], choice: DeviceChoice) -> dict[str, torch.Tensor]:
     out = {k: v.to(choice.device, non_blocking=choice.pin_memory) for k, v in batch.items()}
-    if "images" in out and choice.channels_last:
+    if "images" in out and choice.channels_last and out["images"].ndim > 2 and len(out["images"]):
         b, k = out["images"].shape[:2]
         flat = out["images"].flatten(0, 1).contiguous(memory_format=torch.channels_last)
         out["images"] = flat.view(b, k, *flat.shape[1:])
@@ -285,8 +290,10 @@ def inner_folds(time: npt.NDArray[np.float64], event: npt.NDArray[np.bool_], x: 
 
 
 def _fit_linear(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
-                time: torch.Tensor, event: torch.Tensor, penalty: float, initial: dict[str, torch.Tensor]) -> None:
-    """The tabular term fitted to convergence (L-BFGS, full batch) with an L2 penalty on its weights."""
+                time: torch.Tensor, event: torch.Tensor, penalty: float, initial: dict[str, torch.Tensor],
+                offset: torch.Tensor | None = None) -> None:
+    """The tabular term fitted to convergence (L-BFGS, full batch) with an L2 penalty on its weights; ``offset``
+    (e.g. the image term's output) is added to its output as a fixed term."""
     tabular = model.tabular
     if tabular is None:  # pragma: no cover - checked by the caller
         raise ConfigError("no tabular term to fit")
@@ -297,8 +304,11 @@ def _fit_linear(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = objective_loss(network.objective, model.embed_tabular(x), time, event, centre=centre,
-                              censored=fit.censored, ties=fit.ties)
+        output = model.embed_tabular(x)
+        if offset is not None:
+            output = output + offset
+        loss = objective_loss(network.objective, output, time, event, centre=centre, censored=fit.censored,
+                              ties=fit.ties)
         loss = loss + penalty * sum((w**2).sum() for w in weights)
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
@@ -326,8 +336,9 @@ def fit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitP
     penalty and frozen. For a Cox term the criterion is the cross-validated partial likelihood of Verweij and van
     Houwelingen (Stat Med 1993): each inner fold contributes l(b_-k) - l_-k(b_-k), the log partial likelihood
     of all patients minus that of the patients the fit saw, which stays stable with few deaths per inner fold;
-    for the other objectives, the held-out loss. Ties: the larger penalty. Returns the penalty kept and every
-    penalty's criterion (lower is better)."""
+    for the other objectives, the held-out loss. Ties: the larger penalty. The term is then fitted on ``train``
+    alone (the stopping patients judge the image epochs out of sample; :func:`refit_tabular_term` refits it on
+    all of them afterwards). Returns the penalty kept and every penalty's criterion (lower is better)."""
     tabular = model.tabular
     if tabular is None or train.tabular is None or (len(stop) and stop.tabular is None):
         raise ConfigError("the tabular term needs the tabular vector")
@@ -352,10 +363,42 @@ def fit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitP
         tried[f"{penalty:g}"] = total
     finite = {p: tried[f"{p:g}"] for p in fit.tabular_penalties if math.isfinite(tried[f"{p:g}"])}
     chosen = min(finite, key=lambda p: (finite[p], -p)) if finite else max(fit.tabular_penalties)
-    _fit_linear(model, network, fit, centre, x, time, event, chosen, initial)
+    assert train.tabular is not None  # checked above
+    _fit_linear(model, network, fit, centre, train.tabular, train.time, train.event, chosen, initial)
     for parameter in tabular.parameters():
         parameter.requires_grad_(False)
     return chosen, tried
+
+
+def refit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float,
+                       train: Batch, stop: Batch, penalty: float) -> None:
+    """Phase 3 of the additive fusion: the tabular term refitted with ``penalty`` on the fitting and stopping
+    patients together, under the kept image term (its output is the fixed offset of the fit), and frozen."""
+    tabular = model.tabular
+    if tabular is None or not len(stop) or train.tabular is None or stop.tabular is None:
+        return
+    x = torch.cat([train.tabular, stop.tabular])
+    time, event = torch.cat([train.time, stop.time]), torch.cat([train.event, stop.event])
+    image_term = None
+    if model.backbone is not None and train.images is not None and stop.images is not None:
+        model.eval()
+        with torch.no_grad():
+            image_term = torch.cat([_image_term(model, train.images, fit.chunk_size),
+                                    _image_term(model, stop.images, fit.chunk_size)])
+    for parameter in tabular.parameters():
+        parameter.requires_grad_(True)
+    _fit_linear(model, network, fit, centre, x, time, event, penalty, copy.deepcopy(tabular.state_dict()),
+                offset=image_term)
+    for parameter in tabular.parameters():
+        parameter.requires_grad_(False)
+
+
+def _image_term(model: HybridSurvivalNet, images: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """The image term's output for ``images`` (eval mode, in chunks): what the combined output adds to the
+    tabular term's."""
+    parts = [model.image_term(model.embed_images(images[i:i + chunk_size])).float()
+             for i in range(0, len(images), chunk_size)]
+    return torch.cat(parts)
 
 
 def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, train: SurvivalArrays,
@@ -381,6 +424,8 @@ def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, 
             penalty, penalties = fit_tabular_term(model, network, fit, centre, train_batch, stop_batch)
         history, best_epoch, best, stopped = _train_images(model, network, fit, augment, train, train_batch, stop,
                                                            sequence_channels, centre, choice, progress)
+        if penalty is not None:
+            refit_tabular_term(model, network, fit, centre, train_batch, stop_batch, penalty)
         model.eval()
     return TrainOutcome(model, history, best_epoch, best, stopped, centre, choice.describe(), penalty, penalties)
 
@@ -499,5 +544,5 @@ def _validate(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, 
     with torch.no_grad():
         loss = float(objective_loss(network.objective, outputs, time_days, event, centre=centre,
                                     censored=fit.censored, ties=fit.ties))
-    risk = risk_score(network.objective, outputs).numpy()
+    risk = risk_score(network.objective, outputs, centre).numpy()
     return loss, harrell_c(risk, validation.time_days, validation.event)

@@ -145,7 +145,7 @@ def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: 
     import torch
 
     from survival_model.evaluation.metrics import bootstrap_c, harrell_c
-    from survival_model.models.losses import predicted_days, risk_score
+    from survival_model.models.losses import ensemble_centre, predicted_days, risk_score
     from survival_model.training.data import stack_images
     from survival_model.training.plots import learning_curves
 
@@ -159,14 +159,15 @@ def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: 
     images = stack_images(image_paths, splits.test) if uses_images(training.network) and image_paths else None
     mean_output, per_fold, objective = ensemble_outputs(folds, test, images)
     mean_t = torch.from_numpy(mean_output)
-    risk = risk_score(objective, mean_t).numpy().astype(float)
     centres = [float(read_json(f.folder / "config.json")["centre"]) for f in folds]
-    days = predicted_days(objective, mean_t, float(np.mean(centres)))
+    centre = ensemble_centre(objective, centres)
+    risk = risk_score(objective, mean_t, centre).numpy().astype(float)
+    days = predicted_days(objective, mean_t, centre)
     predictions = pd.DataFrame({"case_id": test["case_id"], "site": test["site"],
                                 "time_days": test["time_days"].astype(float), "event": test["event"].astype(int),
                                 "risk": risk})
-    for fold, out in zip(folds, per_fold, strict=True):
-        predictions[f"risk_{fold.name}"] = risk_score(objective, torch.from_numpy(out)).numpy().astype(float)
+    for fold, out, own in zip(folds, per_fold, centres, strict=True):
+        predictions[f"risk_{fold.name}"] = risk_score(objective, torch.from_numpy(out), own).numpy().astype(float)
     if days is not None:
         predictions["predicted_days"] = days.numpy().astype(float)
     time, event = predictions["time_days"].to_numpy(), predictions["event"].to_numpy() == 1

@@ -89,5 +89,5 @@ def test_bad_packages_are_refused(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="not a model package"):
         read_info(tmp_path)
     write_json({**INFO, "format": 99}, tmp_path / "package.json")
-    with pytest.raises(PackageError, match="format 99 is not 2: it was built by another version"):
+    with pytest.raises(PackageError, match="format 99 is not 3: it was built by another version"):
         PackagedModel.load(tmp_path)

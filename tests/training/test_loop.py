@@ -50,7 +50,7 @@ def fit(variant: str, objective: str = "cox", fit_params: FitParams = FIT, fusio
                             tabular_hidden=[] if fusion == "additive" else [16])
     outcome = train_model(network, fit_params, AugmentParams(rotation_degrees=0), train, stop, sequence_channels=1)
     outputs = predict_outputs(outcome.model, validation, choose_device(fit_params))
-    risk = risk_score(network.objective, torch.from_numpy(outputs)).numpy()
+    risk = risk_score(network.objective, torch.from_numpy(outputs), outcome.centre).numpy()
     oracle = harrell_c(lp, validation.time_days, validation.event)
     return harrell_c(risk, validation.time_days, validation.event), outcome, oracle
 
@@ -164,3 +164,52 @@ def test_a_fold_without_deaths_is_an_error() -> None:
     with pytest.raises(ConfigError, match="one death"):
         train_model(NetworkParams(**NET, variant="tabular"), FIT, AugmentParams(), no_deaths, no_deaths,  # type: ignore[arg-type]
                     sequence_channels=1)
+
+
+def _linear_cohort(n: int, seed: int) -> SurvivalArrays:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3))
+    event_time = rng.exponential(np.exp(-(x @ np.array([0.8, -0.5, 0.0])))) * 365
+    censor = rng.uniform(50, 900, n)
+    time = np.maximum(np.minimum(event_time, censor).round(), 1.0)
+    return SurvivalArrays(tuple(f"p{seed}-{i}" for i in range(n)), time, event_time <= censor, None,
+                          x.astype(np.float32))
+
+
+def test_the_stopping_patients_judge_the_tabular_term_out_of_sample_and_the_kept_term_is_refitted_on_all() -> None:
+    """Epoch 0's stopping loss is that of the term fitted on the fitting patients alone; the kept term is the Cox
+    model of fitting and stopping patients together."""
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+    train, stop = _linear_cohort(150, 3), _linear_cohort(60, 4)
+    fit_params = FitParams(device="cpu", tabular_penalties=[0.0], tabular_iterations=500)
+    outcome = train_model(NetworkParams(variant="tabular"), fit_params, AugmentParams(), train, stop,
+                          sequence_channels=0)
+
+    def cox(*sets: SurvivalArrays) -> np.ndarray:
+        x = np.concatenate([s.tabular for s in sets])  # type: ignore[misc]
+        y = Surv.from_arrays(np.concatenate([s.event for s in sets]), np.concatenate([s.time_days for s in sets]))
+        return CoxPHSurvivalAnalysis(alpha=0.0, ties="efron").fit(x, y).coef_  # type: ignore[no-any-return]
+
+    on_fit = cox(train)
+    out_of_sample = cox_loss(torch.from_numpy(stop.tabular @ on_fit), torch.from_numpy(stop.time_days),  # type: ignore[operator]
+                             torch.from_numpy(stop.event)).item()
+    assert outcome.history[0].stop_loss == pytest.approx(out_of_sample, abs=1e-3)
+    linear = outcome.model.tabular[-1]  # type: ignore[index]
+    assert np.allclose(linear.weight.detach().numpy().ravel(), cox(train, stop), atol=2e-3)
+    assert not np.allclose(cox(train, stop), on_fit, atol=2e-3)  # the refit is a different model
+
+
+def test_an_empty_stopping_set_trains_with_channels_last_inputs() -> None:
+    """On CUDA the inputs are channels-last; a fold without stopping patients (``stop_fraction: 0``) has an empty
+    image stack, which must not be reshaped."""
+    from survival_model.training.loop import DeviceChoice
+
+    train, _ = planted(40, 1)
+    empty = SurvivalArrays((), np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0,), dtype=np.float32),
+                           np.zeros((0, 4), dtype=np.float32))
+    choice = DeviceChoice(torch.device("cpu"), None, channels_last=True, pin_memory=False)
+    network = NetworkParams(**NET, variant="hybrid", tabular_hidden=[])  # type: ignore[arg-type]
+    outcome = train_model(network, FIT.model_copy(update={"epochs": 2}), AugmentParams(rotation_degrees=0), train,
+                          empty, sequence_channels=1, choice=choice)
+    assert len(outcome.history) == 3 and np.isnan(outcome.history[0].stop_loss)
