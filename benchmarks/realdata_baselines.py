@@ -8,8 +8,9 @@ scored by Harrell's C-index with a percentile bootstrap 95% interval over patien
 (``survival_model.evaluation.metrics.bootstrap_c``), on the patients with a reported GPA:
 
 - from the first MRI (day 0, where the GPA is assessed): the reported GPA (risk = -GPA), and Cox models
-  on clinical fields, out-of-fold (5-fold cross-validation, averaged over ``--repeats`` partitions:
-  75 patients are too few for a locked test set);
+  on exactly the clinical fields they name, out-of-fold (5-fold cross-validation, each fold's risks centred
+  on its training patients, averaged over ``--repeats`` partitions: 75 patients are too few for a locked
+  test set);
 - from the first segmented MRI (landmark; the volume is only known from then on): the same, and Cox
   models with the log tumour volumes (total, enhancing, necrotic).
 
@@ -41,7 +42,9 @@ CLINICAL = Path(REPO.parent / "shared" / "realdata" / "clinical")
 
 
 def cox(name: str, clinical: list[str], volumetric: bool) -> Baseline:
-    return Baseline(name, name, TabularParams(clinical=clinical, volumetric=volumetric),
+    """A Cox model on exactly these columns: no clinical score added (``TabularParams``' default adds the GPA
+    computed from age, KPS, extracranial disease and the number of metastases)."""
+    return Baseline(name, name, TabularParams(clinical=clinical, volumetric=volumetric, scores=[]),
                     lambda seed: CoxPHSurvivalAnalysis(alpha=0.1))
 
 

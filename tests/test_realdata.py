@@ -510,7 +510,7 @@ def test_molab_baselines_through_the_evaluation_module(real: Path) -> None:
     assert (frame["total_ml"] >= frame["enhancing_ml"]).all() and (frame["n_lesions"] >= 1).all()
     with_gpa = frame[frame["gpa"].notna()].assign(time_days=lambda f: f["landmark_days"]).reset_index(drop=True)
     gpa = bootstrap_c(-with_gpa["gpa"].to_numpy(float), with_gpa["time_days"], with_gpa["event"], resamples=200)
-    volumes = Baseline("cox_volumes", "Cox: log volumes", TabularParams(clinical=[], volumetric=True),
+    volumes = Baseline("cox_volumes", "Cox: log volumes", TabularParams(clinical=[], volumetric=True, scores=[]),
                        lambda seed: CoxPHSurvivalAnalysis(alpha=0.1))
     risk = cross_validated_risk(volumes, with_gpa, folds=5, repeats=2)
     cox = bootstrap_c(risk, with_gpa["time_days"], with_gpa["event"], resamples=200)

@@ -5,8 +5,9 @@ whose choices (epoch, penalties) were made inside that fold's training patients.
 these risks are an honest prediction set of all the development patients (118 on the default cohort,
 against the locked test set's 30), so the comparison between models is made here and the locked test set
 confirms it. Pooling needs the folds' risks on one scale: a Cox-type risk is defined up to a constant, so a
-fitted model's risks are centred on its fold's training patients (networks: ``output_offset``; baselines:
-:func:`centre_on`), and a score with an absolute scale (the GPA) is left as it is.
+fitted model's risks are centred on its fold's training patients (:func:`centre_on`: the baselines', and the
+cox networks' again in ``stage.network_out_of_fold`` although training centred them with ``output_offset``),
+and a score with an absolute scale (the GPA) is left as it is.
 
 - **Discrimination**: Harrell's C and Uno's C (IPCW from the development patients, up to ``tau``) of every
   model with a percentile bootstrap interval over patients, and the **paired** difference to each
@@ -16,7 +17,8 @@ fitted model's risks are centred on its fold's training patients (networks: ``ou
   given the fitted fold models: it does not include the variability of refitting them.
 - **Calibration** (integrated Brier score, calibration tables, risk groups): each patient's survival curve
   comes from a Breslow baseline *cross-fitted* on the other folds' out-of-fold risks
-  (:func:`cross_fitted_survival`), so no patient's own outcome enters its curve.
+  (:func:`cross_fitted_survival`), so a patient's own outcome does not enter its curve directly (it does
+  indirectly: the other folds' models, whose risks fit that baseline, were trained on it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from survival_model.evaluation.paired import PairedScores, paired_scores
+from survival_model.evaluation.paired import Difference, PairedScores, difference_of, paired_scores
 from survival_model.evaluation.scores import (
     DAYS_PER_MONTH,
     Outcome,
@@ -53,7 +55,8 @@ def centre_on(risk_train: FloatArray, risk: FloatArray) -> FloatArray:
 
 def cross_fitted_survival(risk: FloatArray, outcome: Outcome, fold: IntArray, times: FloatArray) -> FloatArray:
     """Each patient's S(t) at ``times`` from a Breslow baseline fitted on the patients of the *other* folds
-    (their out-of-fold risks and outcomes)."""
+    (their out-of-fold risks and outcomes): the patient's own outcome is not used directly, though the other
+    folds' models, which scored those patients, were trained on it."""
     risk, fold = np.asarray(risk, dtype=float), np.asarray(fold)
     out = np.full((len(risk), len(times)), np.nan)
     for k in np.unique(fold):
@@ -106,15 +109,12 @@ class OutOfFoldComparison:
     resamples: int
 
 
-def _headroom(scores: PairedScores, model: str, oracle: str, metric: str, confidence: float) -> tuple[float, ...]:
-    point = (scores.point[model][metric] - 0.5) / (scores.point[oracle][metric] - 0.5)
+def _headroom(scores: PairedScores, model: str, oracle: str, metric: str, confidence: float) -> Difference:
+    """``(C - 0.5) / (C_oracle - 0.5)`` with its interval on the same draws (the one finite-draws rule)."""
     with np.errstate(divide="ignore", invalid="ignore"):
+        point = (scores.point[model][metric] - 0.5) / (scores.point[oracle][metric] - 0.5)
         draws = (scores.draws[model][metric] - 0.5) / (scores.draws[oracle][metric] - 0.5)
-    finite = draws[np.isfinite(draws)]
-    if not np.isfinite(point) or len(finite) < 0.9 * len(draws):
-        return point, float("nan"), float("nan")
-    low, high = np.quantile(finite, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(point), float(low), float(high)
+    return difference_of(float(point), draws, confidence)
 
 
 def compare_out_of_fold(oof: OutOfFold, references: Mapping[str, str], *, tau: float | None,
@@ -132,18 +132,16 @@ def compare_out_of_fold(oof: OutOfFold, references: Mapping[str, str], *, tau: f
     for name in oof.risks:
         row: dict[str, float | str] = {"model": name}
         for metric in (*METRICS, "integrated_brier"):
-            estimate = scores.estimate(name, metric, confidence)
-            row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = estimate.value, estimate.low, estimate.high
+            row.update(scores.estimate(name, metric, confidence).columns(metric))
         if "oracle" in present:
-            row["headroom"], row["headroom_low"], row["headroom_high"] = _headroom(
-                scores, name, present["oracle"], "harrell_c", confidence)
+            row.update(_headroom(scores, name, present["oracle"], "harrell_c", confidence).columns("headroom"))
         for role, reference in present.items():
             for metric in METRICS:
                 if name == reference:
                     continue
                 diff = scores.difference(name, reference, metric, confidence)
-                column = f"vs_{role}_{metric}"
-                row[column], row[f"{column}_low"], row[f"{column}_high"] = diff.value, diff.low, diff.high
+                row.update(diff.columns(f"vs_{role}_{metric}"))
+                row[f"vs_{role}_{metric}_resamples"] = diff.resamples  # computed (the reference's own row: NaN)
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
     months = horizons_inside(outcome, calibration_months)

@@ -35,7 +35,11 @@ scikit-survival's value on the explicitly resampled arrays.
 
 :func:`paired_scores` scores any number of models on the same draws; :meth:`PairedScores.difference` gives
 the paired difference of two of them with its two-sided percentile interval and one-sided bounds
-(:class:`Difference`), :func:`paired_differences` every model against a reference.
+(:class:`Difference`), :func:`paired_differences` every model against a reference. One rule for every interval
+of the evaluation (:data:`MIN_FINITE`): without a finite value in at least 90 % of the draws there is none (NaN),
+so a handful of defined draws never reads as a result. The out-of-fold comparison (``oof``), the locked test
+set's comparison (``compare``) and the promotion gate all draw their C-indices, integrated Brier scores and
+paired differences from here.
 """
 
 from __future__ import annotations
@@ -56,15 +60,26 @@ IntArray = npt.NDArray[np.int64]
 METRICS = ("harrell_c", "uno_c", "integrated_brier")
 #: Risks closer than this are a tie (scikit-survival's ``tied_tol``).
 TIED_TOL = 1e-8
+#: The share of draws in which a score (or a difference: both scores) must be defined for an interval; fewer:
+#: no interval (NaN). One rule for every bootstrap interval of the evaluation (:func:`difference_of`).
+MIN_FINITE = 0.9
+
+
+def resample_indices(n: int, resamples: int, seed: int | np.random.Generator = 0) -> IntArray:
+    """``(resamples, n)``: the patients drawn, ``n`` with replacement per draw (``rng.integers(0, n, (resamples,
+    n))``; no draw for ``resamples`` 0)."""
+    if n < 1 or resamples < 0:
+        raise ValueError(f"need at least one patient and no negative number of resamples, got {n} and {resamples}")
+    out: IntArray = np.random.default_rng(seed).integers(0, n, (resamples, n)).astype(np.int64)
+    return out
 
 
 def resample_counts(n: int, resamples: int, seed: int | np.random.Generator = 0) -> IntArray:
     """``(resamples, n)``: how often each of ``n`` patients is drawn in each draw of ``n`` with replacement
-    (the counts of ``rng.integers(0, n, (resamples, n))``)."""
+    (the counts of :func:`resample_indices`)."""
     if n < 1 or resamples < 1:
         raise ValueError(f"need at least one patient and one resample, got {n} and {resamples}")
-    rng = np.random.default_rng(seed)
-    return counts_of(rng.integers(0, n, (resamples, n)), n)
+    return counts_of(resample_indices(n, resamples, seed), n)
 
 
 def counts_of(indices: npt.ArrayLike, n: int) -> IntArray:
@@ -193,14 +208,18 @@ class Difference:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def columns(self, name: str) -> dict[str, float]:
+        """The table columns ``name``, ``name_low``, ``name_high`` (value and two-sided interval)."""
+        return {name: self.value, f"{name}_low": self.low, f"{name}_high": self.high}
+
     @property
     def defined(self) -> bool:
         return bool(np.isfinite(self.value) and np.isfinite(self.lower) and np.isfinite(self.upper))
 
 
-def difference_of(value: float, draws: FloatArray, confidence: float, minimum: float = 0.9) -> Difference:
+def difference_of(value: float, draws: FloatArray, confidence: float, minimum: float = MIN_FINITE) -> Difference:
     """:class:`Difference` from a full-sample value and per-draw values (NaN draws left out; fewer than
-    ``minimum`` of them finite: no interval)."""
+    ``minimum`` of them finite, or none: no interval). Also one score's estimate (its "difference" to 0)."""
     if not 0.5 <= confidence < 1:
         raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
     finite = draws[np.isfinite(draws)]
@@ -224,12 +243,12 @@ class PairedScores:
     deaths: int
     resamples: int
 
-    def estimate(self, model: str, metric: str, confidence: float = 0.95, minimum: float = 0.9) -> Difference:
+    def estimate(self, model: str, metric: str, confidence: float = 0.95, minimum: float = MIN_FINITE) -> Difference:
         """One model's score with its percentile interval and one-sided bounds (a "difference" to 0)."""
         return difference_of(self.point[model][metric], self.draws[model][metric], confidence, minimum)
 
     def difference(self, model: str, reference: str, metric: str, confidence: float = 0.95,
-                   minimum: float = 0.9) -> Difference:
+                   minimum: float = MIN_FINITE) -> Difference:
         """``model - reference`` in ``metric`` on the same draws (NaN when either lacks the metric)."""
         nan = np.full(self.resamples, np.nan)
         a, b = self.point[model].get(metric, np.nan), self.point[reference].get(metric, np.nan)
@@ -310,7 +329,7 @@ def _integrated_brier(stacked: FloatArray, censoring: CensoringSurvival | None, 
 def paired_differences(train: Outcome, test: Outcome, risks: Mapping[str, npt.ArrayLike], *, reference: str,
                        tau: float | None, survival: Mapping[str, npt.ArrayLike] | None = None,
                        grid: npt.ArrayLike | None = None, resamples: int = 2000, confidence: float = 0.95,
-                       seed: int = 0, minimum: float = 0.9) -> dict[str, dict[str, Difference]]:
+                       seed: int = 0, minimum: float = MIN_FINITE) -> dict[str, dict[str, Difference]]:
     """Every other model minus ``reference``, per metric, on the same draws (see :func:`paired_scores`)."""
     if reference not in risks:
         raise ValueError(f"the reference {reference!r} is not among the models {sorted(risks)}")

@@ -65,7 +65,7 @@ def _no_data(path: Path, title: str, message: str = "no data") -> Path:
 
 def _group_label(g: int, groups: int) -> str:
     names = RISK_LABELS.get(groups)
-    return f"{names[g]} risk" if names else f"risk group {g + 1} of {groups}"
+    return f"{names[g]} risk" if names else f"risk group {g} of 0-{groups - 1} (0 = lowest)"
 
 
 def risk_groups(train_risk: FloatArray, risk: FloatArray,

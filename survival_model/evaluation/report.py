@@ -1,17 +1,19 @@
 """The evaluation report: a self-contained HTML page and a short Markdown summary per pipeline run.
 
 Sections: the comparison (every model x every score with its interval, the difference to the GPA, the
-mean ± SD over the cross-validation folds), Kaplan-Meier curves by predicted risk group (tertile
-thresholds fixed on the development patients' risks, applied to the test patients; log-rank test),
-calibration at 12 months, predicted against observed time (uncensored patients only), per-site C-index,
-the learning curves, permutation importance and Grad-CAM, and a leakage audit:
+mean ± SD over the cross-validation folds), Kaplan-Meier curves by predicted risk group (quantile
+thresholds fixed on the development patients' out-of-fold risks, as many groups as their deaths allow,
+applied to the test patients; log-rank test), calibration at 6 and 12 months, predicted against observed
+time (uncensored patients only), per-site C-index, the learning curves, permutation importance and Grad-CAM,
+and a leakage audit:
 
 - split integrity: no patient in two sets, folds disjoint and covering the development set, and no
   test patient whose imaging measurements duplicate a development patient's (one patient under two ids);
 - what was fitted on which rows;
 - warnings when a result looks implausible (C-index above ``audit_max_cindex``, R2 on days above
-  ``audit_max_r2``), when a model does not beat the GPA (the paired difference's interval includes 0),
-  and when the test set is small.
+  ``audit_max_r2``), when a model does not beat the GPA ("not shown better than" when the paired difference's
+  interval includes 0, "worse than" only when it lies below 0, and an undefined difference or interval said
+  as such), and when the test set is small.
 
 Figures are PNG files beside the report and embedded in the HTML (base64), so the one file opens
 anywhere (an MLflow artifact, an e-mail).
@@ -40,7 +42,7 @@ from survival_model.evaluation.scores import (
     calibration,
     survival_from,
 )
-from survival_model.evaluation.stage import rows
+from survival_model.evaluation.stage import finite, format_interval, level, rows
 from survival_model.training.splits import Splits
 
 
@@ -110,7 +112,8 @@ def fitted_rows(splits: Splits, baselines: Sequence[str], network: str, test_set
            f"development patients ({n_dev}); out of fold: each fold's training patients" +
            ("; its penalty by 3-fold CV inside them" if b.startswith("coxnet") else ""))
           for b in baselines),
-        ("risk-group thresholds of the Kaplan-Meier plots", f"the development patients' out-of-fold risks ({n_dev})"),
+        ("risk-group thresholds of the Kaplan-Meier plots", f"the development patients' out-of-fold risks ({n_dev}); "
+                                                             f"for {network} on the test set, {ENSEMBLE_THRESHOLDS}"),
         ("locked test set", f"{n_test} patients: scored once per evaluation, as confirmation; {used}"),
     ]
     return pd.DataFrame(rows, columns=["what", "fitted on"])
@@ -124,6 +127,7 @@ def selection_findings(splits: Splits, fold_summaries: Sequence[dict[str, Any]],
     leaks = [f.name for f in splits.folds if set(f.stop) & (set(f.validation) | set(splits.test))
              or not set(f.stop) <= set(f.train)]
     unmarked = [str(s.get("fold", i)) for i, s in enumerate(fold_summaries) if "selection" not in s]
+    recorded = min(len(fold_summaries) - len(unmarked), len(splits.folds))
     if leaks:
         found.append(Finding("warning", f"selection on scored patients: the stopping patients of {', '.join(leaks)} "
                                         "overlap its validation patients or the test set"))
@@ -131,22 +135,70 @@ def selection_findings(splits: Splits, fold_summaries: Sequence[dict[str, Any]],
         found.append(Finding("warning", f"{len(unmarked)} fold model(s) do not record where their epoch was chosen "
                                         "(trained by an older version, which chose it on the validation fold): "
                                         "their cross-validated scores are selection-biased"))
+    elif recorded < len(splits.folds):
+        found.append(Finding("warning", f"no selection on scored patients not shown: {recorded} of "
+                                        f"{len(splits.folds)} folds recorded how they selected (epoch, penalty)"))
     else:
         checks.append("no selection on scored patients: every fold chose its epoch and penalty on its own stopping "
                       "patients, disjoint from its validation patients and the test set")
-    recorded = splits.pseudonym_key_fingerprint
-    if recorded and key_fingerprint and recorded != key_fingerprint:
+    fingerprint = splits.pseudonym_key_fingerprint
+    if fingerprint and key_fingerprint and fingerprint != key_fingerprint:
         found.append(Finding("warning", f"key mismatch: the splits list ids made with the pseudonym key of "
-                                        f"fingerprint {recorded}, this run's key is {key_fingerprint}"))
-    elif recorded:
-        checks.append(f"case ids pseudonymised with the key of fingerprint {recorded} (the splits' membership does "
+                                        f"fingerprint {fingerprint}, this run's key is {key_fingerprint}"))
+    elif fingerprint:
+        checks.append(f"case ids pseudonymised with the key of fingerprint {fingerprint} (the splits' membership does "
                       "not depend on it; a champion trained under another key stops the promotion gate)")
     return checks, found
 
 
+#: How an undefined interval of a paired difference reads (``paired.MIN_FINITE`` of the draws were not finite).
+UNDEFINED_INTERVAL = "undefined interval (too few resamples where both scores are defined)"
+
+
+def computed(row: pd.Series, column: str) -> bool:
+    """Whether the paired difference ``column`` was computed for this row: its ``_resamples`` count is there (the
+    reference's own row has none); in a table without the count, whether the value is finite."""
+    count = row.get(f"{column}_resamples")
+    return finite(count) if count is not None else finite(row.get(column))
+
+
+def _interval(row: pd.Series, column: str) -> tuple[float, float, float]:
+    """``column`` and its interval in ``row`` (NaN where absent)."""
+    def value(key: str) -> float:
+        found = row.get(key)
+        return float(found) if found is not None else float("nan")
+
+    return value(column), value(f"{column}_low"), value(f"{column}_high")
+
+
+def delta_text(row: pd.Series, column: str) -> str:
+    """A paired difference as text: ``0.050 [-0.010, 0.110]``, or what is undefined about it."""
+    value, low, high = _interval(row, column)
+    if not np.isfinite(value):
+        return "undefined (a score is undefined on these patients)"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{value:.3f}, {UNDEFINED_INTERVAL}"
+    return format_ci(value, low, high)
+
+
+def versus(name: str, label: str, row: pd.Series, column: str, where: str = "") -> Finding | None:
+    """The note on ``name``'s paired ΔC to a reference (``label``): "worse than" only when the whole interval lies
+    below 0, "not shown better than" when it includes 0, none when it lies above 0; an undefined difference or
+    interval is said, never skipped. One rule for the out-of-fold and the locked test set's comparison."""
+    if not computed(row, column):
+        return None
+    if not np.isfinite(_interval(row, column)).all():
+        return Finding("note", f"{name}: ΔC vs {label}{where}: {delta_text(row, column)}")
+    _, low, high = _interval(row, column)
+    if low > 0:
+        return None
+    verdict = "worse than" if high < 0 else "not shown better than"
+    return Finding("note", f"{name} is {verdict} {label}{where}: ΔC {delta_text(row, column)}")
+
+
 def oof_warnings(oof: pd.DataFrame, evaluation: EvaluationParams) -> list[Finding]:
     """On the out-of-fold comparison: implausible C-indices, and every model not shown better than the GPA or the
-    tabular-only network (paired interval including 0)."""
+    tabular-only network (:func:`versus`)."""
     out = []
     for name, row in oof.iterrows():
         if name == "oracle":
@@ -156,13 +208,8 @@ def oof_warnings(oof: pd.DataFrame, evaluation: EvaluationParams) -> list[Findin
             out.append(Finding("warning", f"{name}: out-of-fold C-index {value:.3f} > {evaluation.audit_max_cindex} "
                                           "is implausible for survival in brain metastases: check for leakage"))
         for role, label in (("gpa", "the GPA"), ("tabular", "the tabular-only network")):
-            low = row.get(f"vs_{role}_harrell_c_low")
-            if low is not None and np.isfinite(low) and low <= 0:
-                delta = format_ci(row[f"vs_{role}_harrell_c"], low, row[f"vs_{role}_harrell_c_high"])
-                high = row[f"vs_{role}_harrell_c_high"]
-                # "worse" only when the interval shows it; a lower point estimate inside an interval round 0 is not
-                verdict = "worse than" if np.isfinite(high) and high < 0 else "not shown better than"
-                out.append(Finding("note", f"{name} is {verdict} {label} out of fold: ΔC {delta}"))
+            finding = versus(str(name), label, row, f"vs_{role}_harrell_c", " out of fold")
+            out += [finding] if finding else []
     return out
 
 
@@ -181,11 +228,8 @@ def result_warnings(comparison: pd.DataFrame, evaluation: EvaluationParams, test
         if r2 is not None and np.isfinite(r2) and r2 > evaluation.audit_max_r2:
             out.append(Finding("warning", f"{name}: R2 on days {r2:.3f} > {evaluation.audit_max_r2} is implausible: "
                                            "check for leakage (e.g. an outcome-derived input)"))
-        low = row.get("delta_harrell_c_low")
-        if name not in ("gpa",) and low is not None and np.isfinite(low) and low <= 0:
-            verdict = "worse than" if row["delta_harrell_c"] < 0 else "not shown better than"
-            delta = format_ci(row["delta_harrell_c"], low, row["delta_harrell_c_high"])
-            out.append(Finding("note", f"{name} is {verdict} the GPA: ΔC {delta}"))
+        finding = versus(str(name), "the GPA", row, "delta_harrell_c")
+        out += [finding] if finding else []
     for months in (6, 12, 24):
         controls = int((test.time > months * DAYS_PER_MONTH).sum())
         if controls == 0:
@@ -199,6 +243,15 @@ def result_warnings(comparison: pd.DataFrame, evaluation: EvaluationParams, test
         out.append(Finding("note", f"small test set ({patients} patients, {deaths} deaths): intervals are wide and "
                                     "differences between models are rarely significant"))
     return out
+
+
+#: The caveat of the locked test set's risk groups of a fold ensemble (the report's caption).
+ENSEMBLE_THRESHOLDS = (
+    "the thresholds are quantiles of single fold models' out-of-fold risks, applied to the ensemble's risks (the "
+    "mean of the fold models'), which spread less than one model's: the outer groups hold fewer test patients than "
+    "their development share, so compare the groups' curves, not their sizes")
+#: How the groups of the risk-group and calibration figures are numbered.
+GROUP_NUMBERS = "groups numbered from 0 = the lowest predicted risk (the highest predicted survival)"
 
 
 @dataclass(frozen=True)
@@ -219,7 +272,10 @@ def figures(table: pd.DataFrame, splits: Splits, risks: pd.DataFrame, per_site: 
 
     Risk groups and calibration are shown first where there are patients to show them, on the out-of-fold
     predictions of the development patients (as many groups as their deaths allow; quantiles of those risks),
-    and then on the locked test set as confirmation (the development thresholds applied to the ensemble)."""
+    and then on the locked test set as confirmation (the development thresholds applied to the ensemble: see
+    :data:`ENSEMBLE_THRESHOLDS` for why its groups' sizes are not the development shares). Groups are numbered
+    from 0 = the lowest predicted risk, by ``plots.risk_groups`` and ``scores.calibration`` alike; a calibration
+    plot is drawn only at a horizon that has a calibration table (one inside the follow-up)."""
     from survival_model.evaluation.oof import groups_for, horizons_inside
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,8 +302,9 @@ def figures(table: pd.DataFrame, splits: Splits, risks: pd.DataFrame, per_site: 
     own = data.oof_calibration[data.oof_calibration["model"] == network] if len(data.oof_calibration) else None
     out["calibration"] = []
     for months in horizons_months:
-        if own is not None and len(own):
-            plots.calibration_plot(own[own["months"] == months], folder / f"calibration_dev_{months:g}m.png", months)
+        part = own[own["months"] == months] if own is not None and len(own) else None
+        if part is not None and len(part):  # no table at a horizon outside the follow-up: no empty plot
+            plots.calibration_plot(part, folder / f"calibration_dev_{months:g}m.png", months)
             out["calibration"].append(("dev", months))
     if network in oof.columns:
         test_risk, own_days = test_part(network)
@@ -280,10 +337,11 @@ def _img(path: Path, alt: str) -> str:
 
 def comparison_display(comparison: pd.DataFrame, cv: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
     """Model x score as "value [low, high]" strings, and the CV mean ± SD columns."""
-    metrics = [c for c in comparison.columns if not c.endswith(("_low", "_high")) and c != "patients_uncensored"]
+    metrics = [c for c in comparison.columns
+               if not c.endswith(("_low", "_high", "_resamples")) and c != "patients_uncensored"]
     out = pd.DataFrame(index=comparison.index)
     for metric in metrics:
-        out[metric] = [format_ci(r.get(metric), r.get(f"{metric}_low"), r.get(f"{metric}_high"))
+        out[metric] = [format_interval(r.get(metric), r.get(f"{metric}_low"), r.get(f"{metric}_high"))
                        for _, r in comparison.iterrows()]
     for metric in ("harrell_c", "uno_c", "integrated_brier", "auc_12m"):
         out[f"CV {metric}"] = [f"{cv[m][metric]['mean']:.3f} ± {cv[m][metric]['sd']:.3f}"
@@ -307,26 +365,31 @@ def importance_markdown(importance: pd.DataFrame, known_effects: Sequence[str]) 
     return lines
 
 
+def _row(frame: pd.DataFrame, name: str) -> pd.Series:
+    row = frame.loc[name]
+    return row if isinstance(row, pd.Series) else row.iloc[0]
+
+
 def summary_markdown(network: str, comparison: pd.DataFrame, oof: pd.DataFrame, table_md: str,
                      audit: Sequence[Finding], importances: Sequence[pd.DataFrame], cams: pd.DataFrame | None,
                      known_effects: Sequence[str]) -> str:
     """The short summary (Prefect UI, MLflow, the CLI)."""
     lines = ["# Evaluation", ""]
     if network in oof.index:
-        row = oof.loc[network]
-        parts = [f"Harrell's C {format_ci(row['harrell_c'], row['harrell_c_low'], row['harrell_c_high'])}"]
+        row = _row(oof, network)
+        parts = [f"Harrell's C {format_interval(row['harrell_c'], row['harrell_c_low'], row['harrell_c_high'])}"]
         for role, label in (("tabular", "tabular-only"), ("gpa", "GPA"), ("oracle", "oracle")):
             column = f"vs_{role}_harrell_c"
-            if column in row.index and np.isfinite(row[column]):
-                parts.append(f"vs {label} {format_ci(row[column], row[f'{column}_low'], row[f'{column}_high'])}")
+            if column in row.index and computed(row, column):
+                parts.append(f"vs {label} {delta_text(row, column)}")
         if "headroom" in row.index and np.isfinite(row["headroom"]):
-            headroom = format_ci(row["headroom"], row["headroom_low"], row["headroom_high"])
+            headroom = format_interval(row["headroom"], row["headroom_low"], row["headroom_high"])
             parts.append(f"share of the oracle's headroom {headroom}")
         lines += [f"**{network}, out of fold on the development patients**: " + "; ".join(parts) + ".", ""]
     if network in comparison.index and "gpa" in comparison.index:
-        row = comparison.loc[network]
-        c = format_ci(row["harrell_c"], row["harrell_c_low"], row["harrell_c_high"])
-        delta = format_ci(row.get("delta_harrell_c"), row.get("delta_harrell_c_low"), row.get("delta_harrell_c_high"))
+        row = _row(comparison, network)
+        c = format_interval(row["harrell_c"], row["harrell_c_low"], row["harrell_c_high"])
+        delta = delta_text(row, "delta_harrell_c") if computed(row, "delta_harrell_c") else "-"
         c_index = comparison["harrell_c"].astype(float)
         ceiling = f"; oracle (ceiling) {c_index['oracle']:.3f}" if "oracle" in c_index.index else ""
         lines += [f"Locked test set (confirmation): Harrell's C {c}; GPA {c_index['gpa']:.3f}; difference to the GPA "
@@ -401,17 +464,18 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
                        f"{r['counts']}</li>" for m, r in results.items())
 
     dev_deaths = int(Outcome.of_frame(rows(table, splits.development)).event.sum())
+    ci = level(evaluation.confidence)
     where = {"dev": "development (out of fold)", "test": "test set"}
     sections = [
         ("Summary", f"<p>{len(splits.development)} development patients ({dev_deaths} deaths) in "
                     f"{len(splits.folds)} folds; {len(splits.test)} locked test patients "
                     f"({int(test.event.sum())} deaths).</p>"),
         ("Comparison out of fold (all development patients)", comparison_display(oof, {}).to_html()
-         + "<p>Each development patient scored by the model of the fold that validated it. 95% bootstrap intervals "
+         + f"<p>Each development patient scored by the model of the fold that validated it. {ci} bootstrap intervals "
            "over patients; vs_*: paired difference to the oracle, the tabular-only network and the GPA on the same "
            "resamples; headroom: (C − 0.5) / (C_oracle − 0.5).</p>"),
         ("Confirmation on the locked test set", comparison_display(comparison, cv).to_html()
-         + "<p>Values with 95% bootstrap intervals over the test patients; Δ: paired difference to the GPA; CV: "
+         + f"<p>Values with {ci} bootstrap intervals over the test patients; Δ: paired difference to the GPA; CV: "
            "mean ± SD over the development folds' validation patients; *_uncensored: the paper's metrics on patients "
            "who died.</p>"),
         ("Kaplan-Meier by predicted risk group",
@@ -419,13 +483,15 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
          f"<ul>{logrank(drawn['logrank'])}</ul>"
          + "".join(_img(figs / f"km_{_slug(m)}.png", f"Kaplan-Meier, development (out of fold): {m}")
                    for m in drawn["logrank"])
-         + "<p>Locked test patients (the development thresholds applied):</p>"
+         + f"<p>Locked test patients (the development thresholds applied; for {html.escape(network)}, "
+           f"{ENSEMBLE_THRESHOLDS}):</p>"
          f"<ul>{logrank(drawn['logrank_test'])}</ul>"
-         + "".join(_img(figs / f"km_test_{_slug(m)}.png", f"Kaplan-Meier, locked test set: {m}")
+         + "".join(_img(figs / f"km_test_{_slug(m)}.png", f"Kaplan-Meier, locked test set: {m}"
+                        + (f" ({ENSEMBLE_THRESHOLDS})" if m == network else ""))
                    for m in drawn["logrank_test"])),
         (f"Calibration and predicted time ({network})",
          "".join(_img(figs / f"calibration_{part}_{months:g}m.png",
-                      f"calibration at {months:g} months, {where[part]}")
+                      f"calibration at {months:g} months, {where[part]} ({GROUP_NUMBERS})")
                  for part, months in drawn["calibration"])
          + _img(figs / "predicted_vs_observed.png", "predicted vs observed days (uncensored test patients)")),
         ("Per site", per_site.round(3).to_html() + _img(figs / "per_site.png", "Harrell's C per site")),

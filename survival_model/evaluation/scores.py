@@ -12,7 +12,8 @@ predicts times itself (``mse`` and ``weibull`` networks): then its own predictio
   (``concordance_index_ipcw``: inverse-probability-of-censoring weights from the training patients);
 - the integrated Brier score over a time grid inside the test follow-up (``integrated_brier_score``);
 - time-dependent AUC at given times (``cumulative_dynamic_auc``);
-- calibration at one time: patients in risk groups (quantiles of the predicted survival), the mean
+- calibration at one time: patients in risk groups (quantiles of the predicted survival; group 0 = the
+  lowest predicted risk, i.e. the highest predicted survival, as in the Kaplan-Meier risk groups), the mean
   predicted S(t) against the Kaplan-Meier S(t) of the group (``kaplan_meier_estimator``);
 - R2, MAE and RMSE in days on **uncensored** patients only (the paper's metrics; censored times are not
   survival times), labelled so.
@@ -173,10 +174,11 @@ def time_auc(train: Outcome, test: Outcome, risk: FloatArray, times: Sequence[fl
 
 
 def calibration(test: Outcome, predicted: FloatArray, t: float, groups: int = 3) -> pd.DataFrame:
-    """Mean predicted S(t) against the Kaplan-Meier S(t) per group of predicted survival (lowest first)."""
+    """Mean predicted S(t) against the Kaplan-Meier S(t) per group of predicted survival ``predicted``: group 0 =
+    the lowest predicted risk (the highest predicted survival), as the Kaplan-Meier risk groups number them."""
     predicted = np.asarray(predicted, dtype=float)
     n_groups = max(1, min(groups, len(predicted) // 5 or 1))
-    order = np.argsort(predicted, kind="stable")
+    order = np.argsort(-predicted, kind="stable")  # the highest predicted survival (lowest risk) first
     rows = []
     for g, idx in enumerate(np.array_split(order, n_groups)):
         part = test.take(idx)
@@ -184,7 +186,7 @@ def calibration(test: Outcome, predicted: FloatArray, t: float, groups: int = 3)
         if len(idx) and part.time.max() >= t:
             km_time, km_surv = kaplan_meier_estimator(part.event, part.time)
             observed = float(km_surv[km_time <= t][-1]) if (km_time <= t).any() else 1.0
-        rows.append({"group": g + 1, "patients": len(idx), "deaths": int(part.event.sum()),
+        rows.append({"group": g, "patients": len(idx), "deaths": int(part.event.sum()),
                      "predicted": float(predicted[idx].mean()) if len(idx) else float("nan"),
                      "observed": observed})
     return pd.DataFrame(rows)
@@ -251,11 +253,21 @@ class TestCurves:
 
     def score(self, idx: npt.NDArray[np.intp], *, tau: float | None,
               auc_months: Sequence[float] = (6, 12, 24)) -> dict[str, float]:
+        """Every score of the patients ``idx`` (scikit-survival, one sample)."""
         test, risk = self.test.take(idx), self.risk[idx]
         inside = (self.grid > test.time.min()) & (self.grid < test.time.max())
         out = {"harrell_c": harrell_c(risk, test.time, test.event), "uno_c": uno_c(self.train, test, risk, tau),
                "integrated_brier": integrated_brier(self.train, test, self.survival_grid[idx][:, inside],
                                                     self.grid[inside])}
+        out.update(self.other_scores(idx, auc_months=auc_months))
+        return out
+
+    def other_scores(self, idx: npt.NDArray[np.intp], *,
+                     auc_months: Sequence[float] = (6, 12, 24)) -> dict[str, float]:
+        """The scores the vectorised paired bootstrap (``survival_model.evaluation.paired``) does not compute: the
+        AUC at ``auc_months``, the largest calibration gap, and the paper's metrics in days."""
+        test, risk = self.test.take(idx), self.risk[idx]
+        out: dict[str, float] = {}
         aucs = time_auc(self.train, test, risk, [m * DAYS_PER_MONTH for m in auc_months])
         for months, auc in zip(auc_months, aucs.values(), strict=True):
             out[f"auc_{months:g}m"] = auc
@@ -265,24 +277,3 @@ class TestCurves:
         out[f"calibration_{months_label}m_max_gap"] = float(gaps.max()) if gaps.notna().any() else float("nan")
         out.update(regression_on_deaths(self.medians[idx], test))
         return out
-
-
-def bootstrap_scores(train_risk: FloatArray, train: Outcome, risk: FloatArray, test: Outcome, *, tau: float | None,
-                     resamples: int = 200, confidence: float = 0.95, seed: int = 0,
-                     test_days: FloatArray | None = None, members: FloatArray | None = None,
-                     ) -> dict[str, dict[str, float]]:
-    """Every score with a percentile bootstrap interval over test patients (``value``, ``low``, ``high``);
-    resamples where a score is undefined are left out of that score's interval."""
-    from survival_model.evaluation.metrics import Estimate, percentile_interval
-
-    curves = TestCurves.of(train_risk, train, np.asarray(risk, dtype=float), test, test_days=test_days,
-                           members=members)
-    point = curves.score(np.arange(len(test.time)), tau=tau)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in point}
-    for _ in range(resamples):
-        for k, v in curves.score(rng.integers(0, len(test.time), len(test.time)), tau=tau).items():
-            if np.isfinite(v):
-                draws[k].append(v)
-    return {k: Estimate(value, *percentile_interval(draws[k], confidence, minimum=10), len(draws[k])).as_dict()
-            for k, value in point.items()}

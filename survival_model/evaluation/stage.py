@@ -17,12 +17,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from survival_model.config import EvaluationParams
-from survival_model.evaluation.baselines import baselines, fit_baseline
+from survival_model.evaluation.baselines import baselines, fit_baseline, pooling_scale
 from survival_model.evaluation.compare import ModelRisks, comparison_table
 from survival_model.evaluation.metrics import format_ci, harrell_c
 from survival_model.evaluation.oof import OutOfFold, centre_on, compare_out_of_fold
@@ -42,12 +43,14 @@ class NetworkRun:
     """What the comparison needs of one trained network (risks by case id)."""
 
     name: str
-    #: Development patients, each scored by the fold model that did not train on it (out of fold; centred on
-    #: that fold's training patients).
+    #: Development patients, each scored by the fold model that did not train on it (out of fold). A cox
+    #: network's are taken from ``folds`` instead, centred there (:func:`network_out_of_fold`); these serve
+    #: patients no fold validated.
     dev: pd.Series
     #: The test patients: the fold ensemble (mean of the folds' centred risks).
     test: pd.Series
-    #: The ensemble's own predicted days on the test patients (``mse``, ``weibull``), else None.
+    #: The ensemble's own predicted days on the test patients (``mse``, ``weibull``), else None (a ``cox``
+    #: network: a risk defined up to a constant, see :attr:`cox`).
     test_days: pd.Series | None
     #: Per fold: the fold model's risks on its own training rows and on its validation rows.
     folds: tuple[tuple[pd.Series, pd.Series], ...]
@@ -56,6 +59,25 @@ class NetworkRun:
     test_folds: pd.DataFrame | None = None
     #: The variant of the network (``hybrid``, ``tabular``, ``image``).
     variant: str = "hybrid"
+
+    @property
+    def cox(self) -> bool:
+        """A ``cox`` network: it predicts no days of its own, its risk is a log-hazard defined up to a constant."""
+        return self.test_days is None
+
+
+def network_out_of_fold(net: NetworkRun, ids: Sequence[str]) -> np.ndarray:
+    """The network's out-of-fold risks of ``ids``: a ``cox`` network's validation risks of each fold centred on
+    that fold's training risks (:func:`centre_on`, as the baselines'; a no-op on folds already centred upstream
+    by ``output_offset``), so the pooled folds are on one scale whatever the training did; other objectives'
+    (and patients no fold validated) as ``net.dev`` gives them."""
+    given = net.dev.reindex(list(ids)).astype(float)
+    if not net.cox or not net.folds:
+        return given.to_numpy(dtype=float)
+    centred = pd.concat([pd.Series(centre_on(train_risk.to_numpy(dtype=float), val_risk.to_numpy(dtype=float)),
+                                   index=val_risk.index) for train_risk, val_risk in net.folds])
+    pooled = centred[~centred.index.duplicated()].reindex(list(ids)).combine_first(given)
+    return pooled.to_numpy(dtype=float)
 
 
 def _cv(per_fold: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -81,8 +103,8 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
                 ) -> tuple[dict[str, ModelRisks], dict[str, dict[str, dict[str, float]]], OutOfFold]:
     """Risks of every model on the development and test patients, every score of each model over the
     cross-validation folds (fitted on each fold's training rows, scored on its validation rows), and every
-    model's out-of-fold risks on the development patients (fitted models centred on their fold's training
-    rows)."""
+    model's out-of-fold risks on the development patients (fitted models, cox networks included, centred on
+    their fold's training rows)."""
     dev, test = rows(table, splits.development), rows(table, splits.test)
     fold_of = {c: k for k, fold in enumerate(splits.folds) for c in fold.validation}
     dev_ids = list(dev["case_id"])
@@ -93,7 +115,7 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
         days = net.test_days.reindex(test["case_id"]).to_numpy(dtype=float) if net.test_days is not None else None
         members = net.test_folds.reindex(test["case_id"]).to_numpy(dtype=float) if net.test_folds is not None \
             else None
-        dev_risk = net.dev.reindex(dev["case_id"]).to_numpy(dtype=float)
+        dev_risk = network_out_of_fold(net, dev_ids)
         models[net.name] = ModelRisks(dev_risk, net.test.reindex(test["case_id"]).to_numpy(dtype=float), days, members)
         oof[net.name] = dev_risk
         per_fold = []
@@ -113,8 +135,7 @@ def model_risks(table: pd.DataFrame, splits: Splits, networks: Sequence[NetworkR
             model = fit_baseline(baseline, train, evaluation.seed)
             fold_train, fold_val = model.risk(train), model.risk(validation)
             per_fold.append(_fold_scores(train, fold_train, validation, fold_val, evaluation.tau_days))
-            fitted_model = baseline.estimator is not None  # a score by hand has an absolute scale: not centred
-            pooled[list(validation["case_id"])] = centre_on(fold_train, fold_val) if fitted_model else fold_val
+            pooled[list(validation["case_id"])] = pooling_scale(baseline, fold_train, fold_val)
         cv[name] = _cv(per_fold)
         oof[name] = pooled.to_numpy(dtype=float)
     if oracle is not None and dev["case_id"].isin(oracle.index).all() and test["case_id"].isin(oracle.index).all():
@@ -236,8 +257,29 @@ def load_evaluation(folder: Path) -> EvaluationResult | None:
     return result
 
 
+def format_interval(value: Any, low: Any = None, high: Any = None) -> str:
+    """``0.685 [0.549, 0.846]``; ``0.685 [undefined]`` when the interval is NaN (too few resamples where the score,
+    or both scores of a difference, are defined: ``paired.MIN_FINITE``); the bare value when no interval was
+    computed (``low`` and ``high`` None); ``-`` without a value."""
+    if low is None and high is None:
+        return format_ci(value)
+    if not finite(value):
+        return "-"
+    return format_ci(value, low, high) if finite(low) and finite(high) else f"{float(value):.3f} [undefined]"
+
+
+def finite(x: Any) -> bool:
+    """A value that is there and finite (None and NaN are not)."""
+    return x is not None and bool(np.isfinite(x))
+
+
+def level(confidence: float) -> str:
+    """The configured confidence as a percentage (``95%``, ``97.5%``)."""
+    return f"{confidence * 100:g}%"
+
+
 def _ci(row: pd.Series, metric: str) -> str:
-    return format_ci(row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high"))
+    return format_interval(row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high"))
 
 
 def oof_markdown(oof: pd.DataFrame, references: Mapping[str, str], patients: int, deaths: int,
@@ -248,7 +290,7 @@ def oof_markdown(oof: pd.DataFrame, references: Mapping[str, str], patients: int
     lines = [
         f"**Out of fold, all {patients} development patients ({deaths} deaths)**: each patient scored by the model "
         "of the fold that validated it (fitted, and every choice made, without it). "
-        f"{confidence:.0%} bootstrap intervals over patients; Δ: Harrell's C minus the reference's, paired on the "
+        f"{level(confidence)} bootstrap intervals over patients; Δ: Harrell's C minus the reference's, paired on the "
         "same resamples; headroom: (C − 0.5) / (C_oracle − 0.5). Calibration (integrated Brier) from "
         "Breslow baselines cross-fitted on the other folds.", "",
         "| model | Harrell's C | Uno's C | integrated Brier | headroom | " + " | ".join(heads[r] for r in roles) + " |",
@@ -261,13 +303,14 @@ def oof_markdown(oof: pd.DataFrame, references: Mapping[str, str], patients: int
     return "\n".join(lines) + "\n"
 
 
-def table_markdown(comparison: pd.DataFrame, cv: dict[str, dict[str, dict[str, float]]], test_patients: int) -> str:
+def table_markdown(comparison: pd.DataFrame, cv: dict[str, dict[str, dict[str, float]]], test_patients: int,
+                   confidence: float) -> str:
     """The locked test set's comparison as a Markdown table (Prefect UI, MLflow, the CLI)."""
     lines = [
-        f"**Locked test set, {test_patients} patients (confirmation)**: 95% bootstrap intervals; difference to the "
-        "GPA paired on the same resamples; CV: mean ± SD over the development folds' validation patients. R2 / MAE "
-        "/ RMSE (days) use uncensored patients only, with each model's predicted time (the median of its "
-        "Breslow survival curve for risk scores).", "",
+        f"**Locked test set, {test_patients} patients (confirmation)**: {level(confidence)} bootstrap intervals; "
+        "difference to the GPA paired on the same resamples; CV: mean ± SD over the development folds' validation "
+        "patients. R2 / MAE / RMSE (days) use uncensored patients only, with each model's predicted time (the median "
+        "of its Breslow survival curve for risk scores).", "",
         "| model | Harrell's C | Uno's C | integrated Brier | AUC 12 m | MAE days (deaths) | ΔC vs GPA | CV C |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -325,7 +368,8 @@ def run_comparison(table: pd.DataFrame, splits: Splits, networks: Sequence[Netwo
         write_text(calibration.to_csv(index=False), tmp / "oof_calibration.csv")
         write_parquet(oof.frame(), tmp / "oof_risks.parquet")
         write_text(oof_markdown(out_of_fold.table, out_of_fold.references, out_of_fold.patients, out_of_fold.deaths,
-                                evaluation.confidence) + "\n" + table_markdown(comparison, cv, len(splits.test)),
+                                evaluation.confidence) + "\n"
+                   + table_markdown(comparison, cv, len(splits.test), evaluation.confidence),
                    tmp / "table.md")
     result = load_comparison(folder)
     if result is None:  # pragma: no cover - written atomically just above

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from survival_model.config import EvaluationParams, SplitParams
 from survival_model.evaluation.metrics import harrell_c
 from survival_model.evaluation.oof import (
     OutOfFold,
@@ -15,16 +18,18 @@ from survival_model.evaluation.oof import (
     groups_for,
     horizons_inside,
 )
+from survival_model.evaluation.report import ReportData, figures
 from survival_model.evaluation.scores import DAYS_PER_MONTH, Outcome, breslow_hazard, survival_from
 from survival_model.evaluation.scores import TestCurves as Curves
-from tests.evaluation.cohorts import risk_cohort
+from survival_model.evaluation.stage import NetworkRun, run_comparison
+from survival_model.training.splits import Splits, make_splits
+from tests.evaluation.cohorts import clinical_cohort, risk_cohort
 
 FOLDS = 5
 
 
-def pooled(n: int, seed: int, offsets: tuple[float, ...] = (0.0,) * FOLDS) -> tuple[OutOfFold, np.ndarray]:
-    """Out-of-fold risks of a noisy model, each fold's risks shifted by its own constant before centring on
-    that fold's (simulated) training patients."""
+def pooled(n: int, seed: int) -> tuple[OutOfFold, np.ndarray]:
+    """Out-of-fold risks of a noisy model, each fold's risks centred on that fold's (simulated) training patients."""
     truth, outcome = risk_cohort(n, seed)
     rng = np.random.default_rng(seed + 100)
     fold = np.arange(n) % FOLDS
@@ -32,24 +37,52 @@ def pooled(n: int, seed: int, offsets: tuple[float, ...] = (0.0,) * FOLDS) -> tu
     risk = np.empty(n)
     for k in range(FOLDS):
         inside = fold == k
-        train_risk = noisy[~inside] + offsets[k]  # the fold model's risks on its training patients
-        risk[inside] = centre_on(train_risk, noisy[inside] + offsets[k])
+        risk[inside] = centre_on(noisy[~inside], noisy[inside])
     gpa_like = np.round(truth * 2) / 2 + rng.normal(0, 1.0, n)
     oof = OutOfFold(tuple(f"p{i}" for i in range(n)), outcome, fold.astype(np.int64),
                     {"oracle": truth, "model": risk, "tabular": noisy + rng.normal(0, 0.8, n), "gpa": gpa_like})
     return oof, truth
 
 
-def test_a_constant_added_to_one_fold_changes_no_risk_calibration_brier_or_group() -> None:
-    base, _ = pooled(300, 1)
-    shifted, _ = pooled(300, 1, offsets=(0.0, 5.0, 0.0, -3.0, 0.0))
-    assert np.allclose(base.risks["model"], shifted.risks["model"])
-    refs = {"oracle": "oracle", "tabular": "tabular", "gpa": "gpa"}
-    a = compare_out_of_fold(base, refs, tau=730, resamples=50, seed=1)
-    b = compare_out_of_fold(shifted, refs, tau=730, resamples=50, seed=1)
-    assert np.allclose(a.table.loc["model"].to_numpy(dtype=float), b.table.loc["model"].to_numpy(dtype=float),
-                       equal_nan=True)
-    pd.testing.assert_frame_equal(a.calibration["model"], b.calibration["model"], rtol=1e-9)
+def network(splits: Splits, oracle: pd.Series, offsets: dict[int, float]) -> NetworkRun:
+    """A cox "network" whose folds were centred on their training patients, then fold ``k``'s training and
+    validation risks shifted by ``offsets[k]`` (a fold the training left uncentred)."""
+    risk = oracle + np.random.default_rng(0).normal(0, 0.5, len(oracle))
+    folds = []
+    for k, fold in enumerate(splits.folds):
+        train, validation = risk.loc[list(fold.train)], risk.loc[list(fold.validation)]
+        shift = offsets.get(k, 0.0) - float(train.mean())
+        folds.append((train + shift, validation + shift))
+    dev = pd.concat([v for _, v in folds]).loc[list(splits.development)]  # what the training's out_of_fold() gives
+    return NetworkRun("net", dev, risk.loc[list(splits.test)], None, tuple(folds))
+
+
+def test_a_constant_added_to_one_network_fold_changes_no_risk_calibration_brier_or_group(tmp_path: Path) -> None:
+    table, oracle = clinical_cohort(200, 11)
+    splits = make_splits(table.assign(source_digest=table["case_id"]), SplitParams(folds=3))
+    evaluation = EvaluationParams(score_resamples=20, bootstrap=100, baselines=["gpa"])
+    results = []
+    for name, offsets in (("centred", {}), ("shifted", {1: 4.0})):
+        net = network(splits, oracle, offsets)
+        compared = run_comparison(table, splits, [net], ["age", "kps"], evaluation, None, tmp_path / name)
+        drawn = figures(table, splits, compared.risks(), compared.per_site, "net",
+                        ReportData(compared.oof_risks(), compared.oof_calibration(), None), tmp_path / name / "figs")
+        results.append((net, compared, drawn))
+    (centred_net, a, drawn_a), (shifted_net, b, drawn_b) = results
+    assert not np.allclose(centred_net.dev, shifted_net.dev)  # the input differs in one fold ...
+    oof_a, oof_b = (r.oof_risks().query("model == 'net'").set_index("case_id")["risk"] for r in (a, b))
+    np.testing.assert_allclose(oof_a.to_numpy(), oof_b.to_numpy())  # ... the pooled risks do not
+    np.testing.assert_allclose(oof_a.loc[list(splits.development)].to_numpy(), centred_net.dev.to_numpy())  # idempotent
+    pd.testing.assert_frame_equal(a.oof_calibration(), b.oof_calibration())
+    columns = ["harrell_c", "uno_c", "integrated_brier", "integrated_brier_low", "integrated_brier_high"]
+    np.testing.assert_allclose(a.oof.loc["net", columns].to_numpy(float), b.oof.loc["net", columns].to_numpy(float))
+    locked = ["integrated_brier", "calibration_12m_max_gap", "mae_days_uncensored"]  # curves from the pooled risks
+    np.testing.assert_allclose(a.comparison.loc["net", locked].to_numpy(float),
+                               b.comparison.loc["net", locked].to_numpy(float))
+    for part in ("logrank", "logrank_test"):
+        assert drawn_a[part]["net"]["counts"] == drawn_b[part]["net"]["counts"]
+        np.testing.assert_allclose(drawn_a[part]["net"]["thresholds"], drawn_b[part]["net"]["thresholds"])
+    assert drawn_a["calibration"] == drawn_b["calibration"]
 
 
 def test_without_centring_per_fold_offsets_break_the_pooled_scores() -> None:

@@ -10,8 +10,21 @@ import pandas as pd
 import pytest
 
 from survival_model.config import EvaluationParams, SplitParams
-from survival_model.evaluation.report import ReportData, selection_findings, split_integrity, write_report
-from survival_model.evaluation.stage import NetworkRun, run_comparison
+from survival_model.evaluation.report import (
+    ENSEMBLE_THRESHOLDS,
+    UNDEFINED_INTERVAL,
+    ReportData,
+    comparison_display,
+    figures,
+    oof_warnings,
+    result_warnings,
+    selection_findings,
+    split_integrity,
+    summary_markdown,
+    write_report,
+)
+from survival_model.evaluation.scores import Outcome
+from survival_model.evaluation.stage import NetworkRun, load_comparison, run_comparison, table_markdown
 from survival_model.training.splits import Fold, Splits, make_splits
 from tests.evaluation.cohorts import clinical_cohort
 
@@ -19,11 +32,14 @@ CLINICAL = ["age", "kps", "extracranial", "n_brain_mets", "sex"]
 
 
 def run(table: pd.DataFrame, splits: Splits, risk: pd.Series, folder: Path, name: str = "net", *,
-        fold_summaries: tuple[dict, ...] = ({"fold": "fold-1", "selection": "stopping patients"},),
-        decisions: int | None = None) -> Path:
+        fold_summaries: tuple[dict, ...] | None = None, decisions: int | None = None,
+        confidence: float = 0.95) -> Path:
     folds = tuple((risk.loc[list(f.train)], risk.loc[list(f.validation)]) for f in splits.folds)
     network = NetworkRun(name, risk.loc[list(splits.development)], risk.loc[list(splits.test)], None, folds)
-    evaluation = EvaluationParams(score_resamples=20, bootstrap=200, baselines=["gpa", "cox_clinical"])
+    evaluation = EvaluationParams(score_resamples=20, bootstrap=200, baselines=["gpa", "cox_clinical"],
+                                  confidence=confidence)
+    if fold_summaries is None:  # every fold records where it chose its epoch
+        fold_summaries = tuple({"fold": f.name, "selection": "stopping patients"} for f in splits.folds)
     compared = run_comparison(table, splits, [network], CLINICAL, evaluation, None, folder)
     importance = pd.DataFrame({"rank": [1, 2], "feature": ["kps", "age"], "kind": ["tabular", "tabular"],
                                "mean": [0.05, 0.0], "sd": [0.01, 0.01]})
@@ -54,6 +70,8 @@ def test_the_report_is_one_self_contained_page_with_every_section(cohort: tuple,
                     "Leakage audit", "What was fitted on which rows"):
         assert section in page
     assert page.count("data:image/png;base64,") >= 7 and "src=\"http" not in page  # nothing to fetch
+    assert "groups numbered from 0 = the lowest predicted risk" in page  # the calibration captions
+    assert f"for net, {ENSEMBLE_THRESHOLDS}" in page  # the test set's risk groups of the ensemble: the caveat
     assert "log-rank" in page and "no patient in both sets" in page and "no selection on scored patients" in page
     summary = (path.parent / "summary.md").read_text(encoding="utf-8")
     assert "| net |" in summary and "kps 1" in summary and "vol_et_mm3 (not an input)" in summary
@@ -70,10 +88,15 @@ def test_the_report_is_one_self_contained_page_with_every_section(cohort: tuple,
 def test_an_outcome_derived_risk_is_flagged_as_implausible(cohort: tuple, tmp_path: Path) -> None:
     table, _, splits = cohort
     leaky = pd.Series(-table["time_days"].to_numpy(), index=table["case_id"])  # the answer itself
-    path = run(table, splits, leaky, tmp_path)
+    path = run(table, splits, leaky, tmp_path, confidence=0.9)
     findings = pd.read_json(path.parent / "audit.json", typ="series")["findings"]
     assert any(f["level"] == "warning" and "net: harrell_c" in f["text"] and "leakage" in f["text"] for f in findings)
-    assert "implausible" in (path.parent / "summary.md").read_text(encoding="utf-8")
+    summary = (path.parent / "summary.md").read_text(encoding="utf-8")
+    assert "implausible" in summary
+    # the configured confidence is the one printed, in the page and in both Markdown tables
+    page = path.read_text(encoding="utf-8")
+    assert page.count("90% bootstrap intervals") == 2 and "95%" not in page
+    assert summary.count("90% bootstrap intervals") == 2 and "95%" not in summary
 
 
 def test_a_model_that_does_not_beat_the_gpa_and_a_small_test_set_are_noted(cohort: tuple, tmp_path: Path) -> None:
@@ -81,7 +104,11 @@ def test_a_model_that_does_not_beat_the_gpa_and_a_small_test_set_are_noted(cohor
     random = pd.Series(np.random.default_rng(1).standard_normal(len(table)), index=table["case_id"])
     path = run(table, splits, random, tmp_path)
     text = (path.parent / "summary.md").read_text(encoding="utf-8")
-    assert "net is worse than the GPA" in text or "net is not shown better than the GPA" in text
+    row = pd.read_csv(tmp_path / "comparison" / "comparison.csv", index_col="model").loc["net"]
+    value, low, high = row["delta_harrell_c"], row["delta_harrell_c_low"], row["delta_harrell_c_high"]
+    assert low <= 0  # a random risk does not beat the GPA: which of the two notes depends on its interval alone
+    verdict = "worse than" if high < 0 else "not shown better than"
+    assert f"net is {verdict} the GPA: ΔC {value:.3f} [{low:.3f}, {high:.3f}]" in text
     assert "small test set" in text  # 40 test patients < 50
     alive = int((table.set_index("case_id").loc[list(splits.test), "time_days"] > 24 * 365.25 / 12).sum())
     assert alive < 10 and f"AUC at 24 months: only {alive} test patient(s)" in text
@@ -116,3 +143,85 @@ def test_selection_on_scored_patients_and_the_test_sets_decisions_are_flagged(co
                                                  *splits.folds[1:]))
     checks, found = selection_findings(leaking, [{"selection": "stopping patients"}])
     assert not checks and "selection on scored patients" in found[0].text
+
+
+def test_selection_not_recorded_by_every_fold_is_not_passed_and_a_key_mismatch_is_flagged(cohort: tuple) -> None:
+    _, _, splits = cohort
+    every = [{"fold": f.name, "selection": "stopping patients"} for f in splits.folds]
+    checks, found = selection_findings(splits, every)
+    assert any(c.startswith("no selection on scored patients") for c in checks) and not found
+    for summaries, recorded in (([], 0), (every[:1], 1)):
+        checks, found = selection_findings(splits, summaries)
+        assert not any("no selection on scored patients" in c for c in checks)
+        assert [(f.level, f.text) for f in found] == [
+            ("warning", f"no selection on scored patients not shown: {recorded} of 3 folds recorded how they "
+                        "selected (epoch, penalty)")]
+    keyed = dataclasses.replace(splits, pseudonym_key_fingerprint="aaaa1111")
+    checks, found = selection_findings(keyed, every, key_fingerprint="bbbb2222")
+    assert [f.text for f in found] == ["key mismatch: the splits list ids made with the pseudonym key of fingerprint "
+                                       "aaaa1111, this run's key is bbbb2222"]
+    checks, found = selection_findings(keyed, every, key_fingerprint="aaaa1111")
+    assert not found and any("fingerprint aaaa1111" in c for c in checks)
+
+
+def delta_table(column: str, value: float, low: float, high: float, resamples: float = 200.0) -> pd.DataFrame:
+    """A comparison of ``net`` and its reference ``gpa`` (not compared with itself) in one paired difference."""
+    nan = float("nan")
+    return pd.DataFrame({"harrell_c": [0.6, 0.6], column: [value, nan], f"{column}_low": [low, nan],
+                         f"{column}_high": [high, nan], f"{column}_resamples": [resamples, nan]},
+                        index=pd.Index(["net", "gpa"], name="model"))
+
+
+@pytest.mark.parametrize(("value", "low", "high", "verdict"), [
+    (-0.02, -0.08, 0.04, "not shown better than"),  # a lower point estimate, an interval including 0
+    (-0.10, -0.16, -0.04, "worse than"),  # the whole interval below 0
+])
+def test_worse_than_the_reference_only_when_the_interval_shows_it(value: float, low: float, high: float,
+                                                                   verdict: str) -> None:
+    evaluation, test = EvaluationParams(), Outcome.of([800.0] * 60, [True] * 60)
+    delta = f"ΔC {value:.3f} [{low:.3f}, {high:.3f}]"
+    locked = [f.text for f in result_warnings(delta_table("delta_harrell_c", value, low, high), evaluation, test)]
+    assert f"net is {verdict} the GPA: {delta}" in locked and not any("gpa" in t for t in locked)
+    for role, label in (("gpa", "the GPA"), ("tabular", "the tabular-only network")):
+        oof = [f.text for f in oof_warnings(delta_table(f"vs_{role}_harrell_c", value, low, high), evaluation)]
+        assert oof == [f"net is {verdict} {label} out of fold: {delta}"]
+    assert not result_warnings(delta_table("delta_harrell_c", 0.1, 0.02, 0.2), evaluation, test)  # shown better
+
+
+def test_an_undefined_difference_or_interval_is_said_not_skipped() -> None:
+    evaluation, test = EvaluationParams(), Outcome.of([800.0] * 60, [True] * 60)
+    nan = float("nan")
+    locked = [f.text for f in result_warnings(delta_table("delta_harrell_c", -0.5, nan, nan, 118), evaluation, test)]
+    assert locked == [f"net: ΔC vs the GPA: -0.500, {UNDEFINED_INTERVAL}"]
+    oof = [f.text for f in oof_warnings(delta_table("vs_gpa_harrell_c", 0.1, nan, nan, 50), evaluation)]
+    assert oof == [f"net: ΔC vs the GPA out of fold: 0.100, {UNDEFINED_INTERVAL}"]
+    oof = [f.text for f in oof_warnings(delta_table("vs_gpa_harrell_c", nan, nan, nan, 0), evaluation)]
+    assert oof == ["net: ΔC vs the GPA out of fold: undefined (a score is undefined on these patients)"]
+    assert not oof_warnings(delta_table("vs_gpa_harrell_c", nan, nan, nan, nan), evaluation)  # not computed
+    # the summary says it too, and every table shows the point with "[undefined]", never a bare number
+    comparison = delta_table("delta_harrell_c", -0.5, nan, nan, 118).assign(harrell_c_low=[nan, 0.5],
+                                                                             harrell_c_high=[nan, 0.7])
+    oof = delta_table("vs_gpa_harrell_c", 0.1, nan, nan, 50).assign(harrell_c_low=[0.5, 0.5],
+                                                                    harrell_c_high=[0.7, 0.7])
+    summary = summary_markdown("net", comparison, oof, "", [], [], None, [])
+    assert f"vs GPA 0.100, {UNDEFINED_INTERVAL}" in summary
+    assert f"difference to the GPA -0.500, {UNDEFINED_INTERVAL}" in summary
+    display = comparison_display(comparison, {})
+    assert display.loc["net", "delta_harrell_c"] == "-0.500 [undefined]"
+    assert display.loc["net", "harrell_c"] == "0.600 [undefined]" and display.loc["gpa", "harrell_c"] == "0.600 " \
+        "[0.500, 0.700]"
+    assert display.loc["gpa", "delta_harrell_c"] == "-" and "delta_harrell_c_resamples" not in display.columns
+    assert "| 0.600 [undefined] |" in table_markdown(comparison, {}, 60, 0.95)
+
+
+def test_a_calibration_plot_is_drawn_only_at_a_horizon_with_a_table(cohort: tuple, tmp_path: Path) -> None:
+    table, oracle, splits = cohort
+    run(table, splits, oracle, tmp_path)
+    compared = load_comparison(tmp_path)
+    assert compared is not None
+    drawn = figures(table, splits, compared.risks(), compared.per_site, "net",
+                    ReportData(compared.oof_risks(), compared.oof_calibration(), None), tmp_path / "again",
+                    horizons_months=(6, 60))  # 60 months: beyond every patient's follow-up, no calibration table
+    assert ("dev", 6) in drawn["calibration"] and ("dev", 60) not in drawn["calibration"]
+    assert (tmp_path / "again" / "calibration_dev_6m.png").is_file()
+    assert not (tmp_path / "again" / "calibration_dev_60m.png").exists()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from survival_model.evaluation.plots import risk_groups
 from survival_model.evaluation.scores import (
     DAYS_PER_MONTH,
     Outcome,
-    bootstrap_scores,
     breslow_survival,
     calibration,
     median_days,
@@ -47,9 +47,22 @@ def test_calibration_of_a_well_calibrated_model_is_close_to_kaplan_meier() -> No
     t = 12 * DAYS_PER_MONTH
     predicted = breslow_survival(x_train, train, x_test, np.array([t]))[:, 0]
     table = calibration(test, predicted, t, groups=3)
-    assert list(table["group"]) == [1, 2, 3] and table["patients"].sum() == 300
+    assert list(table["group"]) == [0, 1, 2] and table["patients"].sum() == 300
     assert (table["predicted"] - table["observed"]).abs().max() < 0.12
-    assert table["predicted"].is_monotonic_increasing
+    assert table["predicted"].is_monotonic_decreasing  # group 0: the highest predicted survival
+
+
+def test_calibration_groups_are_numbered_as_the_kaplan_meier_risk_groups() -> None:
+    # group g of the calibration table holds the patients of Kaplan-Meier risk group g: 0 = the lowest risk
+    x_train, train = risk_cohort(300, 1)
+    x_test, test = risk_cohort(300, 2)
+    t = 12 * DAYS_PER_MONTH
+    predicted = breslow_survival(x_train, train, x_test, np.array([t]))[:, 0]
+    table = calibration(test, predicted, t, groups=3)
+    _, groups = risk_groups(x_test, x_test, groups=3)
+    assert list(table["patients"]) == [int((groups == g).sum()) for g in range(3)]
+    assert list(table["deaths"]) == [int(test.event[groups == g].sum()) for g in range(3)]
+    assert table["deaths"].iloc[0] < table["deaths"].iloc[2]  # the lowest-risk group has the fewest deaths
 
 
 def test_the_papers_metrics_use_uncensored_patients_only() -> None:
@@ -59,16 +72,6 @@ def test_the_papers_metrics_use_uncensored_patients_only() -> None:
     assert metrics["patients_uncensored"] == 3.0
     with pytest.raises(ValueError, match="one length"):
         Outcome.of([1.0, 2.0], [True])
-
-
-def test_bootstrap_intervals_narrow_with_the_square_root_of_the_test_set() -> None:
-    x_train, train = risk_cohort(300, 1)
-    x_test, test = risk_cohort(240, 2)
-    whole = bootstrap_scores(x_train, train, x_test, test, tau=730, resamples=100, seed=1)
-    quarter = bootstrap_scores(x_train, train, x_test[:60], test.take(np.arange(60)), tau=730, resamples=100, seed=1)
-    for name in ("harrell_c", "uno_c", "integrated_brier"):
-        ratio = (quarter[name]["high"] - quarter[name]["low"]) / (whole[name]["high"] - whole[name]["low"])
-        assert 1.4 < ratio < 2.9, (name, ratio)  # a quarter of the patients: about twice as wide
 
 
 def test_a_test_patient_followed_beyond_the_training_patients_does_not_void_uno_c_or_the_auc() -> None:

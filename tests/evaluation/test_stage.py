@@ -57,7 +57,8 @@ def test_every_model_is_scored_on_the_same_test_patients_beside_the_oracle(cohor
     assert list(comparison.index) == list(models)
     c = comparison["harrell_c"]
     test = table.set_index("case_id").loc[list(splits.test)]
-    assert c["oracle"] == harrell_c(oracle.loc[list(splits.test)], test["time_days"], test["event"])
+    expected = harrell_c(oracle.loc[list(splits.test)], test["time_days"], test["event"])
+    assert c["oracle"] == pytest.approx(expected, abs=1e-9)  # the paired bootstrap's full sample: scikit-survival's
     assert c["oracle"] > 0.6 and c["network"] > 0.6
     assert comparison.loc["network", "delta_harrell_c"] > 0 and np.isnan(comparison.loc["gpa", "delta_harrell_c"])
     assert set(per_site.columns) == {"site_a", "site_b", "site_c"} and list(per_site.index) == list(models)
