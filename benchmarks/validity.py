@@ -2,7 +2,7 @@
 effect has a declared strength, with paired intervals, in one command.
 
     .venv/bin/python benchmarks/validity.py [--sizes 150 600] [--strengths 0 0.6 1.0] [--seed 20250515]
-        [--candidates '[{"image_features": "global"}, {"fusion": "concat", "tabular_hidden": [32]}]']
+        [--candidates '[{"image_features": "global", "at": ["600:0.6"]}, {"fusion": "concat", "tabular_hidden": [32]}]']
         [--candidates-at 600:0.6] [--set key=value ...] [--out benchmarks/out/validity] [--no-record] [--resume]
 
 For each cohort size and strength of the generator's image-only effect (``synthetic.image_effect``: a log hazard
@@ -85,6 +85,17 @@ def params_file(out: Path, size: int, strength: float, networks: list[dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     return path
+
+
+def candidates_at(candidates: list[dict[str, Any]], where: set[tuple[int, float]], size: int,
+                  strength: float) -> list[dict[str, Any]]:
+    """The candidate networks trained on the cohort ``size`` x ``strength``: every candidate at the
+    ``--candidates-at`` cohorts, less those whose own ``"at"`` list (``"size:strength"``) leaves it out."""
+    if (size, strength) not in where:
+        return []
+    here = f"{size}:{strength:g}"
+    return [{k: v for k, v in c.items() if k != "at"} for c in candidates
+            if "at" not in c or here in {f"{int(a.split(':')[0])}:{float(a.split(':')[1]):g}" for a in c["at"]}]
 
 
 def run_pipeline(path: Path, overrides: dict[str, Any]) -> Path:
@@ -171,7 +182,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20250515)
     parser.add_argument("--candidates", default='[{"image_features": "global"}, {"fusion": "concat", '
                                                 '"tabular_hidden": [32]}]',
-                        help="JSON list of further networks (overrides of training.network) to compare")
+                        help="JSON list of further networks (overrides of training.network) to compare; a "
+                             'candidate\'s own "at": ["600:0.6"] limits it to those cohorts')
     parser.add_argument("--candidates-at", nargs="*", default=["600:0.6"],
                         help="size:strength cohorts where the candidates are trained too")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value (params overrides)")
@@ -195,7 +207,7 @@ def main() -> None:
             if (size, strength) in done:
                 print(f"{size} patients, image effect {strength:g}: kept from {saved}", flush=True)
                 continue
-            path = params_file(args.out, size, strength, candidates if (size, strength) in where else [], args.seed)
+            path = params_file(args.out, size, strength, candidates_at(candidates, where, size, strength), args.seed)
             print(f"[{time.perf_counter() - started:7.0f} s] {size} patients, image effect {strength:g}: {path}",
                   flush=True)
             began = time.perf_counter()
@@ -208,8 +220,9 @@ def main() -> None:
     print("\n" + text)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if not args.no_record:
-        command = "  ".join(["", *sys.argv]).strip()
-        record(text, f".venv/bin/python benchmarks/validity.py {' '.join(sys.argv[1:])}".strip() or command)
+        arguments = " ".join(a if a.replace(":", "").replace(".", "").replace("-", "").isalnum() else f"'{a}'"
+                             for a in sys.argv[1:])
+        record(text, f".venv/bin/python benchmarks/validity.py {arguments}".strip())
 
 
 if __name__ == "__main__":
