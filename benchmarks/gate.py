@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from survival_model.config import GateParams  # noqa: E402
 from survival_model.evaluation.scores import Outcome, breslow_survival, evaluation_times  # noqa: E402
+from survival_model.registry.gate import margin_text  # noqa: E402
 from survival_model.synthetic import survival as sv  # noqa: E402
 
 BEGIN, END = "<!-- gate-benchmark:begin -->", "<!-- gate-benchmark:end -->"
@@ -258,6 +259,12 @@ def ibs_margins(results: pd.DataFrame, test_sizes: dict[int, int], margins: tupl
     return "\n".join(lines)
 
 
+def rule_text(gate: GateParams) -> str:
+    """The gate's settings as the summary states them (``ibs_margin none``: gated on the C part alone)."""
+    return (f"metric {gate.metric}, one-sided confidence {gate.confidence:g}, margin {gate.margin:g}, ibs_margin "
+            f"{margin_text(gate.ibs_margin)}, {gate.resamples} paired resamples")
+
+
 def write_results(text: str) -> None:
     path = REPO / "benchmarks" / "RESULTS.md"
     content = path.read_text()
@@ -330,8 +337,7 @@ def main() -> None:
         f"{args.replications} replications per row (fresh cohort and test set each; binomial SE of a 5 % rate "
         f"{math.sqrt(0.05 * 0.95 / args.replications):.1%}), {len(DELTAS)} challengers per replication against "
         f"one champion, all through `survival_model.registry.gate.judge` with `registry.gate` of params.yaml "
-        f"(metric {gate.metric}, one-sided confidence {gate.confidence:g}, margin {gate.margin:g}, ibs_margin "
-        f"{gate.ibs_margin:g}, {gate.resamples} paired resamples). Population ({args.population} patients): oracle "
+        f"({rule_text(gate)}). Population ({args.population} patients): oracle "
         f"Harrell's C {population['oracle_c']:.3f}, champion {population['champion_c']:.3f} (noise SD "
         f"{champion_sd:.2f}); the true Δ columns are measured on an independent population of the same size "
         f"(target in the first column, measured in brackets). Rates with exact 95 % intervals. `C part alone`: the "
@@ -343,7 +349,7 @@ def main() -> None:
     print(summary)
     if not args.no_write:
         write_results(f"{summary}\n\n{text}\n\nThe IBS non-inferiority margin, among the decisions whose C part "
-                      f"passed (the share each margin would refuse; the gate used {gate.ibs_margin:g}):\n\n"
+                      f"passed (the share each margin would refuse; the gate used {margin_text(gate.ibs_margin)}):\n\n"
                       f"{margins}\n\nCommand: {command}")
         print("written to benchmarks/RESULTS.md")
 

@@ -7,6 +7,13 @@ the same two deployments for a work pool and a worker instead.
 The deployments carry the absolute ``params.yaml`` path and the command line's ``--set`` overrides as
 parameters, so a scheduled run uses the settings the deployment was served with.
 
+One retraining runs at a time (``concurrency_limit`` 1, :data:`RETRAIN_CONCURRENCY`): a run started while
+another is running (a manual ``prefect deployment run`` beside the schedule) waits in the queue (Prefect's
+default ``ENQUEUE`` collision strategy), since two registry flows at once would read and write the same model
+registry. Runs started outside the deployment (``survival-model run``) are not counted by that limit: on one
+machine and work directory, the registry flow's file lock (``survival_model.registry.registry.registry_lock``)
+makes their registering and gating take turns with the deployment's.
+
 The pseudonymisation key is part of a deployment: a run from a deployment never creates one (a new key
 would give every patient a new id and hide which patients a registered model trained on). It comes from
 ``privacy`` in the params (``tasks.privacy``): a Prefect Secret block named by ``privacy.key_secret_block``
@@ -38,6 +45,8 @@ from tasks.privacy import check_key_available
 RETRAIN = "retrain"
 PREDICT = "predict"
 TAGS = ["survival-model"]
+#: Retraining runs of the deployment at once (a Prefect deployment concurrency limit; more wait their turn).
+RETRAIN_CONCURRENCY = 1
 #: Overrides of the schedule itself shape the deployment, not the runs: kept out of the run parameters.
 _SCHEDULE_KEY = "registry.schedule"
 
@@ -90,12 +99,13 @@ def retrain_deployment(
     params: Params, params_path: str | Path, overrides: dict[str, Any] | None = None
 ) -> RunnerDeployment:
     """The end-to-end pipeline on ``registry.schedule``; paused, with an inactive schedule, when
-    ``registry.schedule.active`` is false (it can still be run on demand)."""
+    ``registry.schedule.active`` is false (it can still be run on demand); one run at a time."""
     schedule = params.registry.schedule
     return _made(pipeline.to_deployment(
         name=RETRAIN,
         schedules=[retrain_schedule(schedule)],
         paused=not schedule.active,
+        concurrency_limit=RETRAIN_CONCURRENCY,
         parameters=run_parameters(params_path, overrides),
         tags=[*TAGS, RETRAIN],
         description=f"Scheduled retraining: the whole pipeline (ingest -> evaluate -> register and gate), "

@@ -1,7 +1,11 @@
 """The registry flow: package the main network, register it as ``challenger`` (unless a version with the same
 content is registered already), and gate it against the ``champion`` on the locked test set, once the
-champion is known to share this run's pseudonym key; plus :func:`model_rows`, the inputs a packaged model needs
-for a set of cohort patients (shared with the prediction flow)."""
+champion is known to share this run's pseudonym key (a version that holds ``champion`` already, promoted by
+hand before it was gated, is not gated); plus :func:`model_rows`, the inputs a packaged model needs for a set of
+cohort patients (shared with the prediction flow).
+
+Registering and gating run under the registry's file lock (``survival_model.registry.registry.registry_lock``):
+two runs on this machine with this work directory take turns there."""
 
 from __future__ import annotations
 
@@ -23,7 +27,13 @@ from survival_model.ingest.cohort import CohortResult
 from survival_model.models.inputs import preprocessed_patients
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
-from survival_model.registry.registry import CHAMPION, Version, registration_markdown
+from survival_model.registry.registry import (
+    CHAMPION,
+    Version,
+    lock_file,
+    registration_markdown,
+    registry_lock,
+)
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 from tasks import registry as t
@@ -115,12 +125,21 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
                 "ingest", "preprocess", "features", "training", "evaluation", "registry"})),
             "code_version": package_lib.package_code_version(),
             **locked_test_scores(compared, trained.name)}
-    version, registered = t.register_model(params, run_id, run_link, package, key, tags, challenger.frame.head(2))
-    decision: gate_lib.Decision | None = None
-    if registered or "gate.decision" not in version.tags:
-        decision = gate(params, cohort, table, splits, version, package, challenger)
+    lock = lock_file(params.work_dir, params.registry.model_name)
+
+    def waiting(holder: str) -> None:
+        logger.info("another registry run (%s) holds %s: waiting for it to finish", holder, lock)
+
+    with registry_lock(lock, waiting):
+        version, registered = t.register_model(params, run_id, run_link, package, key, tags,
+                                               challenger.frame.head(2))
+        decision: gate_lib.Decision | None = None
+        if registered or "gate.decision" not in version.tags:
+            decision = gate(params, cohort, table, splits, version, package, challenger)
+            if decision is None:  # it held champion already: tagged so
+                version = t.registry(params).version(version.version)
+        champion = t.registry(params).alias(CHAMPION)
     markdown = registration_markdown(params.registry.model_name, version, decision, run_link)
-    champion = t.registry(params).alias(CHAMPION)
     logger.info("%s: version %d (%s); champion: %s", params.registry.model_name, version.version,
                 "new" if registered else "registered before", f"v{champion.version}" if champion else "none")
     return RegistryResult(params.registry.model_name, version.version, registered, package,
@@ -128,26 +147,35 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
 
 
 def gate(params: Params, cohort: CohortResult, table: FeatureTable, splits: Splits, version: Version,
-         package: Path, challenger: ModelRows) -> gate_lib.Decision:
+         package: Path, challenger: ModelRows) -> gate_lib.Decision | None:
     """The challenger and the re-scored champion on the same locked test patients; a champion trained under
-    another pseudonym key stops it (``gate_lib.PseudonymKeyError``: its training patients cannot be told)."""
+    another pseudonym key stops it (``gate_lib.PseudonymKeyError``: its training patients cannot be told).
+    The decision is counted on the whole locked test set (``splits.test``), whichever of its patients were
+    scored. None when ``version`` holds ``champion`` already (``tasks.registry.record_already_champion``): not
+    gated."""
     current = t.registry(params).alias(CHAMPION)
+    if current is not None and current.version == version.version:
+        t.record_already_champion(params, current)
+        return None
     champion = None
     test_ids = list(challenger.frame["case_id"])
     excluded = 0
     champion_rows = None
-    if current is not None and current.version != version.version:
+    if current is not None:
         champion = t.fetch_model(params, CHAMPION)
         info = package_lib.read_info(champion[1])
         gate_lib.check_pseudonym_key(info, key_fingerprint(params, cohort), f"champion v{champion[0].version}")
         test_ids, excluded = gate_lib.locked_patients(test_ids, list(info["development_case_ids"]))
-        champion_rows = model_rows(params, cohort, table, champion[1], test_ids).frame
-        scored = set(champion_rows["case_id"])
-        test_ids = [c for c in test_ids if c in scored]
-        champion_rows = champion_rows.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)
+        champion_rows = challenger.frame.iloc[:0]  # nobody left to score: the gate's decision is undefined
+        if test_ids:
+            champion_rows = model_rows(params, cohort, table, champion[1], test_ids).frame
+            scored = set(champion_rows["case_id"])
+            test_ids = [c for c in test_ids if c in scored]
+            champion_rows = champion_rows.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)
     frame = table.table()
     locked = rows(frame, test_ids)
     challenger_rows = challenger.frame.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)
     decision: gate_lib.Decision = t.promotion_gate(params, version, package, challenger_rows, champion,
-                                                   champion_rows, rows(frame, splits.development), locked, excluded)
+                                                   champion_rows, rows(frame, splits.development), locked, excluded,
+                                                   list(splits.test))
     return decision

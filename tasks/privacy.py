@@ -28,7 +28,8 @@ from survival_model.ingest.privacy import Pseudonymiser, key_from_text, load_or_
 
 log = logging.getLogger(__name__)
 
-#: Loads a Prefect Secret block's value by name (``Secret.load(name).get()``); replaceable in tests.
+#: Loads a Prefect Secret block's stored value by name (the raw value, not ``Secret.get()``, which parses a
+#: string as JSON); replaceable in tests.
 SecretLoader = Callable[[str], object]
 
 
@@ -48,7 +49,11 @@ def in_deployment() -> bool:
 
 
 def load_secret_block(name: str) -> object:
-    """The value of the Prefect Secret block ``name`` (a :class:`ConfigError` when it cannot be loaded)."""
+    """The value of the Prefect Secret block ``name`` as stored (a :class:`ConfigError` when it cannot be loaded).
+
+    Not ``Secret.get()``: it parses a string value as JSON, so a key text ``"abc..."`` would lose its quotes and
+    ``123...`` would become a number: the same text would then be another key from a block than from a file or
+    the environment."""
     from prefect.blocks.system import Secret
 
     try:
@@ -60,7 +65,8 @@ def load_secret_block(name: str) -> object:
             f"system import Secret; Secret(value=Path('KEYFILE').read_text().strip()).save('{name}')\"` "
             "with the key file the cohort's ids were made with, or set privacy.key_secret_block to null"
         ) from None
-    return block.get()
+    value: object = block.value.get_secret_value()
+    return value
 
 
 def resolve_key(

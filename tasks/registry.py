@@ -17,7 +17,14 @@ from survival_model.preprocess.stage import PreprocessedPatient
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
 from survival_model.registry import predict as predict_lib
-from survival_model.registry.registry import IDENTITY_TAG, Registry, Version, log_model, package_identity
+from survival_model.registry.registry import (
+    ALREADY_CHAMPION,
+    IDENTITY_TAG,
+    Registry,
+    Version,
+    log_model,
+    package_identity,
+)
 from survival_model.tracking import Tracker
 from survival_model.training.stage import TrainingResult
 from tasks.tracking import table_rows
@@ -106,11 +113,14 @@ def package_inputs(package: Path, patients: Mapping[str, PreprocessedPatient],
 @task(name="promotion-gate", task_run_name="promotion-gate-v{version.version}")
 def promotion_gate(params: Params, version: Version, challenger: Path, challenger_rows: pd.DataFrame,
                    champion: tuple[Version, Path] | None, champion_rows: pd.DataFrame | None,
-                   development: pd.DataFrame, test: pd.DataFrame, excluded: int) -> gate_lib.Decision:
-    """Score the challenger and the champion on the same test patients, decide, count the decision on this
-    test set, record, move the alias.
+                   development: pd.DataFrame, test: pd.DataFrame, excluded: int,
+                   locked_test_set: list[str]) -> gate_lib.Decision:
+    """Score the challenger and the champion on the same test patients, decide, count the decision on the
+    locked test set (``locked_test_set``: its case ids, whatever part of it ``test`` holds), record, move the
+    alias.
 
-    ``*_rows``: each model's prediction inputs for the rows of ``test`` (same order)."""
+    ``*_rows``: each model's prediction inputs for the rows of ``test`` (same order); ``excluded``: locked test
+    patients left out because the champion trained on them."""
     logger = get_run_logger()
     reg = registry(params)
     load = package_lib.PackagedModel.load
@@ -118,8 +128,9 @@ def promotion_gate(params: Params, version: Version, challenger: Path, challenge
         load(challenger), challenger_rows,
         (f"champion v{champion[0].version}", load(champion[1]), champion_rows)
         if champion is not None and champion_rows is not None else None,
-        development, test, params.registry.gate, tau=params.evaluation.tau_days, excluded=excluded)
-    if decision.test_set:
+        development, test, params.registry.gate, tau=params.evaluation.tau_days, excluded=excluded,
+        locked_test_set=locked_test_set)
+    if decision.read_test_set:  # no patient scored: no outcome was read, nothing to count
         decision = decision.counted(reg.record_test_set_decision(decision.test_set))
     reg.tag_version(version.version, decision.tags())
     if decision.promote:
@@ -127,6 +138,19 @@ def promotion_gate(params: Params, version: Version, challenger: Path, challenge
     logger.info("promotion gate for %s version %d: %s (%s); test set %s: decision %d on it", reg.name,
                 version.version, decision.outcome, decision.reason, decision.test_set, decision.test_set_decisions)
     return decision
+
+
+@task(name="record-already-champion", task_run_name="record-already-champion-v{version.version}")
+def record_already_champion(params: Params, version: Version) -> None:
+    """Tag a version that holds ``champion`` before any gate decision (promoted by hand, e.g. after a
+    ``PseudonymKeyError``) ``gate.decision: already champion``, and do not gate it: against the GPA as a first
+    model it would read (and count) the locked test set for nothing, and could tag the champion ``refused``."""
+    reg = registry(params)
+    how = f"{version.tags.get('champion.by', 'by hand')}: {version.tags.get('champion.reason', 'no reason recorded')}"
+    reason = (f"version {version.version} held the champion alias before any gate decision ({how}); it is not "
+              "gated: the locked test set was not read and no decision was counted")
+    reg.tag_version(version.version, {"gate.decision": ALREADY_CHAMPION, "gate.reason": reason[:4000]})
+    get_run_logger().info("%s version %d: %s", reg.name, version.version, reason)
 
 
 @task(name="publish-promotion")

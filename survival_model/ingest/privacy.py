@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from survival_model.errors import ConfigError
@@ -58,7 +59,7 @@ def key_from_text(text: str | bytes, source: str) -> bytes:
 
 
 def load_or_create_key(path: Path, *, create: bool) -> bytes:
-    """Read the key file, creating a random 32-byte key (mode 0600) if allowed and missing."""
+    """Read the key file, creating a random 32-byte key (mode 0600) if allowed and missing (:func:`create_key`)."""
     path = Path(path).expanduser()
     if path.is_file():
         return key_from_text(path.read_bytes(), f"the key file {path}")
@@ -67,14 +68,32 @@ def load_or_create_key(path: Path, *, create: bool) -> bytes:
             f"pseudonymisation key file {path} not found; create it (e.g. `python -c \"import "
             f"secrets; print(secrets.token_hex(32))\" > {path}`) or set privacy.create_key_if_missing"
         )
+    return create_key(path)
+
+
+def create_key(path: Path) -> bytes:
+    """A new random key at ``path``, unless another process creates one there first (then that one).
+
+    The key is written whole to a temporary file (mode 0600) in the same folder, then hard-linked to ``path``:
+    the link appears complete or not at all, and fails when ``path`` exists (create-if-absent), so neither a
+    concurrent first run nor a kill halfway leaves an empty or partial key file. The temporary file is removed
+    (a kill can leave it behind: a hidden ``.<name>.*.tmp`` file, never read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode()
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    temporary = Path(name)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return load_or_create_key(path, create=False)
-    try:
-        os.write(fd, key + b"\n")
+        try:
+            data = key + b"\n"
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:  # another process created it first: use theirs
+            return load_or_create_key(path, create=False)
     finally:
-        os.close(fd)
+        temporary.unlink(missing_ok=True)
     return key

@@ -37,9 +37,12 @@ one in 4.4 %. The price is power: at the default 30 test patients a challenger t
 promoted in 17 % of replications, by 0.02 in 7 %; at 118 patients in 50 % and 15 %. The locked test set
 confirms large improvements; it cannot find small ones.
 
-Each decision records which test set it read (:func:`fingerprint_test_set` of the scored case ids); the
-registry counts the decisions each test set has served (``Registry.record_test_set_decision``), since every
-look at the same patients spends some of their independence.
+Each decision records which locked test set it read (:func:`fingerprint_test_set` of the whole locked test
+set's case ids, whatever part of it was scored: the patients left out because the champion trained on them, or
+because a model has no prediction inputs for them, are still the same patients looked at again); the registry
+counts the decisions each test set has served (``Registry.record_test_set_decision``), since every look at the
+same patients spends some of their independence. A decision with no test patient left to score is
+``undefined`` (it never promotes) and reads nothing.
 """
 
 from __future__ import annotations
@@ -84,8 +87,14 @@ def check_pseudonym_key(champion_info: Mapping[str, Any], current: str, champion
         "(`survival-model models promote <version> --reason ...`).")
 
 
+def margin_text(margin: float | None) -> str:
+    """A margin as tags and reports show it: ``none`` where it is not part of the rule (``ibs_margin: null``)."""
+    return "none" if margin is None else f"{margin:g}"
+
+
 def fingerprint_test_set(case_ids: Iterable[str]) -> str:
-    """Which locked test set a decision read: a digest of the sorted case ids it scored."""
+    """Which locked test set a decision read: a digest of its sorted case ids (the whole locked test set, as the
+    evaluation report reads its count, not only the patients a decision scored)."""
     return stable_hash("locked-test-set", sorted(str(c) for c in case_ids))[:16]
 
 
@@ -106,14 +115,21 @@ class Decision:
     reference: str  # "champion v<N>", "gpa" or "none"
     patients: int
     deaths: int
-    excluded: int  # test patients left out because the champion trained on them
+    excluded: int  # locked test patients left out because the champion trained on them
     challenger: dict[str, float]
     champion: dict[str, float] | None = None
     baseline: dict[str, float] | None = None
     difference: dict[str, dict[str, float]] = field(default_factory=dict)
-    test_set: str = ""  # fingerprint_test_set of the patients scored
+    test_set: str = ""  # fingerprint_test_set of the whole locked test set (not only the patients scored)
     test_set_decisions: int = 0  # decisions this test set has served, this one included (set by the registry)
     extra: dict[str, Any] = field(default_factory=dict)
+    test_set_patients: int = 0  # patients of the locked test set: patients + excluded + unscored
+    unscored: int = 0  # locked test patients without prediction inputs for a model (not scored)
+
+    @property
+    def read_test_set(self) -> bool:
+        """Whether the decision looked at test patients' outcomes (then it counts on its test set)."""
+        return bool(self.test_set) and self.patients > 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,9 +142,10 @@ class Decision:
         out = {"gate.decision": self.outcome, "gate.reason": self.reason[:4000], "gate.reference": self.reference,
                "gate.metric": self.metric, "gate.confidence": f"{self.confidence:g}",
                "gate.margin": f"{self.margin:g}",
-               "gate.ibs_margin": "none" if self.ibs_margin is None else f"{self.ibs_margin:g}",
+               "gate.ibs_margin": margin_text(self.ibs_margin),
                "gate.resamples": str(self.resamples), "gate.patients": str(self.patients),
                "gate.deaths": str(self.deaths), "gate.excluded": str(self.excluded),
+               "gate.unscored": str(self.unscored), "gate.test_set_patients": str(self.test_set_patients),
                "gate.test_set": self.test_set, "gate.test_set_decisions": str(self.test_set_decisions)}
         for who, values in (("challenger", self.challenger), ("champion", self.champion), ("baseline", self.baseline)):
             for name, value in (values or {}).items():
@@ -143,17 +160,22 @@ class Decision:
         verdict = {"promoted": "**promoted** to `champion`", "refused": "**not promoted**",
                    "undefined": "**not promoted** (undefined)"}[self.outcome]
         pct = f"{self.confidence:.0%}"
+        of_all = f" of the {self.test_set_patients}" if self.test_set_patients > self.patients else ""
         lines = [f"# Promotion gate: {model_name} version {version} {verdict}", "", self.reason, "",
-                 f"Scored on {self.patients} locked test patients ({self.deaths} deaths)"
+                 f"Scored on {self.patients}{of_all} locked test patients ({self.deaths} deaths)"
                  + (f"; {self.excluded} left out because the champion trained on them" if self.excluded else "")
+                 + (f"; {self.unscored} without prediction inputs for a model" if self.unscored else "")
                  + f". Rule: the one-sided {pct} lower bound of Δ {self.metric} (challenger - reference) above "
                    f"{self.margin:g}"
                  + (", the integrated Brier score not checked (ibs_margin: null)" if self.ibs_margin is None else
                     f", and the one-sided {pct} upper bound of Δ integrated Brier below {self.ibs_margin:g}")
                  + f"; {self.resamples} paired bootstrap resamples of these patients.", ""]
-        if self.test_set:
+        if self.read_test_set:
             lines += [f"This test set (`{self.test_set}`) has now served {self.test_set_decisions} gate "
                       "decision(s): each look at the same patients makes the next one less independent.", ""]
+        elif self.test_set:
+            lines += [f"No outcome of this test set (`{self.test_set}`) was read: the decision is not counted on it.",
+                      ""]
         lines += ["| model | Harrell's C | Uno's C | integrated Brier |", "|---|---|---|---|"]
         for label, values in ((f"challenger (v{version})", self.challenger), (self.reference, self.champion),
                               ("gpa", self.baseline)):
@@ -243,15 +265,65 @@ def model_curves(model: Any, frame: pd.DataFrame, grid: FloatArray) -> tuple[Flo
     return risk, np.asarray(model.survival(np.asarray(members, dtype=float), grid), dtype=float)
 
 
+@dataclass(frozen=True)
+class LockedSet:
+    """Which locked test set a decision reads, and how many of its patients were not scored."""
+
+    fingerprint: str
+    patients: int
+    excluded: int  # left out because the champion trained on them
+    unscored: int  # without prediction inputs for a model
+
+
+def locked_set(scored: Iterable[str], locked_test_set: Iterable[str] | None, excluded: int) -> LockedSet:
+    """The locked test set the ``scored`` patients were drawn from (``excluded`` of its patients left out because
+    the champion trained on them; None: the scored patients and the excluded ones, unnamed); a ``ValueError``
+    when a scored patient is not in it, or it holds fewer unscored patients than were left out."""
+    scored_ids = {str(c) for c in scored}
+    if locked_test_set is None:
+        return LockedSet(fingerprint_test_set(scored_ids), len(scored_ids) + excluded, excluded, 0)
+    locked = {str(c) for c in locked_test_set}
+    outside = sorted(scored_ids - locked)
+    if outside:
+        raise ValueError(f"{len(outside)} scored patient(s) are not in the locked test set, e.g. {outside[0]!r}")
+    unscored = len(locked) - len(scored_ids) - excluded
+    if unscored < 0:
+        raise ValueError(f"{excluded} patient(s) left out because the champion trained on them, but the locked test "
+                         f"set holds only {len(locked) - len(scored_ids)} patient(s) that were not scored")
+    return LockedSet(fingerprint_test_set(locked), len(locked), excluded, unscored)
+
+
+def nothing_to_score(gate: GateParams, reference: str, locked: LockedSet) -> Decision:
+    """The ``undefined`` decision when no locked test patient is left to score (it reads no outcome)."""
+    reason = (f"undefined: no locked test patient is left to score ({locked.patients} in the locked test set: "
+              f"{locked.excluded} left out because the champion trained on them, {locked.unscored} without "
+              "prediction inputs for a model)")
+    return Decision(False, "undefined", reason, gate.metric, gate.confidence, gate.margin, gate.ibs_margin,
+                    gate.resamples, reference, 0, 0, locked.excluded, {}, test_set=locked.fingerprint,
+                    test_set_patients=locked.patients, unscored=locked.unscored)
+
+
 def judge(challenger: Any, challenger_rows: pd.DataFrame, champion: tuple[str, Any, pd.DataFrame] | None,
           development: pd.DataFrame, test: pd.DataFrame, gate: GateParams, *, tau: float,
-          excluded: int = 0) -> Decision:
+          excluded: int = 0, locked_test_set: Iterable[str] | None = None) -> Decision:
     """Score the challenger and the champion (``(label, model, rows)``; None for the first model, which is
     compared with the GPA) on the feature-table rows ``test`` (each model's prediction inputs for them in
     the same order) on the same bootstrap draws, with IPCW and the GPA's baseline from ``development``, and
-    decide. The decision names the test set it read (``test['case_id']``)."""
+    decide. ``locked_test_set``: the case ids of the whole locked test set ``test`` was drawn from (default:
+    ``test['case_id']``), the test set the decision names and is counted on; ``excluded`` of them were left
+    out because the champion trained on them, the others not in ``test`` are recorded as unscored. No row in
+    ``test``: an ``undefined`` decision."""
     from survival_model.evaluation.baselines import gpa
 
+    if "case_id" in test.columns:
+        locked_info = locked_set(test["case_id"], locked_test_set, excluded)
+    elif locked_test_set is None:  # rows without ids: no test set to name
+        locked_info = LockedSet("", len(test) + excluded, excluded, 0)
+    else:
+        raise ValueError("the test rows need a case_id column to be matched with the locked test set")
+    if not len(test):
+        return nothing_to_score(gate, champion[0] if champion is not None else
+                                (GPA if gate.first_model_baseline == "gpa" else "none"), locked_info)
     train, locked = Outcome.of_frame(development), Outcome.of_frame(test)
     grid = evaluation_times(train, locked)
     risks, curves = {}, {}
@@ -266,6 +338,6 @@ def judge(challenger: Any, challenger_rows: pd.DataFrame, champion: tuple[str, A
         curves[GPA] = breslow_survival(train_risk, train, risk, grid) if len(grid) else np.zeros((len(risk), 0))
     scores = paired_scores(train, locked, risks, tau=tau, survival=curves, grid=grid if len(grid) else None,
                            resamples=gate.resamples, seed=gate.seed)
-    test_set = fingerprint_test_set(test["case_id"]) if "case_id" in test.columns else ""
-    return decide(scores, gate, champion_label=label, excluded=excluded, test_set=test_set)
+    decision = decide(scores, gate, champion_label=label, excluded=excluded, test_set=locked_info.fingerprint)
+    return dataclasses.replace(decision, test_set_patients=locked_info.patients, unscored=locked_info.unscored)
 

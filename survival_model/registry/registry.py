@@ -22,17 +22,27 @@
 - :func:`set_champion` / :func:`rollback`: move the ``champion`` alias and append to the registered
   model's promotion history (a JSON tag), with who/why; :func:`versions` lists versions with their aliases,
   metrics and gate decisions.
+- :func:`registry_lock`: registering, gating and counting read and then write the registry (is this identity
+  registered? who is champion? how many decisions on this test set?), so two registry flows at once could
+  register one model twice, lose a count, or both promote against the same champion. The registry flow holds
+  an exclusive file lock (``fcntl.flock``) under the work directory for all of it: runs on one machine that
+  share a work directory (and so, by default, the embedded MLflow store in it) take turns. It cannot
+  serialise runs on other machines, or with other work directories, against one remote MLflow server.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,8 @@ from survival_model.registry.package import PACKAGE_FILE, read_info
 log = logging.getLogger(__name__)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
+#: ``gate.decision`` of a version that held ``champion`` (promoted by hand) before it was ever gated.
+ALREADY_CHAMPION = "already champion"
 HISTORY_TAG = "champion.history"
 #: Registered-model tag: ``{test set fingerprint: gate decisions it served}``, most recently used last.
 TEST_SETS_TAG = "gate.test_sets"
@@ -298,8 +310,8 @@ class Registry:
     def record_test_set_decision(self, fingerprint: str) -> int:
         """Count one more gate decision on the test set ``fingerprint``; returns its count, this one included.
         The tag keeps the most recently used test sets first to go last: when it outgrows MLflow's tag limit the
-        least recently used are dropped (with a warning). Not atomic: two registry flows deciding at the same
-        moment can count one decision."""
+        least recently used are dropped (with a warning). Not atomic by itself (read, then write): the registry
+        flow calls it under :func:`registry_lock`."""
         self.ensure_model()
         counts = self.test_sets()
         count = counts.pop(fingerprint, 0) + 1
@@ -358,10 +370,42 @@ def decisions_on_test_set(client: Any, model_name: str, fingerprint: str) -> int
     return Registry(client, model_name).test_set_decisions(fingerprint)
 
 
+def lock_file(work_dir: Path, model_name: str) -> Path:
+    """The file :func:`registry_lock` locks for the registered model ``model_name``."""
+    return Path(work_dir) / "registry" / "locks" / (re.sub(r"[^A-Za-z0-9._-]", "_", model_name) + ".lock")
+
+
+@contextmanager
+def registry_lock(path: Path, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block, waiting as long as another process
+    (or another open of it in this one) holds it; ``waiting`` is told who holds it before the wait. The kernel
+    releases the lock when the block ends or the process dies: a killed run leaves no stale lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run"
+                waiting(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def registration_markdown(name: str, version: Version, decision: Decision | None, run_link: str) -> str:
-    """What happened to a run's model: the gate's decision, or that it was registered (and gated) before."""
+    """What happened to a run's model: the gate's decision, that it held ``champion`` before it was gated, or
+    that it was registered (and gated) before."""
     if decision is not None:
         text = decision.markdown(name, version.version)
+    elif version.tags.get("gate.decision") == ALREADY_CHAMPION:
+        text = (f"# {name}: version {version.version} is the champion already\n\n"
+                f"{version.tags.get('gate.reason', '')}\n")
     else:
         gate = version.tags.get("gate.decision", "not gated")
         champion = "is" if CHAMPION in version.aliases else "is not"

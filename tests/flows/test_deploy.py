@@ -50,6 +50,9 @@ def test_the_retraining_deployment_has_the_schedule_of_params_yaml() -> None:
     assert found.paused is False
     assert found.parameters == {"params_path": str(params_path.resolve())}
     assert set(found.tags) == {"survival-model", "retrain"}
+    # one retraining at a time: a run started beside a running one waits (two registry flows at once race)
+    assert found.global_concurrency_limit is not None and found.global_concurrency_limit.limit == 1
+    assert deploy.RETRAIN_CONCURRENCY == 1
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -144,6 +147,7 @@ def test_prefect_yaml_schedules_the_pipeline_as_params_yaml_does() -> None:
     schedule = load_params(REPO / "params.yaml").registry.schedule
     assert [(s["cron"], s["timezone"], s["active"]) for s in retrain["schedules"]] == [
         (schedule.cron, schedule.timezone, schedule.active)]
+    assert retrain["concurrency_limit"] == deploy.RETRAIN_CONCURRENCY == 1  # as `serve` deploys it
     assert all(d["work_pool"]["name"] == "survival-model" for d in declared.values())
 
 

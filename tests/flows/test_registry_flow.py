@@ -13,6 +13,7 @@ decisions, reasons and tags say why."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,16 +114,41 @@ def flipped(package: Path, target: Path) -> Path:
     return target
 
 
-def as_new_package(package: Path, target: Path) -> Path:
-    """A copy of ``package`` that is another model by content (other prediction horizons): registering an exact
-    copy finds the version it is already (a version is identified by what it is)."""
+def as_new_package(package: Path, target: Path, horizon: int = 36, **changes: Any) -> Path:
+    """A copy of ``package`` that is another model by content (another prediction horizon; ``changes`` to its
+    ``package.json``): registering an exact copy finds the version it is already (a version is identified by
+    what it is)."""
     copy = shutil.copytree(package, target)
     info = read_json(copy / "package.json")
-    write_json({**info, "horizons_months": [*info["horizons_months"], 36]}, copy / "package.json")
+    write_json({**info, "horizons_months": [*info["horizons_months"], horizon], **changes}, copy / "package.json")
     return copy
 
 
 def register(run: Run, package: Path, key: str) -> Any:
+    """Register ``package`` as a new version and gate it as the registry flow does: ``(decision, version)``."""
+    new = registered(run, package, key)
+    return new.gate(), new.version
+
+
+@dataclass
+class Registered:
+    """A version registered by hand, with what the registry flow's ``gate`` needs to gate it."""
+
+    version: Any
+    package: Path
+    params: Params
+    cohort: Any
+    table: Any
+    splits: Splits
+    challenger: Any
+
+    def gate(self, version: Any = None) -> Any:
+        return gate(self.params, self.cohort, self.table, self.splits, version or self.version, self.package,
+                    self.challenger)
+
+
+def registered(run: Run, package: Path, key: str) -> Registered:
+    """Register ``package`` as a new version (``challenger``), not gated yet."""
     from prefect.logging import disable_run_logger
 
     params = run.params
@@ -141,7 +167,7 @@ def register(run: Run, package: Path, key: str) -> Any:
         version, new = t.register_model.fn(params, run_id, "", package, key, {"model": key},
                                            challenger.frame.head(2))
     assert new and CHALLENGER in version.aliases
-    return gate(params, cohort, table, splits, version, package, challenger), version
+    return Registered(version, package, params, cohort, table, splits, challenger)
 
 
 def test_the_gate_refuses_a_worse_model_and_promotes_a_better_one(first_run: Run, tmp_path: Path) -> None:
@@ -243,3 +269,87 @@ def test_predict_new_patients_and_report_bad_ones(first_run: Run, tmp_path: Path
     assert len(list((result.folder / "gradcam").glob("*.png"))) == 4
     run = Tracker.from_params(first_run.params).client.get_run(result.mlflow_link.split("runs:/")[1].split()[0])
     assert run.data.metrics["patients_predicted"] == 4
+
+
+# the gate's guards, through the registry flow's gate (each test gives the champion back as it found it)
+
+
+def test_a_champion_under_another_key_stops_the_gate_and_a_hand_promoted_version_is_not_gated(
+        first_run: Run, tmp_path: Path) -> None:
+    from survival_model.registry.gate import PseudonymKeyError
+    from survival_model.registry.registry import registration_markdown
+
+    reg = first_run.registry()
+    package = first_run.result.registry.package  # type: ignore[union-attr]
+    before = reg.alias(CHAMPION).version  # type: ignore[union-attr]
+    other_key = registered(first_run, as_new_package(package, tmp_path / "other-key", 48,
+                                                     pseudonym_key_fingerprint="0123456789abcdef"), "other-key")
+    reg.set_champion(other_key.version.version, reason="test: a champion trained under another key", by="tester")
+    try:
+        counts = reg.test_sets()
+        challenger = registered(first_run, as_new_package(package, tmp_path / "after-key-change", 60),
+                                "after-key-change")
+        with pytest.raises(PseudonymKeyError, match=r"differs from the one champion v\d+ was trained with "
+                                                    r"\(fingerprint 0123456789abcdef\)"):
+            challenger.gate()
+        assert reg.test_sets() == counts  # stopped before any gate: nothing read, nothing counted
+        assert "gate.decision" not in reg.version(challenger.version.version).tags
+        assert reg.alias(CHAMPION).version == other_key.version.version  # type: ignore[union-attr]
+
+        # as the error suggests, the version is reviewed and promoted by hand; the next run finds it (no
+        # gate.decision yet) holding champion: it is not gated (against the GPA, as a first model)
+        reg.set_champion(challenger.version.version, reason="reviewed after the key change", by="tester")
+        assert challenger.gate(reg.version(challenger.version.version)) is None
+        assert reg.test_sets() == counts  # the locked test set not read, no decision counted
+        found = reg.version(challenger.version.version)
+        assert found.tags["gate.decision"] == "already champion" and CHAMPION in found.aliases
+        assert "tester: reviewed after the key change" in found.tags["gate.reason"]
+        assert "is the champion already" in registration_markdown("m", found, None, "")
+    finally:
+        reg.set_champion(before, reason="test: restored", by="tester")
+    from survival_model.registry.registry import lock_file
+
+    assert lock_file(first_run.params.work_dir, first_run.params.registry.model_name).is_file()  # the flow held it
+
+
+def test_the_champions_training_patients_are_left_out_and_the_whole_test_set_is_counted(
+        first_run: Run, tmp_path: Path) -> None:
+    from survival_model.registry.gate import fingerprint_test_set
+
+    reg = first_run.registry()
+    package = first_run.result.registry.package  # type: ignore[union-attr]
+    info = package_lib.read_info(package)
+    before = reg.alias(CHAMPION).version  # type: ignore[union-attr]
+    trained = load_result(first_run.result.training)
+    assert trained is not None
+    locked = list(Splits.load(trained.splits_path).test)
+    whole = fingerprint_test_set(locked)
+    assert reg.version(1).tags["gate.test_set"] == whole  # what the evaluation flow reads the count under
+    # a champion that trained on one of this run's test patients (e.g. from before a change of split settings)
+    overlap = registered(first_run, as_new_package(package, tmp_path / "overlap", 72, development_case_ids=[
+        *info["development_case_ids"], locked[0]]), "trained-on-one")
+    reg.set_champion(overlap.version.version, reason="test: a champion that trained on a test patient", by="tester")
+    try:
+        start = reg.test_set_decisions(whole)
+        decision, version = register(first_run, as_new_package(package, tmp_path / "next", 84), "next")
+        assert decision.reference == f"champion v{overlap.version.version}" and decision.excluded == 1
+        # counted on the whole locked test set, not restarted on the subset scored
+        assert decision.test_set == whole and decision.test_set_decisions == start + 1 == reg.test_set_decisions(whole)
+        assert decision.patients + decision.excluded + decision.unscored == decision.test_set_patients == len(locked)
+        tags = reg.version(version.version).tags
+        assert tags["gate.excluded"] == "1" and tags["gate.test_set_patients"] == str(len(locked))
+        assert tags["gate.patients"] == str(decision.patients) and tags["gate.test_set"] == whole
+
+        # a champion that trained on every test patient: nothing to score, undefined, nothing counted
+        everyone = registered(first_run, as_new_package(package, tmp_path / "everyone", 96, development_case_ids=[
+            *info["development_case_ids"], *locked]), "trained-on-all")
+        reg.set_champion(everyone.version.version, reason="test: trained on every test patient", by="tester")
+        nothing, last = register(first_run, as_new_package(package, tmp_path / "last", 108), "last")
+        assert nothing.outcome == "undefined" and not nothing.promote and nothing.patients == 0
+        assert "no locked test patient is left to score" in nothing.reason and nothing.excluded >= 1
+        assert nothing.excluded + nothing.unscored == nothing.test_set_patients == len(locked)
+        assert reg.test_set_decisions(whole) == start + 1  # no outcome read
+        assert reg.version(last.version).tags["gate.decision"] == "undefined"
+        assert reg.alias(CHAMPION).version == everyone.version.version  # type: ignore[union-attr]
+    finally:
+        reg.set_champion(before, reason="test: restored", by="tester")

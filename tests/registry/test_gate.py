@@ -176,3 +176,62 @@ def test_a_champion_trained_under_another_key_stops_the_gate() -> None:
     assert theirs in message and ours in message and "cannot be left out" in message and "by hand" in message
     with pytest.raises(PseudonymKeyError, match="no fingerprint recorded"):
         check_pseudonym_key({}, ours)  # a package older than the fingerprint
+
+
+def test_the_decision_is_counted_on_the_whole_locked_test_set() -> None:
+    """Patients left out (the champion trained on them, or no prediction inputs) are still the same locked test
+    set looked at again: the decision names the whole set, and records how many were scored and left out."""
+    _, train = cohort(200, 1)
+    truth, test = cohort(60, 2)
+    locked = frame_of(test, 5)
+    whole = [*locked["case_id"], "trained-1", "trained-2", "no-inputs"]
+    decision = judge(Curves(truth), locked, ("champion v1", Curves(-truth), locked), frame_of(train, 4, "d"),
+                     locked, GateParams(), tau=730, excluded=2, locked_test_set=whole)
+    assert decision.test_set == fingerprint_test_set(whole) != fingerprint_test_set(locked["case_id"])
+    assert (decision.patients, decision.excluded, decision.unscored, decision.test_set_patients) == (60, 2, 1, 63)
+    tags = decision.tags()
+    assert (tags["gate.patients"], tags["gate.excluded"], tags["gate.unscored"], tags["gate.test_set_patients"]) == (
+        "60", "2", "1", "63")
+    assert "Scored on 60 of the 63 locked test patients" in decision.markdown("m", 2)
+    assert "1 without prediction inputs" in decision.markdown("m", 2)
+    with pytest.raises(ValueError, match=r"1 scored patient\(s\) are not in the locked test set, e\.g\. 'p000'"):
+        judge(Curves(truth), locked, None, frame_of(train, 4, "d"), locked, GateParams(), tau=730,
+              locked_test_set=whole[1:])
+    with pytest.raises(ValueError, match=r"5 patient\(s\) left out .* holds only 3 patient\(s\) that were not scored"):
+        judge(Curves(truth), locked, None, frame_of(train, 4, "d"), locked, GateParams(), tau=730, excluded=5,
+              locked_test_set=whole)
+
+
+def test_no_test_patient_left_to_score_is_undefined() -> None:
+    """Every locked test patient trained on by the champion: nothing can be scored, nothing is promoted."""
+    _, train = cohort(200, 1)
+    nobody = frame_of(cohort(5, 2)[1], 5).iloc[:0]
+    decision = judge(Curves(np.zeros(0)), nobody, ("champion v3", Curves(np.zeros(0)), nobody),
+                     frame_of(train, 4, "d"), nobody, GateParams(), tau=730, excluded=4,
+                     locked_test_set=["a", "b", "c", "d", "e"])
+    assert not decision.promote and decision.outcome == "undefined" and decision.reference == "champion v3"
+    assert decision.reason == ("undefined: no locked test patient is left to score (5 in the locked test set: 4 left "
+                               "out because the champion trained on them, 1 without prediction inputs for a model)")
+    assert decision.patients == 0 and not decision.read_test_set  # no outcome read: not counted
+    assert decision.test_set == fingerprint_test_set(["e", "d", "c", "b", "a"])
+    assert decision.tags()["gate.decision"] == "undefined"
+    text = decision.markdown("m", 4)
+    assert "(undefined)" in text and "the decision is not counted on it" in text
+
+
+def test_the_gate_benchmark_states_a_null_ibs_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``registry.gate.ibs_margin: null`` (gate on the C part alone) is a documented setting: the benchmark's
+    summary says ``none`` instead of failing on ``f"{None:g}"``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gate.py"
+    spec = importlib.util.spec_from_file_location("gate_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, benchmark)  # its dataclasses look their module up
+    monkeypatch.setattr(sys, "path", list(sys.path))  # it puts the repository first on the path
+    spec.loader.exec_module(benchmark)
+    assert "ibs_margin none," in benchmark.rule_text(GateParams(ibs_margin=None))
+    assert "ibs_margin 0.02," in benchmark.rule_text(GateParams(ibs_margin=0.02))

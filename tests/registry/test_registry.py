@@ -4,6 +4,7 @@ decisions each locked test set has served."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -115,3 +116,35 @@ def test_the_count_tag_stays_within_mlflows_limit(tmp_path: Path, monkeypatch: p
         reg.record_test_set_decision(f"{i:016x}")
     kept = reg.test_sets()
     assert len(json.dumps(kept)) <= 200 and f"{19:016x}" in kept and f"{0:016x}" not in kept
+
+
+def test_registry_runs_take_turns_under_the_lock(tmp_path: Path) -> None:
+    """Two registry runs on one work directory: the second waits (told who holds the lock) until the first
+    is done; concurrent read-modify-writes of the count then lose nothing."""
+    import threading
+
+    from survival_model.registry.registry import lock_file, registry_lock
+
+    path = lock_file(tmp_path / "work", "brain/mets survival")
+    assert path == tmp_path / "work" / "registry" / "locks" / "brain_mets_survival.lock"
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e", tmp_path / "artifacts")
+    held, release, told = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with registry_lock(path):
+            Registry(tracker.client, "locked").record_test_set_decision("aaaa")
+            held.set()
+            release.wait(10)
+            Registry(tracker.client, "locked").record_test_set_decision("aaaa")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert held.wait(10)
+    threading.Timer(0.5, release.set).start()
+    with registry_lock(path, told.append):  # blocks until the first run has left its block
+        count = Registry(tracker.client, "locked").record_test_set_decision("aaaa")
+    thread.join(10)
+    assert told == [f"process {os.getpid()}"] and count == 3
+    with registry_lock(path, told.append):  # free again: nobody to wait for
+        pass
+    assert len(told) == 1

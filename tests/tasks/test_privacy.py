@@ -97,3 +97,69 @@ def test_check_key_available_never_creates_a_key(tmp_path: Path) -> None:
     assert not (tmp_path / "pseudonym.key").exists()
     assert "SURVIVAL_MODEL_PSEUDONYM_KEY" in privacy.check_key_available(
         params, environ={"SURVIVAL_MODEL_PSEUDONYM_KEY": KEY})
+
+
+# the key file: created whole or not at all
+
+
+def test_a_creation_interrupted_while_writing_leaves_no_key_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from survival_model.ingest.privacy import load_or_create_key
+
+    path = tmp_path / "keys" / "pseudonym.key"
+    real_write = os.write
+
+    def killed(fd: int, data: bytes) -> int:  # the process dies while it writes the key (65 bytes: hex + newline)
+        if len(data) == 65:
+            raise OSError("killed while writing the key")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", killed)
+    with pytest.raises(OSError, match="killed while writing"):
+        load_or_create_key(path, create=True)
+    monkeypatch.undo()
+    assert not path.exists()  # not an empty key file that every later run refuses ("fewer than 16 bytes")
+    assert list(path.parent.iterdir()) == []  # the temporary file removed
+    created = load_or_create_key(path, create=True)  # the next run creates it
+    assert path.read_bytes() == created + b"\n" and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_key_created_concurrently_is_the_one_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from survival_model.ingest.privacy import load_or_create_key
+
+    path = tmp_path / "pseudonym.key"
+    real_link = os.link
+    linked: list[Path] = []
+
+    def another_run_first(source: str | Path, target: str | Path) -> None:
+        Path(target).write_text(OTHER + "\n")  # another first run created it between our check and our link
+        linked.append(Path(source))
+        real_link(source, target)
+
+    monkeypatch.setattr(os, "link", another_run_first)
+    assert load_or_create_key(path, create=True) == OTHER.encode()
+    assert linked and path.read_text() == OTHER + "\n"
+    assert list(tmp_path.iterdir()) == [path]  # the temporary file removed
+
+
+# the Secret block's value as stored: the same text as from a file or the environment
+
+
+@pytest.mark.usefixtures("prefect_harness")
+@pytest.mark.parametrize("text", ['"' + KEY + '"', "12345678901234567890123456789012"], ids=["quoted", "numeric"])
+def test_a_secret_block_gives_the_key_text_as_stored(text: str, tmp_path: Path) -> None:
+    from prefect.blocks.system import Secret
+
+    name = "test-privacy-key-" + ("quoted" if text.startswith('"') else "numeric")
+    Secret(value=text).save(name, overwrite=True)
+    assert privacy.load_secret_block(name) == text  # Secret.get() parses JSON: the quotes lost, or an int
+    path = tmp_path / "pseudonym.key"
+    path.write_text(text + "\n")
+    from_block = privacy.resolve_key(PrivacyParams(key_file=tmp_path / "none", key_secret_block=name),
+                                     deployment=True, environ={})
+    from_file = privacy.resolve_key(PrivacyParams(key_file=path), deployment=True, environ={})
+    assert from_block.key == from_file.key == text.encode()
