@@ -68,7 +68,8 @@ class Baseline:
     estimator: Callable[[int], object] | None
     #: Settings chosen by 3-fold cross-validation inside the training rows (folds stratified on the event:
     #: :func:`inner_folds`; the tabular pipeline refitted in every inner fold), by the estimator's own score
-    #: (Harrell's C).
+    #: (Harrell's C). The first value of each list is the setting used, without a search, where the training
+    #: rows hold fewer than 2 deaths (list the most regularised first).
     grid: dict[str, list[Any]] | None = None
 
 
@@ -117,12 +118,14 @@ class FittedBaseline:
 def inner_folds(events: npt.ArrayLike, seed: int, folds: int = INNER_FOLDS) -> list[tuple[Indices, Indices]]:
     """The inner cross-validation folds of rows (in their content order, see :func:`fit_baseline`) with
     these event indicators: stratified on the event, so every fold has ``deaths // folds`` deaths or one
-    more and a C-index to score. Fewer deaths than folds is refused (a fold would have none)."""
+    more and a C-index to score; as many folds as deaths where there are fewer (a fold without a death has
+    nothing to score). Fewer than 2 deaths is refused (no cross-validation possible)."""
     events = np.asarray(events).astype(int)
     deaths = int(events.sum())
-    if deaths < folds:
-        raise ConfigError(f"choosing a baseline's settings by {folds}-fold cross-validation needs at least {folds} "
-                          f"deaths in the training rows (one per fold to score), got {deaths}")
+    if deaths < 2:
+        raise ConfigError(f"choosing a baseline's settings by cross-validation needs at least 2 deaths in the "
+                          f"training rows (one per inner fold to score), got {deaths}")
+    folds = min(folds, deaths)
     with warnings.catch_warnings():  # few *censored* patients: harmless, every fold still has deaths
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(events)), events))
@@ -153,7 +156,13 @@ def fit_baseline(baseline: Baseline, train: pd.DataFrame, seed: int = 0) -> Fitt
     pipeline = Pipeline([("tabular", build_tabular_pipeline(baseline.tabular)),
                          ("model", baseline.estimator(seed))])
     model: Pipeline | GridSearchCV = pipeline
-    if baseline.grid:  # the whole pipeline (scaling, encoding) refitted inside every inner fold
+    if baseline.grid and int(train["event"].sum()) < 2:
+        default = {f"model__{k}": v[0] for k, v in baseline.grid.items()}
+        log.warning("baseline %r: %d death(s) in its training rows, too few to choose its settings by "
+                    "cross-validation: fitted with its grid's first setting %s", baseline.name,
+                    int(train["event"].sum()), default)
+        pipeline.set_params(**default)
+    elif baseline.grid:  # the whole pipeline (scaling, encoding) refitted inside every inner fold
         model = GridSearchCV(pipeline, {f"model__{k}": v for k, v in baseline.grid.items()},
                              cv=inner_folds(train["event"], seed), error_score=np.nan)
     y = survival_target(train)

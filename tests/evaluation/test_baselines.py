@@ -26,6 +26,7 @@ from survival_model.evaluation.baselines import (
     ds_gpa,
     fit_baseline,
     gpa,
+    inner_folds,
 )
 from survival_model.evaluation.metrics import harrell_c
 from survival_model.fingerprint import content_order
@@ -230,8 +231,18 @@ def test_the_penalty_is_chosen_on_inner_folds_that_all_have_deaths() -> None:
     other = frame.iloc[::-1].assign(case_id=[f"z{i}" for i in range(len(frame))])
     again = fit_baseline(coxnet, other, seed=0).pipeline
     assert [t.tolist() for _, t in check_cv(again.cv).split(ordered)] == [t.tolist() for _, t in folds]
-    with pytest.raises(ConfigError, match="at least 3 deaths"):
-        fit_baseline(coxnet, _few_deaths(18, 2, 0), seed=0)
+    two = fit_baseline(coxnet, _few_deaths(18, 2, 0), seed=0).pipeline  # as many inner folds as deaths
+    assert two.n_splits_ == 2 and np.isfinite(two.cv_results_["mean_test_score"]).any()
+    with pytest.raises(ConfigError, match="at least 2 deaths"):
+        inner_folds(np.array([1, 0, 0, 0]), seed=0)
+
+
+def test_a_baseline_with_one_death_uses_its_grids_first_setting_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    coxnet = baselines(CLINICAL)["coxnet_clinical_volumetric"]
+    with caplog.at_level("WARNING"):
+        fitted = fit_baseline(coxnet, _few_deaths(18, 1, 0), seed=0)
+    assert fitted.pipeline.get_params()["model__alphas"] == coxnet.grid["alphas"][0]  # type: ignore[index, union-attr]
+    assert "too few to choose its settings" in caplog.text
 
 
 class _FailsOnTen(CoxPHSurvivalAnalysis):  # type: ignore[misc]
