@@ -131,20 +131,30 @@ def inner_folds(events: npt.ArrayLike, seed: int, folds: int = INNER_FOLDS) -> l
         return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(events)), events))
 
 
-def _check_search(baseline: Baseline, search: GridSearchCV) -> None:
+def _check_search(baseline: Baseline, search: GridSearchCV) -> bool:
     """A candidate whose fit or score failed in an inner fold scores NaN there (ranked below every candidate
-    scored in all folds, not credited C = 0.5): logged with the count; none scored in every fold is an error."""
+    scored in all folds, not credited C = 0.5): logged with the count. False when no candidate scored in every
+    fold (nothing to choose from: the caller falls back to the grid's first setting)."""
     results = search.cv_results_
     splits = np.column_stack([results[f"split{k}_test_score"] for k in range(search.n_splits_)])
     failed = ~np.isfinite(splits)
     if failed.any(axis=1).all():
-        raise ConfigError(f"baseline {baseline.name!r}: no setting of its grid could be fitted and scored in "
-                          f"every inner fold ({int(failed.sum())} of {failed.size} fits failed)")
+        log.warning("baseline %r: no setting of its grid could be fitted and scored in every inner fold (%d of %d "
+                    "fits failed)", baseline.name, int(failed.sum()), failed.size)
+        return False
     if failed.any():
         bad = [str(results["params"][i]) for i in np.flatnonzero(failed.any(axis=1))]
         log.warning("baseline %r: %d of %d inner-fold fits could not be fitted or scored (settings %s), left out "
                     "of the choice; chosen: %s", baseline.name, int(failed.sum()), failed.size, ", ".join(bad),
                     search.best_params_)
+    return True
+
+
+def _grid_default(baseline: Baseline, pipeline: Pipeline, why: str) -> Pipeline:
+    """``pipeline`` set to the first value of each of ``baseline``'s grid lists (used without a search), logged."""
+    default = {f"model__{k}": v[0] for k, v in (baseline.grid or {}).items()}
+    log.warning("baseline %r: %s: fitted with its grid's first setting %s", baseline.name, why, default)
+    return pipeline.set_params(**default)
 
 
 def fit_baseline(baseline: Baseline, train: pd.DataFrame, seed: int = 0) -> FittedBaseline:
@@ -157,19 +167,16 @@ def fit_baseline(baseline: Baseline, train: pd.DataFrame, seed: int = 0) -> Fitt
                          ("model", baseline.estimator(seed))])
     model: Pipeline | GridSearchCV = pipeline
     if baseline.grid and int(train["event"].sum()) < 2:
-        default = {f"model__{k}": v[0] for k, v in baseline.grid.items()}
-        log.warning("baseline %r: %d death(s) in its training rows, too few to choose its settings by "
-                    "cross-validation: fitted with its grid's first setting %s", baseline.name,
-                    int(train["event"].sum()), default)
-        pipeline.set_params(**default)
+        _grid_default(baseline, pipeline, f"{int(train['event'].sum())} death(s) in its training rows, too few "
+                                          "to choose its settings by cross-validation")
     elif baseline.grid:  # the whole pipeline (scaling, encoding) refitted inside every inner fold
         model = GridSearchCV(pipeline, {f"model__{k}": v for k, v in baseline.grid.items()},
                              cv=inner_folds(train["event"], seed), error_score=np.nan)
     y = survival_target(train)
     # the radiomics ranking inside the tabular pipeline needs the outcome too (routed as its y)
     model.fit(train, y)
-    if isinstance(model, GridSearchCV):
-        _check_search(baseline, model)
+    if isinstance(model, GridSearchCV) and not _check_search(baseline, model):
+        model = _grid_default(baseline, pipeline, "nothing to choose from").fit(train, y)
     return FittedBaseline(baseline, model)
 
 

@@ -374,7 +374,8 @@ def stopping_patients(development: pd.DataFrame, fold: Fold, params: SplitParams
     ``unit_draw(seed, "stop/<fold>", digest)`` order: per event value (deaths, censored) the first
     ``round(stop_fraction * n)``, at least one death when the fold trains on two or more, and at least 2
     in all (one patient has no Cox risk set and no C-index: a fold too small for 2 gets none), always
-    leaving at least one patient of each event value to fit on. Key-independent like the rest of the
+    leaving at least one patient of each event value and 2 in all to fit on (a fold too small for that gets
+    none: its epoch is then chosen on the training loss). Key-independent like the rest of the
     split; patients sharing a digest are stopping patients together."""
     if params.stop_fraction == 0:
         return ()
@@ -399,7 +400,7 @@ def stopping_patients(development: pd.DataFrame, fold: Fold, params: SplitParams
         if row.source_digest not in chosen and taken[row.event] < room[row.event]:
             taken[row.event] += 1
             chosen.append(row.source_digest)
-    if len(chosen) < 2:
+    if len(chosen) < 2 or len(units) - len(chosen) < 2:
         return ()
     return tuple(sorted(train.loc[train["source_digest"].isin(set(chosen)), "case_id"]))
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from sklearn.exceptions import FitFailedWarning
 from sklearn.model_selection import KFold, check_cv
+from sklearn.pipeline import Pipeline
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
 from survival_model.config import TabularParams
@@ -242,7 +243,7 @@ def test_a_baseline_with_one_death_uses_its_grids_first_setting_and_says_so(capl
     with caplog.at_level("WARNING"):
         fitted = fit_baseline(coxnet, _few_deaths(18, 1, 0), seed=0)
     assert fitted.pipeline.get_params()["model__alphas"] == coxnet.grid["alphas"][0]  # type: ignore[index, union-attr]
-    assert "too few to choose its settings" in caplog.text
+    assert "too few to choose its settings" in caplog.text and "first setting" in caplog.text
 
 
 class _FailsOnTen(CoxPHSurvivalAnalysis):  # type: ignore[misc]
@@ -266,8 +267,10 @@ def test_a_setting_that_cannot_be_fitted_is_left_out_and_counted_not_scored_one_
     assert search.best_params_ == {"model__alpha": 0.1}
     assert np.isnan(search.cv_results_["mean_test_score"][1])
     assert "3 of 6 inner-fold fits could not be fitted or scored" in caplog.text
-    # every setting failing in some fold: nothing to choose from
+    # every setting failing in some fold: nothing to choose from, the grid's first setting, said
     failing = Baseline("cox_fails", "Cox PH failing on one fold", params, lambda seed: _FailsOnTen(),
                        {"alpha": [0.1, 0.3]})
-    with pytest.raises(ConfigError, match="no setting of its grid"), pytest.warns(FitFailedWarning):
-        fit_baseline(failing, _few_deaths(16, 8, 2))
+    with pytest.warns(FitFailedWarning):
+        fallback = fit_baseline(failing, _few_deaths(16, 8, 2))
+    assert isinstance(fallback.pipeline, Pipeline) and fallback.pipeline.get_params()["model__alpha"] == 0.1
+    assert "no setting of its grid could be fitted and scored in every inner fold" in caplog.text

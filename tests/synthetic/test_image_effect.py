@@ -91,10 +91,11 @@ def test_other_draws_are_those_of_the_previous_generator_and_strength_0_is_its_s
         assert zero["entry_months"] == pytest.approx(before["entry_months"], rel=1e-12)
         assert zero["identity"]["mrn"] == before["mrn"]
         assert (zero["bias"]["seed"] if zero["bias"] else None) == before["bias_seed"]
-        # strength 0: exactly the survival model of generator version 2
-        assert zero["truth"]["eta"] == pytest.approx(before["eta"], rel=1e-12)
-        assert zero["truth"]["true_lp"] == pytest.approx(before["true_lp"], rel=1e-12)
-        assert zero["truth"]["event_time_months"] == pytest.approx(before["event_time_months"], rel=1e-12)
+        # strength 0: the survival model of generator version 2 (to 1e-8: its volume terms' last bits moved by
+        # 1e-10 between numpy/SimpleITK builds; a changed model would move them by far more)
+        assert zero["truth"]["eta"] == pytest.approx(before["eta"], rel=1e-8)
+        assert zero["truth"]["true_lp"] == pytest.approx(before["true_lp"], rel=1e-8)
+        assert zero["truth"]["event_time_months"] == pytest.approx(before["event_time_months"], rel=1e-8)
         assert zero["truth"]["image_effect_lp"] == 0.0
         # ... and the enhancement is there anyway (rendered, recorded, not prognostic)
         z = draw_enhancement(_config(tmp_path, 0.0), plan)

@@ -283,3 +283,13 @@ def test_a_small_fold_gets_two_stopping_patients_and_keeps_one_of_each_outcome_t
     stop = stopping_patients(frame, Fold("fold-1", tuple("abcd"), ("e",)), SplitParams())
     assert len(stop) == 2 and set(stop) <= set("abc")  # two deaths: a death and the censored one stay to fit
     assert stopping_patients(frame, Fold("fold-1", tuple("ad"), ("e",)), SplitParams()) == ()  # too small
+
+
+def test_a_fold_of_three_keeps_two_to_fit_on_and_so_sets_none_aside() -> None:
+    """Three training patients: two stopping patients would leave one to fit on (no Cox risk set); none."""
+    from survival_model.training.splits import Fold, stopping_patients
+
+    frame = pd.DataFrame({"case_id": list("abcd"), "site": "s", "time_days": [10.0, 20, 30, 40],
+                          "event": [1, 1, 1, 1], "source_digest": [f"d{i}" for i in range(4)]})
+    assert stopping_patients(frame, Fold("fold-1", tuple("abc"), ("d",)), SplitParams()) == ()
+    assert len(stopping_patients(frame, Fold("fold-1", tuple("abcd"), ()), SplitParams())) == 2
