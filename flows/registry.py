@@ -168,7 +168,8 @@ def gate(params: Params, cohort: CohortResult, table: FeatureTable, splits: Spli
         test_ids, excluded = gate_lib.locked_patients(test_ids, list(info["development_case_ids"]))
         champion_rows = challenger.frame.iloc[:0]  # nobody left to score: the gate's decision is undefined
         if test_ids:
-            champion_rows = model_rows(params, cohort, table, champion[1], test_ids).frame
+            # a patient whose image input failed under the champion's settings is left unscored (gate.unscored)
+            champion_rows = package_lib.scorable_rows(model_rows(params, cohort, table, champion[1], test_ids).frame)
             scored = set(champion_rows["case_id"])
             test_ids = [c for c in test_ids if c in scored]
             champion_rows = champion_rows.set_index("case_id", drop=False).loc[test_ids].reset_index(drop=True)

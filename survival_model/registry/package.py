@@ -253,6 +253,14 @@ def _as_kind(values: pd.Series, kind: str) -> pd.Series:
     return values.astype(object).where(values.notna(), np.nan)
 
 
+def scorable_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The prediction-input rows a package can score: those with an image input where the model has an image
+    branch (a patient whose image input failed has none, and the package refuses a frame with such a row)."""
+    if IMAGE_COLUMN not in frame.columns:
+        return frame
+    return frame[frame[IMAGE_COLUMN].notna()].reset_index(drop=True)
+
+
 def input_columns(info: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
     """``case_id`` and the package's input columns of ``frame`` (feature-table rows or a prediction input),
     each converted to its kind (:func:`_as_kind`)."""

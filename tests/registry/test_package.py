@@ -91,3 +91,12 @@ def test_bad_packages_are_refused(tmp_path: Path) -> None:
     write_json({**INFO, "format": 99}, tmp_path / "package.json")
     with pytest.raises(PackageError, match="format 99 is not 3: it was built by another version"):
         PackagedModel.load(tmp_path)
+
+
+def test_only_rows_with_an_image_input_are_scorable() -> None:
+    from survival_model.registry.package import IMAGE_COLUMN, scorable_rows
+
+    frame = pd.DataFrame({"case_id": ["a", "b", "c"], IMAGE_COLUMN: ["a.npy", None, "c.npy"]})
+    assert list(scorable_rows(frame)["case_id"]) == ["a", "c"]
+    tabular_only = pd.DataFrame({"case_id": ["a", "b"]})
+    assert list(scorable_rows(tabular_only)["case_id"]) == ["a", "b"]
