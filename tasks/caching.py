@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,25 +141,21 @@ class KernelLockManager:
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                      hold_timeout: float | None = None) -> bool:
         _refuse_hold_timeout(hold_timeout)
-        deadline = _deadline(acquire_timeout)
-        poll = _FIRST_POLL_S
+        waits = _waits(acquire_timeout)
         while not self._try_acquire(key, holder):
-            if (wait := _wait(deadline, poll)) is None:
+            if (wait := next(waits, None)) is None:
                 return False
             time.sleep(wait)
-            poll = min(2 * poll, _MAX_POLL_S)
         return True
 
     async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None,
                             hold_timeout: float | None = None) -> bool:
         _refuse_hold_timeout(hold_timeout)
-        deadline = _deadline(acquire_timeout)
-        poll = _FIRST_POLL_S
+        waits = _waits(acquire_timeout)
         while not self._try_acquire(key, holder):
-            if (wait := _wait(deadline, poll)) is None:
+            if (wait := next(waits, None)) is None:
                 return False
             await anyio.sleep(wait)
-            poll = min(2 * poll, _MAX_POLL_S)
         return True
 
     def _try_acquire(self, key: str, holder: str) -> bool:
@@ -230,23 +226,19 @@ class KernelLockManager:
         return held is not None and held.holder == holder
 
     def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = _deadline(timeout)
-        poll = _FIRST_POLL_S
+        waits = _waits(timeout)
         while self.is_locked(key):
-            if (wait := _wait(deadline, poll)) is None:
+            if (wait := next(waits, None)) is None:
                 return False
             time.sleep(wait)
-            poll = min(2 * poll, _MAX_POLL_S)
         return True
 
     async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        deadline = _deadline(timeout)
-        poll = _FIRST_POLL_S
+        waits = _waits(timeout)
         while self.is_locked(key):
-            if (wait := _wait(deadline, poll)) is None:
+            if (wait := next(waits, None)) is None:
                 return False
             await anyio.sleep(wait)
-            poll = min(2 * poll, _MAX_POLL_S)
         return True
 
 
@@ -258,16 +250,14 @@ def _refuse_hold_timeout(hold_timeout: float | None) -> None:
         )
 
 
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + max(timeout, 0.0)
-
-
-def _wait(deadline: float | None, poll: float) -> float | None:
-    """How long to sleep before the next try, or None when the deadline has passed."""
-    if deadline is None:
-        return poll
-    remaining = deadline - time.monotonic()
-    return None if remaining <= 0 else min(poll, remaining)
+def _waits(timeout: float | None) -> Iterator[float]:
+    """The sleeps between tries: doubling from ``_FIRST_POLL_S`` up to ``_MAX_POLL_S``, the last one cut at the
+    deadline ``timeout`` seconds from now (``None``: for ever); exhausted once the deadline has passed."""
+    deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+    poll = _FIRST_POLL_S
+    while deadline is None or (remaining := deadline - time.monotonic()) > 0:
+        yield poll if deadline is None else min(poll, remaining)
+        poll = min(2 * poll, _MAX_POLL_S)
 
 
 def _describe(fd: int, holder: str) -> None:
