@@ -107,6 +107,14 @@ def _ci(estimate: dict[str, Any]) -> str:
     return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 
 
+def _gain(gain: dict[str, Any] | None) -> str:
+    """A fold's best image epoch against epoch 0 on its stopping patients (additive fusion), or a dash."""
+    if not gain:
+        return "-"
+    verdict = "kept" if gain["kept"] else "not kept"
+    return f"epoch {gain['best_epoch']}: {gain['gain']:.4f} ({gain['standard_error']:.4f}), {verdict}"
+
+
 def training_markdown(metrics: dict[str, Any], link: str) -> str:
     """The training result at a glance (Prefect UI)."""
     oracle = metrics.get("oracle")
@@ -129,10 +137,12 @@ def training_markdown(metrics: dict[str, Any], link: str) -> str:
         "Each fold's model (epoch, tabular penalty) was chosen on its stopping patients, inside its training set; "
         "its validation patients were scored once, by the model kept.",
         "",
-        "| fold | validation C-index | stopping C-index (chose the epoch) | epoch kept | epochs | seconds |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-        *[f"| {name} | {f['validation_cindex']:.3f} | {f['stop_cindex']:.3f} | {f['best_epoch']} | {f['epochs']} | "
-          f"{f['seconds']:.0f} |" for name, f in metrics["cv"]["per_fold"].items()],
+        "| fold | validation C-index | stopping C-index (chose the epoch) | epoch kept | best image epoch: gain "
+        "over epoch 0 (SE) | epochs | seconds |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        *[f"| {name} | {f['validation_cindex']:.3f} | {f['stop_cindex']:.3f} | {f['best_epoch']} | "
+          f"{_gain(f.get('image_gain'))} | {f['epochs']} | {f['seconds']:.0f} |"
+          for name, f in metrics["cv"]["per_fold"].items()],
         "",
         f"MLflow: {link}",
     ]

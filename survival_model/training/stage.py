@@ -132,8 +132,8 @@ def _cv_summary(folds: Sequence[FoldResult]) -> dict[str, Any]:
     return {
         "validation_cindex_mean": val_mean, "validation_cindex_sd": val_sd,
         "stop_cindex_mean": stop_mean, "stop_cindex_sd": stop_sd,
-        "per_fold": {f.name: {k: f.summary[k] for k in ("validation_cindex", "stop_cindex", "best_epoch", "epochs",
-                                                        "tabular_penalty", "seconds")}
+        "per_fold": {f.name: {k: f.summary.get(k) for k in ("validation_cindex", "stop_cindex", "best_epoch", "epochs",
+                                                            "tabular_penalty", "seconds", "image_gain")}
                      for f in folds},
     }
 
