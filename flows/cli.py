@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -498,6 +499,22 @@ def _registry(params_path: Path) -> Any:
     return Registry(Tracker.from_params(params).client, params.registry.model_name)
 
 
+@contextmanager
+def _registry_locked(params_path: Path) -> Iterator[Any]:
+    """The registry under the lock the registry flow holds while it registers and gates (a hand promotion or
+    rollback in the middle of a gate would be overwritten by it, or gate against a champion that moved)."""
+    from survival_model.registry.registry import lock_file, registry_lock
+
+    params, _ = _load(params_path, None)
+    lock = lock_file(params.work_dir, params.registry.model_name)
+
+    def waiting(holder: str) -> None:
+        console.print(f"a registry run ({holder}) holds {lock}: waiting for it to finish")
+
+    with registry_lock(lock, waiting):
+        yield _registry(params_path)
+
+
 def _who() -> str:
     import getpass
 
@@ -540,8 +557,8 @@ def models_promote(version: Annotated[int, typer.Argument(help="The version to m
                    reason: ReasonOption, params_path: ParamsOption = Path("params.yaml")) -> None:
     """Make a version the champion by hand (no gate), recording who and why."""
     try:
-        reg = _registry(params_path)
-        done = reg.set_champion(version, reason=reason, by=_who())
+        with _registry_locked(params_path) as reg:
+            done = reg.set_champion(version, reason=reason, by=_who())
     except SurvivalModelError as exc:
         _fail(exc)
         return
@@ -552,8 +569,8 @@ def models_promote(version: Annotated[int, typer.Argument(help="The version to m
 def models_rollback(reason: ReasonOption, params_path: ParamsOption = Path("params.yaml")) -> None:
     """Give the champion alias back to the version that held it before the current one."""
     try:
-        reg = _registry(params_path)
-        done = reg.rollback(reason=reason, by=_who())
+        with _registry_locked(params_path) as reg:
+            done = reg.rollback(reason=reason, by=_who())
     except SurvivalModelError as exc:
         _fail(exc)
         return

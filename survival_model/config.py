@@ -671,9 +671,10 @@ class FitParams(StrictModel):
     monitor: Literal["cindex", "loss"] = "loss"
     patience: int = Field(10, ge=1)
     min_epochs: int = Field(3, ge=1)
-    #: Additive fusion: the best image epoch is kept only when its gain over epoch 0 (the tabular term alone) on
-    #: the stopping patients exceeds this many standard errors of that paired gain (bootstrap over the stopping
-    #: patients); otherwise epoch 0 is kept. 0: the best epoch whatever its gain.
+    #: Additive fusion: the best image epoch is kept only when the cross-fitted gain of choosing an epoch over
+    #: epoch 0 (the tabular term alone) exceeds this many of its bootstrap standard errors (each half of the
+    #: stopping patients scores the epoch the other half chose; ``training.loop.image_gain``); otherwise epoch 0
+    #: is kept. 0: kept whenever that gain is positive.
     image_gain_se: float = Field(1.0, ge=0)
     #: Bootstrap draws for that standard error.
     image_gain_resamples: int = Field(200, ge=20, le=100_000)

@@ -112,7 +112,8 @@ def _gain(gain: dict[str, Any] | None) -> str:
     if not gain:
         return "-"
     verdict = "kept" if gain["kept"] else "not kept"
-    return f"epoch {gain['best_epoch']}: {gain['gain']:.4f} ({gain['standard_error']:.4f}), {verdict}"
+    honest = gain.get("honest_gain", float("nan"))
+    return f"epoch {gain['best_epoch']}: cross-fitted {honest:.4f} (SE {gain['standard_error']:.4f}), {verdict}"
 
 
 def training_markdown(metrics: dict[str, Any], link: str) -> str:
@@ -138,7 +139,7 @@ def training_markdown(metrics: dict[str, Any], link: str) -> str:
         "its validation patients were scored once, by the model kept.",
         "",
         "| fold | validation C-index | stopping C-index (chose the epoch) | epoch kept | best image epoch: gain "
-        "over epoch 0 (SE) | epochs | seconds |",
+        "over epoch 0 | epochs | seconds |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
         *[f"| {name} | {f['validation_cindex']:.3f} | {f['stop_cindex']:.3f} | {f['best_epoch']} | "
           f"{_gain(f.get('image_gain'))} | {f['epochs']} | {f['seconds']:.0f} |"

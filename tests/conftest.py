@@ -56,16 +56,14 @@ def tiny_cohort(tiny_cohort_master: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def split_seed(data_dir: Path, *, test_fraction: float = 0.2, folds: int = 2, start: int = 20250515,
-               varying_sites: tuple[str, ...] = ()) -> int | None:
+def split_seed(data_dir: Path, *, test_fraction: float = 0.2, folds: int = 2, start: int = 20250515) -> int | None:
     """The first seed from ``start`` for which the split rule gives the generated cohort in ``data_dir`` (its
     good patients with an outcome) a valid locked test set: at least 2 patients, a death among them, and
     ``2 * folds`` development patients; preferably of ``round(test_fraction * n)`` patients, as a fixed-size
     split would (so that the folds keep enough training patients to set some aside for stopping). A
     10-patient cohort's per-patient draws (from the source images' digests) fail that for many seeds, and
-    which ones changes with the generator's images; so tests choose the seed for the data they have.
-    ``varying_sites``: sites whose digests change with every generation
-    (DICOM: the writer stamps the study time), required to be valid whatever their patients draw. None when
+    which ones changes with the generator's images; so tests choose the seed for the data they have (the same
+    generator settings give the same image bytes, DICOM included: its dates and times are fixed). None when
     no seed in 500 works (e.g. a cohort to predict, without outcomes)."""
     from survival_model.ingest.discovery import discover_cases
     from survival_model.ingest.images import source_digest
@@ -77,16 +75,15 @@ def split_seed(data_dir: Path, *, test_fraction: float = 0.2, folds: int = 2, st
                                                  if k.startswith("institutions.")})
     digests = {(site, case.source_id): source_digest(case) for site, institution in params.institutions.items()
                for case in discover_cases(site, institution.images)}
-    rows = [(digests[(r.site, r.source_id)], int(r.event), r.site in varying_sites)
-            for r in good.itertuples() if (r.site, r.source_id) in digests]
-    target = max(2, round(test_fraction * sum(not varying for _, _, varying in rows)))
+    rows = [(digests[(r.site, r.source_id)], int(r.event)) for r in good.itertuples()
+            if (r.site, r.source_id) in digests]
+    target = max(2, round(test_fraction * len(rows)))
     valid = []
     for seed in range(start, start + 500):
-        drawn = [(in_test_set(seed, test_fraction, d), event, varying) for d, event, varying in rows]
-        fixed_test = [event for test, event, varying in drawn if test and not varying]
-        fixed_dev = sum(not test for test, _, varying in drawn if not varying)
-        if len(fixed_test) >= 2 and sum(fixed_test) >= 1 and fixed_dev >= 2 * folds:
-            if len(fixed_test) == target:
+        drawn = [(in_test_set(seed, test_fraction, d), event) for d, event in rows]
+        test = [event for in_test, event in drawn if in_test]
+        if len(test) >= 2 and sum(test) >= 1 and len(drawn) - len(test) >= 2 * folds:
+            if len(test) == target:
                 return seed
             valid.append(seed)
     return valid[0] if valid else None

@@ -24,8 +24,9 @@ Additive fusion (``NetworkParams.fusion``, see ``survival_model.models.network``
    the images added nothing), with ``patience`` epochs without improvement ending training. The best of
    many epochs on a few stopping patients beats epoch 0 by chance alone (with no signal in the images, one
    fold of a 150-patient cohort kept epoch 34 on 20 stopping patients and lost 0.1 C on its validation
-   patients), so it is kept only when its gain over epoch 0 exceeds ``image_gain_se`` standard errors of
-   that paired gain (a bootstrap over the stopping patients, :func:`image_gain`); otherwise epoch 0 is kept;
+   patients), so it is kept only when the cross-fitted gain of choosing an epoch (each half of the stopping
+   patients scores the epoch the other half chose, against epoch 0) exceeds ``image_gain_se`` of its
+   bootstrap standard errors (:func:`image_gain`); otherwise epoch 0 is kept;
 3. the tabular term is refitted with the same penalty on all the fold's training patients (fitting and
    stopping: the usual refit after selection, nothing chosen any more) under the kept image term.
 
@@ -45,7 +46,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -130,18 +131,21 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class ImageGain:
-    """The best image epoch against epoch 0 (the tabular term alone) on the stopping patients, in the monitor's
-    score oriented so that a positive gain is better (lower loss, higher C)."""
+    """The image epochs against epoch 0 (the tabular term alone) on the stopping patients (:func:`image_gain`), in
+    the monitor's score oriented so that a positive gain is better (lower loss, higher C)."""
 
+    #: The best epoch on all the stopping patients and its gain over epoch 0 there (biased upwards: it chose).
     best_epoch: int
     gain: float
+    #: The cross-fitted gain of choosing an epoch (each half's choice scored on the other half) and its SE.
+    honest_gain: float
     standard_error: float
-    #: The best epoch was kept: its gain exceeded ``FitParams.image_gain_se`` standard errors.
+    #: The best epoch was kept: the honest gain exceeded ``FitParams.image_gain_se`` standard errors.
     kept: bool
 
     def as_dict(self) -> dict[str, float | int | bool]:
-        return {"best_epoch": self.best_epoch, "gain": self.gain, "standard_error": self.standard_error,
-                "kept": self.kept}
+        return {"best_epoch": self.best_epoch, "gain": self.gain, "honest_gain": self.honest_gain,
+                "standard_error": self.standard_error, "kept": self.kept}
 
 
 @dataclass
@@ -256,6 +260,13 @@ def as_batch(arrays: SurvivalArrays, choice: DeviceChoice, images: torch.Tensor 
                  torch.from_numpy(arrays.event.astype(bool)).to(choice.device))
 
 
+def derived_seed(*parts: int) -> int:
+    """A seed for one draw from the integers ``parts`` (e.g. the run's seed, the epoch, the chunk): distinct
+    parts give unrelated seeds (numpy's ``SeedSequence``), where ``seed * 1000 + epoch + chunk`` made epoch 1's
+    second chunk reuse epoch 2's first chunk's dropout draws."""
+    return int(np.random.SeedSequence([p & (2**64 - 1) for p in parts]).generate_state(1)[0])  # negatives too
+
+
 def _seeded(forward: Callable[[slice], torch.Tensor], chunk: slice, seed: int) -> torch.Tensor:
     """``forward(chunk)`` with the random draws (dropout) fixed by ``seed``: the two passes of a chunked step
     see the same network."""
@@ -281,7 +292,7 @@ def full_batch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
         saved = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
         with torch.no_grad():
-            outputs = torch.cat([_seeded(forward, c, seed + j) for j, c in enumerate(chunks)])
+            outputs = torch.cat([_seeded(forward, c, derived_seed(seed, j)) for j, c in enumerate(chunks)])
         with torch.no_grad():
             for name, buffer in model.named_buffers():
                 buffer.copy_(saved[name])
@@ -292,7 +303,7 @@ def full_batch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         if gradient is None:  # pragma: no cover - the loss depends on the outputs
             raise RuntimeError("the loss has no gradient with respect to the outputs")
         for j, c in enumerate(chunks):
-            _seeded(forward, c, seed + j).backward(gradient[c])  # type: ignore[no-untyped-call]
+            _seeded(forward, c, derived_seed(seed, j)).backward(gradient[c])  # type: ignore[no-untyped-call]
     optimizer.step()
     return float(loss.detach())
 
@@ -455,15 +466,22 @@ def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, 
 
 
 def image_gain(network: NetworkParams, fit: FitParams, centre: float, stop: SurvivalArrays,
-               base: npt.NDArray[np.float32], best: npt.NDArray[np.float32]) -> tuple[float, float]:
-    """The gain of the outputs ``best`` over ``base`` on the stopping patients ``stop`` in the monitor's score
-    (lower loss or higher C: positive is better) and its standard error: the standard deviation of the paired
-    gain over ``fit.image_gain_resamples`` bootstrap draws of those patients (seeded by ``fit.seed``; draws where
-    the score is undefined are left out; NaN with fewer than two defined draws)."""
+               outputs: Sequence[npt.NDArray[np.float32]], best_epoch: int) -> ImageGain:
+    """The image epochs against epoch 0 on the stopping patients ``stop``, from their outputs at every epoch
+    (``outputs[e]``), in the monitor's score (lower loss or higher C: positive is better).
+
+    The best of many epochs on the same patients beats epoch 0 by chance alone (the winner's curse), so the
+    gain that decides is **cross-fitted**: the stopping patients are split in two halves (deaths and survivors
+    dealt out alternately in an order drawn from ``fit.seed``), each half's epoch is the best on the other half,
+    and its gain over epoch 0 is scored on the half that did not choose it; the mean of the two halves' gains
+    is the honest gain of choosing an epoch. Its standard error is the standard deviation of that mean over
+    ``fit.image_gain_resamples`` bootstrap draws within each half (the epochs held fixed; draws where a score is
+    undefined are left out; NaN with fewer than two defined draws). The best epoch (chosen on all the stopping
+    patients) is kept when the honest gain exceeds ``fit.image_gain_se`` standard errors."""
     time, event = stop.time_days, stop.event
 
-    def score(outputs: npt.NDArray[np.float32], rows: npt.NDArray[np.int64]) -> float:
-        out = torch.from_numpy(np.ascontiguousarray(outputs[rows]))
+    def score(epoch: int, rows: npt.NDArray[np.int64]) -> float:
+        out = torch.from_numpy(np.ascontiguousarray(outputs[epoch][rows]))
         if fit.monitor == "cindex":
             return harrell_c(risk_score(network.objective, out, centre).numpy(), time[rows], event[rows])
         with torch.no_grad():
@@ -471,12 +489,27 @@ def image_gain(network: NetworkParams, fit: FitParams, centre: float, stop: Surv
                                          torch.from_numpy(event[rows]), centre=centre, censored=fit.censored,
                                          ties=fit.ties))
 
+    def gain(epoch: int, rows: npt.NDArray[np.int64]) -> float:
+        return 0.0 if epoch == 0 else score(epoch, rows) - score(0, rows)
+
+    def chosen(rows: npt.NDArray[np.int64]) -> int:
+        scores = np.array([score(e, rows) for e in range(len(outputs))])
+        return int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0
+
     every = np.arange(len(stop), dtype=np.int64)
-    gain = score(best, every) - score(base, every)
-    draws = np.array([score(best, rows) - score(base, rows)
-                      for rows in resample_indices(len(stop), fit.image_gain_resamples, fit.seed)])
+    rng = np.random.default_rng(derived_seed(fit.seed, len(stop)))
+    order = np.concatenate([rng.permutation(every[event]), rng.permutation(every[~event])])
+    halves = [np.sort(order[0::2]), np.sort(order[1::2])]
+    epochs = [chosen(halves[1]), chosen(halves[0])]  # half 0 scores the epoch half 1 chose, and back
+    honest = float(np.mean([gain(e, h) for e, h in zip(epochs, halves, strict=True)]))
+    drawn = [h[resample_indices(len(h), fit.image_gain_resamples, derived_seed(fit.seed, i))] if len(h) else
+             np.zeros((fit.image_gain_resamples, 0), dtype=np.int64) for i, h in enumerate(halves)]
+    draws = np.array([np.mean([gain(epochs[i], drawn[i][b]) for i in range(2)])
+                      for b in range(fit.image_gain_resamples)])
     finite = draws[np.isfinite(draws)]
-    return gain, float(np.std(finite, ddof=1)) if len(finite) >= 2 else float("nan")
+    error = float(np.std(finite, ddof=1)) if len(finite) >= 2 else float("nan")
+    return ImageGain(best_epoch, gain(best_epoch, every), honest, error,
+                     bool(honest > fit.image_gain_se * error) and best_epoch > 0)  # NaN: not kept
 
 
 def augmented_images(arrays: SurvivalArrays, augment: AugmentParams, sequence_channels: int, seed: int,
@@ -516,7 +549,7 @@ def _train_images(model: HybridSurvivalNet, network: NetworkParams, fit: FitPara
     optimizer = torch.optim.AdamW(trainable, lr=fit.learning_rate, weight_decay=fit.weight_decay)
     scheduler = _schedule(optimizer, fit)
     initial_state = best_state = copy.deepcopy(model.state_dict())
-    initial_outputs = best_outputs = stop_outputs
+    stop_history = [stop_outputs]  # the stopping patients' outputs at every epoch
     best_epoch, best = (0, _score(history[0], fit)) if additive else (0, float("nan"))
     stale, stopped = 0, False
     for epoch in range(1, fit.epochs + 1):
@@ -539,9 +572,10 @@ def _train_images(model: HybridSurvivalNet, network: NetworkParams, fit: FitPara
             return _loss(network, fit, centre, out, batch)
 
         train_loss = full_batch_step(model, optimizer, forward, loss_fn, len(batch), fit.chunk_size,
-                                     fit.seed * 1000 + epoch)
+                                     derived_seed(fit.seed, epoch))
         scheduler.step()
         stop_outputs = predict_outputs(model, stop, choice)
+        stop_history.append(stop_outputs)
         stop_loss, stop_c = _validate(network, fit, stop, stop_outputs, centre)
         record = EpochRecord(epoch, train_loss, stop_loss, stop_c, float(optimizer.param_groups[0]["lr"]),
                              time.perf_counter() - began, data_seconds, len(train), len(train) * k_slices)
@@ -553,7 +587,7 @@ def _train_images(model: HybridSurvivalNet, network: NetworkParams, fit: FitPara
             score = -record.train_loss if fit.monitor == "cindex" else record.train_loss
         if _improved(score, best, fit.monitor) or (best_epoch == 0 and not additive):
             best, best_epoch, stale = score, epoch, 0
-            best_state, best_outputs = copy.deepcopy(model.state_dict()), stop_outputs
+            best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
         if stale >= fit.patience and epoch >= fit.min_epochs:
@@ -561,12 +595,12 @@ def _train_images(model: HybridSurvivalNet, network: NetworkParams, fit: FitPara
             break
     gain = None
     if additive and len(stop) and best_epoch > 0:
-        value, error = image_gain(network, fit, centre, stop, initial_outputs, best_outputs)
-        gain = ImageGain(best_epoch, value, error, bool(value > fit.image_gain_se * error))  # NaN error: not kept
+        gain = image_gain(network, fit, centre, stop, stop_history, best_epoch)
         if not gain.kept:
             best_epoch, best, best_state = 0, _score(history[0], fit), initial_state
-        log.info("image epoch %d: gain %.4f over epoch 0 on the stopping patients (SE %.4f): %s", gain.best_epoch,
-                 value, error, "kept" if gain.kept else f"not above {fit.image_gain_se:g} SE, epoch 0 kept")
+        log.info("image epoch %d: gain over epoch 0 on the stopping patients %.4f, cross-fitted %.4f (SE %.4f): %s",
+                 gain.best_epoch, gain.gain, gain.honest_gain, gain.standard_error,
+                 "kept" if gain.kept else f"not above {fit.image_gain_se:g} SE, epoch 0 kept")
     model.load_state_dict(best_state)
     return history, best_epoch, best, stopped, gain
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from survival_model.config import load_params
-from survival_model.registry.registry import CHAMPION, Registry
+from survival_model.registry.registry import CHAMPION, Registry, lock_file, registry_lock
 from survival_model.tracking import Tracker
 from tests.conftest import REPO
 
@@ -65,3 +67,25 @@ def test_rollback_needs_a_previous_champion(params_file: Path) -> None:
     registry_with_versions(params_file, 1)
     out = CliRunner().invoke(app, ["models", "rollback", "-r", "x", "--params", str(params_file)])
     assert out.exit_code == 2 and "no champion to roll back from" in out.output
+
+
+def test_a_hand_promotion_waits_for_a_registry_run_holding_the_lock(params_file: Path) -> None:
+    reg = registry_with_versions(params_file, 2)
+    reg.set_champion(1, reason="first", by="test")
+    lock = lock_file(load_params(params_file).work_dir, reg.name)
+    held, seen = threading.Event(), {}
+
+    def registry_run() -> None:  # what the registry flow does around registering and gating
+        with registry_lock(lock):
+            held.set()
+            time.sleep(1.0)  # long enough for the promotion below to reach the lock
+            seen["champion while held"] = reg.alias(CHAMPION).version  # type: ignore[union-attr]
+
+    holder = threading.Thread(target=registry_run)
+    holder.start()
+    held.wait(10)
+    promoted = CliRunner().invoke(app, ["models", "promote", "2", "-r", "after the gate", "--params",
+                                        str(params_file)])
+    holder.join()
+    assert promoted.exit_code == 0 and "waiting for it to finish" in promoted.output
+    assert seen["champion while held"] == 1 and reg.alias(CHAMPION).version == 2  # type: ignore[union-attr]
