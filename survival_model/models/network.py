@@ -108,6 +108,13 @@ class AttentionPool(nn.Module):
         return torch.einsum("bk,bkf->bf", weights, x)
 
 
+def additive_tabular_term(params: NetworkParams, n_tabular: int, outputs: int) -> nn.Sequential:
+    """The additive fusion's tabular term over ``n_tabular`` inputs: linear (a Cox model for ``cox``) unless
+    ``params.tabular_hidden`` asks for hidden layers."""
+    widths = [n_tabular, *params.tabular_hidden]
+    return nn.Sequential(_mlp(widths, params.dropout), nn.Linear(widths[-1], outputs))
+
+
 class HybridSurvivalNet(nn.Module):
     """Backbone over slices + tabular branch -> risk (see the module docstring)."""
 
@@ -148,10 +155,8 @@ class HybridSurvivalNet(nn.Module):
         if uses_tabular and n_tabular < 1:
             raise ConfigError("the tabular branch needs at least one tabular feature")
         if params.fusion == "additive":
-            if uses_tabular:  # the tabular term: linear (a Cox model) unless hidden layers are asked for
-                hidden = list(params.tabular_hidden)
-                self.tabular = nn.Sequential(_mlp([n_tabular, *hidden], params.dropout),
-                                             nn.Linear(([n_tabular, *hidden])[-1], self.output_size))
+            if uses_tabular:
+                self.tabular = additive_tabular_term(params, n_tabular, self.output_size)
             if self.backbone is not None:  # the image term: a narrow bottleneck, starting at exactly zero
                 last = nn.Linear(params.image_bottleneck, self.output_size)
                 nn.init.zeros_(last.weight)

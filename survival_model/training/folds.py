@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
-from survival_model.config import SEQUENCES, NetworkParams, TrainingParams
+from survival_model.config import SEQUENCES, NetworkParams, TabularParams, TrainingParams
 from survival_model.errors import SurvivalModelError
 from survival_model.fingerprint import code_version, content_order, file_digest, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # torch, timm and scikit-learn load only where a model trains
 
     from survival_model.models.network import HybridSurvivalNet
     from survival_model.training.data import SurvivalArrays
-    from survival_model.training.loop import DeviceChoice, ProgressFn
+    from survival_model.training.loop import DeviceChoice, InnerTabular, ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,9 @@ class FoldArrays:
     validation: SurvivalArrays
     pipeline: Pipeline | None
     names: list[str]
+    #: The tabular matrices of an inner fit inside the training patients (fitting, then stopping) from a
+    #: pipeline fitted on its own patients (the tabular penalty's cross-validation); None without a table.
+    inner_tabular: InnerTabular | None = None
 
 
 def fold_arrays(table: pd.DataFrame, fold: Fold, image_paths: Mapping[str, Path] | None,
@@ -169,7 +173,20 @@ def fold_arrays(table: pd.DataFrame, fold: Fold, image_paths: Mapping[str, Path]
             raise TrainingError(f"the {training.network.variant} network needs image inputs")
         images = {name: stack_images(image_paths, ids) for name, ids in sets.items()}
     arrays = {name: _arrays(frames[name], images[name], tabular[name]) for name in sets}
-    return FoldArrays(arrays["fit"], arrays["stop"], arrays["validation"], pipeline, names)
+    inner = _inner_tabular(training.tabular, pd.concat([frames["fit"], frames["stop"]], ignore_index=True)) \
+        if pipeline is not None else None
+    return FoldArrays(arrays["fit"], arrays["stop"], arrays["validation"], pipeline, names, inner)
+
+
+def _inner_tabular(params: TabularParams, rows: pd.DataFrame) -> InnerTabular:
+    """:data:`InnerTabular` over the fold's training ``rows`` (fitting, then stopping patients)."""
+    from survival_model.models.tabular import fit_transform_fold
+
+    def matrices(kept: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        _, (x_kept, x_all) = fit_transform_fold(params, rows[kept].reset_index(drop=True), [rows])
+        return x_kept, x_all
+
+    return matrices
 
 
 def _arrays(frame: pd.DataFrame, images: Any, tabular: Any) -> SurvivalArrays:
@@ -216,7 +233,8 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     data = fold_arrays(table, fold, image_paths, training)
     sequence_channels = len(training.inputs.sequences)
     outcome = train_model(training.network, training.fit, training.augment, data.fit, data.stop,
-                          sequence_channels=sequence_channels, choice=choice, progress=progress)
+                          sequence_channels=sequence_channels, choice=choice, progress=progress,
+                          inner_tabular=data.inner_tabular)
     offset = _centre(outcome.model, training.network.objective, [data.fit, data.stop], choice)
     history = pd.DataFrame([r.__dict__ for r in outcome.history])
     best = history.loc[history["epoch"] == outcome.best_epoch].iloc[0]

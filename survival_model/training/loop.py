@@ -15,9 +15,10 @@ chunk, so the parameters' gradient is exactly the full-batch one in bounded memo
 Additive fusion (``NetworkParams.fusion``, see ``survival_model.models.network``), in two phases:
 
 1. the tabular term (linear by default) gets its L2 penalty by cross-validation inside the fold's training
-   patients (``fit_tabular_term``: the cross-validated partial likelihood for a Cox term) and is then fitted
-   to convergence (L-BFGS) on the fitting patients only and frozen, so that the stopping patients judge
-   every epoch, epoch 0 included, out of sample;
+   patients (``fit_tabular_term``: the cross-validated partial likelihood for a Cox term; each inner fit with
+   its own tabular pipeline, so scaling, imputation and any supervised selection see only its patients) and
+   is then fitted to convergence (L-BFGS) on the fitting patients only and frozen, so that the stopping
+   patients judge every epoch, epoch 0 included, out of sample;
 2. the image term is trained on top of the fixed tabular term (AdamW, warm-up + cosine schedule,
    augmentation), one full-batch step per epoch; epoch 0 is the tabular model alone (the image term starts
    at zero), and the epoch with the best ``monitor`` score on the stopping patients is kept (possibly 0:
@@ -60,7 +61,7 @@ from survival_model.errors import ConfigError
 from survival_model.evaluation.metrics import harrell_c
 from survival_model.evaluation.paired import resample_indices
 from survival_model.models.losses import cox_loss, objective_loss, risk_score
-from survival_model.models.network import HybridSurvivalNet
+from survival_model.models.network import HybridSurvivalNet, additive_tabular_term
 from survival_model.training.data import SurvivalArrays, SurvivalDataset
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,9 @@ def _improved(score: float, best: float, monitor: str) -> bool:
 
 
 ProgressFn = Callable[[EpochRecord], None]
+#: Given which of a fold's training patients (its fitting, then its stopping patients) an inner fit sees, the
+#: tabular matrices of those patients and of all of them from a tabular pipeline fitted on those alone.
+InnerTabular = Callable[[npt.NDArray[np.bool_]], tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]
 
 
 @dataclass(frozen=True)
@@ -323,14 +327,12 @@ def inner_folds(time: npt.NDArray[np.float64], event: npt.NDArray[np.bool_], x: 
     return assigned
 
 
-def _fit_linear(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
+def _fit_linear(tabular: torch.nn.Module, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
                 time: torch.Tensor, event: torch.Tensor, penalty: float, initial: dict[str, torch.Tensor],
                 offset: torch.Tensor | None = None) -> None:
-    """The tabular term fitted to convergence (L-BFGS, full batch) with an L2 penalty on its weights; ``offset``
-    (e.g. the image term's output) is added to its output as a fixed term."""
-    tabular = model.tabular
-    if tabular is None:  # pragma: no cover - checked by the caller
-        raise ConfigError("no tabular term to fit")
+    """The tabular term ``tabular`` (the network's, or an inner fit's copy) fitted to convergence (L-BFGS, full
+    batch) from ``initial`` with an L2 penalty on its weights; ``offset`` (e.g. the image term's output) is
+    added to its output as a fixed term."""
     tabular.load_state_dict(initial)
     weights = [p for name, p in tabular.named_parameters() if name.endswith("weight")]
     optimizer = torch.optim.LBFGS(list(tabular.parameters()), lr=1.0, max_iter=fit.tabular_iterations,
@@ -338,7 +340,7 @@ def _fit_linear(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        output = model.embed_tabular(x)
+        output = tabular(x)
         if offset is not None:
             output = output + offset
         loss = objective_loss(network.objective, output, time, event, centre=centre, censored=fit.censored,
@@ -350,12 +352,12 @@ def _fit_linear(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams
     optimizer.step(closure)  # type: ignore[no-untyped-call]
 
 
-def _total_loss(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
+def _total_loss(tabular: torch.nn.Module, network: NetworkParams, fit: FitParams, centre: float, x: torch.Tensor,
                 time: torch.Tensor, event: torch.Tensor) -> float:
     """The unpenalised loss summed over patients (Cox: the negative log partial likelihood over these patients'
     own risk sets)."""
     with torch.no_grad():
-        out = model.embed_tabular(x)
+        out = tabular(x)
         if network.objective == "cox":
             return float(cox_loss(out[:, 0], time, event, fit.ties, reduction="sum"))
         return float(objective_loss(network.objective, out, time, event, centre=centre, censored=fit.censored,
@@ -363,7 +365,7 @@ def _total_loss(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams
 
 
 def fit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitParams, centre: float, train: Batch,
-                     stop: Batch) -> tuple[float, dict[str, float]]:
+                     stop: Batch, inner_tabular: InnerTabular | None = None) -> tuple[float, dict[str, float]]:
     """Phase 1 of the additive fusion: the tabular term's L2 penalty (on its weights, not the biases) is chosen by
     cross-validation inside the fold's training patients (``train`` and ``stop``; ``fit.tabular_cv_folds``
     inner folds, :func:`inner_folds`), and the term is then fitted to convergence on all of them with that
@@ -372,7 +374,9 @@ def fit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitP
     of all patients minus that of the patients the fit saw, which stays stable with few deaths per inner fold;
     for the other objectives, the held-out loss. Ties: the larger penalty. The term is then fitted on ``train``
     alone (the stopping patients judge the image epochs out of sample; :func:`refit_tabular_term` refits it on
-    all of them afterwards). Returns the penalty kept and every penalty's criterion (lower is better)."""
+    all of them afterwards). ``inner_tabular``: each inner fit's tabular matrices from a pipeline (scaling,
+    imputation) fitted on that inner fit's patients alone, as the penalty's choice is scored; without it, the
+    fold's matrices. Returns the penalty kept and every penalty's criterion (lower is better)."""
     tabular = model.tabular
     if tabular is None or train.tabular is None or (len(stop) and stop.tabular is None):
         raise ConfigError("the tabular term needs the tabular vector")
@@ -382,23 +386,35 @@ def fit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: FitP
     model.eval()  # a deterministic objective for L-BFGS (dropout off; the L2 penalty regularises)
     assigned = inner_folds(time.cpu().numpy().astype(float), event.cpu().numpy().astype(bool),
                            x.detach().cpu().numpy(), min(fit.tabular_cv_folds, len(time)))
+    # per inner fold: the patients it fits on, their matrix, every patient's matrix, a term and its start
+    inner: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.nn.Module, dict[str, torch.Tensor]]] = []
+    for k in np.unique(assigned):
+        kept = torch.from_numpy(assigned != k).to(x.device)
+        if inner_tabular is None:
+            inner.append((kept, x[kept], x, tabular, initial))
+            continue
+        fitted, every = inner_tabular(assigned != k)  # the pipeline's width can differ (categories, indicators)
+        with torch.random.fork_rng(devices=[]):  # its own initial weights; the training's draws stay as they were
+            torch.manual_seed(derived_seed(fit.seed, int(k)))
+            term = additive_tabular_term(network, fitted.shape[1], model.output_size).to(x.device).eval()
+        inner.append((kept, torch.from_numpy(fitted).to(x.device), torch.from_numpy(every).to(x.device), term,
+                      copy.deepcopy(term.state_dict())))
     tried: dict[str, float] = {}
     for penalty in fit.tabular_penalties:
         total = 0.0
-        for k in np.unique(assigned):
-            held = torch.from_numpy(assigned == k).to(x.device)
-            kept = ~held
-            _fit_linear(model, network, fit, centre, x[kept], time[kept], event[kept], penalty, initial)
+        for kept, x_kept, x_all, fold_term, start in inner:
+            held = ~kept
+            _fit_linear(fold_term, network, fit, centre, x_kept, time[kept], event[kept], penalty, start)
             if network.objective == "cox":
-                total += _total_loss(model, network, fit, centre, x, time, event) - \
-                    _total_loss(model, network, fit, centre, x[kept], time[kept], event[kept])
+                total += _total_loss(fold_term, network, fit, centre, x_all, time, event) - \
+                    _total_loss(fold_term, network, fit, centre, x_kept, time[kept], event[kept])
             else:
-                total += _total_loss(model, network, fit, centre, x[held], time[held], event[held])
+                total += _total_loss(fold_term, network, fit, centre, x_all[held], time[held], event[held])
         tried[f"{penalty:g}"] = total
     finite = {p: tried[f"{p:g}"] for p in fit.tabular_penalties if math.isfinite(tried[f"{p:g}"])}
     chosen = min(finite, key=lambda p: (finite[p], -p)) if finite else max(fit.tabular_penalties)
     assert train.tabular is not None  # checked above
-    _fit_linear(model, network, fit, centre, train.tabular, train.time, train.event, chosen, initial)
+    _fit_linear(tabular, network, fit, centre, train.tabular, train.time, train.event, chosen, initial)
     for parameter in tabular.parameters():
         parameter.requires_grad_(False)
     return chosen, tried
@@ -421,7 +437,7 @@ def refit_tabular_term(model: HybridSurvivalNet, network: NetworkParams, fit: Fi
                                     _image_term(model, stop.images, fit.chunk_size)])
     for parameter in tabular.parameters():
         parameter.requires_grad_(True)
-    _fit_linear(model, network, fit, centre, x, time, event, penalty, copy.deepcopy(tabular.state_dict()),
+    _fit_linear(tabular, network, fit, centre, x, time, event, penalty, copy.deepcopy(tabular.state_dict()),
                 offset=image_term)
     for parameter in tabular.parameters():
         parameter.requires_grad_(False)
@@ -437,8 +453,9 @@ def _image_term(model: HybridSurvivalNet, images: torch.Tensor, chunk_size: int)
 
 def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, train: SurvivalArrays,
                 stop: SurvivalArrays, *, sequence_channels: int, choice: DeviceChoice | None = None,
-                progress: ProgressFn | None = None) -> TrainOutcome:
-    """Train a fresh network on ``train``; every choice on ``stop`` (see the module docstring)."""
+                progress: ProgressFn | None = None, inner_tabular: InnerTabular | None = None) -> TrainOutcome:
+    """Train a fresh network on ``train``; every choice on ``stop`` (see the module docstring;
+    ``inner_tabular``: :func:`fit_tabular_term`)."""
     choice = choice or choose_device(fit)
     if len(train) < 2 or not bool(train.event.any()):
         raise ConfigError(f"a fold needs at least 2 training patients and one death (got {len(train)} patients, "
@@ -455,7 +472,7 @@ def train_model(network: NetworkParams, fit: FitParams, augment: AugmentParams, 
         penalty: float | None = None
         penalties: dict[str, float] = {}
         if model.fusion == "additive" and model.tabular is not None:
-            penalty, penalties = fit_tabular_term(model, network, fit, centre, train_batch, stop_batch)
+            penalty, penalties = fit_tabular_term(model, network, fit, centre, train_batch, stop_batch, inner_tabular)
         history, best_epoch, best, stopped, gain = _train_images(model, network, fit, augment, train, train_batch,
                                                                  stop, sequence_channels, centre, choice, progress)
         if penalty is not None:

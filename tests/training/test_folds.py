@@ -62,6 +62,15 @@ def test_the_tabular_pipeline_is_fitted_on_the_fitting_rows_only(tmp_path: Path)
     assert data.fit.images is not None and data.fit.images.shape == (len(fitting), 2, 1, 16, 16)
     assert set(data.fit.case_ids) | set(data.stop.case_ids) == set(fold.train)
     assert set(data.fit.case_ids).isdisjoint(data.stop.case_ids) and set(fold.train).isdisjoint(fold.validation)
+    # the penalty's inner cross-validation: each inner fit's scaling from its own patients (fitting, then stopping)
+    assert data.inner_tabular is not None
+    training_ids = [*data.fit.case_ids, *data.stop.case_ids]
+    kept = np.arange(len(training_ids)) % 3 != 0
+    inner_rows, every_row = data.inner_tabular(kept)
+    assert inner_rows.shape == (int(kept.sum()), len(data.names)) and every_row.shape[0] == len(training_ids)
+    assert abs(float(inner_rows[:, volume].mean())) < 1e-5  # standardised on the inner fit's rows alone
+    np.testing.assert_allclose(every_row[kept], inner_rows)
+    assert float(every_row[:, volume].std()) != pytest.approx(float(data.fit.tabular[:, volume].std()))
 
 
 def test_a_fold_is_trained_once_stored_without_pickle_for_weights_and_reloaded_identically(tmp_path: Path) -> None:

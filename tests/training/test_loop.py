@@ -170,6 +170,26 @@ def test_the_tabular_penalty_is_the_one_with_the_best_cross_validated_likelihood
     assert tried[f"{outcome.tabular_penalty:g}"] == min(tried.values())  # type: ignore[attr-defined]
 
 
+def test_the_penalty_cross_validation_scales_each_inner_fit_on_its_own_patients() -> None:
+    train, _ = planted(80, 1, WEIGHTS["tabular"])
+    stop, _ = planted(20, 3, WEIGHTS["tabular"])
+    rows = np.concatenate([train.tabular, stop.tabular]) * 5.0 + 2.0  # type: ignore[list-item]
+    seen: list[np.ndarray] = []
+
+    def scaled(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # a pipeline fitted on the inner fit's rows
+        seen.append(kept.copy())
+        mean, sd = rows[kept].mean(0), rows[kept].std(0)
+        return ((rows[kept] - mean) / sd).astype(np.float32), ((rows - mean) / sd).astype(np.float32)
+
+    network = NetworkParams(**NET, variant="tabular")  # type: ignore[arg-type]
+    inner = train_model(network, FIT, AugmentParams(), train, stop, sequence_channels=0, inner_tabular=scaled)
+    assert len(seen) == FIT.tabular_cv_folds  # one pipeline per inner fold, every penalty scored on it
+    held = [~k for k in seen]
+    assert sum(int(h.sum()) for h in held) == 100 and np.logical_or.reduce(held).all()  # each patient held once
+    plain = train_model(network, FIT, AugmentParams(), train, stop, sequence_channels=0)
+    assert inner.penalties != plain.penalties  # the inner scaling entered the criterion
+
+
 def test_a_chunked_step_has_exactly_the_full_batch_gradient() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.3),
