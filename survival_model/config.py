@@ -674,8 +674,9 @@ class FitParams(StrictModel):
     #: Additive fusion: the best image epoch is kept only when the cross-fitted gain of choosing an epoch over
     #: epoch 0 (the tabular term alone) exceeds this many of its bootstrap standard errors (each half of the
     #: stopping patients scores the epoch the other half chose; ``training.loop.image_gain``); otherwise epoch 0
-    #: is kept. 0: kept whenever that gain is positive.
-    image_gain_se: float = Field(1.0, ge=0)
+    #: is kept. 0 (default): kept whenever that gain is positive; 1 reverted 4 of 5 folds at 600 patients whose
+    #: images carry 29 % of the risk and lost the image gain (benchmarks/RESULTS.md, validity).
+    image_gain_se: float = Field(0.0, ge=0)
     #: Bootstrap draws for that standard error.
     image_gain_resamples: int = Field(200, ge=20, le=100_000)
     #: Additive fusion: L2 penalties of the tabular term tried, chosen by cross-validation (the

@@ -23,11 +23,10 @@ Additive fusion (``NetworkParams.fusion``, see ``survival_model.models.network``
    augmentation), one full-batch step per epoch; epoch 0 is the tabular model alone (the image term starts
    at zero), and the epoch with the best ``monitor`` score on the stopping patients is kept (possibly 0:
    the images added nothing), with ``patience`` epochs without improvement ending training. The best of
-   many epochs on a few stopping patients beats epoch 0 by chance alone (with no signal in the images, one
-   fold of a 150-patient cohort kept epoch 34 on 20 stopping patients and lost 0.1 C on its validation
-   patients), so it is kept only when the cross-fitted gain of choosing an epoch (each half of the stopping
-   patients scores the epoch the other half chose, against epoch 0) exceeds ``image_gain_se`` of its
-   bootstrap standard errors (:func:`image_gain`); otherwise epoch 0 is kept;
+   many epochs on a few stopping patients beats epoch 0 by chance alone (the winner's curse), so it is kept
+   only when the cross-fitted gain of choosing an epoch (each half of the stopping patients scores the epoch
+   the other half chose, against epoch 0) exceeds ``image_gain_se`` (default 0) of its bootstrap standard
+   errors (:func:`image_gain`); otherwise epoch 0 is kept;
 3. the tabular term is refitted with the same penalty on all the fold's training patients (fitting and
    stopping: the usual refit after selection, nothing chosen any more) under the kept image term.
 
