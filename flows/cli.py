@@ -491,11 +491,13 @@ def _print_predictions(result: Any) -> None:
     console.print(f"MLflow run:  {result.mlflow_link}")
 
 
-def _registry(params_path: Path) -> Any:
+def _registry(params_path: Path, params: Params | None = None) -> Any:
+    """The registry ``params`` (loaded from ``params_path`` when not given) declare."""
     from survival_model.registry.registry import Registry
     from survival_model.tracking import Tracker
 
-    params, _ = _load(params_path, None)
+    if params is None:
+        params, _ = _load(params_path, None)
     return Registry(Tracker.from_params(params).client, params.registry.model_name)
 
 
@@ -512,7 +514,7 @@ def _registry_locked(params_path: Path) -> Iterator[Any]:
         console.print(f"a registry run ({holder}) holds {lock}: waiting for it to finish")
 
     with registry_lock(lock, waiting):
-        yield _registry(params_path)
+        yield _registry(params_path, params)
 
 
 def _who() -> str:

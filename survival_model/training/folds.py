@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,7 +252,7 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
         "validation_cindex": harrell_c(val_risk, validation.time_days, validation.event) if len(validation)
         else float("nan"),
         "tabular_penalty": outcome.tabular_penalty, "penalties": outcome.penalties, "output_offset": offset,
-        "image_gain": outcome.image_gain.as_dict() if outcome.image_gain is not None else None,
+        "image_gain": asdict(outcome.image_gain) if outcome.image_gain is not None else None,
         "seconds": float(history["seconds"].sum()), "data_wait_share": outcome.data_wait_share,
         "device": outcome.device, "threads": training.fit.threads or torch.get_num_threads(),
         "patients_per_second": float(history["patients"].iloc[1:].sum() / max(history["seconds"].sum(), 1e-9)),

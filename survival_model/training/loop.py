@@ -143,10 +143,6 @@ class ImageGain:
     #: The best epoch was kept: the honest gain exceeded ``FitParams.image_gain_se`` standard errors.
     kept: bool
 
-    def as_dict(self) -> dict[str, float | int | bool]:
-        return {"best_epoch": self.best_epoch, "gain": self.gain, "honest_gain": self.honest_gain,
-                "standard_error": self.standard_error, "kept": self.kept}
-
 
 @dataclass
 class TrainOutcome:
