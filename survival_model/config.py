@@ -623,6 +623,10 @@ class NetworkParams(StrictModel):
     #: with its mask channels; here ``global``, which needs none.)
     image_features: Literal["regions", "global"] = "global"
     feature_stages: list[Annotated[int, Field(ge=0, le=6)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    #: ``regions`` image features: the input sequences' own mean intensities inside each region mask and over the
+    #: window join the backbone's pooled feature maps (a lesion's enhancement is one feature away, not a property
+    #: a backbone trained from scratch must first learn to compute).
+    region_intensities: bool = True
     #: ``global`` image features: how per-slice embeddings become one image embedding: their mean, or attention.
     pooling: Literal["mean", "attention"] = "mean"
     #: ``additive``: a tabular term (linear unless ``tabular_hidden``) plus an image term through a narrow
@@ -630,6 +634,13 @@ class NetworkParams(StrictModel):
     fusion: Literal["additive", "concat"] = "additive"
     #: Width of the additive image term's bottleneck.
     image_bottleneck: int = Field(8, ge=1, le=1024)
+    #: Additive image term: its input features standardised over the training patients (a batch norm without
+    #: affine parameters over the full-batch step; prediction uses the last step's statistics), so that every
+    #: pooled feature is on one scale whatever its units.
+    image_standardise: bool = True
+    #: Additive image term: a linear path from the (standardised) features beside the bottleneck, starting at
+    #: zero: a risk that is linear in a pooled feature (a lesion's enhancement) is found without the bottleneck.
+    image_linear: bool = False
     #: Hidden layers of the tabular branch (additive: [] is a linear term; concat: the embedding MLP).
     tabular_hidden: list[int] = Field(default_factory=list)
     #: Hidden layers of the concat fusion's head.
@@ -715,6 +726,13 @@ class TrainingParams(StrictModel):
     augment: AugmentParams = Field(default_factory=lambda: AugmentParams())
     fit: FitParams = Field(default_factory=lambda: FitParams())
 
+    @model_validator(mode="after")
+    def _chunks_for_standardising(self) -> TrainingParams:
+        if self.network.image_standardise and self.fit.chunk_size < 2:
+            raise ValueError("network.image_standardise standardises the image features over each forward chunk of "
+                             "patients: fit.chunk_size must be at least 2")
+        return self
+
 
 BaselineName = Literal["gpa", "ds_gpa", "cox_clinical", "coxnet_clinical_volumetric", "rsf"]
 
@@ -748,6 +766,10 @@ class NetworkVariant(StrictModel):
     #: concat fusion: the tabular embedding MLP (the additive fusion's linear term has none).
     tabular_hidden: list[int] | None = None
     image_features: Literal["regions", "global"] | None = None
+    region_intensities: bool | None = None
+    image_standardise: bool | None = None
+    image_linear: bool | None = None
+    image_bottleneck: int | None = None
 
     def apply(self, network: NetworkParams) -> NetworkParams:
         return network.model_copy(update=self.model_dump(exclude_none=True))

@@ -58,6 +58,7 @@ def test_bad_value_is_an_error_that_names_the_key_and_value(tmp_path: Path) -> N
         (("institutions", "site_a", "labels"), "brats_2099", r"unknown label scheme 'brats_2099'"),
         (("institutions", "site_a", "images", "mask_reference"), "t1x", r"mask_reference"),
         (("synthetic", "patients"), {"site_z": 3}, r"synthetic sites must be among"),
+        (("training", "fit", "chunk_size"), 1, r"image_standardise standardises .*fit\.chunk_size must be at least 2"),
     ],
 )
 def test_invalid_settings(tmp_path: Path, path: tuple[str, ...], value: object, message: str) -> None:

@@ -96,6 +96,37 @@ def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ImageTerm(nn.Module):
+    """The additive fusion's image term: (optionally standardised) pooled features, dropout, a narrow bottleneck
+    and optionally a linear path beside it; both end in layers that start at exactly zero."""
+
+    def __init__(self, features: int, params: NetworkParams, outputs: int) -> None:
+        super().__init__()
+        # momentum 1: the running statistics are those of the last training step, i.e. of the whole training set
+        # (steps are full-batch) as the backbone now stands; an average over the steps (momentum None) lagged
+        # behind a backbone that moves fast and cost a planted-signal test its signal (tests/training)
+        self.standardise: nn.Module = nn.BatchNorm1d(features, affine=False, momentum=1.0) \
+            if params.image_standardise else nn.Identity()
+        self.dropout = nn.Dropout(params.dropout)
+        last = nn.Linear(params.image_bottleneck, outputs)
+        self.bottleneck = nn.Sequential(nn.Linear(features, params.image_bottleneck), nn.GELU(),
+                                        nn.Dropout(params.dropout), last)
+        self.linear: nn.Linear | None = nn.Linear(features, outputs) if params.image_linear else None
+        for layer in (last, self.linear):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def output_layers(self) -> list[nn.Linear]:
+        """The layers whose outputs add up to the term (negating them negates it)."""
+        return [m for m in (self.bottleneck[-1], self.linear) if isinstance(m, nn.Linear)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.dropout(self.standardise(x))
+        out: torch.Tensor = self.bottleneck(z)
+        return out + self.linear(z) if self.linear is not None else out
+
+
 class AttentionPool(nn.Module):
     """Softmax-weighted mean of slice embeddings, the weights scored by a small MLP."""
 
@@ -128,6 +159,8 @@ class HybridSurvivalNet(nn.Module):
         #: Subtracted from every output: a ``cox`` fold's mean risk on its training patients (a Cox risk is
         #: defined up to a constant; centring puts every fold on one scale). Zero for other objectives.
         self.register_buffer("output_offset", torch.zeros(self.output_size))
+        #: ``region_intensities``: the leading (sequence) input channels pooled inside the regions as they are.
+        self.intensity_channels = 0
         self.backbone: nn.Module | None = None
         self.pool: nn.Module | None = None
         features = 0
@@ -141,7 +174,9 @@ class HybridSurvivalNet(nn.Module):
                                       "use image_features: global")
                 self.backbone = create_backbone(params.backbone, in_chans, params.pretrained_weights,
                                                 params.feature_stages)
-                features = sum(self.backbone.feature_info.channels()) * (region_channels + 1)  # type: ignore[union-attr,operator]
+                widths = sum(self.backbone.feature_info.channels())  # type: ignore[union-attr,operator]
+                self.intensity_channels = in_chans - region_channels if params.region_intensities else 0
+                features = (widths + self.intensity_channels) * (region_channels + 1)
             else:
                 self.backbone = create_backbone(params.backbone, in_chans, params.pretrained_weights)
                 # timm's pooled output width: ``head_hidden_size`` where a model has a pre-logits head
@@ -149,7 +184,7 @@ class HybridSurvivalNet(nn.Module):
                 features = getattr(self.backbone, "head_hidden_size", None) or getattr(self.backbone, "num_features")  # noqa: B009
                 self.pool = AttentionPool(features) if params.pooling == "attention" else None
         self.tabular: nn.Module | None = None
-        self.image_head: nn.Module | None = None
+        self.image_head: ImageTerm | None = None
         self.head: nn.Module | None = None
         uses_tabular = params.variant in ("hybrid", "tabular")
         if uses_tabular and n_tabular < 1:
@@ -157,13 +192,8 @@ class HybridSurvivalNet(nn.Module):
         if params.fusion == "additive":
             if uses_tabular:
                 self.tabular = additive_tabular_term(params, n_tabular, self.output_size)
-            if self.backbone is not None:  # the image term: a narrow bottleneck, starting at exactly zero
-                last = nn.Linear(params.image_bottleneck, self.output_size)
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
-                self.image_head = nn.Sequential(nn.Dropout(params.dropout),
-                                                nn.Linear(features, params.image_bottleneck), nn.GELU(),
-                                                nn.Dropout(params.dropout), last)
+            if self.backbone is not None:  # the image term, starting at exactly zero
+                self.image_head = ImageTerm(features, params, self.output_size)
         else:
             width = features
             if uses_tabular:
@@ -183,7 +213,10 @@ class HybridSurvivalNet(nn.Module):
         b, k = images.shape[:2]
         if self.region_channels:
             flat = images.flatten(0, 1)
-            return region_pool(self.backbone(flat), flat[:, -self.region_channels:], b)
+            maps = list(self.backbone(flat))
+            if self.intensity_channels:
+                maps.append(flat[:, :self.intensity_channels])
+            return region_pool(maps, flat[:, -self.region_channels:], b)
         per_slice: torch.Tensor = self.backbone(images.flatten(0, 1)).reshape(b, k, -1)
         pooled: torch.Tensor = self.pool(per_slice) if self.pool is not None else per_slice.mean(dim=1)
         return pooled

@@ -43,6 +43,7 @@ threads round differently in the last bits.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
@@ -288,7 +289,10 @@ def full_batch_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         loss = loss_fn(forward(slice(0, n)))
         loss.backward()  # type: ignore[no-untyped-call]
     else:
-        chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+        # near-equal chunks (513 patients in chunks of 512: 257 + 256, not 512 + 1): a batch norm over patients
+        # (the standardised image term) needs more than one per chunk
+        bounds = np.linspace(0, n, -(-n // chunk_size) + 1).round().astype(int)
+        chunks = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         saved = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
         with torch.no_grad():
             outputs = torch.cat([_seeded(forward, c, derived_seed(seed, j)) for j, c in enumerate(chunks)])

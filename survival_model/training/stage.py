@@ -66,13 +66,17 @@ class TrainingResult:
     @property
     def name(self) -> str:
         """``variant-objective [fusion] [pooling] (backbone)`` for tables: the fusion named when it is not additive,
-        the image features when they are pooled over the whole input instead of per region."""
+        the image features when they are pooled over the whole input instead of per region or when the regions'
+        own intensities join them."""
         m = self.metrics
         if m["variant"] == "tabular":
             return f"tabular-{m['objective']}"
         fusion = "" if m.get("fusion", "additive") == "additive" or m["variant"] != "hybrid" else f" {m['fusion']}"
         pooled = " global" if m.get("image_features") == "global" else ""
-        return f"{m['variant']}-{m['objective']}{fusion}{pooled} ({m['backbone']})"
+        extras = "".join(f" +{label}" for key, label in (("region_intensities", "intensities"),
+                                                          ("image_standardise", "standardised"),
+                                                          ("image_linear", "linear")) if m.get(key))
+        return f"{m['variant']}-{m['objective']}{fusion}{pooled}{extras} ({m['backbone']})"
 
     def files(self) -> list[Path]:
         return [self.folder / "metrics.json", self.predictions_path, self.folder / "result.json",
@@ -179,6 +183,8 @@ def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: 
         "objective": objective, "variant": training.network.variant, "backbone": training.network.backbone,
         "fusion": training.network.fusion,
         "image_features": training.network.image_features,
+        "region_intensities": training.network.region_intensities,
+        "image_standardise": training.network.image_standardise, "image_linear": training.network.image_linear,
         "test": {"patients": len(test), "deaths": int(event.sum()), "cindex": boot(risk, time, event)},
         "cv": _cv_summary(folds),
         "per_site": {str(site): {"patients": len(g), "cindex": harrell_c(g["risk"], g["time_days"], g["event"])}

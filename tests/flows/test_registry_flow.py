@@ -102,7 +102,7 @@ def flipped(package: Path, target: Path) -> Path:
         state = load_file(str(weights))
         # the last linear layer of each branch that ends in the output: the tabular term, the image term (or
         # the concat head)
-        for branch in ("tabular.", "image_head.", "head."):
+        for branch in ("tabular.", "image_head.bottleneck.", "image_head.linear", "head."):
             layers = sorted({k.rsplit(".", 1)[0] for k in state if k.startswith(branch) and k.endswith(".weight")},
                             key=lambda name: [int(p) if p.isdigit() else p for p in name.split(".")])
             if not layers or (branch == "tabular." and any(k.startswith("head.") for k in state)):

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from survival_model.config import NetworkParams
 from survival_model.errors import ConfigError
-from survival_model.models.network import HybridSurvivalNet
+from survival_model.models.network import HybridSurvivalNet, ImageTerm
 
 BATCH, SLICES, CHANNELS, SIZE, TABULAR = 2, 3, 4, 64, 7
 
@@ -81,7 +81,8 @@ def test_region_features_pool_early_feature_maps_inside_each_mask_and_follow_the
     masks[:, :, 0, 16:32, 16:32] = 1  # region 1 on every slice
     masks[:, 1, 1, 40:48, 40:48] = 1  # region 2 on the middle slice only
     with_masks = torch.cat([images, masks], dim=2)
-    params = NetworkParams(backbone="mobilenetv3_small_050", image_features="regions", feature_stages=[0, 1])
+    params = NetworkParams(backbone="mobilenetv3_small_050", image_features="regions", feature_stages=[0, 1],
+                           region_intensities=False)
     net = HybridSurvivalNet(params, CHANNELS + 2, TABULAR, region_channels=2).eval()
     embedding = net.embed_images(with_masks)
     assert embedding.shape == (BATCH, (16 + 8) * 3)  # (stage 0 + stage 1 channels) x (2 regions + the window)
@@ -91,6 +92,50 @@ def test_region_features_pool_early_feature_maps_inside_each_mask_and_follow_the
     assert moved[0] > 10 * moved[1]  # region 1's features change, region 2's (elsewhere) hardly
     with pytest.raises(ConfigError, match="mask_channels"):
         HybridSurvivalNet(params, CHANNELS, TABULAR, region_channels=0)
+
+
+def test_region_intensities_are_the_input_sequences_means_inside_each_region() -> None:
+    torch.manual_seed(0)
+    images, _ = inputs()
+    masks = torch.zeros(BATCH, SLICES, 1, SIZE, SIZE)
+    masks[:, 1:, 0, 8:24, 8:40] = 1  # one region, on two of the three slices
+    with_masks = torch.cat([images, masks], dim=2)
+    params = NetworkParams(backbone="mobilenetv3_small_050", image_features="regions", feature_stages=[0, 1],
+                           region_intensities=True)
+    net = HybridSurvivalNet(params, CHANNELS + 1, TABULAR, region_channels=1).eval()
+    embedding = net.embed_images(with_masks)
+    backbone = (16 + 8) * 2  # the backbone's maps inside the region and over the window
+    assert embedding.shape == (BATCH, backbone + CHANNELS * 2)
+    inside = images[:, 1:, :, 8:24, 8:40].mean(dim=(1, 3, 4))
+    assert torch.allclose(embedding[:, backbone:backbone + CHANNELS], inside, atol=1e-4)
+    assert torch.allclose(embedding[:, backbone + CHANNELS:], images.mean(dim=(1, 3, 4)), atol=1e-3)
+    plain = HybridSurvivalNet(params.model_copy(update={"region_intensities": False}), CHANNELS + 1, TABULAR,
+                              region_channels=1)
+    assert plain.embed_images(with_masks).shape == (BATCH, backbone)
+
+
+def test_the_standardised_image_term_ignores_feature_units_and_its_linear_path_starts_at_zero() -> None:
+    torch.manual_seed(0)
+    params = NetworkParams(image_standardise=True, image_linear=True, image_bottleneck=4, dropout=0.0)
+    term = ImageTerm(6, params, 1).eval()
+    features = torch.randn(32, 6) * torch.tensor([1.0, 10.0, 0.5, 1.0, 5.0, 100.0]) + 3.0
+    assert torch.equal(term(features), torch.zeros(32, 1))  # both paths start at exactly zero
+    assert len(term.output_layers()) == 2
+    with torch.no_grad():
+        for layer in term.output_layers():
+            layer.weight.normal_()
+    term.train()
+    rescaled = features * torch.tensor([1000.0, 0.1, 7.0, 1.0, 2.0, 0.5]) - 40.0  # other units, other offsets
+    assert torch.allclose(term(features), term(rescaled), atol=1e-3)
+    term.eval()  # prediction: the last training batch's statistics (a full-batch step: the training set's)
+    norm = term.standardise
+    assert isinstance(norm, torch.nn.BatchNorm1d)
+    assert torch.allclose(norm.running_mean, rescaled.mean(0))  # type: ignore[arg-type]
+    eval_out = term(rescaled)  # the same standardisation up to the unbiased variance (32 / 31)
+    assert torch.allclose(eval_out, term.train()(rescaled), rtol=0.05, atol=1e-3)
+    plain = ImageTerm(6, NetworkParams(image_bottleneck=4, image_standardise=False), 1)
+    assert isinstance(plain.standardise, torch.nn.Identity) and plain.linear is None
+    assert plain.output_layers() == [plain.bottleneck[-1]]
 
 
 def test_tabular_only_and_image_only_variants_use_one_branch() -> None:

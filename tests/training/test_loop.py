@@ -223,6 +223,12 @@ def test_a_chunked_step_has_exactly_the_full_batch_gradient() -> None:
     model.eval()  # no batch statistics, no dropout: every chunking is the one full-batch gradient
     full, chunked = gradient(50), gradient(7)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(full, chunked, strict=True))
+    model.train()  # 50 patients in chunks of 49: 25 + 25, never a chunk of one patient (a batch norm rejects it)
+    seen: list[int] = []
+    net = copy.deepcopy(model)
+    full_batch_step(net, torch.optim.SGD(net.parameters(), lr=0.0), lambda rows: seen.append(rows.stop - rows.start)
+                    or net(x[rows]), lambda out: cox_loss(out[:, 0], time, event), 50, 49, seed=7)
+    assert seen == [25, 25, 25, 25]  # two passes over the same two chunks
 
 
 def test_the_linear_tabular_term_is_scikit_survivals_cox_model() -> None:
