@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from survival_model.config import EvaluationParams, TrainingParams
+from survival_model.config import EvaluationParams, NetworkParams, TrainingParams
 from survival_model.fingerprint import stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet
 from survival_model.training.folds import (
@@ -40,6 +40,11 @@ from survival_model.training.splits import Splits
 if TYPE_CHECKING:  # torch loads only where the ensemble predicts (see survival_model.training.folds)
     from survival_model.models.losses import Objective
     from survival_model.training.loop import DeviceChoice
+
+#: The image term's switches recorded in a run's metrics and named in its table name where they differ from
+#: their defaults (``+linear``, ``-intensities``): the default network's name stays short.
+IMAGE_TERM_FLAGS = (("region_intensities", "intensities"), ("image_standardise", "standardised"),
+                    ("image_linear", "linear"))
 
 
 @dataclass(frozen=True)
@@ -65,17 +70,17 @@ class TrainingResult:
 
     @property
     def name(self) -> str:
-        """``variant-objective [fusion] [pooling] (backbone)`` for tables: the fusion named when it is not additive,
-        the image features when they are pooled over the whole input instead of per region or when the regions'
-        own intensities join them."""
+        """``variant-objective [fusion] [pooling] [+/-flags] (backbone)`` for tables: the fusion named when it is
+        not additive, the image features when they are pooled over the whole input instead of per region, and the
+        image term's switches (:data:`IMAGE_TERM_FLAGS`) that differ from their defaults."""
         m = self.metrics
         if m["variant"] == "tabular":
             return f"tabular-{m['objective']}"
         fusion = "" if m.get("fusion", "additive") == "additive" or m["variant"] != "hybrid" else f" {m['fusion']}"
         pooled = " global" if m.get("image_features") == "global" else ""
-        extras = "".join(f" +{label}" for key, label in (("region_intensities", "intensities"),
-                                                          ("image_standardise", "standardised"),
-                                                          ("image_linear", "linear")) if m.get(key))
+        defaults = NetworkParams()
+        extras = "".join(f" {'+' if m[key] else '-'}{label}" for key, label in IMAGE_TERM_FLAGS
+                         if key in m and m[key] != getattr(defaults, key))
         return f"{m['variant']}-{m['objective']}{fusion}{pooled}{extras} ({m['backbone']})"
 
     def files(self) -> list[Path]:
@@ -183,8 +188,7 @@ def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: 
         "objective": objective, "variant": training.network.variant, "backbone": training.network.backbone,
         "fusion": training.network.fusion,
         "image_features": training.network.image_features,
-        "region_intensities": training.network.region_intensities,
-        "image_standardise": training.network.image_standardise, "image_linear": training.network.image_linear,
+        **{key: getattr(training.network, key) for key, _ in IMAGE_TERM_FLAGS},
         "test": {"patients": len(test), "deaths": int(event.sum()), "cindex": boot(risk, time, event)},
         "cv": _cv_summary(folds),
         "per_site": {str(site): {"patients": len(g), "cindex": harrell_c(g["risk"], g["time_days"], g["event"])}

@@ -188,3 +188,16 @@ def test_a_fold_learns_the_same_whatever_the_pseudonym_key(tmp_path: Path) -> No
     risks = pd.read_parquet(first.folder / "validation.parquet").set_index("case_id")["risk"]
     other = pd.read_parquet(second.folder / "validation.parquet").set_index("case_id")["risk"]
     np.testing.assert_array_equal(risks.rename(index=rename).sort_index().to_numpy(), other.sort_index().to_numpy())
+
+
+def test_a_runs_table_name_shows_only_the_image_term_switches_that_differ_from_their_defaults(tmp_path: Path) -> None:
+    from survival_model.training.stage import TrainingResult
+
+    def name(**metrics: object) -> str:
+        recorded = {"variant": "hybrid", "objective": "cox", "backbone": "b", **metrics}
+        return TrainingResult(tmp_path, tmp_path / "splits.json", (), recorded).name
+
+    assert name(region_intensities=True, image_standardise=True, image_linear=False) == "hybrid-cox (b)"
+    assert name(region_intensities=False, image_standardise=False) == "hybrid-cox -intensities -standardised (b)"
+    assert name(image_linear=True, fusion="concat") == "hybrid-cox concat +linear (b)"
+    assert name() == "hybrid-cox (b)"  # runs recorded before the switches existed
