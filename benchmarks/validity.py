@@ -19,7 +19,8 @@ defaults were chosen. Printed and recorded
 (``benchmarks/RESULTS.md``, between ``validity-benchmark`` markers): per cohort and model, Harrell's C with its
 95% bootstrap interval, the share of the oracle's headroom ``(C - 0.5) / (C_oracle - 0.5)``, the paired
 differences to the tabular-only network and to the GPA, and the main network's Grad-CAM energy share inside
-tumour + edema against their area share (locked test patients).
+tumour + edema against their area share (locked test patients); and, fold by fold, the main network's image
+epoch choice with its validation C against the tabular-only network's.
 
 Goals (issue 13): at the default strength on 600 patients the hybrid reaches >= 0.85 of the oracle's headroom and
 beats the tabular-only network with a paired interval above 0; at strength 0 it is no worse than tabular-only
@@ -98,8 +99,8 @@ def candidates_at(candidates: list[dict[str, Any]], where: set[tuple[int, float]
             if "at" not in c or here in {f"{int(a.split(':')[0])}:{float(a.split(':')[1]):g}" for a in c["at"]}]
 
 
-def run_pipeline(path: Path, overrides: dict[str, Any]) -> Path:
-    """The main command's pipeline on ``path`` (generating the cohort when missing); the evaluation folder."""
+def run_pipeline(path: Path, overrides: dict[str, Any]) -> Any:
+    """The main command's pipeline on ``path`` (generating the cohort when missing); its ``PipelineResult``."""
     from flows.cli import default_services_file, ensure_synthetic_cohort, prefect_environment
     from survival_model.config import load_params
 
@@ -109,9 +110,8 @@ def run_pipeline(path: Path, overrides: dict[str, Any]) -> Path:
     from flows.pipeline import pipeline
     from flows.runners import task_runner_for
 
-    result = pipeline.with_options(task_runner=task_runner_for(params))(params_path=str(path),
-                                                                       overrides=overrides or None)
-    return Path(result.evaluation)
+    return pipeline.with_options(task_runner=task_runner_for(params))(params_path=str(path),
+                                                                     overrides=overrides or None)
 
 
 def image_share(path: Path) -> float:
@@ -140,6 +140,46 @@ def rows_of(evaluation: Path, size: int, strength: float, seconds: float, share:
             record["area_share"] = float(cam["area_share_tumour_edema"].median())
         out.append(record)
     return out
+
+
+def fold_rows(work_dir: Path, training: Path, evaluation: Path, size: int, strength: float) -> list[dict[str, Any]]:
+    """The main network's image-epoch choice in each fold that had an image epoch to choose (its fold record,
+    ``summary.image_gain``) with the fold's validation C of the main network and of the tabular-only network
+    (from the out-of-fold risks, per fold). A fold that kept epoch 0 scores as the tabular-only network."""
+    import pandas as pd
+
+    from survival_model.evaluation.metrics import harrell_c
+
+    oof = pd.read_parquet(evaluation / "comparison" / "oof_risks.parquet")
+    main = str(pd.read_csv(evaluation / "comparison" / "oof.csv", index_col="model").index[0])
+    tabular = json.loads((evaluation / "comparison" / "oof.json").read_text(encoding="utf-8"))["references"]["tabular"]
+
+    def validation_c(model: str, fold: int) -> float:
+        part = oof[(oof["model"] == model) & (oof["fold"] == fold)]
+        return harrell_c(part["risk"].to_numpy(), part["time_days"].to_numpy(), part["event"].to_numpy())
+
+    out = []
+    folders = json.loads((training / "result.json").read_text(encoding="utf-8"))["folds"]  # in the splits' order
+    for index, folder in enumerate(folders):
+        config = json.loads((work_dir / folder / "config.json").read_text(encoding="utf-8"))
+        summary, gain = config["summary"], config["summary"].get("image_gain")
+        if not gain or gain["best_epoch"] == 0:
+            continue
+        out.append({"size": size, "strength": strength, "fold": config["fold"], "stop": summary["patients_stop"],
+                    "stop_deaths": summary["deaths_stop"], **gain, "hybrid_c": validation_c(main, index),
+                    "tabular_c": validation_c(tabular, index)})
+    return out
+
+
+def fold_table(folds: list[dict[str, Any]]) -> str:
+    lines = ["| cohort (patients / strength) | fold | stopping (deaths) | best image epoch | its gain | "
+             "cross-fitted gain (SE) | kept | validation C main / tabular-only |",
+             "| --- | --- | --- | ---: | ---: | --- | --- | --- |"]
+    for f in folds:
+        lines.append(f"| {f['size']} / {f['strength']:g} | {f['fold']} | {f['stop']} ({f['stop_deaths']}) | "
+                     f"{f['best_epoch']} | {f['gain']:.3f} | {f['honest_gain']:.3f} ({f['standard_error']:.3f}) | "
+                     f"{'yes' if f['kept'] else 'no'} | {f['hybrid_c']:.3f} / {f['tabular_c']:.3f} |")
+    return "\n".join(lines)
 
 
 def _ci(row: dict[str, Any], key: str) -> str:
@@ -197,9 +237,11 @@ def main() -> None:
     overrides = dict(parse_override(o) for o in args.overrides)
     candidates = json.loads(args.candidates)
     where = {(int(c.split(":")[0]), float(c.split(":")[1])) for c in args.candidates_at}
-    saved = args.out / "rows.json"
+    saved, saved_folds = args.out / "rows.json", args.out / "folds.json"
     resumed = args.resume and saved.is_file()
     rows: list[dict[str, Any]] = json.loads(saved.read_text(encoding="utf-8")) if resumed else []
+    folds: list[dict[str, Any]] = json.loads(saved_folds.read_text(encoding="utf-8")) \
+        if resumed and saved_folds.is_file() else []
     done = {(r["size"], r["strength"]) for r in rows}
     started = time.perf_counter()
     for size in sorted(args.sizes):
@@ -211,12 +253,18 @@ def main() -> None:
             print(f"[{time.perf_counter() - started:7.0f} s] {size} patients, image effect {strength:g}: {path}",
                   flush=True)
             began = time.perf_counter()
-            evaluation = run_pipeline(path, overrides)
+            result = run_pipeline(path, overrides)
+            evaluation = Path(result.evaluation)
             rows += rows_of(evaluation, size, strength, time.perf_counter() - began, image_share(path))
+            folds += fold_rows(Path(result.work_dir), Path(result.training), evaluation, size, strength)
             saved.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+            saved_folds.write_text(json.dumps(folds, indent=1), encoding="utf-8")
             print(table([r for r in rows if r["size"] == size and r["strength"] == strength]), flush=True)
     rows.sort(key=lambda r: (r["size"], r["strength"]))  # stable: each cohort's models keep their order
-    text = table(rows)
+    folds.sort(key=lambda r: (r["size"], r["strength"]))
+    text = (f"{table(rows)}\n\nThe main network's image epoch, fold by fold "
+            f"(`training/folds/<fold>/<key>/config.json`, `summary.image_gain`; gains in the stopping loss, nats "
+            f"per death; folds whose best epoch was 0 left out: they score as tabular-only):\n\n{fold_table(folds)}")
     print("\n" + text)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if not args.no_record:

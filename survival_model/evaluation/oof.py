@@ -79,8 +79,10 @@ class OutOfFold:
     risks: dict[str, FloatArray]
 
     def frame(self) -> pd.DataFrame:
-        """Long table: ``model, case_id, fold, risk``."""
+        """Long table: ``model, case_id, fold, time_days, event, risk`` (the outcome with the risks, so that any
+        score can be recomputed from this table alone, e.g. per fold)."""
         return pd.concat([pd.DataFrame({"model": name, "case_id": list(self.case_ids), "fold": self.fold,
+                                        "time_days": self.outcome.time, "event": self.outcome.event,
                                         "risk": values}) for name, values in self.risks.items()],
                          ignore_index=True)
 

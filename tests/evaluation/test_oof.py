@@ -107,6 +107,17 @@ def test_cross_fitted_curves_do_not_use_the_patients_own_fold() -> None:
     assert (np.diff(curves, axis=1) <= 0).all() and ((curves >= 0) & (curves <= 1)).all()
 
 
+def test_the_long_table_carries_the_outcome_so_each_folds_score_can_be_recomputed() -> None:
+    oof, _ = pooled(100, 4)
+    frame = oof.frame().query("model == 'model'")
+    for k in range(FOLDS):
+        part = frame[frame["fold"] == k]
+        inside = oof.fold == k
+        assert harrell_c(part["risk"].to_numpy(), part["time_days"].to_numpy(), part["event"].to_numpy()) == \
+            pytest.approx(harrell_c(oof.risks["model"][inside], oof.outcome.time[inside], oof.outcome.event[inside]))
+    assert frame["event"].dtype == bool and len(frame) == 100
+
+
 def test_the_comparison_orders_models_and_gives_paired_intervals() -> None:
     oof, _ = pooled(400, 4)
     result = compare_out_of_fold(oof, {"oracle": "oracle", "tabular": "tabular", "gpa": "gpa"}, tau=730,
