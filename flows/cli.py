@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ from rich.table import Table
 
 from survival_model import local_servers
 from survival_model.config import N4Params, Params, RegistrationParams, load_params, load_services, parse_override
-from survival_model.errors import SurvivalModelError
+from survival_model.errors import ConfigError, SurvivalModelError
 from survival_model.synthetic.cohort import GeneratorConfig, existing_cohort, generate_cohort
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -63,9 +63,31 @@ def _load(params_path: Path, overrides: list[str] | None, realistic: bool = Fals
     return load_params(params_path, pairs), pairs
 
 
-def _fail(exc: SurvivalModelError) -> None:
+#: Exit codes: 0 success, 1 a failed run or bad data (a server down, a corrupt file), 2 a usage error (a bad
+#: option or setting, a missing params file; typer's own usage errors exit 2 too).
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _fail(exc: SurvivalModelError) -> NoReturn:
     console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"survival-model {version('survival-model')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            console.print("survival-model (not installed: run scripts/bootstrap.sh)")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Options before any command (the app's help is the Typer's)."""
 
 
 def _generator_config(params: Params, workers: int | None = None) -> GeneratorConfig:
@@ -188,7 +210,6 @@ def run(
                                     lambda: _warm_up(params))
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     console.print(f"orchestration: {where}")
     up = local_servers.endpoints(params)
     if "mlflow" in up and not params.tracking.ui_url:
@@ -201,7 +222,6 @@ def run(
         result = flow(params_path=str(params_path.resolve()), overrides=pairs or None)
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     _print_result(result, up)
 
 
@@ -244,7 +264,6 @@ def serve(
         upcoming = deploy.next_run(schedule)
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     retrain, predict = served
     console.print(f"orchestration: {where}")
     console.print("serving from this process (Ctrl+C or SIGTERM stops it and pauses the deployments until served "
@@ -418,7 +437,6 @@ def check(params_path: ParamsOption = Path("params.yaml"), overrides: SetOption 
         params, _ = _load(params_path, overrides)
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     table = Table(title=f"{params_path}: valid")
     for column in ("institution", "layout", "labels", "cases found", "clinical table"):
         table.add_column(column)
@@ -442,6 +460,8 @@ def predict(
     gradcam: Annotated[bool, typer.Option("--gradcam", help="Also write a Grad-CAM figure per patient.")] = False,
     temporary_server: Annotated[bool, typer.Option(
         "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Also copy the predictions (and Grad-CAM figures) into this folder.")] = None,
 ) -> None:
     """Predict the patients the params file's institutions declare (new patients: clinical.survival may be
     left out) with the registered model: risk, risk group, survival at registry.horizons_months, median."""
@@ -451,17 +471,18 @@ def predict(
         where = prefect_environment(params, default_services_file(params_path) if local else None)
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     console.print(f"orchestration: {where}")
     from flows.predict import predict as predict_flow
 
     try:
         result = predict_flow(params_path=str(params_path.resolve()), overrides=pairs or None, model=model,
                               gradcam=gradcam)
+        exported = result.export(out) if out is not None else None
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     _print_predictions(result)
+    if exported is not None:
+        console.print(f"copied to:   {exported}")
 
 
 def _print_predictions(result: Any) -> None:
@@ -537,7 +558,6 @@ def models_list(params_path: ParamsOption = Path("params.yaml")) -> None:
         frame = reg.table()
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     if frame.empty:
         console.print(f"model {reg.name!r} has no version yet (run the pipeline: `survival-model run`)")
         return
@@ -563,7 +583,6 @@ def models_promote(version: Annotated[int, typer.Argument(help="The version to m
             done = reg.set_champion(version, reason=reason, by=_who())
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     console.print(f"{reg.name} version {done.version} is now champion ({reason})")
 
 
@@ -575,7 +594,6 @@ def models_rollback(reason: ReasonOption, params_path: ParamsOption = Path("para
             done = reg.rollback(reason=reason, by=_who())
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     console.print(f"{reg.name}: champion rolled back to version {done.version}")
 
 
@@ -591,7 +609,6 @@ def ui_start(
         running = local_servers.start(params, load_services(spec_path))
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     for name, service in running.items():
         console.print(f"{name:8s} {service.ui_url}   (log: {service.log or 'already running'})")
     console.print("later `survival-model run` commands report to these servers; stop them with "
@@ -605,7 +622,6 @@ def ui_stop(params_path: ParamsOption = Path("params.yaml")) -> None:
         params, _ = _load(params_path, None)
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     stopped = local_servers.stop(params)
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
@@ -617,7 +633,6 @@ def ui_status(params_path: ParamsOption = Path("params.yaml")) -> None:
         params, _ = _load(params_path, None)
     except SurvivalModelError as exc:
         _fail(exc)
-        return
     found = local_servers.status(params)
     if not found:
         console.print("no local server recorded (start them with `survival-model ui start`)")

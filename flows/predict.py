@@ -4,6 +4,7 @@ the same ingestion, preprocessing and feature tasks (cached) -> the registered m
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from flows.ingest import ingest
 from flows.registry import model_rows
 from flows.runners import task_runner_for
 from survival_model.config import Params, load_params
+from survival_model.errors import ConfigError
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.registry import package as package_lib
 from tasks import registry as t
@@ -35,6 +37,14 @@ class PredictionResult:
     @property
     def predictions_path(self) -> Path:
         return self.folder / "predictions.csv"
+
+    def export(self, out: Path) -> Path:
+        """Copy the predictions (tables, Grad-CAM figures) into ``out``, created when missing; files of the same
+        name there are replaced, others are left alone. The run's own folder stays where the cache keeps it."""
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a folder")
+        shutil.copytree(self.folder, out, dirs_exist_ok=True)
+        return out
 
 
 def predictions_folder(work_dir: Path, key: str) -> Path:

@@ -60,6 +60,13 @@ def test_generate_then_check(project: Path) -> None:
     assert "valid" in out and "site_c" in out and "dicom" in out
 
 
+def test_version() -> None:
+    from importlib.metadata import version
+
+    code, out = invoke("--version")
+    assert code == 0 and out == f"survival-model {version('survival-model')}"
+
+
 def test_bad_settings_exit_with_a_message(project: Path) -> None:
     code, out = invoke("check", "--params", str(project / "params.yaml"), "--set", "ingest.bogus=1")
     assert code == 2 and "ingest.bogus: unknown key" in out

@@ -195,7 +195,7 @@ def test_serve_refuses_prefects_temporary_server(project: Path, monkeypatch: pyt
     monkeypatch.setattr(local_servers, "port_in_use", lambda host, port: True)
     monkeypatch.setattr(local_servers, "launch", pytest.fail)
     code, out = serve(project)
-    assert code == 2, out
+    assert code == 1, out
     assert "Prefect's temporary server cannot run schedules" in out
     assert "--set servers.prefect_port=PORT" in out
 
@@ -203,7 +203,7 @@ def test_serve_refuses_prefects_temporary_server(project: Path, monkeypatch: pyt
 def test_serve_refuses_a_prefect_api_url_that_does_not_answer(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     code, out = serve(project)
-    assert code == 2, out
+    assert code == 1, out
     assert "PREFECT_API_URL=http://127.0.0.1:9/api does not answer" in out
 
 

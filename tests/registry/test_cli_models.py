@@ -58,7 +58,7 @@ def test_list_promote_and_rollback(params_file: Path) -> None:
     assert "reviewed by the tumour board" in history.output and "rollback from 2" in history.output
 
     unknown = runner.invoke(app, ["models", "promote", "9", "-r", "x", "--params", str(params_file)])
-    assert unknown.exit_code == 2 and "has no version 9" in unknown.output
+    assert unknown.exit_code == 1 and "has no version 9" in unknown.output  # a failed operation, not usage
     no_reason = runner.invoke(app, ["models", "promote", "1", "--params", str(params_file)])
     assert no_reason.exit_code != 0 and "--reason" in no_reason.output
 
@@ -66,7 +66,7 @@ def test_list_promote_and_rollback(params_file: Path) -> None:
 def test_rollback_needs_a_previous_champion(params_file: Path) -> None:
     registry_with_versions(params_file, 1)
     out = CliRunner().invoke(app, ["models", "rollback", "-r", "x", "--params", str(params_file)])
-    assert out.exit_code == 2 and "no champion to roll back from" in out.output
+    assert out.exit_code == 1 and "no champion to roll back from" in out.output
 
 
 def test_a_hand_promotion_waits_for_a_registry_run_holding_the_lock(params_file: Path) -> None:
