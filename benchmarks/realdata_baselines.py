@@ -5,7 +5,7 @@
 The MOLAB clinical sheet is harmonised by the clinical ingestion through a declaration and joined with
 the morphological sheet's tumour volumes at the first segmented MRI (``survival_model.evaluation.molab``). Models are
 scored by Harrell's C-index with a percentile bootstrap 95% interval over patients
-(``survival_model.evaluation.metrics.bootstrap_c``), on the patients with a reported GPA:
+(``survival_model.metrics.bootstrap_c``), on the patients with a reported GPA:
 
 - from the first MRI (day 0, where the GPA is assessed): the reported GPA (risk = -GPA), and Cox models
   on exactly the clinical fields they name, out-of-fold (5-fold cross-validation, each fold's risks centred
@@ -34,9 +34,9 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis  # noqa: E402
 
 from survival_model.config import TabularParams  # noqa: E402
 from survival_model.evaluation.baselines import Baseline, cross_validated_risk  # noqa: E402
-from survival_model.evaluation.metrics import bootstrap_c  # noqa: E402
 from survival_model.evaluation.molab import load_molab  # noqa: E402
 from survival_model.ingest.privacy import Pseudonymiser  # noqa: E402
+from survival_model.metrics import bootstrap_c  # noqa: E402
 
 CLINICAL = Path(REPO.parent / "shared" / "realdata" / "clinical")
 

@@ -148,7 +148,7 @@ def fold_rows(work_dir: Path, training: Path, evaluation: Path, size: int, stren
     (from the out-of-fold risks, per fold). A fold that kept epoch 0 scores as the tabular-only network."""
     import pandas as pd
 
-    from survival_model.evaluation.metrics import harrell_c
+    from survival_model.metrics import harrell_c
 
     oof = pd.read_parquet(evaluation / "comparison" / "oof_risks.parquet")
     main = str(pd.read_csv(evaluation / "comparison" / "oof.csv", index_col="model").index[0])
@@ -183,7 +183,7 @@ def fold_table(folds: list[dict[str, Any]]) -> str:
 
 
 def _ci(row: dict[str, Any], key: str) -> str:
-    from survival_model.evaluation.metrics import format_ci
+    from survival_model.metrics import format_ci
 
     return format_ci(row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high"))
 

@@ -344,7 +344,7 @@ def _print_registry(registry: Any) -> None:
 
 
 def _ci(estimate: dict[str, Any]) -> str:
-    from survival_model.evaluation.metrics import format_ci
+    from survival_model.metrics import format_ci
 
     return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 

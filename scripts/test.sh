@@ -8,4 +8,7 @@ cd "$root"
 py="$root/.venv/bin/python"
 echo "== ruff" && "$py" -m ruff check .
 echo "== mypy" && "$py" -m mypy
+# import-linter's contracts (pyproject.toml, [tool.importlinter]); its console script lives in the shared
+# dependency environment, so it is called through the project's Python
+echo "== import layers" && "$py" -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --no-cache
 echo "== pytest" && "$py" -m pytest "$@"

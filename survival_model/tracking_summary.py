@@ -102,7 +102,7 @@ def fold_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _ci(estimate: dict[str, Any]) -> str:
-    from survival_model.evaluation.metrics import format_ci
+    from survival_model.metrics import format_ci
 
     return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 

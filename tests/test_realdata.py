@@ -498,8 +498,8 @@ def test_molab_baselines_through_the_evaluation_module(real: Path) -> None:
 
     from survival_model.config import TabularParams
     from survival_model.evaluation.baselines import Baseline, cross_validated_risk
-    from survival_model.evaluation.metrics import bootstrap_c
     from survival_model.evaluation.molab import load_molab
+    from survival_model.metrics import bootstrap_c
 
     cohort = load_molab(need(real / MOLAB_CLINICAL), need(real / MOLAB_MORPHOLOGY), PSEUDONYMISER)
     frame = cohort.patients

@@ -30,12 +30,11 @@ from survival_model.evaluation.paired import (
     Difference,
     IntArray,
     PairedScores,
-    counts_of,
     difference_of,
     paired_scores,
-    resample_indices,
 )
 from survival_model.evaluation.scores import Outcome, TestCurves, evaluation_times, within_follow_up
+from survival_model.metrics import counts_of, resample_indices
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -30,8 +30,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from survival_model.config import ImageInputParams
-from survival_model.evaluation.metrics import harrell_c
 from survival_model.evaluation.scores import Outcome
+from survival_model.metrics import harrell_c
 
 if TYPE_CHECKING:
     import torch

@@ -52,6 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from survival_model.evaluation.scores import Outcome, within_follow_up
+from survival_model.metrics import resample_counts
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -63,31 +64,6 @@ TIED_TOL = 1e-8
 #: The share of draws in which a score (or a difference: both scores) must be defined for an interval; fewer:
 #: no interval (NaN). One rule for every bootstrap interval of the evaluation (:func:`difference_of`).
 MIN_FINITE = 0.9
-
-
-def resample_indices(n: int, resamples: int, seed: int | np.random.Generator = 0) -> IntArray:
-    """``(resamples, n)``: the patients drawn, ``n`` with replacement per draw (``rng.integers(0, n, (resamples,
-    n))``; no draw for ``resamples`` 0)."""
-    if n < 1 or resamples < 0:
-        raise ValueError(f"need at least one patient and no negative number of resamples, got {n} and {resamples}")
-    out: IntArray = np.random.default_rng(seed).integers(0, n, (resamples, n)).astype(np.int64)
-    return out
-
-
-def resample_counts(n: int, resamples: int, seed: int | np.random.Generator = 0) -> IntArray:
-    """``(resamples, n)``: how often each of ``n`` patients is drawn in each draw of ``n`` with replacement
-    (the counts of :func:`resample_indices`)."""
-    if n < 1 or resamples < 1:
-        raise ValueError(f"need at least one patient and one resample, got {n} and {resamples}")
-    return counts_of(resample_indices(n, resamples, seed), n)
-
-
-def counts_of(indices: npt.ArrayLike, n: int) -> IntArray:
-    """The counts of explicit resample indices ``(B, n_drawn)`` (or one resample ``(n_drawn,)``)."""
-    idx = np.atleast_2d(np.asarray(indices, dtype=np.int64))
-    offsets = idx + n * np.arange(idx.shape[0])[:, None]
-    counts: IntArray = np.bincount(offsets.ravel(), minlength=n * idx.shape[0]).reshape(idx.shape[0], n)
-    return counts
 
 
 # --------------------------------------------------------------------------------------------------

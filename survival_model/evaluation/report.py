@@ -33,7 +33,6 @@ import pandas as pd
 
 from survival_model.config import EvaluationParams
 from survival_model.evaluation import plots
-from survival_model.evaluation.metrics import format_ci
 from survival_model.evaluation.scores import (
     DAYS_PER_MONTH,
     Outcome,
@@ -43,6 +42,7 @@ from survival_model.evaluation.scores import (
     survival_from,
 )
 from survival_model.evaluation.stage import finite, format_interval, level, rows
+from survival_model.metrics import format_ci
 from survival_model.training.splits import Splits
 
 

@@ -35,7 +35,7 @@ from sksurv.metrics import concordance_index_ipcw, cumulative_dynamic_auc, integ
 from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
-from survival_model.evaluation.metrics import harrell_c
+from survival_model.metrics import harrell_c
 
 FloatArray = npt.NDArray[np.float64]
 DAYS_PER_MONTH = 365.25 / 12

@@ -25,11 +25,11 @@ import pandas as pd
 from survival_model.config import EvaluationParams
 from survival_model.evaluation.baselines import baselines, fit_baseline, pooling_scale
 from survival_model.evaluation.compare import ModelRisks, comparison_table
-from survival_model.evaluation.metrics import format_ci, harrell_c
 from survival_model.evaluation.oof import OutOfFold, centre_on, compare_out_of_fold
 from survival_model.evaluation.scores import Outcome, score
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
+from survival_model.metrics import format_ci, harrell_c
 from survival_model.training.splits import Splits
 
 
@@ -230,9 +230,9 @@ class EvaluationResult:
 def evaluation_key(training_keys: Sequence[str], table_key: str, clinical: Sequence[str],
                    evaluation: EvaluationParams, oracle_digest: str | None) -> str:
     known = list(evaluation.ground_truth.known_effects) if evaluation.ground_truth is not None else []
-    return stable_hash(STAGE, code_version("survival_model.evaluation"), list(training_keys), table_key,
-                       list(clinical), evaluation.model_dump(mode="json", exclude={"ground_truth"}), oracle_digest,
-                       known)
+    return stable_hash(STAGE, code_version("survival_model.evaluation", "survival_model.metrics"), list(training_keys),
+                       table_key, list(clinical), evaluation.model_dump(mode="json", exclude={"ground_truth"}),
+                       oracle_digest, known)
 
 
 def evaluation_folder(work_dir: Path, key: str) -> Path:

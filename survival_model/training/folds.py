@@ -65,7 +65,7 @@ class TrainingError(SurvivalModelError):
 
 def training_code_version() -> str:
     # the evaluation package's metrics module only: the comparison stage's code is not the folds' business
-    return code_version("survival_model.training", "survival_model.models", "survival_model.evaluation.metrics")
+    return code_version("survival_model.training", "survival_model.models", "survival_model.metrics")
 
 
 def learning_params(training: TrainingParams) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
     import torch
     from safetensors.torch import save_file
 
-    from survival_model.evaluation.metrics import harrell_c
+    from survival_model.metrics import harrell_c
     from survival_model.models.losses import risk_score
     from survival_model.training.loop import choose_device, predict_outputs, train_model
 

@@ -58,8 +58,7 @@ from torch.utils.data import DataLoader
 
 from survival_model.config import AugmentParams, FitParams, NetworkParams
 from survival_model.errors import ConfigError
-from survival_model.evaluation.metrics import harrell_c
-from survival_model.evaluation.paired import resample_indices
+from survival_model.metrics import harrell_c, resample_indices
 from survival_model.models.losses import cox_loss, objective_loss, risk_score
 from survival_model.models.network import HybridSurvivalNet, additive_tabular_term
 from survival_model.training.data import SurvivalArrays, SurvivalDataset

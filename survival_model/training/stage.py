@@ -153,7 +153,7 @@ def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: 
     """Score the fold ensemble once on the locked test set (see the module docstring)."""
     import torch
 
-    from survival_model.evaluation.metrics import bootstrap_c, harrell_c
+    from survival_model.metrics import bootstrap_c, harrell_c
     from survival_model.models.losses import ensemble_centre, predicted_days, risk_score
     from survival_model.training.data import stack_images
     from survival_model.training.plots import learning_curves

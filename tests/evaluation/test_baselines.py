@@ -29,8 +29,8 @@ from survival_model.evaluation.baselines import (
     gpa,
     inner_folds,
 )
-from survival_model.evaluation.metrics import harrell_c
 from survival_model.fingerprint import content_order
+from survival_model.metrics import harrell_c
 from survival_model.models.tabular import feature_names
 
 from .cohorts import clinical_cohort

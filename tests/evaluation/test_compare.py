@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from survival_model.evaluation.compare import ModelRisks, comparison_table, model_curves
-from survival_model.evaluation.paired import METRICS, MIN_FINITE, counts_of, paired_scores, resample_indices
+from survival_model.evaluation.paired import METRICS, MIN_FINITE, paired_scores
 from survival_model.evaluation.scores import Outcome, evaluation_times, within_follow_up
+from survival_model.metrics import counts_of, resample_indices
 from tests.evaluation.cohorts import risk_cohort
 
 

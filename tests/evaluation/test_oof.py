@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from survival_model.config import EvaluationParams, SplitParams
-from survival_model.evaluation.metrics import harrell_c
 from survival_model.evaluation.oof import (
     OutOfFold,
     centre_on,
@@ -22,6 +21,7 @@ from survival_model.evaluation.report import ReportData, figures
 from survival_model.evaluation.scores import DAYS_PER_MONTH, Outcome, breslow_hazard, survival_from
 from survival_model.evaluation.scores import TestCurves as Curves
 from survival_model.evaluation.stage import NetworkRun, run_comparison
+from survival_model.metrics import harrell_c
 from survival_model.training.splits import Splits, make_splits
 from tests.evaluation.cohorts import clinical_cohort, risk_cohort
 

@@ -10,14 +10,9 @@ import pytest
 from scipy import integrate, stats
 from sksurv.metrics import concordance_index_censored, concordance_index_ipcw, integrated_brier_score
 
-from survival_model.evaluation.paired import (
-    counts_of,
-    difference_of,
-    paired_differences,
-    paired_scores,
-    resample_counts,
-)
+from survival_model.evaluation.paired import difference_of, paired_differences, paired_scores
 from survival_model.evaluation.scores import Outcome, breslow_survival, evaluation_times, within_follow_up
+from survival_model.metrics import counts_of, resample_counts
 
 TAU = 400.0
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from survival_model.config import EvaluationParams, SplitParams
-from survival_model.evaluation.metrics import harrell_c
 from survival_model.evaluation.stage import NetworkRun, compare, load_comparison, model_risks, run_comparison
+from survival_model.metrics import harrell_c
 from survival_model.training.splits import Splits, make_splits
 from tests.evaluation.cohorts import clinical_cohort
 

@@ -13,7 +13,7 @@ from sksurv.util import Surv
 
 from survival_model.config import AugmentParams, FitParams, NetworkParams
 from survival_model.errors import ConfigError
-from survival_model.evaluation.metrics import harrell_c
+from survival_model.metrics import harrell_c
 from survival_model.models.losses import cox_loss, risk_score
 from survival_model.training.data import SurvivalArrays
 from survival_model.training.loop import (

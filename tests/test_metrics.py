@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from survival_model.evaluation.metrics import bootstrap_c, harrell_c
+from survival_model.metrics import bootstrap_c, harrell_c
 
 
 def test_a_perfect_ranking_scores_one_and_the_reverse_zero() -> None:

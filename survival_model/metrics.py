@@ -1,4 +1,5 @@
-"""Survival metrics with bootstrap confidence intervals (scikit-survival does the scoring).
+"""Survival metrics with bootstrap confidence intervals (scikit-survival does the scoring), and the bootstrap
+draws of patients. A leaf module: training (the epoch choice) and evaluation both score with it.
 
 Every risk score here follows one convention: higher = earlier death. Harrell's C-index comes from
 ``sksurv.metrics.concordance_index_censored``; its confidence interval is a percentile bootstrap over
@@ -17,6 +18,7 @@ import numpy.typing as npt
 from sksurv.metrics import concordance_index_censored
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,28 @@ def bootstrap_c(risk: Any, time: Any, event: Any, *, resamples: int = 1000, conf
     if not draws:
         return Estimate(value, float("nan"), float("nan"), 0)
     return Estimate(value, *percentile_interval(draws, confidence), len(draws))
+
+
+def resample_indices(n: int, resamples: int, seed: int | np.random.Generator = 0) -> IntArray:
+    """``(resamples, n)``: the patients drawn, ``n`` with replacement per draw (``rng.integers(0, n, (resamples,
+    n))``; no draw for ``resamples`` 0)."""
+    if n < 1 or resamples < 0:
+        raise ValueError(f"need at least one patient and no negative number of resamples, got {n} and {resamples}")
+    out: IntArray = np.random.default_rng(seed).integers(0, n, (resamples, n)).astype(np.int64)
+    return out
+
+
+def resample_counts(n: int, resamples: int, seed: int | np.random.Generator = 0) -> IntArray:
+    """``(resamples, n)``: how often each of ``n`` patients is drawn in each draw of ``n`` with replacement
+    (the counts of :func:`resample_indices`)."""
+    if n < 1 or resamples < 1:
+        raise ValueError(f"need at least one patient and one resample, got {n} and {resamples}")
+    return counts_of(resample_indices(n, resamples, seed), n)
+
+
+def counts_of(indices: npt.ArrayLike, n: int) -> IntArray:
+    """The counts of explicit resample indices ``(B, n_drawn)`` (or one resample ``(n_drawn,)``)."""
+    idx = np.atleast_2d(np.asarray(indices, dtype=np.int64))
+    offsets = idx + n * np.arange(idx.shape[0])[:, None]
+    counts: IntArray = np.bincount(offsets.ravel(), minlength=n * idx.shape[0]).reshape(idx.shape[0], n)
+    return counts
