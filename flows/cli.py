@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from survival_model import local_servers
@@ -53,6 +62,8 @@ REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "p
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]
+VerboseOption = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Print every log line (Prefect's task states) instead of one progress bar per stage.")]
 BackboneOption = Annotated[str | None, typer.Option(
     "--backbone", help="The network's timm backbone (the paper's: resnet50, efficientnet_b0); "
                        "same as --set training.network.backbone=NAME.")]
@@ -109,6 +120,91 @@ def _generate(config: GeneratorConfig) -> None:
         generate_cohort(config, progress=update)
     console.print(f"synthetic cohort written to [bold]{config.out_dir}[/] (ground truth in "
                   f"{config.out_dir / 'ground_truth'})")
+
+
+class _Count(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+class _StageBars(logging.Handler):
+    """One bar per stage, drawn from the count records of ``flows.progress`` (``record.stage``, ``done``,
+    ``total``, ``unit``)."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__(logging.INFO)
+        self.progress = progress
+        self.bars: dict[str, TaskID] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stage, done, total = (getattr(record, k, None) for k in ("stage", "done", "total"))
+        if not isinstance(stage, str) or not isinstance(done, int) or not isinstance(total, int):
+            return
+        if stage not in self.bars:
+            self.bars[stage] = self.progress.add_task(stage, total=total, unit=getattr(record, "unit", ""))
+        self.progress.update(self.bars[stage], completed=done, total=total)
+
+
+def _log_file(params: Params, command: str) -> Path:
+    return params.work_dir / "logs" / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+@contextmanager
+def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
+    """While a flow runs: every log line (Prefect's per-task states included) goes to ``log_file``; the
+    terminal shows one progress bar per stage and only warnings and errors (``verbose``: every log line, as
+    Prefect prints them, and no bars). Restores the logging it changed."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from flows.progress import PROGRESS_LOGGER
+
+    root, counts = logging.getLogger(), logging.getLogger(PROGRESS_LOGGER)
+    py_warnings = logging.getLogger("py.warnings")
+    consoles = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
+    saved = [h.level for h in consoles], counts.level, counts.propagate, py_warnings.handlers[:], py_warnings.propagate
+    warned = _Count()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setLevel(logging.INFO)
+    if consoles and consoles[0].formatter is not None:
+        to_file.setFormatter(consoles[0].formatter)  # Prefect's own line format, run names included
+    root.addHandler(to_file)
+    columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    progress = Progress(*columns, console=console, transient=False, disable=verbose)
+    bars = _StageBars(progress)
+    console.print(f"log: {log_file}" + ("" if verbose else " (every line, Prefect's task states included; "
+                                                          "--verbose prints them here)"))
+    try:
+        if not verbose:
+            for handler in consoles:
+                handler.setLevel(max(handler.level, logging.WARNING))
+            # libraries' Python warnings (with their tracebacks) go to the file and are counted; the stages
+            # log what they mean for the run as warnings of their own
+            logging.captureWarnings(True)
+            py_warnings.handlers, py_warnings.propagate = [to_file, warned], False
+        counts.setLevel(logging.INFO)
+        counts.propagate = False
+        counts.addHandler(bars)
+        with progress:
+            yield
+    finally:
+        if not verbose:
+            logging.captureWarnings(False)
+            py_warnings.handlers, py_warnings.propagate = saved[3], saved[4]
+            if warned.count:
+                console.print(f"{warned.count} warning(s) from libraries, in {log_file}")
+        counts.removeHandler(bars)
+        for handler, level in zip(consoles, saved[0], strict=True):
+            handler.setLevel(level)
+        counts.setLevel(saved[1])
+        counts.propagate = saved[2]
+        root.removeHandler(to_file)
+        to_file.close()
 
 
 def ensure_synthetic_cohort(params: Params) -> None:
@@ -198,6 +294,7 @@ def run(
     temporary_server: Annotated[bool, typer.Option(
         "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
     backbone: BackboneOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """The main job: synthetic cohort if missing -> pipeline flow -> where the results are."""
     try:
@@ -218,11 +315,14 @@ def run(
     from flows.runners import task_runner_for
 
     flow = pipeline.with_options(task_runner=task_runner_for(params))
+    log_file = _log_file(params, "run")
     try:
-        result = flow(params_path=str(params_path.resolve()), overrides=pairs or None)
+        with run_display(log_file, verbose):
+            result = flow(params_path=str(params_path.resolve()), overrides=pairs or None)
     except SurvivalModelError as exc:
         _fail(exc)
     _print_result(result, up)
+    console.print(f"log: {log_file}")
 
 
 @app.command()
@@ -462,6 +562,7 @@ def predict(
         "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Also copy the predictions (and Grad-CAM figures) into this folder.")] = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Predict the patients the params file's institutions declare (new patients: clinical.survival may be
     left out) with the registered model: risk, risk group, survival at registry.horizons_months, median."""
@@ -475,8 +576,9 @@ def predict(
     from flows.predict import predict as predict_flow
 
     try:
-        result = predict_flow(params_path=str(params_path.resolve()), overrides=pairs or None, model=model,
-                              gradcam=gradcam)
+        with run_display(_log_file(params, "predict"), verbose):
+            result = predict_flow(params_path=str(params_path.resolve()), overrides=pairs or None, model=model,
+                                  gradcam=gradcam)
         exported = result.export(out) if out is not None else None
     except SurvivalModelError as exc:
         _fail(exc)

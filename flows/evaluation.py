@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.progress import StageProgress
 from flows.training import any_images, oracle_scores
 from survival_model import stages
 from survival_model.config import Params
@@ -62,6 +63,7 @@ def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
     known = list(truth.known_effects) if truth is not None and oracle is not None else []
     key = lib.evaluation_key([r.folder.name for r in trained], table.folder.name, clinical, params.evaluation,
                              stable_hash(sorted(oracle.items())) if oracle is not None else None)
+    progress = StageProgress("evaluation", 3, "steps")
     if params.orchestration.reuse_unchanged_stages:
         reused = stages.reuse(params.work_dir, lib.STAGE, key, lib.load_evaluation)
         if reused is not None:
@@ -72,6 +74,7 @@ def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
                 configure(t.report, params, t.report_key)(
                     table.table_path, reused, trained[0], reused.folder / "explanation", params.evaluation, known,
                     reused.folder, decisions, key_print)
+            progress.finish()
             return reused
     folder = lib.evaluation_folder(params.work_dir, key)
     image_paths = seg_paths = None
@@ -83,10 +86,13 @@ def evaluation(params: Params, cohort: CohortResult, table: FeatureTable,
         seg_paths = {c: p.mask for c, p in patients.items()}
     compared = configure(t.compare_models, params, t.compare_key)(
         table.table_path, list(trained), image_paths, clinical, params.evaluation, oracle, folder)
+    progress.advance()
     explanation = configure(t.explain_models, params, t.explain_key)(
         table.table_path, list(trained), image_paths, seg_paths, params.training.inputs, params.evaluation, folder)
+    progress.advance()
     configure(t.report, params, t.report_key)(
         table.table_path, compared, trained[0], explanation, params.evaluation, known, folder, decisions, key_print)
+    progress.advance()
     result = lib.load_evaluation(folder)
     if result is None:  # pragma: no cover - every part was written above
         raise FileNotFoundError(folder / "report" / "report.html")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 
+from flows.progress import StageProgress, tracked
 from survival_model import stages
 from survival_model.config import Params
 from survival_model.features.stage import FeatureTable, load_table, stage_outputs
@@ -31,9 +31,13 @@ def imaging(params: Params, cohort: CohortResult) -> FeatureTable:
     inputs.sort(key=lambda item: (item[1].acquisition.co_registered, item[1].acquisition.bias_corrected,
                                   item[1].acquisition.skull_stripped))
     stage_key = t.imaging_stage_key(inputs, params, cohort)
+    preprocessing = StageProgress("preprocessing", len(inputs), "patients")
+    features = StageProgress("features", len(inputs), "patients")
     if params.orchestration.reuse_unchanged_stages:
         reused = stages.reuse(params.work_dir, "imaging", stage_key, load_table)
         if reused is not None:
+            preprocessing.finish()
+            features.finish()
             logger.info("imaging unchanged (stage key %s, %d patients): reusing %s", stage_key[:12], len(rows),
                         reused.table_path)
             return reused
@@ -46,13 +50,15 @@ def imaging(params: Params, cohort: CohortResult) -> FeatureTable:
         for row, inp in inputs
     ]
     preprocessed, feature_futures = [], []
-    for future in as_completed(pending):  # patients stream: features start as each preprocessing ends
+    for future in tracked(pending, preprocessing):  # patients stream: features start as each preprocessing ends
         outcome = future.result()
         preprocessed.append(outcome)
         if outcome.patient is not None:
             feature_futures.append(
                 features_task.submit(outcome.case_id, outcome.patient, params.features, params.work_dir))
-    outcomes = [f.result() for f in feature_futures]
+        else:  # quarantined: no features to wait for
+            features.advance()
+    outcomes = [f.result() for f in tracked(feature_futures, features)]
     preprocessed.sort(key=lambda o: o.case_id)
     outcomes.sort(key=lambda o: o.case_id)
     table = table_task(outcomes, preprocessed, cohort, params.work_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.progress import StageProgress, tracked
 from survival_model import stages
 from survival_model.config import Params
 from survival_model.ingest.cohort import CohortResult, load_cohort
@@ -30,9 +31,11 @@ def ingest(params: Params) -> CohortResult:
         logger.info("institution %s: %d cases found", site, len(discovery.cases))
         found.append(discovery)
     stage = t.ingest_stage(params, found, pseudonymiser, site_errors)
+    progress = StageProgress("ingestion", sum(len(d.cases) for d in found), "cases")
     if params.orchestration.reuse_unchanged_stages:
         reused = stages.reuse(params.work_dir, "ingest", stage.key, load_cohort)
         if reused is not None:
+            progress.finish()
             logger.info("ingestion unchanged (stage key %s, %d cases): reusing %s", stage.key[:12],
                         len(stage.cases), reused.cohort_path)
             return reused
@@ -49,6 +52,8 @@ def ingest(params: Params) -> CohortResult:
                            params.work_dir)
         for d in found for c in d.cases
     ]
+    for _ in tracked(image_futures, progress):
+        pass
     outcomes = [f.result() for f in image_futures]
     clinical = [f.result() for f in clinical_futures]
     cohort = cohort_task(outcomes, clinical, site_errors, params.ingest, params.work_dir,

@@ -17,6 +17,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.imaging import imaging
+from flows.progress import StageProgress
 from flows.runners import task_runner_for
 from survival_model.config import Params
 from survival_model.evaluation.stage import EvaluationResult, rows
@@ -115,8 +116,10 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
     logger = get_run_logger()
     training_key = str(read_json(trained.folder / "result.json")["key"])
     key = package_lib.package_key(training_key, params)
+    progress = StageProgress("registry", 3, "steps")
     package = configure(t.package_model, params, t.package_task_key)(
         trained, table.table_path, params, training_key, cohort.fingerprint, key, key_fingerprint(params, cohort))
+    progress.advance()
     splits = Splits.load(trained.splits_path)
     challenger = model_rows(params, cohort, table, package, list(splits.test))
     tags = {"model": trained.name, "data_fingerprint": cohort.fingerprint, "training_key": training_key,
@@ -133,12 +136,14 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
     with registry_lock(lock, waiting):
         version, registered = t.register_model(params, run_id, run_link, package, key, tags,
                                                challenger.frame.head(2))
+        progress.advance()
         decision: gate_lib.Decision | None = None
         if registered or "gate.decision" not in version.tags:
             decision = gate(params, cohort, table, splits, version, package, challenger)
             if decision is None:  # it held champion already: tagged so
                 version = t.registry(params).version(version.version)
         champion = t.registry(params).alias(CHAMPION)
+    progress.advance()
     markdown = registration_markdown(params.registry.model_name, version, decision, run_link)
     logger.info("%s: version %d (%s); champion: %s", params.registry.model_name, version.version,
                 "new" if registered else "registered before", f"v{champion.version}" if champion else "none")

@@ -8,7 +8,9 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
 
+from flows.progress import StageProgress, tracked
 from survival_model import stages
 from survival_model.config import NetworkVariant, Params
 from survival_model.evaluation.oracle import oracle_risk
@@ -70,9 +72,11 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage
     oracle = oracle_scores(params)
     oracle_digest = stable_hash(sorted(oracle.items())) if oracle is not None else None
     key = stage_lib.stage_key(table.folder.name, input_keys, splits, tp, params.evaluation, oracle_digest)
+    progress = StageProgress(flow_run.get_name() or "training", len(splits.folds), "folds")
     if params.orchestration.reuse_unchanged_stages:
         reused = stages.reuse(params.work_dir, folds_lib.STAGE, key, stage_lib.load_result)
         if reused is not None:
+            progress.finish()
             logger.info("training unchanged (stage key %s): reusing %s", key[:12], reused.folder)
             return reused
 
@@ -86,9 +90,14 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> stage
         ensure_gpu_limit(devices)
         futures = [fold_task.submit(f, table.table_path, image_paths, tp, params.work_dir, keys[f.name], devices)
                    for f in splits.folds]
+        for _ in tracked(futures, progress):
+            pass
         folds = [future.result() for future in futures]
     else:  # one device or CPU: one fold at a time, each using every core
-        folds = [fold_task(f, table.table_path, image_paths, tp, params.work_dir, keys[f.name]) for f in splits.folds]
+        folds = []
+        for f in splits.folds:
+            folds.append(fold_task(f, table.table_path, image_paths, tp, params.work_dir, keys[f.name]))
+            progress.advance()
     result = configure(t.evaluate_ensemble, params, t.ensemble_key)(
         folds, table.table_path, splits, splits_path, image_paths, tp, params.evaluation, oracle, params.work_dir,
         key)

@@ -11,4 +11,4 @@ echo "== mypy" && "$py" -m mypy
 # import-linter's contracts (pyproject.toml, [tool.importlinter]); its console script lives in the shared
 # dependency environment, so it is called through the project's Python
 echo "== import layers" && "$py" -c 'from importlinter.cli import lint_imports_command; lint_imports_command()' --no-cache
-echo "== pytest" && "$py" -m pytest "$@"
+echo "== pytest" && "$py" -m pytest --durations=25 "$@"
