@@ -21,6 +21,9 @@ from prefect.futures import PrefectFuture, as_completed
 #: ``record.unit``).
 PROGRESS_LOGGER = "survival_model.progress"
 
+#: The UI's progress artifact moves in steps of this many percentage points (and at the end).
+ARTIFACT_STEP = 5.0
+
 R = TypeVar("R")
 
 
@@ -34,6 +37,7 @@ class StageProgress:
 
     def __init__(self, stage: str, total: int, unit: str) -> None:
         self.stage, self.total, self.unit, self.done = stage, total, unit, 0
+        self._reported = 0.0
         self._logger = logging.getLogger(PROGRESS_LOGGER)
         artifact = create_progress_artifact(0.0, key=_artifact_key(stage), description=f"{stage}: {unit} done") \
             if total else None
@@ -42,8 +46,11 @@ class StageProgress:
 
     def advance(self, items: int = 1) -> None:
         self.done = min(self.total, self.done + items)
-        if self._artifact is not None:
-            update_progress_artifact(self._artifact, 100.0 * self.done / self.total)
+        percent = 100.0 * self.done / self.total if self.total else 100.0
+        # the artifact is an API call (~20 ms, and the server's CPU): every ARTIFACT_STEP points and at the end
+        if self._artifact is not None and (percent - self._reported >= ARTIFACT_STEP or self.done == self.total):
+            update_progress_artifact(self._artifact, percent)
+            self._reported = percent
         self._emit()
 
     def finish(self) -> None:

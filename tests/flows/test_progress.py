@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,27 @@ def test_a_run_logs_everything_to_its_file_and_only_warnings_to_the_terminal(tmp
         assert [h.level for h in consoles] == before  # --verbose: the terminal keeps every line
         noisy()
     assert "every task state" in (tmp_path / "verbose.log").read_text(encoding="utf-8")
+
+
+def test_the_ui_artifact_moves_in_steps_while_every_item_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uuid
+
+    import flows.progress as progress_module
+
+    updates: list[float] = []
+    monkeypatch.setattr(progress_module, "create_progress_artifact", lambda *a, **k: uuid.uuid4())
+    monkeypatch.setattr(progress_module, "update_progress_artifact", lambda _id, pct: updates.append(pct))
+    counts = logging.getLogger(PROGRESS_LOGGER)
+    records, level = Records(), counts.level
+    counts.addHandler(records)
+    counts.setLevel(logging.INFO)
+    try:
+        progress = StageProgress("many", 148, "patients")
+        for _ in range(148):
+            progress.advance()
+    finally:
+        counts.removeHandler(records)
+        counts.setLevel(level)
+    assert len(records.seen) == 149  # the terminal sees every patient
+    assert updates[-1] == 100.0 and len(updates) <= 100 / progress_module.ARTIFACT_STEP + 1
+    assert all(b - a >= progress_module.ARTIFACT_STEP for a, b in pairwise([0.0, *updates[:-1]]))
