@@ -34,6 +34,16 @@ TRAIN_FAST: dict[str, Any] = {
     "evaluation.bootstrap": 50, "evaluation.score_resamples": 20, "evaluation.importance_repeats": 2,
 }
 TINY = {"patients": {"site_a": 4, "site_b": 3, "site_c": 3}, "shape": (48, 48, 31), "spacing_mm": 5.0}
+#: Tests marked ``slow`` by where they live: flows under a Prefect API, the command line's runs, real servers
+#: and real data (``-m "not slow"`` leaves the unit tests; a test elsewhere says so with its own marker).
+SLOW_TESTS = ("flows/", "test_cli.py", "test_servers.py", "test_realdata")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        if item.path.resolve().relative_to(tests).as_posix().startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_config(out_dir: Path, **changes: Any) -> GeneratorConfig:

@@ -32,6 +32,7 @@ def _draw(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.
     return risk, np.minimum(death, censor), death <= censor
 
 
+@pytest.mark.slow  # 100 simulated cohorts x 200 bootstrap draws each (~45 s)
 def test_the_bootstrap_interval_covers_the_population_c_index_at_about_its_level() -> None:
     rng = np.random.default_rng(0)
     population = harrell_c(*_draw(20_000, rng))  # the C-index of this risk in this population

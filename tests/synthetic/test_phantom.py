@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
-import time
 
 import numpy as np
 import numpy.typing as npt
@@ -475,22 +474,3 @@ def test_rendering_rejects_bad_arguments() -> None:
         ph.render_sequence(head, lesions, SMALL, "t1n", noise_sigma=-1.0, seed=0)
     with pytest.raises(ValueError, match="resolution_mm"):
         ph.region_volumes(head, lesions, resolution_mm=0.0)
-
-
-def test_default_grid_timing_report() -> None:
-    """Prints the time of one patient (4 sequences + labels) on the caller's default grid (-s to see)."""
-    rng = np.random.default_rng(29)
-    head = ph.sample_head(rng)
-    lesions = ph.sample_lesions(head, 5, rng)
-    grid = ph.Grid.centred((96, 96, 62), (2.5, 2.5, 2.5))
-    bias = {s: ph.sample_bias_field(rng) for s in ph.SEQUENCES}
-    motions = {s: ph.sample_motion(rng) for s in ("t1n", "t2w", "t2f")}
-    ph.render_case(head, lesions, grid, seed=0)
-    t0 = time.perf_counter()
-    case = ph.render_case(head, lesions, grid, seed=0, bias=bias)
-    plain = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ph.render_case(head, lesions, grid, seed=0, bias=bias, motions=motions)
-    moving = time.perf_counter() - t0
-    print(f"\nphantom render_case on (96, 96, 62) @ 2.5 mm: {plain:.3f} s (one pose), {moving:.3f} s (4 poses)")
-    assert case["seg"].shape == grid.shape

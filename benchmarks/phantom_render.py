@@ -1,0 +1,72 @@
+"""The synthetic generator's cost per patient: one ``render_case`` (four sequences and the labels) on the default
+grid, with one pose and with a motion per sequence (which resamples three sequences), best of ``--repeats``.
+
+    .venv/bin/python benchmarks/phantom_render.py [--repeats 3] [--no-record]
+
+Printed, and written between the ``phantom-render`` markers of ``benchmarks/RESULTS.md`` with the command.
+(Moved here from the test suite, where it printed a time and asserted nothing about it.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from survival_model.synthetic import phantom as ph  # noqa: E402
+
+MARKERS = ("<!-- phantom-render:begin -->", "<!-- phantom-render:end -->")
+SHAPE, SPACING = (96, 96, 62), 2.5  # the default cohort's grid (params.yaml: synthetic)
+
+
+def best_of(repeats: int, run: Callable[[], object]) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    rng = np.random.default_rng(29)
+    head = ph.sample_head(rng)
+    lesions = ph.sample_lesions(head, 5, rng)
+    grid = ph.Grid.centred(SHAPE, (SPACING,) * 3)
+    bias = {s: ph.sample_bias_field(rng) for s in ph.SEQUENCES}
+    motions = {s: ph.sample_motion(rng) for s in ("t1n", "t2w", "t2f")}
+    ph.render_case(head, lesions, grid, seed=0)  # warm-up (imports, caches)
+    plain = best_of(args.repeats, lambda: ph.render_case(head, lesions, grid, seed=0, bias=bias))
+    moving = best_of(args.repeats, lambda: ph.render_case(head, lesions, grid, seed=0, bias=bias, motions=motions))
+    text = (f"`render_case` on {SHAPE} at {SPACING} mm, 5 lesions, bias fields, best of {args.repeats}: "
+            f"**{plain:.3f} s** with one pose, **{moving:.3f} s** with a motion per sequence (ratio "
+            f"{moving / plain:.2f}); {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"{time.strftime('%Y-%m-%d')}.")
+    print(text)
+    if not args.no_record:
+        results = REPO / "benchmarks" / "RESULTS.md"
+        body = results.read_text(encoding="utf-8")
+        block = f"{MARKERS[0]}\n{text}\n\nCommand: `.venv/bin/python benchmarks/phantom_render.py`\n{MARKERS[1]}"
+        if MARKERS[0] in body:
+            start, end = body.index(MARKERS[0]), body.index(MARKERS[1]) + len(MARKERS[1])
+            body = body[:start] + block + body[end:]
+        else:
+            body += "\n## Synthetic generator: one patient\n\n" + block + "\n"
+        results.write_text(body, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
