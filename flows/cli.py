@@ -35,7 +35,14 @@ from rich.progress import (
 from rich.table import Table
 
 from survival_model import local_servers
-from survival_model.config import N4Params, Params, RegistrationParams, load_params, load_services, parse_override
+from survival_model.config import (
+    REALISTIC_OVERLAY,
+    Params,
+    load_params,
+    load_services,
+    overlay_overrides,
+    parse_override,
+)
 from survival_model.errors import ConfigError, SurvivalModelError
 from survival_model.synthetic.cohort import GeneratorConfig, existing_cohort, generate_cohort
 
@@ -50,15 +57,9 @@ console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="The run configuration.")]
 RealisticOption = Annotated[bool, typer.Option(
     "--realistic", help="BraTS-size cohort: 240x240x155 at 1 mm, preprocessed at 1 mm (regenerates data/synthetic).")]
-# The BraTS-size run: 1 mm data preprocessed at 1 mm, N4 and registration at the library defaults (chosen
-# on 240x240x155 volumes, benchmarks/n4.py), images gzipped (uncompressed they would take ~15 GB).
-_N4, _REGISTRATION = N4Params(), RegistrationParams()
-REALISTIC = {"synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1],
-             "preprocess.n4.max_shrunk_spacing_mm": _N4.max_shrunk_spacing_mm,
-             "preprocess.n4.iterations": list(_N4.iterations), "preprocess.n4.control_points": _N4.control_points,
-             "preprocess.registration.spacing_mm": _REGISTRATION.spacing_mm,
-             "preprocess.registration.max_samples": 20000,  # as before: 0.29 mm (0.27 at 50000), 12% faster
-             "preprocess.compress_images": True, "ingest.compress_images": True}
+OverlayOption = Annotated[list[Path] | None, typer.Option(
+    "--overlay", help="A params overlay file (only the settings it changes, nested as in params.yaml), laid over "
+                      "the params file before --set; repeatable.")]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a setting: section.key=value (YAML value).")
 ]
@@ -69,8 +70,14 @@ BackboneOption = Annotated[str | None, typer.Option(
                        "same as --set training.network.backbone=NAME.")]
 
 
-def _load(params_path: Path, overrides: list[str] | None, realistic: bool = False) -> tuple[Params, dict[str, Any]]:
-    pairs = {**(REALISTIC if realistic else {}), **dict(parse_override(o) for o in overrides or [])}
+def _load(params_path: Path, overrides: list[str] | None, realistic: bool = False,
+          overlays: list[Path] | None = None) -> tuple[Params, dict[str, Any]]:
+    """The params file with its overlays laid over it in order (``--realistic`` first), then ``--set``."""
+    files = [*([REALISTIC_OVERLAY] if realistic else []), *(overlays or [])]
+    pairs: dict[str, Any] = {}
+    for file in files:
+        pairs.update(overlay_overrides(file))
+    pairs.update(dict(parse_override(o) for o in overrides or []))
     return load_params(params_path, pairs), pairs
 
 
@@ -290,6 +297,7 @@ def run(
     params_path: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     realistic: RealisticOption = False,
+    overlay: OverlayOption = None,
     generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
     temporary_server: Annotated[bool, typer.Option(
         "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
@@ -299,7 +307,7 @@ def run(
     """The main job: synthetic cohort if missing -> pipeline flow -> where the results are."""
     try:
         extra = [f"training.network.backbone={backbone}"] if backbone else []
-        params, pairs = _load(params_path, [*(overrides or []), *extra], realistic)
+        params, pairs = _load(params_path, [*(overrides or []), *extra], realistic, overlay)
         if generate:
             ensure_synthetic_cohort(params)
         local = params.servers.prefect_api == "local" and not temporary_server
@@ -509,13 +517,14 @@ def generate(
     params_path: ParamsOption = Path("params.yaml"),
     overrides: SetOption = None,
     realistic: RealisticOption = False,
+    overlay: OverlayOption = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: synthetic.out_dir).")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
     force: Annotated[bool, typer.Option(help="Regenerate even if the same cohort is there.")] = False,
 ) -> None:
     """Write a synthetic cohort (settings from the `synthetic` section, overridable with --set)."""
     try:
-        params, _ = _load(params_path, overrides, realistic)
+        params, _ = _load(params_path, overrides, realistic, overlay)
         config = _generator_config(params, workers)
         if out is not None:
             config = GeneratorConfig(**{**config.__dict__, "out_dir": out.resolve()})
@@ -529,12 +538,13 @@ def generate(
 
 
 @app.command()
-def check(params_path: ParamsOption = Path("params.yaml"), overrides: SetOption = None) -> None:
-    """Validate params.yaml and show what each institution's folders hold."""
+def check(params_path: ParamsOption = Path("params.yaml"), overrides: SetOption = None,
+          overlay: OverlayOption = None) -> None:
+    """Validate params.yaml (with its overlays) and show what each institution's folders hold."""
     from survival_model.ingest.discovery import discover_cases
 
     try:
-        params, _ = _load(params_path, overrides)
+        params, _ = _load(params_path, overrides, overlays=overlay)
     except SurvivalModelError as exc:
         _fail(exc)
     table = Table(title=f"{params_path}: valid")

@@ -996,17 +996,23 @@ def load_params(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
     applied before validation, so they are validated like the file itself.
     """
     path = Path(path)
+    data = _read_sections(path, "params file", " (pass --params or create it from the README)")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    return parse_params(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def _read_sections(path: Path, what: str, hint: str = "") -> dict[str, Any]:
+    """A YAML file whose top level is a mapping of sections (a params file or an overlay)."""
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path} (pass --params or create it from the README)")
+        raise ConfigError(f"{what} not found: {path}{hint}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
-    return parse_params(data, base_dir=path.resolve().parent, source=str(path))
+    return data
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -1049,6 +1055,30 @@ def load_services(path: Path) -> ServicesSpec:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, str(path))) from None
+
+
+#: The BraTS-size preset shipped with the package (``--realistic``): an overlay file like any other.
+REALISTIC_OVERLAY = Path(__file__).resolve().parent / "resources" / "realistic.yaml"
+
+
+def overlay_overrides(path: Path | str) -> dict[str, Any]:
+    """A params overlay file (the sections and keys it changes, nested as in ``params.yaml``) as dotted
+    overrides: ``{"preprocess": {"n4": {"control_points": 4}}}`` -> ``{"preprocess.n4.control_points": 4}``.
+    A mapping is walked down to its leaves, so an overlay changes one key of a section and keeps the rest;
+    the keys are validated with the params file they are applied to (an unknown one is an error naming it)."""
+    data = _read_sections(Path(path), "overlay file")
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, Mapping) and value:
+                walk(value, dotted + ".")
+            else:
+                out[dotted] = value
+
+    walk(data, "")
+    return out
 
 
 def parse_override(text: str) -> tuple[str, Any]:

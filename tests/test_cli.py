@@ -72,6 +72,11 @@ def test_bad_settings_exit_with_a_message(project: Path) -> None:
     assert code == 2 and "ingest.bogus: unknown key" in out
     code, out = invoke("check", "--params", str(project / "missing.yaml"))
     assert code == 2 and "params file not found" in out
+    code, out = invoke("check", "--params", str(project / "params.yaml"), "--overlay", str(project / "none.yaml"))
+    assert code == 2 and "overlay file not found" in out
+    (project / "bad.yaml").write_text("training:\n  fit:\n    epochz: 3\n", encoding="utf-8")
+    code, out = invoke("check", "--params", str(project / "params.yaml"), "--overlay", str(project / "bad.yaml"))
+    assert code == 2 and "training.fit.epochz: unknown key" in out
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +110,16 @@ def test_run_makes_the_cohort_when_missing_and_reports_where_results_are(project
     assert (project / "work/mlflow/mlflow.db").is_file()
     code, out = invoke("run", "--params", params, "--temporary-server", "--backbone", "test_efficientnet", *settings)
     assert code == 0 and "generating" not in out
+
+
+def test_realistic_is_the_shipped_overlay_laid_first_then_overlays_then_set(project: Path) -> None:
+    from flows.cli import _load
+
+    overlay = project / "mine.yaml"
+    overlay.write_text("preprocess:\n  n4:\n    control_points: 6\n", encoding="utf-8")
+    params, pairs = _load(project / "params.yaml", ["preprocess.registration.max_samples=30000"], realistic=True,
+                          overlays=[overlay])
+    assert params.preprocess.target_spacing_mm == (1.0, 1.0, 1.0) and params.synthetic.shape == (240, 240, 155)
+    assert params.preprocess.n4.control_points == 6  # the user's overlay over the preset
+    assert params.preprocess.registration.max_samples == 30000  # --set over both
+    assert pairs["preprocess.n4.iterations"] == [30, 30, 30]  # the pairs go to the flow as its overrides

@@ -9,9 +9,11 @@ import yaml
 
 from survival_model.config import (
     LABEL_SCHEMES,
+    REALISTIC_OVERLAY,
     Institution,
     load_params,
     load_services,
+    overlay_overrides,
     parse_override,
     parse_params,
 )
@@ -124,3 +126,33 @@ def test_the_new_patients_example_declares_sources_without_outcomes() -> None:
     assert set(params.institutions) == set(training.institutions)
     assert all(inst.clinical.survival is None for inst in params.institutions.values())
     assert params.registry.model_name == training.registry.model_name
+
+
+def test_the_realistic_preset_is_an_overlay_of_the_keys_it_changes() -> None:
+    pairs = overlay_overrides(REALISTIC_OVERLAY)
+    assert pairs == {
+        "synthetic.shape": [240, 240, 155], "synthetic.spacing_mm": 1.0, "preprocess.target_spacing_mm": [1, 1, 1],
+        "preprocess.compress_images": True, "preprocess.n4.max_shrunk_spacing_mm": 8.0,
+        "preprocess.n4.iterations": [30, 30, 30], "preprocess.n4.control_points": 4,
+        "preprocess.registration.spacing_mm": 2.0, "preprocess.registration.max_samples": 20000,
+        "ingest.compress_images": True,
+    }
+    base, realistic = load_params(REPO / "params.yaml"), load_params(REPO / "params.yaml", pairs)
+    assert realistic.preprocess.target_spacing_mm == (1.0, 1.0, 1.0) and realistic.synthetic.spacing_mm == 1.0
+    assert realistic.training == base.training and realistic.synthetic.patients == base.synthetic.patients
+
+
+def test_an_overlay_changes_one_key_of_a_section_and_names_a_bad_one(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("preprocess:\n  n4:\n    control_points: 5\n", encoding="utf-8")
+    assert overlay_overrides(overlay) == {"preprocess.n4.control_points": 5}
+    base, laid = load_params(REPO / "params.yaml"), load_params(REPO / "params.yaml", overlay_overrides(overlay))
+    assert laid.preprocess.n4.control_points == 5 and laid.preprocess.n4.iterations == base.preprocess.n4.iterations
+    overlay.write_text("preprocess:\n  n4:\n    controlpoints: 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"controlpoints"):
+        load_params(REPO / "params.yaml", overlay_overrides(overlay))
+    overlay.write_text("- preprocess\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="the top level must be a mapping of sections"):
+        overlay_overrides(overlay)
+    with pytest.raises(ConfigError, match="overlay file not found"):
+        overlay_overrides(tmp_path / "missing.yaml")
