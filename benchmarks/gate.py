@@ -54,7 +54,6 @@ from survival_model.evaluation.scores import Outcome, breslow_survival, evaluati
 from survival_model.registry.gate import margin_text  # noqa: E402
 from survival_model.synthetic import survival as sv  # noqa: E402
 
-BEGIN, END = "<!-- gate-benchmark:begin -->", "<!-- gate-benchmark:end -->"
 SECTION = "## The promotion gate's error rate"
 DELTAS = (-0.05, -0.02, -0.01, 0.0, 0.01, 0.02, 0.05)
 CHAMPION_BELOW_ORACLE = 0.06
@@ -266,14 +265,9 @@ def rule_text(gate: GateParams) -> str:
 
 
 def write_results(text: str) -> None:
-    path = REPO / "benchmarks" / "RESULTS.md"
-    content = path.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in content and END in content:
-        content = content[:content.index(BEGIN)] + block + content[content.index(END) + len(END):]
-    else:
-        content = content.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(content)
+    from benchmarks.results import record_block
+
+    record_block("gate-benchmark", SECTION, text)
 
 
 def main() -> None:

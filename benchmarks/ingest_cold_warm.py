@@ -45,8 +45,6 @@ from survival_model.ingest.discovery import discover_cases  # noqa: E402
 from survival_model.ingest.images import ingest_case  # noqa: E402
 from tasks.privacy import pseudonymiser as resolve_pseudonymiser  # noqa: E402
 
-BEGIN, END = "<!-- ingest-benchmark:begin -->", "<!-- ingest-benchmark:end -->"
-
 
 def library_ingest(params: Params) -> dict[str, Any]:
     pseudonymiser = resolve_pseudonymiser(params.privacy)
@@ -136,16 +134,9 @@ def main() -> None:
 
 
 def record(text: str) -> None:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    current = results.read_text(encoding="utf-8") if results.is_file() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current = (current or "# Benchmark results\n") + f"\n## Ingestion, cold and warm\n\n{block}\n"
-    results.write_text(current, encoding="utf-8")
-    print(f"\nrecorded in {results}")
+    from benchmarks.results import record_block
+
+    print(f"\nrecorded in {record_block('ingest-benchmark', '## Ingestion, cold and warm', text)}")
 
 
 if __name__ == "__main__":

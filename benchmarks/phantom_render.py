@@ -22,9 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import record_block  # noqa: E402
 from survival_model.synthetic import phantom as ph  # noqa: E402
 
-MARKERS = ("<!-- phantom-render:begin -->", "<!-- phantom-render:end -->")
 SHAPE, SPACING = (96, 96, 62), 2.5  # the default cohort's grid (params.yaml: synthetic)
 
 
@@ -57,15 +57,8 @@ def main() -> None:
             f"{time.strftime('%Y-%m-%d')}.")
     print(text)
     if not args.no_record:
-        results = REPO / "benchmarks" / "RESULTS.md"
-        body = results.read_text(encoding="utf-8")
-        block = f"{MARKERS[0]}\n{text}\n\nCommand: `.venv/bin/python benchmarks/phantom_render.py`\n{MARKERS[1]}"
-        if MARKERS[0] in body:
-            start, end = body.index(MARKERS[0]), body.index(MARKERS[1]) + len(MARKERS[1])
-            body = body[:start] + block + body[end:]
-        else:
-            body += "\n## Synthetic generator: one patient\n\n" + block + "\n"
-        results.write_text(body, encoding="utf-8")
+        record_block("phantom-render", "## Synthetic generator: one patient",
+                     f"{text}\n\nCommand: `.venv/bin/python benchmarks/phantom_render.py`")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-hom
 
 from survival_model.config import Params, load_params, parse_override  # noqa: E402
 
-BEGIN, END = "<!-- pipeline-benchmark:begin -->", "<!-- pipeline-benchmark:end -->"
+PIPELINE_HEADING = "## Preprocessing and features: stages, memory, scaling, cache"
 
 
 def peak_rss_mb() -> float:
@@ -200,16 +200,9 @@ def render(base: Params, small: dict[str, Any], full: dict[str, Any],
 
 
 def record(text: str) -> None:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    current = results.read_text(encoding="utf-8") if results.is_file() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        current = head + block + rest.split(END, 1)[1]
-    else:
-        current += f"\n## Preprocessing and features: stages, memory, scaling, cache\n\n{block}\n"
-    results.write_text(current, encoding="utf-8")
-    print(f"\nrecorded in {results}")
+    from benchmarks.results import record_block
+
+    print(f"\nrecorded in {record_block('pipeline-benchmark', PIPELINE_HEADING, text)}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 SITES = {"site_a": 60, "site_b": 50, "site_c": 38}  # the default cohort's shares
-MARKERS = ("<!-- validity-benchmark:begin -->", "<!-- validity-benchmark:end -->")
 
 
 def site_counts(size: int) -> dict[str, int]:
@@ -203,16 +202,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def record(text: str, command: str) -> None:
-    results = REPO / "benchmarks" / "RESULTS.md"
-    body = results.read_text(encoding="utf-8")
-    block = (f"{MARKERS[0]}\n{text}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.node() or 'host'}, "
-             f"{os.cpu_count()} CPUs)\n{MARKERS[1]}")
-    if MARKERS[0] in body:
-        start, end = body.index(MARKERS[0]), body.index(MARKERS[1]) + len(MARKERS[1])
-        body = body[:start] + block + body[end:]
-    else:
-        body += "\n## Does the image branch earn its place? (validity)\n\n" + block + "\n"
-    results.write_text(body, encoding="utf-8")
+    from benchmarks.results import record_block
+
+    record_block("validity-benchmark", "## Does the image branch earn its place? (validity)",
+                 f"{text}\n\nCommand: `{command}` ({time.strftime('%Y-%m-%d')}, {platform.node() or 'host'}, "
+                 f"{os.cpu_count()} CPUs)")
 
 
 def main() -> None:

@@ -172,7 +172,8 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
     root, counts = logging.getLogger(), logging.getLogger(PROGRESS_LOGGER)
     py_warnings = logging.getLogger("py.warnings")
     consoles = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
-    saved = [h.level for h in consoles], counts.level, counts.propagate, py_warnings.handlers[:], py_warnings.propagate
+    console_levels, counts_state = [h.level for h in consoles], (counts.level, counts.propagate)
+    warnings_state = (py_warnings.handlers[:], py_warnings.propagate)
     warned = _Count()
     log_file.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(log_file, encoding="utf-8")
@@ -202,14 +203,14 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
     finally:
         if not verbose:
             logging.captureWarnings(False)
-            py_warnings.handlers, py_warnings.propagate = saved[3], saved[4]
+            py_warnings.handlers, py_warnings.propagate = warnings_state
             if warned.count:
                 console.print(f"{warned.count} warning(s) from libraries, in {log_file}")
         counts.removeHandler(bars)
-        for handler, level in zip(consoles, saved[0], strict=True):
+        for handler, level in zip(consoles, console_levels, strict=True):
             handler.setLevel(level)
-        counts.setLevel(saved[1])
-        counts.propagate = saved[2]
+        counts.setLevel(counts_state[0])
+        counts.propagate = counts_state[1]
         root.removeHandler(to_file)
         to_file.close()
 
