@@ -50,33 +50,33 @@ def peak_rss_mb() -> float:
 
 def serial_child(params_path: str, overrides: dict[str, Any], limit: int) -> dict[str, Any]:
     """Ingest (library), then preprocess + features for the first ``limit`` patients, serially."""
-    from survival_model.features.stage import run_features
-    from survival_model.fingerprint import DigestMemo
-    from survival_model.ingest.clinical import harmonise_site
-    from survival_model.ingest.cohort import build_cohort
+    from survival_model.features.stage import Features
+    from survival_model.ingest.clinical import HarmoniseClinical
+    from survival_model.ingest.cohort import AssembleCohort
     from survival_model.ingest.discovery import discover_cases
-    from survival_model.ingest.images import ingest_case
-    from survival_model.preprocess.stage import patient_input, run_preprocess
+    from survival_model.ingest.images import IngestImages, case_id_for
+    from survival_model.preprocess.stage import Preprocess, ingested_patient, site_imaging
+    from survival_model.stage import run
     from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 
     params = load_params(params_path, overrides)
     pseudonymiser = resolve_pseudonymiser(params.privacy)
-    memo = DigestMemo(params.work_dir / "cache" / "digests.sqlite")
     outcomes, clinical = [], []
     for site, institution in params.institutions.items():
         for case in discover_cases(site, institution.images):
-            outcomes.append(ingest_case(case, institution, params.ingest, pseudonymiser, params.work_dir, memo))
-        clinical.append(harmonise_site(site, institution, params.ingest, pseudonymiser, params.work_dir, memo))
-    cohort = build_cohort(outcomes, clinical, params.ingest, params.work_dir).cohort()
+            case_id = case_id_for(case, institution, pseudonymiser)
+            outcomes.append(run(IngestImages(case_id, case, institution, params.ingest, params.work_dir)))
+        clinical.append(run(HarmoniseClinical(site, institution, params.ingest, pseudonymiser, params.work_dir)))
+    cohort = run(AssembleCohort(tuple(outcomes), tuple(clinical), params.ingest, params.work_dir)).cohort()
     rows = cohort.to_dict("records")[:limit]
     times: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
         start = time.perf_counter()
-        pre = run_preprocess(patient_input(row, params.institutions[row["site"]]), row["images_key"],
-                             params.preprocess, params.work_dir)
+        pre = run(Preprocess(ingested_patient(row), site_imaging(params.institutions[row["site"]]),
+                             params.preprocess, params.work_dir))
         middle = time.perf_counter()
         if pre.patient is not None:
-            run_features(pre.patient, params.features, params.work_dir)
+            run(Features(pre.patient, params.features, params.work_dir))
         times.setdefault(row["site"], []).append((middle - start, time.perf_counter() - middle))
     return {"patients": len(rows), "peak_rss_mb": peak_rss_mb(), "times": times}
 

@@ -68,22 +68,17 @@ def run_child(files: dict[str, Any], out_dir: str, threads: int, queue: Any) -> 
     """Preprocess in this (child) process and send back (qc, wall seconds)."""
     import SimpleITK as sitk
 
-    from survival_model.preprocess.patient import PatientInput, preprocess_patient
+    from survival_model.patient import Patient
+    from survival_model.preprocess.patient import SiteImaging, preprocess_patient
 
     if threads > 0:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    inp = PatientInput(
-        site="site_c",
-        case_id="bench-c",
-        images=files["images"],
-        mask=files["mask"],
-        brain_mask=None,
-        reference="t1c",
-        acquisition=Acquisition(skull_stripped=False, bias_corrected=False, co_registered=False),
-    )
+    patient = Patient(site="site_c", case_id="bench-c", folder=Path(files["mask"]).parent, images=files["images"],
+                      mask=files["mask"], brain_mask=None, key="bench")
+    site = SiteImaging("t1c", Acquisition(skull_stripped=False, bias_corrected=False, co_registered=False))
     start = time.perf_counter()
-    qc = preprocess_patient(inp, PreprocessParams(), Path(out_dir))
+    qc = preprocess_patient(patient, site, PreprocessParams(), Path(out_dir))
     wall = time.perf_counter() - start
     features = feature_seconds(Path(out_dir), qc)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

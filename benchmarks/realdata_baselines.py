@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/realdata_baselines.py [--repeats 5] [--resamples 1000]
 
 The MOLAB clinical sheet is harmonised by the clinical ingestion through a declaration and joined with
-the morphological sheet's tumour volumes at the first segmented MRI (``survival_model.evaluation.molab``). Models are
+the morphological sheet's tumour volumes at the first segmented MRI (``survival_model.ingest.molab``). Models are
 scored by Harrell's C-index with a percentile bootstrap 95% interval over patients
 (``survival_model.metrics.bootstrap_c``), on the patients with a reported GPA:
 
@@ -34,7 +34,7 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis  # noqa: E402
 
 from survival_model.config import TabularParams  # noqa: E402
 from survival_model.evaluation.baselines import Baseline, cross_validated_risk  # noqa: E402
-from survival_model.evaluation.molab import load_molab  # noqa: E402
+from survival_model.ingest.molab import load_molab  # noqa: E402
 from survival_model.ingest.privacy import Pseudonymiser  # noqa: E402
 from survival_model.metrics import bootstrap_c  # noqa: E402
 

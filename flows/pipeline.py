@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.evaluation import evaluation
@@ -18,11 +18,13 @@ from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.registry import RegistryResult, registry
 from flows.runners import task_runner_for
-from flows.training import training, variant_params
+from flows.training import compared_networks, network_label, training
 from survival_model.config import Params, load_params
 from survival_model.fingerprint import code_version
 from tasks import registry as registry_tasks
 from tasks import tracking
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -45,45 +47,38 @@ class PipelineResult:
     registry: RegistryResult | None
 
 
+def on_runner(subflow: Flow[Any, R], params: Params, **options: Any) -> Flow[Any, R]:
+    """The subflow on the task runner ``params`` choose (threads, processes or Dask): the choice stated once."""
+    return subflow.with_options(task_runner=task_runner_for(params), **options)
+
+
 @flow(name="brain-mets-pipeline")
 def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> PipelineResult:
-    """Run every stage that exists, in one MLflow run."""
+    """Run every stage, in one MLflow run; each stage's result is logged there and published to Prefect."""
     params: Params = load_params(params_path, overrides)
     logger = get_run_logger()
+    name = f"pipeline-{flow_run.get_name()}"
     tags = {
         "prefect.flow_run_id": str(flow_run.get_id()),
         "prefect.flow_run_name": str(flow_run.get_name()),
         "code_version": code_version("survival_model"),
         "params_file": str(Path(params_path).resolve()),
     }
-    run_id = tracking.start_run(params, f"pipeline-{flow_run.get_name()}", tags)
+    run_id = tracking.start_run(params, name, tags)
     try:
-        cohort = ingest.with_options(task_runner=task_runner_for(params))(params)
-        link = tracking.log_ingestion(params, run_id, cohort)
-        tracking.publish_ingestion(cohort, link)
-        table = imaging.with_options(task_runner=task_runner_for(params))(params, cohort)
-        tracking.log_imaging(params, run_id, table)
-        tracking.publish_imaging(table)
-        trained = training.with_options(task_runner=task_runner_for(params))(params, cohort, table)
-        tracking.log_training(params, run_id, trained, f"pipeline-{flow_run.get_name()}")
-        tracking.publish_training(trained, link)
-        others = []
-        for variant in params.evaluation.networks:  # further networks on the same splits, for the comparison
-            other = variant_params(params, variant)
-            net = other.training.network
-            fusion = f"-{net.fusion}" if net.fusion != "additive" and net.variant == "hybrid" else ""
-            label = f"{net.variant}-{net.objective}{fusion}-{net.backbone}" if net.variant != "tabular" else \
-                f"tabular-{net.objective}"
-            others.append(training.with_options(task_runner=task_runner_for(other),
-                                                flow_run_name=f"training-{label}")(other, cohort, table))
-        compared = evaluation.with_options(task_runner=task_runner_for(params))(params, cohort, table,
-                                                                               [trained, *others])
-        tracking.log_evaluation(params, run_id, compared)
-        tracking.publish_evaluation(compared, link)
+        cohort = on_runner(ingest, params)(params)
+        link = tracking.record(params, run_id, cohort, "")
+        table = on_runner(imaging, params)(params, cohort)
+        tracking.record(params, run_id, table, link)
+        trained = on_runner(training, params)(params, cohort, table)
+        tracking.record(params, run_id, trained, link, name)
+        others = [on_runner(training, other, flow_run_name=f"training-{network_label(other)}")(other, cohort, table)
+                  for other in compared_networks(params)]  # further networks on the same splits
+        compared = on_runner(evaluation, params)(params, cohort, table, [trained, *others])
+        tracking.record(params, run_id, compared, link)
         registered = None
         if params.registry.enabled:
-            registered = registry.with_options(task_runner=task_runner_for(params))(
-                params, cohort, table, trained, compared, run_id, link)
+            registered = on_runner(registry, params)(params, cohort, table, trained, compared, run_id, link)
             registry_tasks.publish_promotion(params, run_id, registered)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")

@@ -17,10 +17,11 @@ from flows.registry import model_rows
 from flows.runners import task_runner_for
 from survival_model.config import Params, load_params
 from survival_model.errors import ConfigError
-from survival_model.fingerprint import code_version, stable_hash
-from survival_model.registry import package as package_lib
+from survival_model.fingerprint import code_version
+from survival_model.registry.predict import Predict
 from tasks import registry as t
 from tasks import tracking
+from tasks.stage import StageTasks
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,12 @@ class PredictionResult:
 
     def export(self, out: Path) -> Path:
         """Copy the predictions (tables, Grad-CAM figures) into ``out``, created when missing; files of the same
-        name there are replaced, others are left alone. The run's own folder stays where the cache keeps it."""
+        name there are replaced, others are left alone. The run's own folder (the content-keyed
+        ``survival_model.registry.predict.Predict`` stage's) stays where the cache keeps it."""
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out}: exists and is not a folder")
         shutil.copytree(self.folder, out, dirs_exist_ok=True)
         return out
-
-
-def predictions_folder(work_dir: Path, key: str) -> Path:
-    return work_dir / "predictions" / key[:16]
 
 
 @flow(name="brain-mets-predict", flow_run_name="predict-{model}")
@@ -67,14 +65,11 @@ def predict(params_path: str, overrides: dict[str, Any] | None = None, model: st
     try:
         cohort = ingest.with_options(task_runner=task_runner_for(params))(params)
         inputs = model_rows(params, cohort, None, package)
-        info = {"model": name, "version": version.version, "model_uri": f"models:/{name}/{version.version}",
-                "requested": model, "package_key": version.tags.get("package_key", ""),
-                "cohort": cohort.fingerprint, "gradcam": gradcam}
-        key = stable_hash("predictions", package_lib.package_code_version(), info, inputs.table.folder.name,
-                          sorted((c, str(p)) for c, p in inputs.image_paths.items()))
-        folder = t.predict_patients(package, inputs.table.table_path, inputs.table.quarantine_path,
-                                    inputs.image_paths, inputs.failed, inputs.seg_paths, gradcam, info,
-                                    predictions_folder(params.work_dir, key))
+        stage = Predict(package, name, version.version, model, version.tags.get("package_key", ""), cohort.fingerprint,
+                        inputs.table, inputs.image_paths, tuple(inputs.failed), inputs.seg_paths, gradcam,
+                        params.work_dir)
+        folder = StageTasks(params)(stage)
+        info = stage.info()
         link, predicted, missing = t.log_predictions(params, run_id, folder, info)
     except BaseException:
         tracking.end_run(params, run_id, "FAILED")

@@ -2,7 +2,7 @@
 
 A flow counts its items with :class:`StageProgress` (or :func:`tracked`, over futures as they complete).
 Each count is a record of the stdlib logger :data:`PROGRESS_LOGGER` carrying ``stage``, ``done``,
-``total`` and ``unit``: the command line draws one bar per stage from them (``flows.cli``); elsewhere the
+``total`` and ``unit``: the command line draws one bar per stage from them (``flows.render``); elsewhere the
 logger is silent (its level is left to whoever runs the flows). The flow run's Prefect progress artifact
 (the UI's Artifacts tab) follows the same count.
 """

@@ -23,9 +23,8 @@ from survival_model.config import Params
 from survival_model.evaluation.stage import EvaluationResult, rows
 from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import stable_hash
-from survival_model.imageio import read_json
 from survival_model.ingest.cohort import CohortResult
-from survival_model.models.inputs import preprocessed_patients
+from survival_model.preprocess.stage import preprocessed_patients
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
 from survival_model.registry.registry import (
@@ -39,6 +38,7 @@ from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 from tasks import registry as t
 from tasks.common import configure
+from tasks.stage import StageTasks
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,10 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
     the code version) finds that version: nothing new is registered or gated.
     The caller publishes the result on its MLflow run and Prefect flow run (``tasks.registry.publish_promotion``)."""
     logger = get_run_logger()
-    training_key = str(read_json(trained.folder / "result.json")["key"])
-    key = package_lib.package_key(training_key, params)
+    build = package_lib.BuildPackage.of(trained, table, params, cohort.fingerprint, key_fingerprint(params, cohort))
+    training_key = package_lib.training_key(trained)
     progress = StageProgress("registry", 3, "steps")
-    package = configure(t.package_model, params, t.package_task_key)(
-        trained, table.table_path, params, training_key, cohort.fingerprint, key, key_fingerprint(params, cohort))
+    package = StageTasks(params)(build)
     progress.advance()
     splits = Splits.load(trained.splits_path)
     challenger = model_rows(params, cohort, table, package, list(splits.test))
@@ -134,7 +133,7 @@ def registry(params: Params, cohort: CohortResult, table: FeatureTable, trained:
         logger.info("another registry run (%s) holds %s: waiting for it to finish", holder, lock)
 
     with registry_lock(lock, waiting):
-        version, registered = t.register_model(params, run_id, run_link, package, key, tags,
+        version, registered = t.register_model(params, run_id, run_link, package, build.key(), tags,
                                                challenger.frame.head(2))
         progress.advance()
         decision: gate_lib.Decision | None = None

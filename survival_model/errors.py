@@ -2,7 +2,7 @@
 
 Every error a user can cause derives from :class:`SurvivalModelError`. Messages name the patient or
 file, say what is wrong and what to do. Patient-level data problems are usually *not* raised to the
-caller: ingestion turns them into quarantine records (see :mod:`survival_model.ingest.quarantine`),
+caller: ingestion turns them into quarantine records (see :mod:`survival_model.quarantine`),
 so one bad patient never stops a run. They are raised inside the library as :class:`PatientDataError`
 subclasses carrying a machine-readable reason code.
 """
@@ -25,7 +25,7 @@ class DataSourceError(SurvivalModelError):
 class PatientDataError(SurvivalModelError):
     """One patient's data failed validation; the patient is quarantined, the run goes on.
 
-    ``reason`` is a stable machine-readable code (see ``ingest.quarantine.REASONS``); the message is
+    ``reason`` is a stable machine-readable code (see ``survival_model.quarantine.REASONS``); the message is
     the human sentence shown in the quarantine table. It must never contain identifying values.
     """
 

@@ -73,6 +73,12 @@ def content_order(records: Sequence[Mapping[Any, Any]], exclude: tuple[str, ...]
     return sorted(range(len(records)), key=lambda i: digests[i])
 
 
+def digest_memo_path(work_dir: Path) -> Path:
+    """The work directory's memo of source file digests (:class:`DigestMemo`), shared by every worker and run
+    on that work directory."""
+    return work_dir / "cache" / "digests.sqlite"
+
+
 class DigestMemo:
     """A process- and thread-safe memo of file digests in a SQLite file (see module docstring)."""
 

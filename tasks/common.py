@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import Task
@@ -26,10 +25,6 @@ def is_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> 
     except Exception:  # noqa: BLE001 - anything else (OSError, timeouts, HTTP) may be transient
         return True
     return False
-
-
-def digest_memo_path(work_dir: Path) -> Path:
-    return work_dir / "cache" / "digests.sqlite"
 
 
 def configure(task: T, params: Params, key_fn: KeyFn | None = None) -> T:

@@ -1,5 +1,9 @@
-"""Registry tasks: package the model, register it (``challenger``), fetch a registered one, the promotion
-gate, and predictions for new patients (``survival_model.registry``)."""
+"""Registry tasks: the MLflow operations of ``survival_model.registry`` (register a package as ``challenger``,
+fetch a registered one, the promotion gate, aliases, the result on the run and in the Prefect UI).
+
+Building the package and predicting for new patients are content-keyed stages
+(``survival_model.registry.package.BuildPackage``, ``survival_model.registry.predict.Predict``), run by
+``tasks.stage.StageTasks``; what is here reads or changes the registry, which no content key describes."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from survival_model.config import Params
 from survival_model.imageio import atomic_directory
-from survival_model.preprocess.stage import PreprocessedPatient
+from survival_model.patient import Patient
 from survival_model.registry import gate as gate_lib
 from survival_model.registry import package as package_lib
 from survival_model.registry import predict as predict_lib
@@ -26,30 +30,11 @@ from survival_model.registry.registry import (
     package_identity,
 )
 from survival_model.tracking import Tracker
-from survival_model.training.stage import TrainingResult
 from tasks.tracking import table_rows
 
 
 def registry(params: Params) -> Registry:
     return Registry(Tracker.from_params(params).client, params.registry.model_name)
-
-
-def package_folder(work_dir: Path, key: str) -> Path:
-    return work_dir / "registry" / "packages" / key[:16]
-
-
-def package_task_key(inputs: dict[str, Any]) -> tuple[str, list[Path]]:
-    return str(inputs["key"]), [package_folder(inputs["params"].work_dir, inputs["key"]) / package_lib.PACKAGE_FILE]
-
-
-@task(name="package-model", task_run_name="package-model")
-def package_model(trained: TrainingResult, table_path: Path, params: Params, training_key: str,
-                  data_fingerprint: str, key: str, key_fingerprint: str | None = None) -> Path:
-    """The fold ensemble as a self-contained package (weights, tabular pipelines, parameters, baseline, the
-    fingerprint of the pseudonym key its case ids were made with)."""
-    folder = package_folder(params.work_dir, key)
-    return package_lib.build_package(trained, pd.read_parquet(table_path), params, training_key, data_fingerprint,
-                                     folder, pseudonym_key_fingerprint=key_fingerprint)
 
 
 @task(name="register-model", task_run_name="register-model", retries=2, retry_delay_seconds=[2, 10])
@@ -102,7 +87,7 @@ def fetch_model(params: Params, reference: str) -> tuple[Version, Path]:
 
 
 @task(name="package-inputs", task_run_name="package-inputs")
-def package_inputs(package: Path, patients: Mapping[str, PreprocessedPatient],
+def package_inputs(package: Path, patients: Mapping[str, Patient],
                    work_dir: Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
     """The patients' image inputs as this package's model needs them (content-keyed, reused)."""
     info = package_lib.read_info(package)  # the settings only: no network is loaded
@@ -172,31 +157,6 @@ def publish_promotion(params: Params, run_id: str, result: Any) -> None:
                              description=f"{result.model_name}: registration and the promotion gate")
     create_table_artifact(table_rows(registry(params).table()), key="model-versions",
                           description=f"{result.model_name}: versions, aliases")
-
-
-@task(name="predict-patients", task_run_name="predict-patients")
-def predict_patients(package: Path, table_path: Path, quarantine_path: Path, image_paths: Mapping[str, Path],
-                     failed: list[dict[str, str]], seg_paths: Mapping[str, Path] | None, gradcam: bool,
-                     info: dict[str, Any], folder: Path) -> Path:
-    """Per-patient predictions (and optional Grad-CAM figures) written to ``folder`` (reused when there)."""
-    logger = get_run_logger()
-    if (folder / "predictions.parquet").is_file():
-        logger.info("predictions already made with this model for these inputs: %s", folder)
-        return folder
-    model = package_lib.PackagedModel.load(package)
-    table = pd.read_parquet(table_path)
-    quarantine = pd.read_parquet(quarantine_path) if quarantine_path.is_file() else pd.DataFrame()
-    predictions, not_predicted = predict_lib.predict_patients(model, table, image_paths, quarantine, failed)
-    with atomic_directory(folder) as tmp:
-        predict_lib.write_predictions(tmp, predictions, not_predicted, info)
-        if gradcam and seg_paths is not None and len(predictions):
-            frame = model.model_input(table.set_index("case_id", drop=False).loc[list(predictions["case_id"])]
-                                      .reset_index(drop=True), image_paths)
-            figures = predict_lib.gradcam_overlays(model, frame, seg_paths, tmp / "gradcam")
-            logger.info("Grad-CAM: %d figure(s)", len(figures))
-    logger.info("%d patient(s) predicted, %d not predicted (reasons in not_predicted.csv)", len(predictions),
-                len(not_predicted))
-    return folder
 
 
 @task(name="log-predictions", retries=2, retry_delay_seconds=[2, 10])

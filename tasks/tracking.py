@@ -172,3 +172,24 @@ def publish_evaluation(result: EvaluationResult, run_link: str) -> None:
                           description="Every score with its 95% interval")
     create_link_artifact(result.report_html.resolve().as_uri(), link_text="evaluation report (HTML, local file)",
                          key="evaluation-report")
+
+
+StageResult = CohortResult | FeatureTable | TrainingResult | EvaluationResult
+
+
+def record(params: Params, run_id: str, result: StageResult, run_link: str, run_name: str = "") -> str:
+    """A stage's result logged on the pipeline's MLflow run and published as Prefect artifacts: each stage's
+    logging and publishing pair, stated once. Returns the MLflow run's link (the ingestion's logging makes it)."""
+    if isinstance(result, CohortResult):
+        run_link = log_ingestion(params, run_id, result)
+        publish_ingestion(result, run_link)
+    elif isinstance(result, FeatureTable):
+        log_imaging(params, run_id, result)
+        publish_imaging(result)
+    elif isinstance(result, TrainingResult):
+        log_training(params, run_id, result, run_name)
+        publish_training(result, run_link)
+    else:
+        log_evaluation(params, run_id, result)
+        publish_evaluation(result, run_link)
+    return run_link

@@ -28,8 +28,8 @@ TINY_SETTINGS = [
 def project(tmp_path: Path) -> Path:
     """A copy of the repository's params.yaml in an empty folder, with a private key file."""
     data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    data["privacy"]["key_file"] = str(tmp_path / "pseudonym.key")
-    data["servers"]["home"] = str(tmp_path / "servers")
+    data.setdefault("privacy", {})["key_file"] = str(tmp_path / "pseudonym.key")
+    data.setdefault("servers", {})["home"] = str(tmp_path / "servers")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     shutil.copytree(REPO / "infra", tmp_path / "infra")
     return tmp_path

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from survival_model.config import (
     LABEL_SCHEMES,
@@ -40,7 +41,7 @@ def test_the_repository_params_file_is_valid_and_paths_are_absolute() -> None:
 
 def test_unknown_key_is_an_error_that_names_it(tmp_path: Path) -> None:
     data = repo_params()
-    data["ingest"]["grid_tolerence_mm"] = 1.0
+    data.setdefault("ingest", {})["grid_tolerence_mm"] = 1.0
     with pytest.raises(ConfigError, match=r"ingest\.grid_tolerence_mm: unknown key"):
         parse_params(data, base_dir=tmp_path)
 
@@ -67,7 +68,7 @@ def test_invalid_settings(tmp_path: Path, path: tuple[str, ...], value: object, 
     data = repo_params()
     node = data
     for key in path[:-1]:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[path[-1]] = value
     with pytest.raises(ConfigError, match=message):
         parse_params(data, base_dir=tmp_path)
@@ -156,3 +157,59 @@ def test_an_overlay_changes_one_key_of_a_section_and_names_a_bad_one(tmp_path: P
         overlay_overrides(overlay)
     with pytest.raises(ConfigError, match="overlay file not found"):
         overlay_overrides(tmp_path / "missing.yaml")
+
+
+def test_a_file_declaring_only_its_institutions_runs_with_the_main_commands_settings(tmp_path: Path) -> None:
+    """Defaults live in the code: params.yaml sets only its paths and the ground truth, so a params file with
+    only the institutions gets exactly the main command's preprocessing, network and workers."""
+    only = tmp_path / "only.yaml"
+    only.write_text(yaml.safe_dump({"institutions": repo_params()["institutions"]}), encoding="utf-8")
+    main = load_params(REPO / "params.yaml").model_dump(mode="json")
+    mine = load_params(only).model_dump(mode="json")
+    for key in ("preprocess", "features", "training", "orchestration", "ingest", "registry"):
+        assert mine[key] == main[key], key
+    assert {k for k in main if main[k] != mine[k]} <= {"work_dir", "synthetic", "evaluation", "institutions"}
+    assert main["preprocess"]["target_spacing_mm"] == [2.5, 2.5, 2.5]
+    assert main["training"]["network"]["backbone"] == "mobilenetv3_small_050"
+
+
+def test_institutions_from_a_catalog_file_resolve_their_paths_against_it(tmp_path: Path) -> None:
+    catalog = tmp_path / "sites" / "institutions.yaml"
+    catalog.parent.mkdir()
+    catalog.write_text(yaml.safe_dump(repo_params()["institutions"]), encoding="utf-8")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("work_dir: w\ninstitutions: sites/institutions.yaml\n", encoding="utf-8")
+    params = load_params(params_file, {"institutions.site_a.labels": "brats_mets"})
+    assert params.institutions["site_b"].images.root == tmp_path / "sites" / "data" / "synthetic" / "site_b" / "images"
+    assert params.work_dir == tmp_path / "w"
+    catalog.write_text("site_a: {images: {layout: brats, root: x}, flavour: 1}\n", encoding="utf-8")
+    expected = r"(?s)institutions from sites/institutions.yaml.*institutions\.site_a\.flavour: unknown key"
+    with pytest.raises(ConfigError, match=expected):
+        load_params(params_file)
+    params_file.write_text("institutions: nowhere.yaml\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="institutions catalog not found"):
+        load_params(params_file)
+
+
+def test_every_path_setting_is_made_absolute_by_its_type() -> None:
+    """No hand-kept list: every Path field at any depth is resolved (a new one cannot stay relative)."""
+    params = load_params(REPO / "params.yaml", {"features.radiomics.params_file": "r.yaml",
+                                                "training.network.pretrained_weights": "w.pt"})
+    seen: list[Path] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, Path):
+            seen.append(node)
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list | tuple):
+            for value in node:
+                walk(value)
+
+    walk(params)
+    assert len(seen) >= 12 and all(p.is_absolute() for p in seen)
+    assert params.training.network.pretrained_weights == REPO / "w.pt"

@@ -18,12 +18,14 @@ import pytest
 import SimpleITK as sitk
 
 from survival_model.config import ClinicalSource, IngestParams, Institution
-from survival_model.ingest.clinical import harmonise_site, harmonise_table
-from survival_model.ingest.cohort import build_cohort
-from survival_model.ingest.discovery import discover_cases
+from survival_model.ingest.clinical import HarmoniseClinical, harmonise_table
+from survival_model.ingest.cohort import AssembleCohort
+from survival_model.ingest.discovery import CaseFiles, discover_cases
 from survival_model.ingest.ids import normalise_id
-from survival_model.ingest.images import ImageOutcome, ingest_case
+from survival_model.ingest.images import IngestImages, case_id_for
 from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.patient import PatientOutcome
+from survival_model.stage import run
 from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 from tests.conftest import params_for, realdata_dir
 
@@ -80,10 +82,15 @@ def components(binary: npt.NDArray[np.bool_], like: sitk.Image) -> int:
     return int(filt.GetObjectCount())
 
 
-def ingest_one(site: str, institution: Institution, work: Path) -> ImageOutcome:
+def ingest_case(case: CaseFiles, institution: Institution, work: Path) -> PatientOutcome:
+    """One case's images through the ingestion stage (computed, or read back when its folder exists)."""
+    return run(IngestImages(case_id_for(case, institution, PSEUDONYMISER), case, institution, IngestParams(), work))
+
+
+def ingest_one(site: str, institution: Institution, work: Path) -> PatientOutcome:
     cases = discover_cases(site, institution.images)
     assert len(cases) == 1, [c.source_id for c in cases]
-    return ingest_case(cases[0], institution, IngestParams(), PSEUDONYMISER, work)
+    return ingest_case(cases[0], institution, work)
 
 
 def link_files(folder: Path, names: dict[str, Path]) -> Path:
@@ -118,16 +125,16 @@ def test_brats_mets_case_without_segmentation_is_quarantined(real: Path, tmp_pat
     assert all(p is not None for p in cases[0].sequences.values()) and cases[0].mask is None
 
     work = tmp_path / "work"
-    outcome = ingest_case(cases[0], institution, IngestParams(), PSEUDONYMISER, work)
+    outcome = ingest_case(cases[0], institution, work)
     case_id = PSEUDONYMISER.case_id("mets", case)
     assert not outcome.ok and outcome.case_id == case_id
     assert [(q.reason, q.stage) for q in outcome.quarantine] == [("missing_segmentation", "images")]
     assert case not in outcome.quarantine[0].message and "{case}-seg.nii.gz" in outcome.quarantine[0].message
     # the quarantine is itself cached: a second call reads it back
-    assert ingest_case(cases[0], institution, IngestParams(), PSEUDONYMISER, work) == outcome
+    assert ingest_case(cases[0], institution, work) == outcome
 
-    clinical = harmonise_site("mets", institution, IngestParams(), PSEUDONYMISER, work)
-    cohort = build_cohort([outcome], [clinical], IngestParams(), work)
+    clinical = run(HarmoniseClinical("mets", institution, IngestParams(), PSEUDONYMISER, work))
+    cohort = run(AssembleCohort((outcome,), (clinical,), IngestParams(), work))
     assert cohort.cohort().empty
     quarantine = cohort.quarantine()
     assert set(zip(quarantine["case_id"], quarantine["reason"], strict=True)) == {(case_id, "missing_segmentation")}
@@ -232,21 +239,21 @@ def test_tcga_registered_case_with_old_brats_labels(real: Path, tmp_path: Path) 
     )
     outcome = ingest_one("tcga", institution, tmp_path / "work")
     assert outcome.ok, outcome.quarantine
-    assert outcome.images is not None
+    assert outcome.patient is not None
     source = array(folder / "segmentation_fused_mav.nii.gz")
     assert set(np.unique(source).tolist()) == {0, 1, 2, 4}
-    seg = array(outcome.images.mask)
+    seg = array(outcome.patient.mask)
     assert set(np.unique(seg).tolist()) == {0, 1, 2, 3}
     assert int((seg == 3).sum()) == int((source == 4).sum()) > 0
-    assert outcome.images.qc["label_voxels"] == {
+    assert outcome.patient.qc["label_voxels"] == {
         "netc": int((source == 1).sum()),
         "snfh": int((source == 2).sum()),
         "et": int((source == 4).sum()),
     }
-    assert outcome.images.qc["tumour_components"] == components(
+    assert outcome.patient.qc["tumour_components"] == components(
         np.isin(source, (1, 4)), sitk.ReadImage(str(folder / "segmentation_fused_mav.nii.gz"))
     )
-    t1c = array(outcome.images.sequences["t1c"])
+    t1c = array(outcome.patient.images["t1c"])
     assert np.array_equal(t1c, array(folder / f"{case}_t1c_bet.nii.gz")) and t1c.min() < 0
 
 
@@ -300,17 +307,17 @@ def test_tcga_raw_not_co_registered_keeps_each_sequence_on_its_grid(real: Path, 
     root, files = raw_tcga(real, tmp_path)
     outcome = ingest_one("tcga", raw_institution(root, tmp_path, co_registered=False), tmp_path / "work")
     assert outcome.ok, outcome.quarantine
-    assert outcome.images is not None
-    geometry = outcome.images.qc["geometry"]
+    assert outcome.patient is not None
+    geometry = outcome.patient.qc["geometry"]
     for seq, path in files.items():
         source = sitk.ReadImage(str(path))
         assert geometry[seq]["size"] == list(source.GetSize())
-        assert sitk.ReadImage(str(outcome.images.sequences[seq])).GetSize() == source.GetSize()
+        assert sitk.ReadImage(str(outcome.patient.images[seq])).GetSize() == source.GetSize()
         assert geometry[seq]["spacing"][2] == pytest.approx(5.5, abs=1e-3)
     assert len({tuple(geometry[s]["size"]) for s in SEQUENCES}) == 3  # t1n and t1c share one field of view
     assert geometry["t2w"]["origin"] != geometry["t1c"]["origin"]
-    assert outcome.images.qc["label_voxels"] == {"netc": 0, "snfh": 0, "et": 300}
-    assert outcome.images.qc["tumour_components"] == 1
+    assert outcome.patient.qc["label_voxels"] == {"netc": 0, "snfh": 0, "et": 300}
+    assert outcome.patient.qc["tumour_components"] == 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,7 +505,7 @@ def test_molab_baselines_through_the_evaluation_module(real: Path) -> None:
 
     from survival_model.config import TabularParams
     from survival_model.evaluation.baselines import Baseline, cross_validated_risk
-    from survival_model.evaluation.molab import load_molab
+    from survival_model.ingest.molab import load_molab
     from survival_model.metrics import bootstrap_c
 
     cohort = load_molab(need(real / MOLAB_CLINICAL), need(real / MOLAB_MORPHOLOGY), PSEUDONYMISER)

@@ -9,20 +9,36 @@ from typing import Any
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import yaml
 
-from survival_model.config import Acquisition, FeaturesParams, IngestParams, Institution, PreprocessParams
+from survival_model.config import (
+    REALISTIC_OVERLAY,
+    Acquisition,
+    FeaturesParams,
+    IngestParams,
+    Institution,
+    PreprocessParams,
+)
 from survival_model.features.table import feature_row
 from survival_model.features.volumetric import volumetric_features
 from survival_model.ingest.discovery import discover_cases
-from survival_model.ingest.images import ingest_case
+from survival_model.ingest.images import IngestImages, case_id_for
 from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.patient import Patient
 from survival_model.preprocess import ops
-from survival_model.preprocess.stage import PatientInput, PreprocessedPatient, run_preprocess
+from survival_model.preprocess.patient import SiteImaging
+from survival_model.preprocess.stage import Preprocess
+from survival_model.stage import run
 from tests.conftest import realdata_dir
 from tests.preprocess.images import dice
 
 pytestmark = pytest.mark.realdata
 PSEUDONYMISER = Pseudonymiser(b"r" * 32)
+
+
+def realistic_preprocess() -> PreprocessParams:
+    """The preprocessing of the BraTS-size overlay (``--realistic``): 1 mm, N4 and registration chosen there."""
+    return PreprocessParams.model_validate(yaml.safe_load(REALISTIC_OVERLAY.read_text(encoding="utf-8"))["preprocess"])
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +68,7 @@ def brats2013_ingested(real: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     inst = brats2013(real)
     cases = discover_cases("brats2013", inst.images)
     assert len(cases) == 6
-    outcomes = [ingest_case(c, inst, IngestParams(), PSEUDONYMISER, work) for c in cases]
+    outcomes = [run(IngestImages(case_id_for(c, inst, PSEUDONYMISER), c, inst, IngestParams(), work)) for c in cases]
     assert all(o.ok for o in outcomes)
     return [(c, o) for c, o in zip(cases, outcomes, strict=True)]
 
@@ -84,13 +100,11 @@ def test_brats2013_with_negative_zscored_intensities_through_preprocessing_and_f
 ) -> None:
     """Skull-stripped, already normalised inputs with negative background, a given brain mask, only two
     sequences: preprocessing keeps the tumour volume at 1 mm and features are finite."""
-    params = PreprocessParams()  # 1 mm, the library default
+    params = realistic_preprocess()  # 1 mm, the BraTS-size overlay's settings
     inst = brats2013(realdata_dir() or Path())
     case, outcome = brats2013_ingested[0]
-    images = outcome.images
-    inp = PatientInput(site="brats2013", case_id=outcome.case_id, images=dict(images.sequences), mask=images.mask,
-                       brain_mask=images.brain_mask, reference="t1c", acquisition=inst.acquisition)
-    result = run_preprocess(inp, outcome.key, params, tmp_path)
+    assert outcome.patient is not None
+    result = run(Preprocess(outcome.patient, SiteImaging("t1c", inst.acquisition), params, tmp_path))
     assert result.patient is not None, result.quarantine
     qc = result.patient.qc
     assert qc["brain_mask"]["source"].startswith("given")
@@ -116,8 +130,8 @@ TCGA_ACQUISITION = Acquisition(skull_stripped=False, bias_corrected=False, co_re
 class Tcga:
     registered: Path
     raw_t1c: Path
-    placeholder: PreprocessedPatient
-    fused: PreprocessedPatient
+    placeholder: Patient
+    fused: Patient
     to_registered: sitk.Transform  # a point of our preprocessed space -> the registered version's point
 
 
@@ -162,7 +176,7 @@ def tcga(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Tcga:
         pytest.skip("TCGA-FG-6692 is not in ../shared/realdata")
     files = {TCGA_SEQUENCE[p.name.removesuffix(".nii.gz").rsplit("_", 1)[1]]: p for p in sorted(raw.glob("*.nii.gz"))}
     work = tmp_path_factory.mktemp("tcga")
-    params = PreprocessParams()  # 1 mm, N4 at 8 mm: the library defaults
+    params = realistic_preprocess()  # 1 mm, N4 at 8 mm: the BraTS-size overlay's settings
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(params.itk_threads)  # as the preprocessing task does
     try:
@@ -174,10 +188,10 @@ def tcga(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Tcga:
 def _tcga(files: dict[str, Path], registered: Path, params: PreprocessParams, work: Path) -> Tcga:
     """Preprocess the raw series twice: with a placeholder lesion, then with the fused segmentation."""
 
-    def preprocess(mask: Path, key: str) -> PreprocessedPatient:
-        inp = PatientInput(site="tcga", case_id="tcga-1", images=files, mask=mask, brain_mask=None,
-                           reference="t1c", acquisition=TCGA_ACQUISITION)
-        outcome = run_preprocess(inp, key, params, work)
+    def preprocess(mask: Path, key: str) -> Patient:
+        patient = Patient(site="tcga", case_id="tcga-1", folder=mask.parent, images=files, mask=mask,
+                          brain_mask=None, key=key)
+        outcome = run(Preprocess(patient, SiteImaging("t1c", TCGA_ACQUISITION), params, work))
         assert outcome.patient is not None, outcome.quarantine
         return outcome.patient
 

@@ -8,21 +8,26 @@ come from a Breslow baseline on the development patients' risks: for a network i
 fitted risks; a network that predicts times itself is scored on them. Every score is also computed per
 cross-validation fold (each fold's model fitted on its training rows, its Breslow baseline from them,
 scored on its validation rows) and reported as mean ± SD; Harrell's C per site on the test set.
-The stage's folder holds ``comparison/`` (written here), ``explanation/`` and ``report/``.
+
+The stage (:class:`Evaluate`) writes ``<work_dir>/evaluation/<key[:16]>/`` with ``comparison/`` and
+``explanation/``; :func:`render_report` writes ``report/`` into it (re-rendered when the registry's count of
+gate decisions on the test set changes); :func:`evaluation_stage` reuses all three as one whole stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from survival_model.config import EvaluationParams
+from survival_model.config import EvaluationParams, ImageInputParams
 from survival_model.evaluation.baselines import baselines, fit_baseline, pooling_scale
 from survival_model.evaluation.compare import ModelRisks, comparison_table
 from survival_model.evaluation.oof import OutOfFold, centre_on, compare_out_of_fold
@@ -30,7 +35,14 @@ from survival_model.evaluation.scores import Outcome, score
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
 from survival_model.metrics import format_ci, harrell_c
+from survival_model.stage import Stage, WholeStage
 from survival_model.training.splits import Splits
+
+if TYPE_CHECKING:
+    from survival_model.features.stage import FeatureTable
+    from survival_model.training.stage import TrainingResult
+
+log = logging.getLogger(__name__)
 
 
 def rows(table: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
@@ -177,6 +189,10 @@ STAGE = "evaluation"
 #: The comparison's files, in ``<stage folder>/comparison/``.
 FILES = ("comparison.csv", "comparison.json", "per_site.csv", "cv.json", "cv.csv", "risks.parquet", "table.md",
          "oof.csv", "oof.json", "oof_calibration.csv", "oof_risks.parquet")
+#: The main network's explanation, in ``<stage folder>/explanation/`` (Grad-CAM's files beside it when asked for).
+EXPLANATION_FILES = ("importance.csv", "importance.png")
+#: The report, in ``<stage folder>/report/`` (figures in ``report/figures/``).
+REPORT_FILES = ("report.html", "summary.md", "audit.json")
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,11 @@ class EvaluationResult:
         value = read_json(audit).get("test_set_decisions")
         return int(value) if value is not None else None
 
+    def reports(self, test_set_decisions: int | None) -> bool:
+        """Whether the report is written and names ``test_set_decisions`` (else it is rendered again)."""
+        return (all((self.folder / "report" / n).is_file() for n in REPORT_FILES)
+                and self.report_decisions() == test_set_decisions)
+
     @property
     def summary_markdown(self) -> str:
         summary = self.folder / "report" / "summary.md"
@@ -225,36 +246,6 @@ class EvaluationResult:
     def oof_calibration(self) -> pd.DataFrame:
         """The cross-fitted calibration tables of the out-of-fold risks (``model, months, group, ...``)."""
         return pd.read_csv(self.comparison_folder / "oof_calibration.csv")
-
-
-def evaluation_key(training_keys: Sequence[str], table_key: str, clinical: Sequence[str],
-                   evaluation: EvaluationParams, oracle_digest: str | None) -> str:
-    known = list(evaluation.ground_truth.known_effects) if evaluation.ground_truth is not None else []
-    return stable_hash(STAGE, code_version("survival_model.evaluation", "survival_model.metrics"), list(training_keys),
-                       table_key, list(clinical), evaluation.model_dump(mode="json", exclude={"ground_truth"}),
-                       oracle_digest, known)
-
-
-def evaluation_folder(work_dir: Path, key: str) -> Path:
-    return work_dir / STAGE / key[:16]
-
-
-def load_comparison(folder: Path) -> EvaluationResult | None:
-    """The comparison in the stage ``folder`` (explanation and report may still be missing)."""
-    part = folder / "comparison"
-    if not all((part / name).is_file() for name in FILES):
-        return None
-    return EvaluationResult(folder, pd.read_csv(part / "comparison.csv", index_col="model"),
-                            pd.read_csv(part / "per_site.csv", index_col=0), read_json(part / "cv.json"),
-                            pd.read_csv(part / "oof.csv", index_col="model"))
-
-
-def load_evaluation(folder: Path) -> EvaluationResult | None:
-    """The whole stage (comparison and report), or None."""
-    result = load_comparison(folder)
-    if result is None or not result.report_html.is_file():
-        return None
-    return result
 
 
 def format_interval(value: Any, low: Any = None, high: Any = None) -> str:
@@ -375,3 +366,174 @@ def run_comparison(table: pd.DataFrame, splits: Splits, networks: Sequence[Netwo
     if result is None:  # pragma: no cover - written atomically just above
         raise FileNotFoundError(folder / "comparison" / "comparison.csv")
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationImages:
+    """What the networks with an image branch need: every patient's image input (built by the training stage),
+    its label map (Grad-CAM's regions) and the image-input settings."""
+
+    image_paths: Mapping[str, Path]
+    seg_paths: Mapping[str, Path]
+    inputs: ImageInputParams
+
+
+@dataclass(frozen=True)
+class Evaluate(Stage[EvaluationResult]):
+    """Every network beside the baselines and the oracle (``comparison/``) and every network explained
+    (``explanation/``: the main, first, network with Grad-CAM; the others in ``explanation/models/<n>/``), in
+    ``<work_dir>/evaluation/<key[:16]>/``.
+
+    The key is made of the training runs' and the feature table's keys, the clinical columns, the evaluation
+    settings (the ground truth's known effects, not its path), the oracle's risks and the code version.
+    ``images`` is not part of it: the training runs' keys hold the image inputs' keys and their settings, the
+    table's key the label maps. The report (``report/``) is written into the finished folder by
+    :func:`render_report`: it names how many gate decisions the registry counted on the test set, which no key
+    holds, so it is re-rendered when that number changes."""
+
+    name: ClassVar[str] = STAGE
+    #: The networks to compare; the first is the main one (explained with Grad-CAM, reported).
+    trained: tuple[TrainingResult, ...]
+    table: FeatureTable
+    clinical: tuple[str, ...]
+    evaluation: EvaluationParams
+    #: The ground truth's risk by case id (None without one). Left out of equality: the key identifies a stage.
+    oracle: pd.Series | None = field(compare=False)
+    work_dir: Path
+    images: EvaluationImages | None = None
+
+    def make_key(self) -> str:
+        truth = self.evaluation.ground_truth
+        known = list(truth.known_effects) if truth is not None else []
+        oracle = stable_hash(sorted(self.oracle.items())) if self.oracle is not None else None
+        return stable_hash(STAGE, code_version("survival_model.evaluation", "survival_model.metrics"),
+                           [r.folder.name for r in self.trained], self.table.folder.name, list(self.clinical),
+                           self.evaluation.model_dump(mode="json", exclude={"ground_truth"}), oracle, known)
+
+    def with_images(self, images: EvaluationImages | None) -> Evaluate:
+        """This stage with the image inputs it needs to compute (the key is the same)."""
+        return dataclasses.replace(self, images=images)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return evaluation_files(folder)
+
+    def load(self, folder: Path) -> EvaluationResult | None:
+        if not all(p.is_file() for p in self.outputs(folder)):
+            return None
+        return load_comparison(folder)
+
+    def known_effects(self) -> list[str]:
+        """The ground truth's known effects the report checks (none without an oracle)."""
+        truth = self.evaluation.ground_truth
+        return list(truth.known_effects) if truth is not None and self.oracle is not None else []
+
+    def splits(self) -> Splits:
+        """The splits every network was trained on (one for all: the comparison is paired)."""
+        splits = Splits.load(self.trained[0].splits_path)
+        if any((other.fingerprint, other.ids_digest) != (splits.fingerprint, splits.ids_digest)
+               for other in (Splits.load(t.splits_path) for t in self.trained)):
+            raise ValueError("the networks to compare were trained on different splits")
+        return splits
+
+    def compute(self, tmp: Path) -> None:
+        """Fit the baselines on the development patients, score every model once on the test set (and per
+        cross-validation fold, and out of fold), then explain every network on the test patients."""
+        from survival_model.evaluation.networks import network_run
+
+        table = self.table.table()
+        splits = self.splits()
+        image_paths = self.images.image_paths if self.images is not None else None
+        networks = [network_run(t, table, image_paths) for t in self.trained]
+        seen: set[str] = set()
+        for i, (net, result) in enumerate(zip(networks, self.trained, strict=True)):  # e.g. two poolings: one name
+            if net.name in seen:
+                networks[i] = dataclasses.replace(net, name=f"{net.name} [{result.folder.name[:8]}]")
+            seen.add(networks[i].name)
+        log.info("scoring %s, %s%s on %d test patients (%d bootstrap resamples)",
+                 ", ".join(n.name for n in networks), ", ".join(self.evaluation.baselines),
+                 " and the oracle" if self.oracle is not None else "", len(splits.test),
+                 self.evaluation.score_resamples)
+        run_comparison(table, splits, networks, list(self.clinical), self.evaluation, self.oracle, tmp)
+        self._explain(table, splits, tmp / "explanation")
+
+    def _explain(self, table: pd.DataFrame, splits: Splits, target: Path) -> None:
+        """Permutation importance of every network on the test patients, and Grad-CAM of the main one:
+        ``explanation/`` for the main network, ``explanation/models/<n>/`` for the others."""
+        from survival_model.evaluation.explain import run_explanation
+        from survival_model.evaluation.networks import explainer, has_images
+        from survival_model.training.data import stack_images
+
+        frame = rows(table, splits.test)
+        images = stack_images(self.images.image_paths, splits.test) if self.images is not None else None
+        seg_paths = self.images.seg_paths if self.images is not None else None
+        inputs = self.images.inputs if self.images is not None else ImageInputParams()
+        for index, result in enumerate(self.trained):
+            main = index == 0
+            with_images = images if has_images(result) else None
+            log.info("explaining %s on %d test patients: permutation importance (%d repeats)%s", result.name,
+                     len(frame), self.evaluation.importance_repeats,
+                     ", Grad-CAM" if main and with_images is not None and self.evaluation.gradcam else "")
+            run_explanation(explainer(result), frame, with_images, seg_paths, inputs, name=result.name,
+                            repeats=self.evaluation.importance_repeats, seed=self.evaluation.seed,
+                            gradcam=main and self.evaluation.gradcam, panel_patients=self.evaluation.gradcam_panel,
+                            folder=target if main else target / "models" / str(index), progress=log.info)
+
+
+def evaluation_files(folder: Path, report: bool = False) -> list[Path]:
+    """The files whose presence means the evaluation in ``folder`` finished: the comparison's and the main
+    network's explanation (``report``: and the report's)."""
+    return [*(folder / "comparison" / n for n in FILES), *(folder / "explanation" / n for n in EXPLANATION_FILES),
+            *((folder / "report" / n for n in REPORT_FILES) if report else ())]
+
+
+def load_comparison(folder: Path) -> EvaluationResult | None:
+    """The comparison in the stage ``folder`` (explanation and report may still be missing)."""
+    part = folder / "comparison"
+    if not all((part / name).is_file() for name in FILES):
+        return None
+    return EvaluationResult(folder, pd.read_csv(part / "comparison.csv", index_col="model"),
+                            pd.read_csv(part / "per_site.csv", index_col=0), read_json(part / "cv.json"),
+                            pd.read_csv(part / "oof.csv", index_col="model"))
+
+
+def load_evaluation(folder: Path) -> EvaluationResult | None:
+    """The whole evaluation in ``folder`` (comparison, explanation and report), or None."""
+    if not all(p.is_file() for p in evaluation_files(folder, report=True)):
+        return None
+    return load_comparison(folder)
+
+
+def evaluation_stage(stage: Evaluate) -> WholeStage[EvaluationResult]:
+    """The whole evaluation (comparison, explanation, report) as one reusable unit, under the stage's key: a
+    run whose networks, table and settings are unchanged reuses it without a task (the report re-rendered
+    when it names another number of gate decisions, :meth:`EvaluationResult.reports`)."""
+    return WholeStage(STAGE, stage.key(), stage.work_dir, load_evaluation)
+
+
+def render_report(stage: Evaluate, result: EvaluationResult, test_set_decisions: int | None = None,
+                  key_fingerprint: str | None = None) -> Path:
+    """Write (or replace) the HTML report and the Markdown summary of the main network in
+    ``<result.folder>/report/`` (``test_set_decisions``: gate decisions the locked test set served before, from
+    the registry; ``key_fingerprint``: the pseudonym key's the case ids were made with)."""
+    from survival_model.evaluation.report import ReportData, write_report
+
+    trained = stage.trained[0]
+    splits = Splits.load(trained.splits_path)
+    table_md = (result.comparison_folder / "table.md").read_text(encoding="utf-8")
+    members = trained.predictions().set_index("case_id")[[f"risk_{f.name}" for f in trained.folds]]
+    data = ReportData(result.oof_risks(), result.oof_calibration(), members)
+    target = result.folder / "report"
+    with atomic_directory(target, replace=True) as tmp:
+        write_report(tmp, table=stage.table.table(), splits=splits, comparison=result.comparison,
+                     per_site=result.per_site, cv=result.cv, risks=result.risks(), oof=result.oof, data=data,
+                     table_md=table_md, network=trained.name, baselines=stage.evaluation.baselines,
+                     evaluation=stage.evaluation, learning_curves=trained.folder / "learning_curves.png",
+                     explanation=result.folder / "explanation", known_effects=stage.known_effects(),
+                     fold_summaries=[{"fold": f.name, **f.summary} for f in trained.folds],
+                     test_set_decisions=test_set_decisions, key_fingerprint=key_fingerprint)
+    return target / "report.html"

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -25,15 +25,18 @@ from survival_model.errors import PatientDataError
 from survival_model.features.radiomics import pyradiomics_version, radiomics_settings_digest
 from survival_model.features.table import feature_row, feature_table, table_schema
 from survival_model.fingerprint import code_version, stable_hash
-from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
-from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
-from survival_model.preprocess.stage import PreprocessedPatient, PreprocessOutcome
-from survival_model.preprocess.stage import expected_output as preprocess_expected_output
+from survival_model.imageio import read_json, write_json, write_parquet, write_text
+from survival_model.ingest.cohort import CohortResult
+from survival_model.patient import Patient, PatientOutcome
+from survival_model.preprocess.stage import Preprocess
+from survival_model.quarantine import QuarantineRecord, quarantine_frame
+from survival_model.stage import Stage, WholeStage
 
 log = logging.getLogger(__name__)
 
 STAGE = "features"
 ROW_FILE = "features.json"
+QUARANTINE_FILE = "quarantine.json"
 
 
 @dataclass(frozen=True)
@@ -75,50 +78,64 @@ def features_code_version() -> str:
     return code_version("survival_model.features")
 
 
-def features_key(patient: PreprocessedPatient, params: FeaturesParams) -> str:
-    return stable_hash(
-        STAGE,
-        features_code_version(),
-        patient.key,
-        params.model_dump(mode="json", exclude={"radiomics": {"params_file"}}),
-        radiomics_settings_digest(params.radiomics),
-    )
+@dataclass(frozen=True)
+class Features(Stage[FeatureOutcome]):
+    """One preprocessed patient's feature row in ``<work_dir>/features/<site>/<case id>/<key[:16]>/``."""
 
+    name: ClassVar[str] = STAGE
+    patient: Patient
+    params: FeaturesParams
+    work_dir: Path
 
-def features_folder(work_dir: Path, site: str, case_id: str, key: str) -> Path:
-    return work_dir / "features" / site / case_id / key[:16]
+    def label(self) -> str:
+        return f"features-{self.patient.case_id}"
 
+    def make_key(self) -> str:
+        return stable_hash(
+            STAGE,
+            features_code_version(),
+            self.patient.key,
+            self.params.model_dump(mode="json", exclude={"radiomics": {"params_file"}}),
+            radiomics_settings_digest(self.params.radiomics),
+        )
 
-def run_features(patient: PreprocessedPatient, params: FeaturesParams, work_dir: Path) -> FeatureOutcome:
-    """Compute one patient's features into its content-keyed folder (reused when it exists)."""
-    key = features_key(patient, params)
-    folder = features_folder(work_dir, patient.site, patient.case_id, key)
-    if (folder / ROW_FILE).is_file():
-        return FeatureOutcome(patient.site, patient.case_id, key, folder / ROW_FILE)
-    with atomic_directory(folder) as tmp:
+    def place(self) -> tuple[str, ...]:
+        return (STAGE, self.patient.site, self.patient.case_id)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / ROW_FILE] if (folder / ROW_FILE).exists() else [folder / QUARANTINE_FILE]
+
+    def compute(self, tmp: Path) -> None:
+        p = self.patient
         try:
-            row = feature_row(patient.case_id, patient.site, patient.images, patient.mask, params)
+            row = feature_row(p.case_id, p.site, p.images, p.mask, self.params)
         except PatientDataError as exc:
-            return FeatureOutcome(patient.site, patient.case_id, key, None, (
-                QuarantineRecord(patient.site, patient.case_id, "features", exc.reason, exc.message),))
+            write_json({"reason": exc.reason, "message": exc.message}, tmp / QUARANTINE_FILE)
+            return
         except RuntimeError as exc:  # ITK / pyradiomics numerical failures
-            message = f"{patient.case_id}: feature extraction failed: {str(exc).splitlines()[0][:200]}"
-            return FeatureOutcome(patient.site, patient.case_id, key, None, (
-                QuarantineRecord(patient.site, patient.case_id, "features", "features_failed", message),))
+            message = f"{p.case_id}: feature extraction failed: {str(exc).splitlines()[0][:200]}"
+            write_json({"reason": "features_failed", "message": message}, tmp / QUARANTINE_FILE)
+            return
         write_json({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()},
                    tmp / ROW_FILE)
-    return FeatureOutcome(patient.site, patient.case_id, key, folder / ROW_FILE)
 
-
-def expected_output(work_dir: Path, site: str, case_id: str, key: str) -> list[Path]:
-    return [features_folder(work_dir, site, case_id, key) / ROW_FILE]
+    def load(self, folder: Path) -> FeatureOutcome | None:
+        p, key = self.patient, self.key()
+        if (folder / ROW_FILE).is_file():
+            return FeatureOutcome(p.site, p.case_id, key, folder / ROW_FILE)
+        if (folder / QUARANTINE_FILE).is_file():
+            record = read_json(folder / QUARANTINE_FILE)
+            log.warning("quarantined (%s): %s", record["reason"], record["message"])
+            return FeatureOutcome(p.site, p.case_id, key, None, (
+                QuarantineRecord(p.site, p.case_id, STAGE, record["reason"], record["message"]),))
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
 # The table
 # --------------------------------------------------------------------------------------------------
 
-def qc_record(outcome: PreprocessOutcome) -> dict[str, Any]:
+def qc_record(outcome: PatientOutcome) -> dict[str, Any]:
     """A flat QC row for one patient (the Prefect QC table and the MLflow QC summary).
 
     Non-uniformity is the worst sequence's low-frequency coefficient of variation inside the brain
@@ -149,39 +166,80 @@ def qc_record(outcome: PreprocessOutcome) -> dict[str, Any]:
     return row
 
 
-def table_key(outcomes: Sequence[FeatureOutcome], pre: Sequence[PreprocessOutcome], cohort_fingerprint: str,
-              cohort_key: str) -> str:
-    return stable_hash(STAGE, "table", features_code_version(), sorted(o.key for o in outcomes),
-                       sorted(p.key for p in pre), cohort_fingerprint, cohort_key)
+@dataclass(frozen=True)
+class BuildTable(Stage[FeatureTable]):
+    """Every patient's feature row joined with the clinical fields, in
+    ``<work_dir>/features/table/<key[:16]>/features.parquet``, with the quarantine of all stages so far."""
+
+    name: ClassVar[str] = "feature-table"
+    outcomes: tuple[FeatureOutcome, ...]
+    preprocessed: tuple[PatientOutcome, ...]
+    cohort: CohortResult
+    work_dir: Path
+
+    def make_key(self) -> str:
+        return stable_hash(STAGE, "table", features_code_version(), sorted(o.key for o in self.outcomes),
+                           sorted(p.key for p in self.preprocessed), self.cohort.fingerprint, self.cohort.folder.name)
+
+    def place(self) -> tuple[str, ...]:
+        return (STAGE, "table")
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / "summary.json"]
+
+    def compute(self, tmp: Path) -> None:
+        cohort = self.cohort.cohort()
+        rows = [o.row() for o in self.outcomes if o.row_path is not None]
+        clinical = cohort.drop(columns=[c for c in cohort.columns if c.startswith(("path_", "qc_"))]
+                               + ["images_key", "source_digest"], errors="ignore")
+        table = feature_table(rows, clinical)
+        records = [q for p in self.preprocessed for q in p.quarantine]
+        records += [q for o in self.outcomes for q in o.quarantine]
+        quarantine = pd.concat([self.cohort.quarantine(), quarantine_frame(records)], ignore_index=True)
+        qc = pd.DataFrame([qc_record(p) for p in self.preprocessed])
+        summary = table_summary(table, qc, quarantine)
+        write_parquet(table, tmp / "features.parquet")
+        write_parquet(quarantine, tmp / "quarantine.parquet")
+        write_text(quarantine.to_csv(index=False), tmp / "quarantine.csv")
+        write_text(qc.to_csv(index=False), tmp / "qc_table.csv")
+        write_json(table_schema(table), tmp / "schema.json")
+        write_json(summary["qc"], tmp / "qc_summary.json")
+        write_json(summary, tmp / "summary.json")
+
+    def load(self, folder: Path) -> FeatureTable | None:
+        return load_table(folder)
 
 
-def imaging_stage_key(preprocess_keys: Sequence[str], params: FeaturesParams, cohort_fingerprint: str,
-                      cohort_key: str) -> str:
-    """Key of the whole imaging stage (``survival_model.stages``): every patient's preprocessing key
-    (which holds its images' digests, the preprocessing params and code version), the feature
-    settings and code version, and the cohort the table joins."""
-    return stable_hash(
+def imaging_stage(preprocess: Sequence[Preprocess], params: FeaturesParams, cohort: CohortResult,
+                  work_dir: Path) -> WholeStage[FeatureTable]:
+    """The whole imaging stage: its key is every patient's preprocessing key (which holds its images'
+    digests, the preprocessing params and code version), the feature settings and code version, and the
+    cohort the table joins."""
+    key = stable_hash(
         STAGE,
         "imaging-stage",
         features_code_version(),
-        sorted(preprocess_keys),
+        sorted(p.key() for p in preprocess),
         params.model_dump(mode="json", exclude={"radiomics": {"params_file"}}),
         radiomics_settings_digest(params.radiomics),
-        cohort_fingerprint,
-        cohort_key,
+        cohort.fingerprint,
+        cohort.folder.name,
     )
+    return WholeStage("imaging", key, work_dir, load_table)
 
 
-def stage_outputs(outcomes: Sequence[FeatureOutcome], pre: Sequence[PreprocessOutcome], work_dir: Path) -> list[Path]:
-    """The files a reuse of the imaging stage needs: every patient's preprocessing record and images,
-    and feature row."""
-    paths: list[Path] = []
-    for p in pre:
-        paths += preprocess_expected_output(work_dir, p.site, p.case_id, p.key)
-        if p.patient is not None:
-            paths += [*p.patient.images.values(), p.patient.mask, p.patient.brain_mask]
-    paths += [o.row_path for o in outcomes if o.row_path is not None]
-    return paths
+def imaging_outputs(preprocess: Sequence[Preprocess], outcomes: Sequence[PatientOutcome],
+                    features: Sequence[FeatureOutcome], table: FeatureTable) -> list[Path]:
+    """The files a reuse of the imaging stage needs: every patient's preprocessing record and images, its
+    feature row, and the table's files."""
+    paths: list[Path] = [p for stage in preprocess for p in stage.outputs(stage.folder())]
+    for o in outcomes:
+        if o.patient is not None:
+            paths += [*o.patient.images.values(), o.patient.mask]
+            paths += [o.patient.brain_mask] if o.patient.brain_mask is not None else []
+    paths += [o.row_path for o in features if o.row_path is not None]
+    return [*paths, table.table_path, table.quarantine_path, table.folder / "schema.json",
+            table.folder / "summary.json"]
 
 
 def load_table(folder: Path) -> FeatureTable | None:
@@ -190,42 +248,6 @@ def load_table(folder: Path) -> FeatureTable | None:
         return None
     return FeatureTable(folder, folder / "features.parquet", folder / "quarantine.parquet",
                         read_json(folder / "schema.json"), read_json(folder / "summary.json"))
-
-
-def build_table(
-    outcomes: Sequence[FeatureOutcome],
-    pre: Sequence[PreprocessOutcome],
-    cohort: pd.DataFrame,
-    ingest_quarantine: pd.DataFrame,
-    cohort_fingerprint: str,
-    cohort_key: str,
-    work_dir: Path,
-) -> FeatureTable:
-    """Join every patient's features with the clinical fields; combine the quarantine of all stages."""
-    key = table_key(outcomes, pre, cohort_fingerprint, cohort_key)
-    folder = work_dir / "features" / "table" / key[:16]
-    if not (folder / "summary.json").is_file():
-        rows = [o.row() for o in outcomes if o.row_path is not None]
-        clinical = cohort.drop(columns=[c for c in cohort.columns if c.startswith(("path_", "qc_"))]
-                               + ["images_key", "source_digest"], errors="ignore")
-        table = feature_table(rows, clinical)
-        records = [q for p in pre for q in p.quarantine] + [q for o in outcomes for q in o.quarantine]
-        quarantine = pd.concat([ingest_quarantine, quarantine_frame(records)], ignore_index=True)
-        qc = pd.DataFrame([qc_record(p) for p in pre])
-        schema = table_schema(table)
-        summary = table_summary(table, qc, quarantine)
-        with atomic_directory(folder) as tmp:
-            write_parquet(table, tmp / "features.parquet")
-            write_parquet(quarantine, tmp / "quarantine.parquet")
-            write_text(quarantine.to_csv(index=False), tmp / "quarantine.csv")
-            write_text(qc.to_csv(index=False), tmp / "qc_table.csv")
-            write_json(schema, tmp / "schema.json")
-            write_json(summary["qc"], tmp / "qc_summary.json")
-            write_json(summary, tmp / "summary.json")
-    table_files = load_table(folder)
-    if table_files is None:  # pragma: no cover - just written atomically
-        raise FileNotFoundError(folder / "summary.json")
-    return table_files
 
 
 def table_summary(table: pd.DataFrame, qc: pd.DataFrame, quarantine: pd.DataFrame) -> dict[str, Any]:

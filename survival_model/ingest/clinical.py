@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -48,11 +48,12 @@ from survival_model.config import (
     Institution,
 )
 from survival_model.errors import DataSourceError, PatientDataError
-from survival_model.fingerprint import DigestMemo, code_version, file_digest, stable_hash
-from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet
+from survival_model.fingerprint import DigestMemo, code_version, digest_memo_path, file_digest, stable_hash
+from survival_model.imageio import read_json, write_json, write_parquet
 from survival_model.ingest.ids import normalise_id
 from survival_model.ingest.privacy import Pseudonymiser
-from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
+from survival_model.quarantine import QuarantineRecord, quarantine_frame
+from survival_model.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -577,74 +578,71 @@ def _typed_frame(rows: list[dict[str, Any]], src: ClinicalSource) -> pd.DataFram
 
 def clinical_code_version() -> str:
     return code_version("survival_model.ingest.clinical", "survival_model.ingest.ids",
-                        "survival_model.ingest.quarantine")
+                        "survival_model.quarantine")
 
 
-def clinical_key(
-    site: str, institution: Institution, params: IngestParams, pseudonymiser: Pseudonymiser,
-    memo: DigestMemo | None = None,
-) -> str:
-    src = institution.clinical
-    digest = file_digest(src.path, memo) if src.path.is_file() else None
-    return stable_hash(
-        STAGE, clinical_code_version(), site, digest, src.model_dump(mode="json", exclude={"path"}),
-        params.model_dump(mode="json"), pseudonymiser.fingerprint,
-    )
+@dataclass(frozen=True)
+class HarmoniseClinical(Stage[ClinicalResult]):
+    """One site's clinical table harmonised into ``<work_dir>/ingest/clinical/<site>/<key[:16]>/``.
 
-
-def clinical_folder(work_dir: Path, site: str, key: str) -> Path:
-    return work_dir / "ingest" / "clinical" / site / key[:16]
-
-
-def harmonise_site(
-    site: str,
-    institution: Institution,
-    params: IngestParams,
-    pseudonymiser: Pseudonymiser,
-    work_dir: Path,
-    memo: DigestMemo | None = None,
-) -> ClinicalResult:
-    """Harmonise a site's clinical table into a content-keyed folder (reused when present).
-
-    A table that cannot be used at all (missing file, undeclared column) gives a result with
-    ``error`` set; cohort assembly then quarantines that site's patients with the message.
+    The key is made of the table's bytes (memoised in the work directory,
+    ``survival_model.fingerprint.digest_memo_path``), its declaration (without the path), the ``ingest``
+    params, the pseudonymisation key's fingerprint and this module's code version. A table that cannot be
+    used at all (missing file, undeclared column) gives a result with ``error`` set (``error.json``, reused
+    like a table); cohort assembly then quarantines that site's patients with the message.
     """
-    key = clinical_key(site, institution, params, pseudonymiser, memo)
-    folder = clinical_folder(work_dir, site, key)
-    existing = load_clinical(folder, site, key)
-    if existing is not None:
-        return existing
-    with atomic_directory(folder) as tmp:
+
+    name: ClassVar[str] = "harmonise-clinical"
+    site: str
+    institution: Institution
+    params: IngestParams
+    pseudonymiser: Pseudonymiser
+    work_dir: Path
+
+    def label(self) -> str:
+        return f"clinical-{self.site}"
+
+    def make_key(self) -> str:
+        src = self.institution.clinical
+        digest = None
+        if src.path.is_file():
+            memo = DigestMemo(digest_memo_path(self.work_dir))
+            try:
+                digest = file_digest(src.path, memo)
+            finally:
+                memo.close()
+        return stable_hash(
+            STAGE, clinical_code_version(), self.site, digest, src.model_dump(mode="json", exclude={"path"}),
+            self.params.model_dump(mode="json"), self.pseudonymiser.fingerprint,
+        )
+
+    def place(self) -> tuple[str, ...]:
+        return ("ingest", "clinical", self.site)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / "error.json"] if (folder / "error.json").exists() else [folder / "report.json"]
+
+    def compute(self, tmp: Path) -> None:
         try:
-            frame, quarantine, report = harmonise_table(site, institution.clinical, params, pseudonymiser)
+            frame, quarantine, report = harmonise_table(self.site, self.institution.clinical, self.params,
+                                                        self.pseudonymiser)
         except DataSourceError as exc:
-            log.error("institution %s: clinical table unusable: %s", site, exc)
+            log.error("institution %s: clinical table unusable: %s", self.site, exc)
             write_json({"error": str(exc)}, tmp / "error.json")
         else:
             write_parquet(frame, tmp / "clinical.parquet")
             write_parquet(quarantine_frame(quarantine), tmp / "quarantine.parquet")
             write_json(report, tmp / "report.json")
-    result = load_clinical(folder, site, key)
-    if result is None:  # pragma: no cover
-        raise RuntimeError(f"clinical output missing in {folder}")
-    return result
 
-
-def load_clinical(folder: Path, site: str, key: str) -> ClinicalResult | None:
-    if (folder / "error.json").is_file():
-        return ClinicalResult(site, key, None, (), {}, read_json(folder / "error.json")["error"])
-    if not (folder / "report.json").is_file():
-        return None
-    qframe = pd.read_parquet(folder / "quarantine.parquet")
-    records = tuple(
-        QuarantineRecord(str(r.site), str(r.case_id), str(r.stage), str(r.reason), str(r.message))
-        for r in qframe.itertuples(index=False)
-    )
-    return ClinicalResult(site, key, folder / "clinical.parquet", records, read_json(folder / "report.json"))
-
-
-def clinical_expected_output(work_dir: Path, site: str, key: str) -> list[Path]:
-    folder = clinical_folder(work_dir, site, key)
-    return [folder / "error.json"] if (folder / "error.json").exists() else [folder / "report.json"]
-
-
+    def load(self, folder: Path) -> ClinicalResult | None:
+        site, key = self.site, self.key()
+        if (folder / "error.json").is_file():
+            return ClinicalResult(site, key, None, (), {}, read_json(folder / "error.json")["error"])
+        if not (folder / "report.json").is_file():
+            return None
+        qframe = pd.read_parquet(folder / "quarantine.parquet")
+        records = tuple(
+            QuarantineRecord(str(r.site), str(r.case_id), str(r.stage), str(r.reason), str(r.message))
+            for r in qframe.itertuples(index=False)
+        )
+        return ClinicalResult(site, key, folder / "clinical.parquet", records, read_json(folder / "report.json"))

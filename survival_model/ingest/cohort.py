@@ -10,30 +10,37 @@ Rules (each violation is a quarantine record; the rest of the cohort proceeds):
 - optionally (``ingest.check_lesion_count``) the clinical metastasis count must equal the mask's
   tumour components: ``lesion_count_mismatch``.
 
-Outputs (content-keyed folder): ``cohort.parquet`` (DESIGN.md 3.2), ``quarantine.parquet``,
-``summary.json`` and a data fingerprint that depends on the data only (source file digests and
-clinical values), not on paths or code. ``summary.json`` also records ``pseudonym_key_fingerprint``,
-the fingerprint (never the value) of the key the case ids were made with.
+Outputs (:class:`AssembleCohort`, a content-keyed folder ``<work_dir>/ingest/cohort/<key[:16]>/``):
+``cohort.parquet`` (DESIGN.md 3.2), ``quarantine.parquet``, ``summary.json`` and a data fingerprint that
+depends on the data only (source file digests and clinical values), not on paths or code.
+``summary.json`` also records ``pseudonym_key_fingerprint``, the fingerprint (never the value) of the
+key the case ids were made with.
+
+The whole ingestion stage (every case's :class:`~survival_model.ingest.images.IngestImages`, every
+site's :class:`~survival_model.ingest.clinical.HarmoniseClinical` and the cohort) is reusable as one
+:class:`~survival_model.stage.WholeStage` (:func:`ingestion_stage`, :func:`ingestion_outputs`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, ClassVar, TypedDict
 
 import numpy as np
 import pandas as pd
 
 from survival_model.config import SEQUENCES, IngestParams
 from survival_model.fingerprint import code_version, stable_hash
-from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
+from survival_model.imageio import read_json, write_json, write_parquet, write_text
 from survival_model.ingest import report
-from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult, has_outcome
-from survival_model.ingest.images import ImageOutcome
-from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
+from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult, HarmoniseClinical, has_outcome
+from survival_model.ingest.images import IngestImages
+from survival_model.patient import PatientOutcome
+from survival_model.quarantine import QuarantineRecord, quarantine_frame
+from survival_model.stage import Stage, WholeStage
 
 STAGE = "ingest_cohort"
 REPORT_FILES = ("summary.json", "summary.md", "quarantine.csv", "cohort_summary.png")
@@ -61,59 +68,24 @@ class CohortResult:
         return [self.folder / name for name in REPORT_FILES]
 
 
-def cohort_key(
-    outcomes: Sequence[ImageOutcome],
-    clinical: Sequence[ClinicalResult],
-    params: IngestParams,
-    site_errors: Mapping[str, str] | None = None,
-) -> str:
-    return stable_hash(
-        STAGE,
-        code_version("survival_model.ingest.cohort"),
-        sorted(o.key for o in outcomes),
-        sorted((c.site, c.key) for c in clinical),
-        params.model_dump(mode="json"),
-        dict(site_errors or {}),
-    )
-
-
-def stage_key(
-    image_keys: Sequence[str],
-    clinical_keys: Sequence[tuple[str, str]],
-    params: IngestParams,
-    site_errors: Mapping[str, str] | None = None,
-) -> str:
-    """Key of the whole ingestion stage (``survival_model.stages``): every case's and site's content
-    key, the params and site errors, and the version of the whole ingestion package."""
-    return stable_hash(
-        STAGE,
-        "stage",
-        code_version("survival_model.ingest"),
-        sorted(image_keys),
-        sorted(clinical_keys),
-        params.model_dump(mode="json"),
-        dict(site_errors or {}),
-    )
-
-
-def _image_row(outcome: ImageOutcome) -> dict[str, Any]:
-    images = outcome.images
-    if images is None:  # pragma: no cover - only called for ok outcomes
+def _image_row(outcome: PatientOutcome) -> dict[str, Any]:
+    patient = outcome.patient
+    if patient is None:  # pragma: no cover - only called for ok outcomes
         raise ValueError("no images")
-    row: dict[str, Any] = {"case_id": outcome.case_id, "images_key": images.digest,
-                           "source_digest": images.qc.get("source_digest")}
+    row: dict[str, Any] = {"case_id": outcome.case_id, "images_key": patient.key,
+                           "source_digest": patient.qc.get("source_digest")}
     for seq in SEQUENCES:
-        path = images.sequences.get(seq)
+        path = patient.images.get(seq)
         row[f"path_{seq}"] = str(path) if path is not None else None
-    row["path_mask"] = str(images.mask)
-    row["path_brain_mask"] = str(images.brain_mask) if images.brain_mask is not None else None
-    row["qc_tumour_components"] = int(images.qc["tumour_components"])
-    row["qc_mask_geometry_fixed"] = bool(images.qc["mask_geometry_fixed"])
+    row["path_mask"] = str(patient.mask)
+    row["path_brain_mask"] = str(patient.brain_mask) if patient.brain_mask is not None else None
+    row["qc_tumour_components"] = int(patient.qc["tumour_components"])
+    row["qc_mask_geometry_fixed"] = bool(patient.qc["mask_geometry_fixed"])
     return row
 
 
 def assemble(
-    outcomes: Sequence[ImageOutcome],
+    outcomes: Sequence[PatientOutcome],
     clinical: Sequence[ClinicalResult],
     params: IngestParams,
     site_errors: Mapping[str, str] | None = None,
@@ -125,7 +97,7 @@ def assemble(
     site_errors = dict(site_errors or {})
     quarantine: list[QuarantineRecord] = []
     id_counts = Counter(o.case_id for o in outcomes)
-    ok: dict[str, ImageOutcome] = {}
+    ok: dict[str, PatientOutcome] = {}
     for outcome in outcomes:
         if id_counts[outcome.case_id] > 1:
             quarantine.append(QuarantineRecord(outcome.site, outcome.case_id, "cohort", "duplicate_id",
@@ -249,57 +221,105 @@ def summarise(cohort: pd.DataFrame, quarantine: pd.DataFrame, sites: Sequence[st
     }
 
 
-def build_cohort(
-    outcomes: Sequence[ImageOutcome],
-    clinical: Sequence[ClinicalResult],
-    params: IngestParams,
-    work_dir: Path,
-    site_errors: Mapping[str, str] | None = None,
-    pseudonym_key_fingerprint: str | None = None,
-) -> CohortResult:
-    """Assemble and write the cohort into a content-keyed folder (reused when present).
+@dataclass(frozen=True)
+class AssembleCohort(Stage[CohortResult]):
+    """The cohort assembled from every case's image outcome and every site's clinical result, written to
+    ``<work_dir>/ingest/cohort/<key[:16]>/`` (``cohort.parquet``, ``quarantine.parquet``, the reports).
 
+    ``site_errors`` maps a site whose images could not be listed at all to the error message.
     ``pseudonym_key_fingerprint`` (``Pseudonymiser.fingerprint``, never the key) is recorded in
     ``summary.json`` as ``pseudonym_key_fingerprint``: which key the case ids were made with. It is not
-    part of the folder key or of the data fingerprint: the key already changes every case id, hence the
+    part of the key or of the data fingerprint: the key already changes every case id, hence the
     outcomes' content keys (the folder) and the cohort's data (the fingerprint), so two keys never share
     a folder; adding it would change nothing, and leaving it out keeps ``data_fingerprint`` a function
     of the written table alone.
     """
-    key = cohort_key(outcomes, clinical, params, site_errors)
-    folder = cohort_folder(work_dir, key)
-    existing = load_cohort(folder)
-    if existing is not None:
-        return existing
-    sites = sorted({o.site for o in outcomes} | {c.site for c in clinical})
-    cohort, records = assemble(outcomes, clinical, params, site_errors)
-    quarantine = quarantine_frame(records)
-    with atomic_directory(folder) as tmp:
+
+    name: ClassVar[str] = "assemble-cohort"
+    outcomes: tuple[PatientOutcome, ...]
+    clinical: tuple[ClinicalResult, ...]
+    params: IngestParams
+    work_dir: Path
+    site_errors: dict[str, str] = field(default_factory=dict)
+    pseudonym_key_fingerprint: str | None = None
+
+    def make_key(self) -> str:
+        return stable_hash(
+            STAGE,
+            code_version("survival_model.ingest.cohort"),
+            sorted(o.key for o in self.outcomes),
+            sorted((c.site, c.key) for c in self.clinical),
+            self.params.model_dump(mode="json"),
+            dict(self.site_errors),
+        )
+
+    def place(self) -> tuple[str, ...]:
+        return ("ingest", "cohort")
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / "summary.json"]
+
+    def compute(self, tmp: Path) -> None:
+        sites = sorted({o.site for o in self.outcomes} | {c.site for c in self.clinical})
+        cohort, records = assemble(self.outcomes, self.clinical, self.params, self.site_errors)
+        quarantine = quarantine_frame(records)
         write_parquet(cohort, tmp / "cohort.parquet")
         write_parquet(quarantine, tmp / "quarantine.parquet")
         summary = summarise(cohort, quarantine, sites)
         summary["fingerprint"] = data_fingerprint(cohort)
-        summary["pseudonym_key_fingerprint"] = pseudonym_key_fingerprint
-        summary["clinical_reports"] = {c.site: c.report for c in clinical}
-        summary["clinical_errors"] = {c.site: c.error for c in clinical if c.error}
-        summary["image_source_errors"] = dict(site_errors or {})
+        summary["pseudonym_key_fingerprint"] = self.pseudonym_key_fingerprint
+        summary["clinical_reports"] = {c.site: c.report for c in self.clinical}
+        summary["clinical_errors"] = {c.site: c.error for c in self.clinical if c.error}
+        summary["image_source_errors"] = dict(self.site_errors)
         write_text(report.summary_markdown(summary), tmp / "summary.md")
         write_text(quarantine.to_csv(index=False), tmp / "quarantine.csv")
         report.plot_cohort(cohort, quarantine, tmp / "cohort_summary.png")
         write_json(summary, tmp / "summary.json")
-    result = load_cohort(folder)
-    if result is None:  # pragma: no cover
-        raise RuntimeError(f"cohort output missing in {folder}")
-    return result
 
-
-def cohort_folder(work_dir: Path, key: str) -> Path:
-    return work_dir / "ingest" / "cohort" / key[:16]
+    def load(self, folder: Path) -> CohortResult | None:
+        return load_cohort(folder)
 
 
 def load_cohort(folder: Path) -> CohortResult | None:
+    """The cohort written in ``folder``, or None when it is not (completely) there."""
     if not (folder / "summary.json").is_file():
         return None
     summary = read_json(folder / "summary.json")
     return CohortResult(folder, folder / "cohort.parquet", folder / "quarantine.parquet", summary,
                         summary["fingerprint"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole ingestion stage
+# --------------------------------------------------------------------------------------------------
+
+
+def ingestion_stage(
+    images: Sequence[IngestImages],
+    clinical: Sequence[HarmoniseClinical],
+    params: IngestParams,
+    work_dir: Path,
+    site_errors: Mapping[str, str] | None = None,
+) -> WholeStage[CohortResult]:
+    """The whole ingestion stage: its key is every case's and site's content key, the params and site
+    errors, and the version of the whole ingestion package."""
+    key = stable_hash(
+        STAGE,
+        "stage",
+        code_version("survival_model.ingest"),
+        sorted(s.key() for s in images),
+        sorted((s.site, s.key()) for s in clinical),
+        params.model_dump(mode="json"),
+        dict(site_errors or {}),
+    )
+    return WholeStage("ingest", key, work_dir, load_cohort)
+
+
+def ingestion_outputs(
+    images: Sequence[IngestImages], clinical: Sequence[HarmoniseClinical], cohort: CohortResult
+) -> list[Path]:
+    """The files a reuse of the ingestion stage needs: every case's and site's record (either outcome)
+    and the cohort's tables and reports."""
+    stages: list[Stage[Any]] = [*images, *clinical]
+    return [*(p for s in stages for p in s.outputs(s.folder())), cohort.cohort_path, cohort.quarantine_path,
+            *cohort.report_files()]

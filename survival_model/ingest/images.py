@@ -1,11 +1,14 @@
 """Per-patient image ingestion: read, validate, remap labels, write canonical NIfTI.
 
-For one discovered case this module reads every declared sequence and the mask (SimpleITK: NIfTI,
-NRRD or a DICOM series), checks them (readable, 3D scalar, finite, not constant; mask labels known,
-not empty, on the reference sequence's grid), remaps the mask to the canonical labels (1 NETC,
-2 SNFH, 3 ET) and writes the images under a content-keyed folder with a ``manifest.json``. Images keep
-their own grid and pixel type: resampling and registration are preprocessing's job. Metadata (DICOM
-tags such as names and dates) is not carried into the canonical files.
+For one discovered case the :class:`IngestImages` stage (a :class:`survival_model.stage.Stage`) reads
+every declared sequence and the mask (SimpleITK: NIfTI, NRRD or a DICOM series), checks them (readable,
+3D scalar, finite, not constant; mask labels known, not empty, on the reference sequence's grid), remaps
+the mask to the canonical labels (1 NETC, 2 SNFH, 3 ET) and writes the images under
+``<work_dir>/ingest/images/<site>/<case id>/<key[:16]>/`` with a ``manifest.json``. The key is made of the
+bytes of every declared raw file (:func:`source_digest`), the site's image declaration, label map and
+co-registration, the ``ingest`` params and this module's code version. Images keep their own grid and
+pixel type: resampling and registration are preprocessing's job. Metadata (DICOM tags such as names and
+dates) is not carried into the canonical files.
 
 Grid rule (documented fix): if the mask and its reference sequence have the same size and spacing and
 their origins/directions differ by no more than ``ingest.grid_tolerance_mm`` /
@@ -13,26 +16,25 @@ their origins/directions differ by no more than ``ingest.grid_tolerance_mm`` /
 manifest records ``mask_geometry_fixed``. Anything larger is ``mask_grid_mismatch``.
 
 Failures raise :class:`PatientDataError` internally and come back as a quarantined
-:class:`ImageOutcome`; the folder then holds ``quarantine.json`` instead, so a bad patient is not
-re-read on every run either.
+:class:`~survival_model.patient.PatientOutcome` (stage ``images``); the folder then holds
+``quarantine.json`` instead, so a bad patient is not re-read on every run either.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import SimpleITK as sitk
 
 from survival_model.config import IngestParams, Institution
 from survival_model.errors import PatientDataError
-from survival_model.fingerprint import DigestMemo, code_version, stable_hash
+from survival_model.fingerprint import DigestMemo, code_version, digest_memo_path, stable_hash
 from survival_model.imageio import (
     ImageReadError,
-    atomic_directory,
     count_non_finite_nifti,
     image_suffix,
     read_image,
@@ -43,42 +45,15 @@ from survival_model.imageio import (
 from survival_model.ingest.discovery import CaseFiles
 from survival_model.ingest.ids import normalise_id
 from survival_model.ingest.privacy import Pseudonymiser
-from survival_model.ingest.quarantine import QuarantineRecord
+from survival_model.patient import Patient, PatientOutcome
+from survival_model.quarantine import QuarantineRecord
+from survival_model.stage import Stage
 
 log = logging.getLogger(__name__)
 
 STAGE = "ingest_images"
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.json"
-
-
-@dataclass(frozen=True)
-class PatientImages:
-    """A patient's canonical images: paths under the work directory plus QC values."""
-
-    site: str
-    case_id: str
-    folder: Path
-    sequences: dict[str, Path]
-    mask: Path
-    brain_mask: Path | None
-    digest: str
-    qc: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ImageOutcome:
-    """What ingesting one case produced: canonical images, or the reasons it was quarantined."""
-
-    site: str
-    case_id: str
-    key: str
-    images: PatientImages | None
-    quarantine: tuple[QuarantineRecord, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.images is not None
 
 
 def image_code_version() -> str:
@@ -96,88 +71,87 @@ def source_digest(case: CaseFiles, memo: DigestMemo | None = None) -> str:
     return stable_hash(case.content_digests(memo))
 
 
-def case_key(
-    case_id: str,
-    source: str,
-    institution: Institution,
-    params: IngestParams,
-) -> str:
-    """Content key of one case's ingestion: file bytes (``source``), params used, code version."""
-    images_decl = institution.images.model_dump(mode="json", exclude={"root"})
-    return stable_hash(
-        STAGE,
-        image_code_version(),
-        case_id,
-        source,
-        images_decl,
-        institution.label_map,
-        institution.acquisition.co_registered,
-        params.model_dump(mode="json"),
-    )
+@dataclass(frozen=True)
+class IngestImages(Stage[PatientOutcome]):
+    """One discovered case's canonical images in ``<work_dir>/ingest/images/<site>/<case id>/<key[:16]>/``.
 
+    ``case_id`` is the pseudonymous id (:func:`case_id_for`); the raw files' digests are memoised in the
+    work directory (:func:`digest_memo_path`)."""
 
-def output_folder(work_dir: Path, site: str, case_id: str, key: str) -> Path:
-    return work_dir / "ingest" / "images" / site / case_id / key[:16]
+    name: ClassVar[str] = "ingest-images"
+    case_id: str
+    case: CaseFiles
+    institution: Institution
+    params: IngestParams
+    work_dir: Path
 
+    def label(self) -> str:
+        return f"images-{self.case_id}"
 
-def expected_output(work_dir: Path, site: str, case_id: str, key: str) -> list[Path]:
-    """Files whose presence means this key's work is on disk (either outcome)."""
-    folder = output_folder(work_dir, site, case_id, key)
-    return [folder / MANIFEST] if (folder / MANIFEST).exists() else [folder / QUARANTINE]
+    def source(self) -> str:
+        """:func:`source_digest` of the case, memoised on the object (the key and the manifest hold it)."""
+        digest: str | None = self.__dict__.get("_source")
+        if digest is None:
+            memo = DigestMemo(digest_memo_path(self.work_dir))
+            try:
+                digest = source_digest(self.case, memo)
+            finally:
+                memo.close()
+            object.__setattr__(self, "_source", digest)  # frozen dataclass: the memo is not a field
+        return digest
 
+    def make_key(self) -> str:
+        """File bytes (:meth:`source`), the site's image declaration and labels, params, code version."""
+        return stable_hash(
+            STAGE,
+            image_code_version(),
+            self.case_id,
+            self.source(),
+            self.institution.images.model_dump(mode="json", exclude={"root"}),
+            self.institution.label_map,
+            self.institution.acquisition.co_registered,
+            self.params.model_dump(mode="json"),
+        )
 
-def ingest_case(
-    case: CaseFiles,
-    institution: Institution,
-    params: IngestParams,
-    pseudonymiser: Pseudonymiser,
-    work_dir: Path,
-    memo: DigestMemo | None = None,
-) -> ImageOutcome:
-    """Ingest one case's images (reusing the content-keyed output when it already exists)."""
-    case_id = case_id_for(case, institution, pseudonymiser)
-    source = source_digest(case, memo)
-    key = case_key(case_id, source, institution, params)
-    folder = output_folder(work_dir, case.site, case_id, key)
-    existing = load_outcome(folder, case.site, case_id, key)
-    if existing is not None:
-        return existing
-    with atomic_directory(folder) as tmp:
+    def place(self) -> tuple[str, ...]:
+        return ("ingest", "images", self.case.site, self.case_id)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / MANIFEST] if (folder / MANIFEST).exists() else [folder / QUARANTINE]
+
+    def compute(self, tmp: Path) -> None:
+        site, case_id = self.case.site, self.case_id
         try:
-            qc = _validate_and_write(case, institution, params, case_id, tmp)
-            qc["qc"]["source_digest"] = source
+            qc = _validate_and_write(self.case, self.institution, self.params, case_id, tmp)
+            qc["qc"]["source_digest"] = self.source()
         except PatientDataError as exc:
             log.warning("quarantined (%s): %s", exc.reason, exc.message)
-            write_json({"site": case.site, "case_id": case_id, "reason": exc.reason,
-                        "message": exc.message}, tmp / QUARANTINE)
+            write_json({"site": site, "case_id": case_id, "reason": exc.reason, "message": exc.message},
+                       tmp / QUARANTINE)
         else:
-            write_json({"site": case.site, "case_id": case_id, "key": key, **qc}, tmp / MANIFEST)
-    outcome = load_outcome(folder, case.site, case_id, key)
-    if outcome is None:  # pragma: no cover - atomic_directory guarantees the folder
-        raise RuntimeError(f"{case_id}: ingestion output missing in {folder}")
-    return outcome
+            write_json({"site": site, "case_id": case_id, "key": self.key(), **qc}, tmp / MANIFEST)
 
-
-def load_outcome(folder: Path, site: str, case_id: str, key: str) -> ImageOutcome | None:
-    """Rebuild the outcome from a finished output folder, or ``None`` if there is none."""
-    if (folder / MANIFEST).is_file():
-        manifest = read_json(folder / MANIFEST)
-        images = PatientImages(
-            site=site,
-            case_id=case_id,
-            folder=folder,
-            sequences={s: folder / f for s, f in manifest["files"]["sequences"].items()},
-            mask=folder / manifest["files"]["mask"],
-            brain_mask=(folder / manifest["files"]["brain_mask"]) if manifest["files"].get("brain_mask") else None,
-            digest=key,
-            qc=manifest["qc"],
-        )
-        return ImageOutcome(site, case_id, key, images)
-    if (folder / QUARANTINE).is_file():
-        record = read_json(folder / QUARANTINE)
-        q = QuarantineRecord(site, case_id, "images", record["reason"], record["message"])
-        return ImageOutcome(site, case_id, key, None, (q,))
-    return None
+    def load(self, folder: Path) -> PatientOutcome | None:
+        site, case_id, key = self.case.site, self.case_id, self.key()
+        if (folder / MANIFEST).is_file():
+            manifest = read_json(folder / MANIFEST)
+            files = manifest["files"]
+            patient = Patient(
+                site=site,
+                case_id=case_id,
+                folder=folder,
+                images={s: folder / f for s, f in files["sequences"].items()},
+                mask=folder / files["mask"],
+                brain_mask=(folder / files["brain_mask"]) if files.get("brain_mask") else None,
+                key=key,
+                qc=manifest["qc"],
+            )
+            return PatientOutcome(site, case_id, key, patient)
+        if (folder / QUARANTINE).is_file():
+            record = read_json(folder / QUARANTINE)
+            q = QuarantineRecord(site, case_id, "images", record["reason"], record["message"])
+            return PatientOutcome(site, case_id, key, None, (q,))
+        return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pandas as pd
 
 from survival_model.imageio import write_bytes
 from survival_model.ingest.clinical import has_outcome
-from survival_model.ingest.quarantine import REASONS
+from survival_model.quarantine import REASONS
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

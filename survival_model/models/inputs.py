@@ -18,37 +18,34 @@ default, so numpy axis 0 is the axial direction; intensities z-scored inside the
 - **Channels.** ``ImageInputParams.sequences`` in order (a sequence the patient lacks is zeros), then
   ``mask_channels`` (region masks, 0/1).
 
-The array is float32. :func:`store_image_input` writes it once per patient under a content key
-(the patient's preprocessing key, these params and this module's code version):
+The array is float32. :class:`ImageInput` (a :class:`survival_model.stage.Stage`) writes it once per patient
+under a content key (the patient's preprocessing key, these params and this module's code version):
 ``<work_dir>/inputs/<site>/<case id>/<key>/input.npy``, reused while none of them changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import SimpleITK as sitk
 from scipy import ndimage
 
-from survival_model.config import ImageInputParams, Params
+from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
 from survival_model.features.volumetric import region_mask
 from survival_model.fingerprint import code_version, stable_hash
-from survival_model.imageio import ImageReadError, atomic_directory, read_image, read_json, write_json
-from survival_model.preprocess.stage import (
-    PreprocessedPatient,
-    load_outcome,
-    patient_input,
-    preprocess_folder,
-    preprocess_key,
-)
+from survival_model.imageio import ImageReadError, read_image, read_json, write_json
+from survival_model.patient import Patient
+from survival_model.stage import Stage
 
 STAGE = "inputs"
 INPUT_FILE = "input.npy"
+MANIFEST_FILE = "manifest.json"
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -187,48 +184,45 @@ def region_planes(seg: Path, params: ImageInputParams, regions: Sequence[str]) -
     return _region_planes(labels, positions, roi, params, regions)
 
 
-def input_key(patient: PreprocessedPatient, params: ImageInputParams) -> str:
-    """Content key of one patient's image input: its preprocessing key, the params, this code."""
-    return stable_hash(STAGE, code_version("survival_model.models.inputs"), patient.key,
-                       params.model_dump(mode="json"))
+@dataclass(frozen=True)
+class ImageInput(Stage[Path]):
+    """One preprocessed patient's ``(K, C, S, S)`` input in ``<work_dir>/inputs/<site>/<case id>/<key[:16]>/``
+    (``input.npy`` and its ``manifest.json``); the stage's result is the array's path."""
 
+    name: ClassVar[str] = STAGE
+    patient: Patient
+    params: ImageInputParams
+    work_dir: Path
 
-def input_folder(work_dir: Path, site: str, case_id: str, key: str) -> Path:
-    return work_dir / STAGE / site / case_id / key[:16]
+    def label(self) -> str:
+        return f"inputs-{self.patient.case_id}"
 
+    def make_key(self) -> str:
+        """The patient's preprocessing key, the params, this module's code."""
+        return stable_hash(STAGE, code_version("survival_model.models.inputs"), self.patient.key,
+                           self.params.model_dump(mode="json"))
 
-def store_image_input(patient: PreprocessedPatient, params: ImageInputParams, work_dir: Path) -> Path:
-    """Build the patient's ``(K, C, S, S)`` input once (atomically, content-keyed) and return its path."""
-    key = input_key(patient, params)
-    folder = input_folder(work_dir, patient.site, patient.case_id, key)
-    if not (folder / INPUT_FILE).is_file():
-        array = build_image_input(patient.images, patient.mask, params)
-        with atomic_directory(folder) as tmp:
-            np.save(tmp / INPUT_FILE, array, allow_pickle=False)
-            write_json({"case_id": patient.case_id, "site": patient.site, "key": key, "shape": list(array.shape),
-                        "channels": [*params.sequences, *params.mask_channels]}, tmp / "manifest.json")
-    return folder / INPUT_FILE
+    def place(self) -> tuple[str, ...]:
+        return (STAGE, self.patient.site, self.patient.case_id)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / INPUT_FILE, folder / MANIFEST_FILE]
+
+    def compute(self, tmp: Path) -> None:
+        p = self.patient
+        array = build_image_input(p.images, p.mask, self.params)
+        np.save(tmp / INPUT_FILE, array, allow_pickle=False)
+        write_json({"case_id": p.case_id, "site": p.site, "key": self.key(), "shape": list(array.shape),
+                    "channels": [*self.params.sequences, *self.params.mask_channels]}, tmp / MANIFEST_FILE)
+
+    def load(self, folder: Path) -> Path | None:
+        return folder / INPUT_FILE if all(p.is_file() for p in self.outputs(folder)) else None
 
 
 def load_image_input(path: Path) -> FloatArray:
     """The stored input (no pickle: plain float32 array)."""
     array: FloatArray = np.load(path, allow_pickle=False)
-    manifest = read_json(Path(path).parent / "manifest.json")
+    manifest = read_json(Path(path).parent / MANIFEST_FILE)
     if list(array.shape) != manifest["shape"]:
         raise PatientDataError("preprocess_failed", f"{path}: shape {array.shape} differs from its manifest")
     return array
-
-
-def preprocessed_patients(cohort_rows: Sequence[Mapping[str, Any]], params: Params) -> dict[str, PreprocessedPatient]:
-    """The preprocessed images of every cohort patient that passed preprocessing, by case id, found
-    through the same content keys the imaging stage wrote them under (patients not preprocessed with
-    the current settings, or quarantined, are absent)."""
-    found: dict[str, PreprocessedPatient] = {}
-    for row in cohort_rows:
-        site, case_id = str(row["site"]), str(row["case_id"])
-        inp = patient_input(row, params.institutions[site])
-        key = preprocess_key(inp, str(row["images_key"]), params.preprocess)
-        outcome = load_outcome(preprocess_folder(params.work_dir, site, case_id, key), site, case_id, key)
-        if outcome is not None and outcome.patient is not None:
-            found[case_id] = outcome.patient
-    return found

@@ -29,6 +29,14 @@ Order (each output image is interpolated exactly once)
 9. **Write** ``<seq>.nii.gz`` (float32), ``seg.nii.gz`` (uint8 labels) and ``brain_mask.nii.gz`` (uint8);
    ``.nii`` instead with ``compress_images: false``.
 
+Each part is one step or a step per sequence (:func:`_steps`): a small function of the working state
+(:class:`_State`: the images as the previous step left them, the label map and brain mask on each grid,
+the transforms, the QC so far) that returns the next state, with the images it made and its QC entries.
+:func:`_run` runs them in order, each in a named stage that times it (``timings_s``) and that a
+``preprocess_failed`` message names: ``read`` and ``reorient`` (1), ``labels`` (2), ``head_mask`` and
+``register_<seq>`` (3), ``brain_mask`` (4), ``n4_<seq>`` (5), ``resample`` (6), ``crop_normalise`` (7, 8)
+and ``write`` (9).
+
 Failures raise :class:`PatientDataError` with reason ``qc_brain_volume``, ``qc_registration``,
 ``qc_resampling`` or ``preprocess_failed`` (an ITK exception or unreadable input, with the first line
 of its message and the stage it happened in).
@@ -40,8 +48,9 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +60,7 @@ import SimpleITK as sitk
 from survival_model.config import Acquisition, PreprocessParams
 from survival_model.errors import PatientDataError
 from survival_model.imageio import ImageReadError, read_image, write_image
+from survival_model.patient import Patient
 from survival_model.preprocess import ops
 
 log = logging.getLogger(__name__)
@@ -64,14 +74,10 @@ REASONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class PatientInput:
-    """One patient's canonical (ingested) images and what the site says about them."""
+class SiteImaging:
+    """What a patient's site declares about its images: the sequence the label map is drawn on, and how the
+    images were acquired (registered, bias-corrected, skull-stripped)."""
 
-    site: str
-    case_id: str
-    images: dict[str, Path]
-    mask: Path
-    brain_mask: Path | None
     reference: str
     acquisition: Acquisition
 
@@ -120,24 +126,25 @@ def _is_itk_error(exc: RuntimeError) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def preprocess_patient(inp: PatientInput, params: PreprocessParams, out_dir: Path) -> dict[str, Any]:
+def preprocess_patient(patient: Patient, site: SiteImaging, params: PreprocessParams, out_dir: Path) -> dict[str, Any]:
     """Write ``<seq>.nii.gz`` (float32, normalised), ``seg.nii.gz`` (uint8 canonical labels) and
     ``brain_mask.nii.gz`` (uint8; ``.nii`` with ``params.compress_images`` false) into ``out_dir``
     (an existing empty folder; the caller makes it atomic and content-keyed) and return the QC dict
     (JSON-serialisable, the written file names under ``"files"``). Raises :class:`PatientDataError`
     for QC failures and ITK errors.
     """
-    if inp.reference not in inp.images:
-        raise ValueError(f"{inp.case_id}: reference {inp.reference!r} is not among the images {sorted(inp.images)}")
+    if site.reference not in patient.images:
+        raise ValueError(f"{patient.case_id}: reference {site.reference!r} is not among the images "
+                         f"{sorted(patient.images)}")
     if not Path(out_dir).is_dir():
-        raise ValueError(f"{inp.case_id}: output folder {out_dir} does not exist")
+        raise ValueError(f"{patient.case_id}: output folder {out_dir} does not exist")
     stages = _Stages()
     try:
-        return _run(inp, params, Path(out_dir), stages)
+        return _run(patient, site, params, Path(out_dir), stages)
     except ImageReadError as exc:
         raise PatientDataError(
             "preprocess_failed",
-            f"{inp.case_id}: preprocessing could not read an input image ({exc.detail}); "
+            f"{patient.case_id}: preprocessing could not read an input image ({exc.detail}); "
             "re-run ingestion for this patient",
         ) from None
     except RuntimeError as exc:
@@ -145,136 +152,260 @@ def preprocess_patient(inp: PatientInput, params: PreprocessParams, out_dir: Pat
             raise
         raise PatientDataError(
             "preprocess_failed",
-            f"{inp.case_id}: preprocessing failed in stage '{stages.current}': {_first_line(exc)}; "
+            f"{patient.case_id}: preprocessing failed in stage '{stages.current}': {_first_line(exc)}; "
             "check this patient's images (the other patients are not affected)",
         ) from None
 
 
-def _run(inp: PatientInput, params: PreprocessParams, out_dir: Path, stages: _Stages) -> dict[str, Any]:
-    case, ref_name = inp.case_id, inp.reference
-    names = [s for s in sorted(inp.images) if s != ref_name]
-    names.insert(0, ref_name)
-    with stages.stage("read"):
-        raw = {s: read_image(inp.images[s]) for s in names}
-        raw_seg = read_image(inp.mask)
-        raw_brain = read_image(inp.brain_mask) if inp.brain_mask is not None else None
-    with stages.stage("reorient"):
-        images = {s: ops.reorient(sitk.Cast(img, sitk.sitkFloat32), params.orientation) for s, img in raw.items()}
-        seg = ops.reorient(sitk.Cast(raw_seg, sitk.sitkUInt8), params.orientation)
-        given_brain = (ops.reorient(sitk.Cast(raw_brain > 0, sitk.sitkUInt8), params.orientation)
-                       if raw_brain is not None else None)
-        del raw, raw_seg, raw_brain
-    reference = images[ref_name]
+def _run(patient: Patient, site: SiteImaging, params: PreprocessParams, out_dir: Path,
+         stages: _Stages) -> dict[str, Any]:
+    """Run the steps in order, each inside its stage, and return the QC record."""
+    state = _start(patient, site, params, out_dir)
+    for name, step in _steps(state.names, site):
+        with stages.stage(name):
+            state = step(state)
+    log.info("%s: preprocessed %s onto %s voxels at %s mm (brain %.0f ml)", patient.case_id, ",".join(state.names),
+             "x".join(map(str, state.brain_target.GetSize())), params.target_spacing_mm, state.qc["brain_volume_ml"])
+    qc = {**state.qc, "timings_s": dict(stages.seconds)}
+    return {key: qc[key] for key in _QC_KEYS}
 
-    with stages.stage("labels"):
-        target = ops.target_grid(reference, params.target_spacing_mm, params.orientation)
-        seg_target = ops.resample_onto(seg, target, None, params.label_interpolator)
-        volumes, tumour_change = _check_labels(case, seg, seg_target, params)
 
-    with stages.stage("head_mask"):
-        # Never finer than the reference's own voxel volume (its geometric-mean spacing): upsampling a
-        # coarse or thick-slice image only adds voxels to process, not information.
-        work_mm = max(params.brain_mask_spacing_mm, float(np.prod(reference.GetSpacing())) ** (1 / 3))
-        work = ops.target_grid(reference, (work_mm,) * 3, params.orientation)
-        reference_work = ops.resample_onto(reference, work)
-        head = ops.head_mask(reference_work) if not inp.acquisition.co_registered else None
-
-    transforms: dict[str, sitk.Transform | None] = dict.fromkeys(names)
-    registration: dict[str, dict[str, Any]] = {ref_name: {"status": "reference"}}
-    for s in names[1:]:
-        if inp.acquisition.co_registered:
-            registration[s] = {"status": "skipped", "reason": "site declares the sequences co-registered"}
-            continue
-        with stages.stage(f"register_{s}"):
-            euler, fit = ops.register_rigid(reference, images[s], params.registration, head)
-        transforms[s] = euler
-        registration[s] = fit.as_qc()
-        _check_registration(case, s, ref_name, fit, params)
-
-    with stages.stage("brain_mask"):
-        brain_src, source = _brain_mask(inp, images, transforms, given_brain, reference_work, work)
-        brain_src = brain_src | sitk.Cast(ops.resample_onto(seg, brain_src, None, "nearest") > 0, sitk.sitkUInt8)
-        brain_target = ops.resample_mask(brain_src, target) | sitk.Cast(seg_target > 0, sitk.sitkUInt8)
-        brain_ml = ops.binary_volume_ml(brain_target)
-        _check_brain(case, brain_ml, source, params)
-
-    bias: dict[str, dict[str, Any]] = {}
-    corrected: dict[str, sitk.Image] = {}
-    for s in names:
-        with stages.stage(f"n4_{s}"):
-            transform = transforms[s]
-            inverse = transform.GetInverse() if transform is not None else None
-            native_mask = ops.resample_mask(brain_src, images[s], inverse)
-            before = ops.nonuniformity(images[s], native_mask)
-            if inp.acquisition.bias_corrected:
-                corrected[s] = images[s]
-                bias[s] = {"status": "skipped", "reason": "site declares the images bias-corrected",
-                           "nonuniformity": before}
-                continue
-            n4 = ops.n4_correct(images[s], native_mask, params.n4)
-            corrected[s] = n4.corrected
-            bias[s] = {
-                "status": "corrected",
-                "nonuniformity_before": before,
-                "nonuniformity_after": ops.nonuniformity(n4.corrected, native_mask),
-                "field_p95_p5": ops.field_ratio(n4.log_field, native_mask),
-                "shrink_factors": list(n4.shrink_factors),
-                "iterations_last_level": n4.iterations_last_level,
-                "convergence": n4.convergence,
-            }
-            images[s] = sitk.Image()  # release the uncorrected volume
-
-    with stages.stage("resample"):
-        resampled = {s: ops.resample_onto(corrected.pop(s), target, transforms[s], params.image_interpolator)
-                     for s in names}
-
-    with stages.stage("crop_normalise"):
-        box = ops.mask_bounding_box(brain_target, params.crop_margin_mm)
-        brain_out = ops.crop_to_mask(brain_target, box)
-        seg_out = ops.crop_to_mask(seg_target, box)
-        outputs: dict[str, sitk.Image] = {}
-        normalisation: dict[str, dict[str, float]] = {}
-        for s in names:
-            outputs[s], norm = ops.normalise(ops.crop_to_mask(resampled.pop(s), box), brain_out,
-                                             params.clip_percentiles, seg_out)
-            normalisation[s] = {"clip_low": norm.clip_low, "clip_high": norm.clip_high,
-                                "mean": norm.mean, "std": norm.std}
-
-    with stages.stage("write"):
-        files = {s: output_file(s, params.compress_images) for s in names}
-        seg_file = output_file("seg", params.compress_images)
-        brain_file = output_file("brain_mask", params.compress_images)
-        for s in names:
-            write_image(outputs[s], out_dir / files[s], compress=params.compress_images)
-        write_image(seg_out, out_dir / seg_file, compress=params.compress_images)
-        write_image(brain_out, out_dir / brain_file, compress=params.compress_images)
-
-    log.info("%s: preprocessed %s onto %s voxels at %s mm (brain %.0f ml)", case, ",".join(names),
-             "x".join(map(str, brain_out.GetSize())), params.target_spacing_mm, brain_ml)
-    return {
-        "site": inp.site,
-        "case_id": case,
-        "reference": ref_name,
-        "sequences": names,
-        "orientation": params.orientation,
-        "acquisition": inp.acquisition.model_dump(),
-        "grid": _geometry(brain_out),
-        "crop": {"index": list(box[0]), "size": list(box[1]), "margin_mm": params.crop_margin_mm,
-                 "uncropped_size": list(target.GetSize())},
-        "brain_mask": {"source": source, "volume_ml": brain_ml},
-        "brain_volume_ml": brain_ml,
-        "registration": registration,
-        "bias": bias,
-        "region_volumes_mm3": volumes,
-        "tumour_volume_change": tumour_change,
-        "normalisation": normalisation,
-        "timings_s": dict(stages.seconds),
-        "files": {"sequences": files, "mask": seg_file, "brain_mask": brain_file},
-    }
+def _steps(names: tuple[str, ...], site: SiteImaging) -> list[tuple[str, Step]]:
+    """The steps in order, each with the stage it runs in (its key in ``timings_s``, and the stage a
+    ``preprocess_failed`` message names). Per-sequence steps run once per sequence, reference first;
+    ``resample`` and ``crop_normalise`` go one sequence at a time so that each input image is released as
+    soon as its successor exists."""
+    register = [] if site.acquisition.co_registered else [(f"register_{s}", partial(_register, s)) for s in names[1:]]
+    return [
+        ("read", _read),
+        ("reorient", _reorient),
+        ("labels", _labels),
+        ("head_mask", _head_mask),
+        *register,
+        ("brain_mask", _brain_mask),
+        *[(f"n4_{s}", partial(_n4, s)) for s in names],
+        *[("resample", partial(_resample, s)) for s in names],
+        ("crop_normalise", _crop),
+        *[("crop_normalise", partial(_normalise, s)) for s in names],
+        ("write", _write),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
-# Steps with their QC checks
+# The working state
+# --------------------------------------------------------------------------------------------------
+
+Box = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+#: The QC record's keys, in the order :func:`preprocess_patient` returns them.
+_QC_KEYS = ("site", "case_id", "reference", "sequences", "orientation", "acquisition", "grid", "crop",
+            "brain_mask", "brain_volume_ml", "registration", "bias", "region_volumes_mm3",
+            "tumour_volume_change", "normalisation", "timings_s", "files")
+
+#: QC records by sequence: a step's entry for its sequence joins the others' (:meth:`_State.with_qc`).
+_PER_SEQUENCE = ("registration", "bias", "normalisation")
+
+
+@dataclass(frozen=True)
+class _State:
+    """What the steps have made so far. A step returns a copy with the fields it made replaced and its QC
+    entries added (``dataclasses.replace``); an empty ``sitk.Image()`` is an image not made yet."""
+
+    patient: Patient
+    site: SiteImaging
+    params: PreprocessParams
+    out_dir: Path
+    #: The sequences, reference first.
+    names: tuple[str, ...]
+    #: Each sequence as the last step left it: read; reoriented (float32); bias-corrected on its own grid;
+    #: resampled onto the target grid; cropped and normalised.
+    images: Mapping[str, sitk.Image] = field(default_factory=dict)
+    #: The label map on the reference's grid (read; reoriented, uint8).
+    seg: sitk.Image = field(default_factory=sitk.Image)
+    #: The brain mask that came with the patient (read; reoriented, 0/1 uint8), if any.
+    given_brain: sitk.Image | None = None
+    #: The target grid (uncropped), and the label map on it (cropped by :func:`_crop`).
+    target: sitk.Image = field(default_factory=sitk.Image)
+    seg_target: sitk.Image = field(default_factory=sitk.Image)
+    #: The isotropic grid the brain mask is made on and the reference on it; the head mask restricting
+    #: the registration metric (None where the site declares the sequences co-registered).
+    work: sitk.Image = field(default_factory=sitk.Image)
+    reference_work: sitk.Image = field(default_factory=sitk.Image)
+    head: sitk.Image | None = None
+    #: Registration transform per sequence (None: the reference, or a co-registered site).
+    transforms: Mapping[str, sitk.Transform | None] = field(default_factory=dict)
+    #: The brain mask on the grid it was made on, and on the target grid (cropped by :func:`_crop`).
+    brain: sitk.Image = field(default_factory=sitk.Image)
+    brain_target: sitk.Image = field(default_factory=sitk.Image)
+    #: The crop on the target grid: (index, size).
+    box: Box = ((0, 0, 0), (0, 0, 0))
+    #: The QC record so far.
+    qc: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def reference(self) -> sitk.Image:
+        """The reference image as the last step left it (reoriented, until the N4 step)."""
+        return self.images[self.site.reference]
+
+    def with_qc(self, **entries: Any) -> dict[str, Any]:
+        """The QC so far with ``entries`` added; an entry of a per-sequence record (``registration``,
+        ``bias``, ``normalisation``: ``{sequence: record}``) joins the sequences already there."""
+        qc = dict(self.qc)
+        for key, value in entries.items():
+            qc[key] = {**qc.get(key, {}), **value} if key in _PER_SEQUENCE else value
+        return qc
+
+
+#: A step: the working state in, the state with what the step made (and its QC entries) out.
+Step = Callable[[_State], _State]
+
+
+def _start(patient: Patient, site: SiteImaging, params: PreprocessParams, out_dir: Path) -> _State:
+    """The state before the first step: the sequences in order, no transforms, the QC of the inputs."""
+    names = (site.reference, *(s for s in sorted(patient.images) if s != site.reference))
+    registration: dict[str, dict[str, Any]] = {site.reference: {"status": "reference"}}
+    if site.acquisition.co_registered:
+        registration |= {s: {"status": "skipped", "reason": "site declares the sequences co-registered"}
+                         for s in names[1:]}
+    qc = {"site": patient.site, "case_id": patient.case_id, "reference": site.reference, "sequences": list(names),
+          "orientation": params.orientation, "acquisition": site.acquisition.model_dump(),
+          "registration": registration}
+    return _State(patient, site, params, out_dir, names, transforms=dict.fromkeys(names), qc=qc)
+
+
+# --------------------------------------------------------------------------------------------------
+# The steps, in the order they run
+# --------------------------------------------------------------------------------------------------
+
+
+def _read(state: _State) -> _State:
+    """The images, the label map and any given brain mask as ingestion wrote them."""
+    patient = state.patient
+    return replace(
+        state,
+        images={s: read_image(patient.images[s]) for s in state.names},
+        seg=read_image(patient.mask),
+        given_brain=read_image(patient.brain_mask) if patient.brain_mask is not None else None,
+    )
+
+
+def _reorient(state: _State) -> _State:
+    """Every image float32, the label map uint8, the given brain mask 0/1 uint8, all in ``params.orientation``."""
+    orientation, given = state.params.orientation, state.given_brain
+    return replace(
+        state,
+        images={s: ops.reorient(sitk.Cast(image, sitk.sitkFloat32), orientation) for s, image in state.images.items()},
+        seg=ops.reorient(sitk.Cast(state.seg, sitk.sitkUInt8), orientation),
+        given_brain=ops.reorient(sitk.Cast(given > 0, sitk.sitkUInt8), orientation) if given is not None else None,
+    )
+
+
+def _labels(state: _State) -> _State:
+    """The target grid and the label map on it; QC ``region_volumes_mm3`` and ``tumour_volume_change``
+    (``qc_resampling``)."""
+    params = state.params
+    target = ops.target_grid(state.reference, params.target_spacing_mm, params.orientation)
+    seg_target = ops.resample_onto(state.seg, target, None, params.label_interpolator)
+    volumes, change = _check_labels(state.patient.case_id, state.seg, seg_target, params)
+    return replace(state, target=target, seg_target=seg_target,
+                   qc=state.with_qc(region_volumes_mm3=volumes, tumour_volume_change=change))
+
+
+def _head_mask(state: _State) -> _State:
+    """The brain mask's working grid, the reference on it, and (for registration) its head mask."""
+    reference, params = state.reference, state.params
+    # Never finer than the reference's own voxel volume (its geometric-mean spacing): upsampling a
+    # coarse or thick-slice image only adds voxels to process, not information.
+    work_mm = max(params.brain_mask_spacing_mm, float(np.prod(reference.GetSpacing())) ** (1 / 3))
+    work = ops.target_grid(reference, (work_mm,) * 3, params.orientation)
+    reference_work = ops.resample_onto(reference, work)
+    head = ops.head_mask(reference_work) if not state.site.acquisition.co_registered else None
+    return replace(state, work=work, reference_work=reference_work, head=head)
+
+
+def _register(sequence: str, state: _State) -> _State:
+    """The transform of ``sequence`` to the reference; QC ``registration`` for it (``qc_registration``)."""
+    euler, fit = ops.register_rigid(state.reference, state.images[sequence], state.params.registration, state.head)
+    _check_registration(state.patient.case_id, sequence, state.site.reference, fit, state.params)
+    return replace(state, transforms={**state.transforms, sequence: euler},
+                   qc=state.with_qc(registration={sequence: fit.as_qc()}))
+
+
+def _brain_mask(state: _State) -> _State:
+    """The brain mask (tumour included) on its own grid and on the target grid; QC ``brain_mask`` and
+    ``brain_volume_ml`` (``qc_brain_volume``)."""
+    made, source = _made_brain_mask(state)
+    brain = made | sitk.Cast(ops.resample_onto(state.seg, made, None, "nearest") > 0, sitk.sitkUInt8)
+    brain_target = ops.resample_mask(brain, state.target) | sitk.Cast(state.seg_target > 0, sitk.sitkUInt8)
+    volume_ml = ops.binary_volume_ml(brain_target)
+    _check_brain(state.patient.case_id, volume_ml, source, state.params)
+    return replace(state, brain=brain, brain_target=brain_target,
+                   qc=state.with_qc(brain_mask={"source": source, "volume_ml": volume_ml}, brain_volume_ml=volume_ml))
+
+
+def _n4(sequence: str, state: _State) -> _State:
+    """``sequence`` bias-corrected on its own grid (unless the site declares it corrected); QC ``bias`` for it."""
+    image, transform = state.images[sequence], state.transforms[sequence]
+    inverse = transform.GetInverse() if transform is not None else None
+    native_mask = ops.resample_mask(state.brain, image, inverse)
+    before = ops.nonuniformity(image, native_mask)
+    if state.site.acquisition.bias_corrected:
+        skipped = {"status": "skipped", "reason": "site declares the images bias-corrected", "nonuniformity": before}
+        return replace(state, qc=state.with_qc(bias={sequence: skipped}))
+    n4 = ops.n4_correct(image, native_mask, state.params.n4)
+    record = {
+        "status": "corrected",
+        "nonuniformity_before": before,
+        "nonuniformity_after": ops.nonuniformity(n4.corrected, native_mask),
+        "field_p95_p5": ops.field_ratio(n4.log_field, native_mask),
+        "shrink_factors": list(n4.shrink_factors),
+        "iterations_last_level": n4.iterations_last_level,
+        "convergence": n4.convergence,
+    }
+    return replace(state, images={**state.images, sequence: n4.corrected}, qc=state.with_qc(bias={sequence: record}))
+
+
+def _resample(sequence: str, state: _State) -> _State:
+    """``sequence`` on the target grid, through its registration transform (its only interpolation)."""
+    image = ops.resample_onto(state.images[sequence], state.target, state.transforms[sequence],
+                              state.params.image_interpolator)
+    return replace(state, images={**state.images, sequence: image})
+
+
+def _crop(state: _State) -> _State:
+    """The crop box (the brain's bounding box plus the margin), the label map and brain mask cropped to it;
+    QC ``grid`` and ``crop``. The sequences are cropped one by one by :func:`_normalise`."""
+    box = ops.mask_bounding_box(state.brain_target, state.params.crop_margin_mm)
+    brain = ops.crop_to_mask(state.brain_target, box)
+    crop = {"index": list(box[0]), "size": list(box[1]), "margin_mm": state.params.crop_margin_mm,
+            "uncropped_size": list(state.target.GetSize())}
+    return replace(state, box=box, brain_target=brain, seg_target=ops.crop_to_mask(state.seg_target, box),
+                   qc=state.with_qc(grid=_geometry(brain), crop=crop))
+
+
+def _normalise(sequence: str, state: _State) -> _State:
+    """``sequence`` cropped and normalised inside the brain; QC ``normalisation`` for it."""
+    image, norm = ops.normalise(ops.crop_to_mask(state.images[sequence], state.box), state.brain_target,
+                                state.params.clip_percentiles, state.seg_target)
+    record = {"clip_low": norm.clip_low, "clip_high": norm.clip_high, "mean": norm.mean, "std": norm.std}
+    return replace(state, images={**state.images, sequence: image}, qc=state.with_qc(normalisation={sequence: record}))
+
+
+def _write(state: _State) -> _State:
+    """The output files; QC ``files``."""
+    compress, out_dir = state.params.compress_images, state.out_dir
+    files = {s: output_file(s, compress) for s in state.names}
+    seg_file = output_file("seg", compress)
+    brain_file = output_file("brain_mask", compress)
+    for s in state.names:
+        write_image(state.images[s], out_dir / files[s], compress=compress)
+    write_image(state.seg_target, out_dir / seg_file, compress=compress)
+    write_image(state.brain_target, out_dir / brain_file, compress=compress)
+    return replace(state, qc=state.with_qc(files={"sequences": files, "mask": seg_file, "brain_mask": brain_file}))
+
+
+# --------------------------------------------------------------------------------------------------
+# QC checks and helpers of the steps
 # --------------------------------------------------------------------------------------------------
 
 
@@ -332,25 +463,20 @@ def _check_brain(case: str, volume_ml: float, source: str, params: PreprocessPar
         )
 
 
-def _brain_mask(
-    inp: PatientInput,
-    images: dict[str, sitk.Image],
-    transforms: dict[str, sitk.Transform | None],
-    given: sitk.Image | None,
-    reference_work: sitk.Image,
-    work: sitk.Image,
-) -> tuple[sitk.Image, str]:
+def _made_brain_mask(state: _State) -> tuple[sitk.Image, str]:
     """The brain mask on the grid it is made on (reference or working grid) and where it came from."""
-    if given is not None:
-        return given, "given"
-    reference = images[inp.reference]
-    if inp.acquisition.skull_stripped:
-        return ops.nonzero_mask(reference), "nonzero_support"
-    t1_name = inp.reference if inp.reference in ("t1c", "t1n") else next(
-        (s for s in ("t1c", "t1n") if s in images), inp.reference)
-    t1 = reference_work if t1_name == inp.reference else ops.resample_onto(images[t1_name], work, transforms[t1_name])
+    if state.given_brain is not None:
+        return state.given_brain, "given"
+    images, reference = state.images, state.site.reference
+    if state.site.acquisition.skull_stripped:
+        return ops.nonzero_mask(images[reference]), "nonzero_support"
+    t1_name = reference if reference in ("t1c", "t1n") else next(
+        (s for s in ("t1c", "t1n") if s in images), reference)
+    t1 = (state.reference_work if t1_name == reference
+          else ops.resample_onto(images[t1_name], state.work, state.transforms[t1_name]))
     t2 = None
     if "t2w" in images and t1_name != "t2w":
-        t2 = reference_work if inp.reference == "t2w" else ops.resample_onto(images["t2w"], work, transforms["t2w"])
+        t2 = (state.reference_work if reference == "t2w"
+              else ops.resample_onto(images["t2w"], state.work, state.transforms["t2w"]))
     source = f"skull_strip({t1_name}{'+t2w' if t2 is not None else ''})"
     return ops.compute_brain_mask(t1, t2), source

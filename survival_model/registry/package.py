@@ -1,6 +1,7 @@
 """The packaged model: everything needed to predict for a new patient, in one folder without pickles.
 
-A package is built from a training stage's fold ensemble (``survival_model.training.stage``) and holds:
+A package is built from a training stage's fold ensemble (``survival_model.training.stage``) by the stage
+:class:`BuildPackage`, in ``<work_dir>/registry/packages/<key[:16]>/``, and holds:
 
 - ``folds/<fold>/model.safetensors`` and ``config.json``: each fold's network weights (no pickle) and what
   rebuilds it (network params, channels, tabular width, output centre);
@@ -28,7 +29,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -37,9 +38,11 @@ import pandas as pd
 from survival_model.config import FeaturesParams, ImageInputParams, NetworkParams, Params, PreprocessParams
 from survival_model.errors import SurvivalModelError
 from survival_model.fingerprint import code_version, stable_hash
-from survival_model.imageio import atomic_directory, read_json, write_json
+from survival_model.imageio import read_json, write_json
+from survival_model.stage import Stage
 
 if TYPE_CHECKING:
+    from survival_model.features.stage import FeatureTable
     from survival_model.training.folds import FoldModel
     from survival_model.training.stage import TrainingResult
 
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 FORMAT = 3
 PACKAGE_FILE = "package.json"
 #: The column of a prediction input that holds a patient's image input (a ``.npy`` written by
-#: ``survival_model.models.inputs.store_image_input``); needed by networks with an image branch.
+#: ``survival_model.models.inputs.ImageInput``); needed by networks with an image branch.
 IMAGE_COLUMN = "image_input"
 DAYS_PER_MONTH = 365.25 / 12
 #: The only types a packaged tabular pipeline may contain beyond skops' defaults (scikit-learn's
@@ -73,13 +76,6 @@ class PackageError(SurvivalModelError):
 
 def package_code_version() -> str:
     return code_version("survival_model.registry", "survival_model.training", "survival_model.models")
-
-
-def package_key(training_key: str, params: Params) -> str:
-    """Content key of a package: the training stage (data, splits, params, code), what the package adds."""
-    r = params.registry
-    return stable_hash("package", FORMAT, package_code_version(), training_key, r.risk_groups, r.horizons_months,
-                       params.preprocess.model_dump(mode="json"), params.features.model_dump(mode="json"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,32 +128,79 @@ def breslow(risk: npt.NDArray[np.float64], time: npt.NDArray[np.float64],
     return {"times": [float(t) for t in hazard.x], "cumulative_hazard": [float(h) for h in hazard.y]}
 
 
-def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, training_key: str,
-                  data_fingerprint: str, folder: Path, pseudonym_key_fingerprint: str | None = None) -> Path:
-    """Write the package of ``trained`` into ``folder`` (content-keyed by the caller; reused when present).
-    ``pseudonym_key_fingerprint``: the fingerprint of the key its case ids were made with (a gate compares it
-    with the run's before leaving the champion's training patients out of the test set)."""
-    import joblib
+def training_key(trained: TrainingResult) -> str:
+    """The full content key of a training stage's result (its folder is named by the key's first digits)."""
+    return str(read_json(trained.folder / "result.json")["key"])
 
-    from survival_model.evaluation.plots import risk_groups
-    from survival_model.models.losses import ensemble_centre
-    from survival_model.training.splits import Splits
 
-    if (folder / PACKAGE_FILE).is_file():
-        return folder
-    splits = Splits.load(trained.splits_path)
-    oof = trained.out_of_fold().astype(float)
-    dev = table.set_index("case_id").loc[list(splits.development)]
-    oof = oof.reindex(dev.index)
-    if oof.isna().any():
-        raise PackageError(f"{int(oof.isna().sum())} development patient(s) have no out-of-fold risk")
-    dev_event = dev["event"].astype(int).to_numpy() == 1
-    dev_time = dev["time_days"].to_numpy(dtype=float)
-    risks: npt.NDArray[np.float64] = np.asarray(oof, dtype=np.float64)
-    thresholds, _ = risk_groups(risks, np.zeros(0), params.registry.risk_groups)
-    configs = [read_json(f.folder / "config.json") for f in trained.folds]
-    network = NetworkParams.model_validate({**configs[0]["network"], "pretrained_weights": None})
-    with atomic_directory(folder) as tmp:
+@dataclass(frozen=True)
+class BuildPackage(Stage[Path]):
+    """The fold ensemble of ``trained`` as a self-contained package in
+    ``<work_dir>/registry/packages/<key[:16]>/`` (see the module docstring).
+
+    The key is made of the training stage's key (the data, the splits, every training setting, the code), the
+    package format and code version, and what the package adds: the risk groups, the horizons, and the
+    preprocessing and feature settings a prediction must compute its inputs with. The other fields are not part
+    of it, each being decided by the training stage's key: the feature table it trained on (whose key holds
+    the cohort's fingerprint, ``data_fingerprint``, and the pseudonymous ids, made with the key whose
+    fingerprint is ``pseudonym_key_fingerprint``) and the image-input settings (``inputs``, training params)."""
+
+    name: ClassVar[str] = "package-model"
+    trained: TrainingResult
+    table: FeatureTable
+    preprocess: PreprocessParams
+    features: FeaturesParams
+    risk_groups: int
+    horizons_months: tuple[float, ...]
+    inputs: ImageInputParams
+    data_fingerprint: str
+    #: The fingerprint of the key the case ids were made with (a gate compares it with the run's before leaving
+    #: the champion's training patients out of the test set).
+    pseudonym_key_fingerprint: str | None
+    work_dir: Path
+
+    @classmethod
+    def of(cls, trained: TrainingResult, table: FeatureTable, params: Params, data_fingerprint: str,
+           pseudonym_key_fingerprint: str | None = None) -> BuildPackage:
+        """The package of ``trained`` with this run's settings."""
+        return cls(trained, table, params.preprocess, params.features, params.registry.risk_groups,
+                   tuple(params.registry.horizons_months), params.training.inputs, data_fingerprint,
+                   pseudonym_key_fingerprint, params.work_dir)
+
+    def make_key(self) -> str:
+        return stable_hash("package", FORMAT, package_code_version(), training_key(self.trained), self.risk_groups,
+                           list(self.horizons_months), self.preprocess.model_dump(mode="json"),
+                           self.features.model_dump(mode="json"))
+
+    def place(self) -> tuple[str, ...]:
+        return ("registry", "packages")
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / PACKAGE_FILE]
+
+    def load(self, folder: Path) -> Path | None:
+        return folder if (folder / PACKAGE_FILE).is_file() else None
+
+    def compute(self, tmp: Path) -> None:
+        import joblib
+
+        from survival_model.evaluation.plots import risk_groups
+        from survival_model.models.losses import ensemble_centre
+        from survival_model.training.splits import Splits
+
+        trained, table = self.trained, self.table.table()
+        splits = Splits.load(trained.splits_path)
+        oof = trained.out_of_fold().astype(float)
+        dev = table.set_index("case_id").loc[list(splits.development)]
+        oof = oof.reindex(dev.index)
+        if oof.isna().any():
+            raise PackageError(f"{int(oof.isna().sum())} development patient(s) have no out-of-fold risk")
+        dev_event = dev["event"].astype(int).to_numpy() == 1
+        dev_time = dev["time_days"].to_numpy(dtype=float)
+        risks: npt.NDArray[np.float64] = np.asarray(oof, dtype=np.float64)
+        thresholds, _ = risk_groups(risks, np.zeros(0), self.risk_groups)
+        configs = [read_json(f.folder / "config.json") for f in trained.folds]
+        network = NetworkParams.model_validate({**configs[0]["network"], "pretrained_weights": None})
         columns: list[str] = []
         for fold in trained.folds:
             target = tmp / "folds" / fold.name
@@ -168,34 +211,33 @@ def build_package(trained: TrainingResult, table: pd.DataFrame, params: Params, 
             if pipeline is not None:
                 _skops_dump(pipeline, target / "tabular.skops")
                 columns = list(dict.fromkeys([*columns, *_pipeline_columns(pipeline)]))
-        radiomics = params.features.radiomics
-        features = params.features.model_dump(mode="json")
+        radiomics = self.features.radiomics
+        features = self.features.model_dump(mode="json")
         if radiomics.params_file is not None:  # the settings travel with the model, not as a path
             shutil.copy2(radiomics.params_file, tmp / "radiomics.yaml")
             features["radiomics"]["params_file"] = "radiomics.yaml"
         write_json({
-            "format": FORMAT, "code_version": package_code_version(), "training_key": training_key,
-            "data_fingerprint": data_fingerprint, "splits_fingerprint": splits.fingerprint,
+            "format": FORMAT, "code_version": package_code_version(), "training_key": training_key(trained),
+            "data_fingerprint": self.data_fingerprint, "splits_fingerprint": splits.fingerprint,
             "name": trained.name, "objective": configs[0]["network"]["objective"],
             "network": network.model_dump(mode="json"), "variant": network.variant, "backbone": network.backbone,
             "folds": [f.name for f in trained.folds],
             "centre": ensemble_centre(configs[0]["network"]["objective"], [float(c["centre"]) for c in configs]),
             "channels": list(configs[0]["channels"]),
             "uses_images": network.variant in ("hybrid", "image"),
-            "inputs": params.training.inputs.model_dump(mode="json"),
-            "preprocess": params.preprocess.model_dump(mode="json"),
+            "inputs": self.inputs.model_dump(mode="json"),
+            "preprocess": self.preprocess.model_dump(mode="json"),
             "features": features,
             "input_schema": input_schema(table, columns),
             "breslow": breslow(risks, dev_time, dev_event),
             "risk_thresholds": [float(t) for t in thresholds],
-            "horizons_months": list(params.registry.horizons_months),
+            "horizons_months": list(self.horizons_months),
             "development_case_ids": list(splits.development),
             "test_case_ids": list(splits.test),
             "test_metrics": trained.metrics["test"],
-            "pseudonym_key_fingerprint": pseudonym_key_fingerprint,
+            "pseudonym_key_fingerprint": self.pseudonym_key_fingerprint,
         }, tmp / PACKAGE_FILE)
-    log.info("model package written to %s", folder)
-    return folder
+        log.info("model package of %s written", trained.name)
 
 
 # --------------------------------------------------------------------------------------------------

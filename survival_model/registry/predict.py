@@ -5,31 +5,43 @@ image-input parameters replace the run's (:func:`package_params`), so the same c
 (cached) produce them. A patient is predicted only when every input is there; the others are listed with
 a reason (ingestion, preprocessing and feature quarantine, an image input that cannot be built, a missing
 feature) in ``not_predicted``.
+
+The predictions are a content-keyed stage (:class:`Predict`): ``<work_dir>/predictions/<key[:16]>/``, keyed by
+the registered model (name, version, package key), the new patients' cohort, their feature table and image
+inputs and whether Grad-CAM figures are made. ``predict --out DIR`` copies that folder out (``flows.predict``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
+from survival_model.fingerprint import stable_hash
 from survival_model.imageio import write_json, write_parquet, write_text
-from survival_model.models.inputs import load_image_input, region_planes, store_image_input
-from survival_model.preprocess.stage import PreprocessedPatient
-from survival_model.registry.package import IMAGE_COLUMN, PackagedModel
+from survival_model.models.inputs import ImageInput, load_image_input, region_planes
+from survival_model.patient import Patient
+from survival_model.registry.package import IMAGE_COLUMN, PackagedModel, package_code_version
+from survival_model.stage import Stage, run
+
+if TYPE_CHECKING:
+    from survival_model.features.stage import FeatureTable
 
 log = logging.getLogger(__name__)
 
 NOT_PREDICTED_COLUMNS = ["site", "case_id", "stage", "reason", "message"]
+#: The files of a finished prediction (``gradcam/<case id>.png`` beside them when asked for).
+PREDICTION_FILES = ("predictions.parquet", "predictions.csv", "not_predicted.csv", "model.json")
 
 
-def image_inputs(patients: Mapping[str, PreprocessedPatient], params: ImageInputParams | None,
+def image_inputs(patients: Mapping[str, Patient], params: ImageInputParams | None,
                  work_dir: Path) -> tuple[dict[str, Path], list[dict[str, str]]]:
     """Each patient's image input made with ``params`` (a package's; None: the model takes no images),
     content-keyed and reused, and the patients it failed for."""
@@ -39,7 +51,7 @@ def image_inputs(patients: Mapping[str, PreprocessedPatient], params: ImageInput
         return paths, failed
     for case_id, patient in sorted(patients.items()):
         try:
-            paths[case_id] = store_image_input(patient, params, work_dir)
+            paths[case_id] = run(ImageInput(patient, params, work_dir))
         except PatientDataError as exc:
             failed.append({"site": patient.site, "case_id": case_id, "stage": "inputs", "reason": exc.reason,
                            "message": str(exc)})
@@ -100,3 +112,62 @@ def write_predictions(folder: Path, predictions: pd.DataFrame, not_predicted: pd
             write_text(predictions.to_csv(index=False), folder / "predictions.csv"),
             write_text(not_predicted.to_csv(index=False), folder / "not_predicted.csv"),
             write_json(dict(info), folder / "model.json")]
+
+
+@dataclass(frozen=True)
+class Predict(Stage[Path]):
+    """Per-patient predictions of a registered model for a feature table's patients (and, with ``gradcam``, one
+    Grad-CAM figure per patient), in ``<work_dir>/predictions/<key[:16]>/``.
+
+    The key is made of the model (:meth:`info`: its name, version, the alias or version asked for, its package
+    key), the cohort's fingerprint, the feature table's key, every image input's path (content-keyed by the
+    inputs stage) and ``gradcam``. ``package`` (the registered version's files), ``failed`` (the patients whose
+    image input failed) and ``seg_paths`` follow from those."""
+
+    name: ClassVar[str] = "predict-patients"
+    package: Path
+    model: str
+    version: int
+    requested: str
+    package_key: str
+    cohort: str
+    table: FeatureTable
+    image_paths: Mapping[str, Path]
+    failed: tuple[Mapping[str, str], ...]
+    seg_paths: Mapping[str, Path] | None
+    gradcam: bool
+    work_dir: Path
+
+    def info(self) -> dict[str, Any]:
+        """Which model made the predictions (``model.json``, the MLflow run's tags)."""
+        return {"model": self.model, "version": self.version, "model_uri": f"models:/{self.model}/{self.version}",
+                "requested": self.requested, "package_key": self.package_key, "cohort": self.cohort,
+                "gradcam": self.gradcam}
+
+    def make_key(self) -> str:
+        return stable_hash("predictions", package_code_version(), self.info(), self.table.folder.name,
+                           sorted((c, str(p)) for c, p in self.image_paths.items()))
+
+    def place(self) -> tuple[str, ...]:
+        return ("predictions",)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / n for n in PREDICTION_FILES]
+
+    def load(self, folder: Path) -> Path | None:
+        return folder if all(p.is_file() for p in self.outputs(folder)) else None
+
+    def compute(self, tmp: Path) -> None:
+        model = PackagedModel.load(self.package)
+        table = self.table.table()
+        quarantine = pd.read_parquet(self.table.quarantine_path) if self.table.quarantine_path.is_file() \
+            else pd.DataFrame()
+        predictions, not_predicted = predict_patients(model, table, self.image_paths, quarantine, self.failed)
+        write_predictions(tmp, predictions, not_predicted, self.info())
+        if self.gradcam and self.seg_paths is not None and len(predictions):
+            frame = model.model_input(table.set_index("case_id", drop=False).loc[list(predictions["case_id"])]
+                                      .reset_index(drop=True), self.image_paths)
+            figures = gradcam_overlays(model, frame, self.seg_paths, tmp / "gradcam")
+            log.info("Grad-CAM: %d figure(s)", len(figures))
+        log.info("%d patient(s) predicted, %d not predicted (reasons in not_predicted.csv)", len(predictions),
+                 len(not_predicted))

@@ -10,10 +10,10 @@ After training, a ``cox`` network's outputs are centred on the fold's training p
 stopping): its mean risk there is stored as the network's ``output_offset`` and subtracted from every
 output, so the risks of different folds are on one scale before they are pooled or averaged.
 
-A fold's key is the feature table's content key, the image inputs' content keys of its patients, the
-fold's case ids, the training params (all but ``fit.device``/``parallel_folds``, which do not change the
-result) and the code version of the training, model and evaluation-metric modules. Its folder
-``<work_dir>/training/folds/<fold>/<key>/`` holds:
+A fold is one :class:`TrainFold` stage (``survival_model.stage``). Its key is the feature table's content
+key, the image inputs' content keys of its patients, the fold's case ids, the training params (all but
+``fit.device``/``parallel_folds``, which do not change the result) and the code version of the training,
+model and evaluation-metric modules. Its folder ``<work_dir>/training/folds/<fold>/<key>/`` holds:
 
 - ``model.safetensors``: the kept weights and the output offset (no pickle);
 - ``config.json``: what rebuilds the network (network params, channels, tabular width, output centre,
@@ -29,10 +29,10 @@ A finished folder is reused, never retrained.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,8 +40,12 @@ import pandas as pd
 
 from survival_model.config import SEQUENCES, NetworkParams, TabularParams, TrainingParams
 from survival_model.errors import SurvivalModelError
+from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import code_version, content_order, file_digest, stable_hash
-from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
+from survival_model.imageio import read_json, write_json, write_parquet, write_text
+from survival_model.models.inputs import ImageInput
+from survival_model.stage import Stage, run
+from survival_model.training.devices import fold_device
 from survival_model.training.splits import Fold
 
 if TYPE_CHECKING:  # torch, timm and scikit-learn load only where a model trains or predicts: a warm run
@@ -49,7 +53,7 @@ if TYPE_CHECKING:  # torch, timm and scikit-learn load only where a model trains
 
     from survival_model.models.network import HybridSurvivalNet
     from survival_model.training.data import SurvivalArrays
-    from survival_model.training.loop import DeviceChoice, InnerTabular, ProgressFn
+    from survival_model.training.loop import DeviceChoice, EpochRecord, InnerTabular
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +90,9 @@ def uses_tabular(network: NetworkParams) -> bool:
     return network.variant in ("hybrid", "tabular")
 
 
-def fold_key(fold: Fold, table_key: str, input_keys: Mapping[str, str], training: TrainingParams) -> str:
-    patients = sorted({*fold.train, *fold.validation})
-    images = [input_keys[c] for c in patients] if uses_images(training.network) else []
-    return stable_hash(STAGE, "fold", training_code_version(), table_key, fold.name, sorted(fold.train),
-                       sorted(fold.stop), sorted(fold.validation), images, learning_params(training))
-
-
 def region_channels(config: Mapping[str, Any]) -> int:
     """How many of a stored fold's input channels are region masks (they come after the sequences)."""
     return sum(1 for c in config.get("channels", []) if c not in SEQUENCES)
-
-
-def fold_folder(work_dir: Path, fold_name: str, key: str) -> Path:
-    return work_dir / STAGE / "folds" / fold_name / key[:16]
 
 
 @dataclass(frozen=True)
@@ -213,23 +206,82 @@ def _centre(model: HybridSurvivalNet, objective: str, arrays: Sequence[SurvivalA
     return offset
 
 
+def input_paths(images: Mapping[str, ImageInput], case_ids: Iterable[str]) -> dict[str, Path]:
+    """The image inputs of ``case_ids``, each built where it is not yet (``survival_model.stage.run``)."""
+    return {c: run(images[c]) for c in case_ids}
+
+
+@dataclass(frozen=True)
+class TrainFold(Stage[FoldResult]):
+    """One fold trained into ``<work_dir>/training/folds/<fold>/<key[:16]>/`` (see the module docstring).
+
+    ``table`` is the feature table (its folder is named by its content key); ``images`` every patient's image
+    input (the fold reads, and its key holds, those of its own patients, and only for a network with an image
+    branch). With folds in parallel on several CUDA devices, :meth:`compute` trains on a device no other fold
+    holds (``survival_model.training.devices``).
+    """
+
+    name: ClassVar[str] = "train-fold"
+    fold: Fold
+    table: FeatureTable
+    images: Mapping[str, ImageInput]
+    training: TrainingParams
+    work_dir: Path
+
+    def __post_init__(self) -> None:
+        if uses_images(self.training.network):
+            missing = [c for c in (*self.fold.train, *self.fold.validation) if c not in self.images]
+            if missing:
+                raise TrainingError(f"{self.fold.name}: the {self.training.network.variant} network needs every "
+                                    f"patient's image input; {len(missing)} have none, e.g. {missing[0]}")
+
+    def label(self) -> str:
+        return f"train-{self.fold.name}"
+
+    def make_key(self) -> str:
+        fold = self.fold
+        patients = sorted({*fold.train, *fold.validation})
+        images = [self.images[c].key() for c in patients] if uses_images(self.training.network) else []
+        return stable_hash(STAGE, "fold", training_code_version(), self.table.folder.name, fold.name,
+                           sorted(fold.train), sorted(fold.stop), sorted(fold.validation), images,
+                           learning_params(self.training))
+
+    def place(self) -> tuple[str, ...]:
+        return (STAGE, "folds", self.fold.name)
+
+    def outputs(self, folder: Path) -> list[Path]:
+        return [folder / name for name in FILES]
+
+    def load(self, folder: Path) -> FoldResult | None:
+        return load_fold(folder)
+
+    def compute(self, tmp: Path) -> None:
+        from survival_model.training.loop import choose_device  # torch: only when a fold trains
+
+        paths = input_paths(self.images, (*self.fold.train, *self.fold.validation)) \
+            if uses_images(self.training.network) else None
+        table = pd.read_parquet(self.table.table_path)
+        with fold_device(self.training.fit, self.work_dir / "cache" / "gpu-locks") as index:
+            choice = choose_device(self.training.fit, index)
+            log.info("%s trains on %s", self.fold.name, choice.describe())
+            train_fold(self.fold, table, paths, self.training, self.key(), tmp, choice)
+
+
 def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] | None, training: TrainingParams,
-               work_dir: Path, key: str, *, choice: DeviceChoice | None = None,
-               progress: ProgressFn | None = None) -> FoldResult:
-    """Train ``fold`` into its content-keyed folder (reused when it exists); see the module docstring."""
+               key: str, out: Path, choice: DeviceChoice) -> None:
+    """Train ``fold`` on ``choice`` and write its files into ``out`` (see the module docstring)."""
     import joblib
     import torch
     from safetensors.torch import save_file
 
     from survival_model.metrics import harrell_c
     from survival_model.models.losses import risk_score
-    from survival_model.training.loop import choose_device, predict_outputs, train_model
+    from survival_model.training.loop import predict_outputs, train_model
 
-    choice = choice or choose_device(training.fit)  # the validation outputs below run where the model is
-    folder = fold_folder(work_dir, fold.name, key)
-    existing = load_fold(folder)
-    if existing is not None:
-        return existing
+    def progress(r: EpochRecord) -> None:
+        log.info("%s epoch %d/%d: train loss %.4f, stopping loss %.4f, C-index %.3f (%.1f s)", fold.name, r.epoch,
+                 training.fit.epochs, r.train_loss, r.stop_loss, r.stop_cindex, r.seconds)
+
     data = fold_arrays(table, fold, image_paths, training)
     sequence_channels = len(training.inputs.sequences)
     outcome = train_model(training.network, training.fit, training.augment, data.fit, data.stop,
@@ -263,22 +315,17 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
         "n_tabular": len(data.names), "tabular_features": data.names, "centre": outcome.centre,
         "channels": [*training.inputs.sequences, *training.inputs.mask_channels], "summary": summary,
     }
-    with atomic_directory(folder) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in outcome.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        write_json(config, tmp / "config.json")
-        joblib.dump(data.pipeline, tmp / "tabular.joblib")
-        write_text(history.to_csv(index=False), tmp / "history.csv")
-        write_parquet(pd.DataFrame({"case_id": list(validation.case_ids), "time_days": validation.time_days,
-                                    "event": validation.event, "risk": val_risk.astype(float),
-                                    **{f"output_{i}": val_outputs[:, i].astype(float)
-                                       for i in range(val_outputs.shape[1])}}), tmp / "validation.parquet")
-    result = load_fold(folder)
-    if result is None:  # pragma: no cover - written atomically just above
-        raise TrainingError(f"fold {fold.name}: output missing in {folder}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in outcome.model.state_dict().items()},
+              str(out / "model.safetensors"))
+    write_json(config, out / "config.json")
+    joblib.dump(data.pipeline, out / "tabular.joblib")
+    write_text(history.to_csv(index=False), out / "history.csv")
+    write_parquet(pd.DataFrame({"case_id": list(validation.case_ids), "time_days": validation.time_days,
+                                "event": validation.event, "risk": val_risk.astype(float),
+                                **{f"output_{i}": val_outputs[:, i].astype(float)
+                                   for i in range(val_outputs.shape[1])}}), out / "validation.parquet")
     log.info("fold %s: kept epoch %d of %d (chosen on %d stopping patients), validation C-index %.3f",
              fold.name, outcome.best_epoch, summary["epochs"], len(data.stop), summary["validation_cindex"])
-    return result
 
 
 def _cpu() -> DeviceChoice:

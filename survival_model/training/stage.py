@@ -1,19 +1,18 @@
-"""The training stage's result: the fold ensemble scored once on the locked test set.
+"""The training stage's result: the fold ensemble, scored once on the locked test set.
 
-The final model is the ensemble of the fold models: every fold's network (with its own tabular
-pipeline) predicts the test patients and their raw outputs are averaged, then turned into one risk
-score (``survival_model.models.losses.risk_score``). The test set is used here and nowhere else.
-Reported: Harrell's C-index on the test patients with a bootstrap interval, the oracle's C-index on the
-same patients when ground truth exists, the validation C-index of every fold (mean and SD), and the
-test C-index per site. The result lives in ``<work_dir>/training/runs/<stage key>/``:
-``predictions.parquet`` (test patients: outcome, ensemble risk, each fold's risk, predicted days where
-the objective gives them, oracle risk), ``metrics.json``, ``learning_curves.png`` and ``result.json``
-(the splits and folds it used).
+The final model is the ensemble of the fold models (``survival_model.training.folds``): every fold's
+network (with its own tabular pipeline) predicts and their raw outputs are averaged
+(:func:`ensemble_outputs`), then turned into one risk score (``survival_model.models.losses.risk_score``).
+The ensemble is scored on the test set by ``survival_model.evaluation.ensemble`` (the stage that writes the
+result and whose key is the whole training stage's); :class:`TrainingResult` is what it wrote, in
+``<work_dir>/training/runs/<stage key>/``: ``predictions.parquet`` (test patients: outcome, ensemble risk,
+each fold's risk, predicted days where the objective gives them, oracle risk), ``metrics.json``,
+``learning_curves.png`` and ``result.json`` (the key, the splits and the folds it used).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,21 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from survival_model.config import EvaluationParams, NetworkParams, TrainingParams
-from survival_model.fingerprint import stable_hash
-from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet
-from survival_model.training.folds import (
-    STAGE,
-    FoldResult,
-    TrainingError,
-    fold_outputs,
-    learning_params,
-    load_fold,
-    load_fold_model,
-    training_code_version,
-    uses_images,
-)
-from survival_model.training.splits import Splits
+from survival_model.config import NetworkParams
+from survival_model.imageio import read_json
+from survival_model.training.folds import FoldResult, TrainingError, fold_outputs, load_fold, load_fold_model
 
 if TYPE_CHECKING:  # torch loads only where the ensemble predicts (see survival_model.training.folds)
     from survival_model.models.losses import Objective
@@ -88,20 +75,6 @@ class TrainingResult:
                 self.folder / "learning_curves.png", self.splits_path]
 
 
-def stage_key(table_key: str, input_keys: Mapping[str, str], splits: Splits, training: TrainingParams,
-              evaluation: EvaluationParams, oracle_digest: str | None) -> str:
-    """Key of the whole training stage: the data, the splits, every setting and the code."""
-    images = sorted(input_keys.values()) if uses_images(training.network) else []
-    return stable_hash(STAGE, "stage", training_code_version(), table_key, images, splits.fingerprint,
-                       learning_params(training), evaluation.model_dump(mode="json", include={"bootstrap", "confidence",
-                                                                                              "seed"}),
-                       oracle_digest)
-
-
-def run_folder(work_dir: Path, key: str) -> Path:
-    return work_dir / STAGE / "runs" / key[:16]
-
-
 def load_result(folder: Path) -> TrainingResult | None:
     """The result recorded in ``folder``, or None when it (or one of its folds) is incomplete."""
     if not (folder / "result.json").is_file():
@@ -127,88 +100,3 @@ def ensemble_outputs(folds: Sequence[FoldResult], frame: pd.DataFrame, images: n
         raise TrainingError(f"the folds were trained with different objectives: {sorted(objectives)}")
     objective: Objective = objectives.pop()  # type: ignore[assignment]
     return np.mean(per_fold, axis=0), per_fold, objective
-
-
-def _cv_summary(folds: Sequence[FoldResult]) -> dict[str, Any]:
-    """Every fold's validation C-index (its validation patients scored once by the kept model: honest) as mean
-    ± SD, and the C-index on the stopping patients that chose the model (selection-biased, for the record)."""
-    def mean_sd(key: str) -> tuple[float, float]:
-        finite = [v for v in (float(f.summary[key]) for f in folds) if np.isfinite(v)]
-        return (float(np.mean(finite)) if finite else float("nan"),
-                float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"))
-
-    (val_mean, val_sd), (stop_mean, stop_sd) = mean_sd("validation_cindex"), mean_sd("stop_cindex")
-    return {
-        "validation_cindex_mean": val_mean, "validation_cindex_sd": val_sd,
-        "stop_cindex_mean": stop_mean, "stop_cindex_sd": stop_sd,
-        "per_fold": {f.name: {k: f.summary.get(k) for k in ("validation_cindex", "stop_cindex", "best_epoch", "epochs",
-                                                            "tabular_penalty", "seconds", "image_gain")}
-                     for f in folds},
-    }
-
-
-def evaluate_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: Splits, splits_path: Path,
-                      image_paths: Mapping[str, Path] | None, training: TrainingParams, evaluation: EvaluationParams,
-                      oracle: pd.Series | None, work_dir: Path, key: str) -> TrainingResult:
-    """Score the fold ensemble once on the locked test set (see the module docstring)."""
-    import torch
-
-    from survival_model.metrics import bootstrap_c, harrell_c
-    from survival_model.models.losses import ensemble_centre, predicted_days, risk_score
-    from survival_model.training.data import stack_images
-    from survival_model.training.plots import learning_curves
-
-    folder = run_folder(work_dir, key)
-    existing = load_result(folder)
-    if existing is not None:
-        return existing
-    if not folds:
-        raise TrainingError("no trained fold to ensemble")
-    test = table.set_index("case_id", drop=False).loc[list(splits.test)].reset_index(drop=True)
-    images = stack_images(image_paths, splits.test) if uses_images(training.network) and image_paths else None
-    mean_output, per_fold, objective = ensemble_outputs(folds, test, images)
-    mean_t = torch.from_numpy(mean_output)
-    centres = [float(read_json(f.folder / "config.json")["centre"]) for f in folds]
-    centre = ensemble_centre(objective, centres)
-    risk = risk_score(objective, mean_t, centre).numpy().astype(float)
-    days = predicted_days(objective, mean_t, centre)
-    predictions = pd.DataFrame({"case_id": test["case_id"], "site": test["site"],
-                                "time_days": test["time_days"].astype(float), "event": test["event"].astype(int),
-                                "risk": risk})
-    for fold, out, own in zip(folds, per_fold, centres, strict=True):
-        predictions[f"risk_{fold.name}"] = risk_score(objective, torch.from_numpy(out), own).numpy().astype(float)
-    if days is not None:
-        predictions["predicted_days"] = days.numpy().astype(float)
-    time, event = predictions["time_days"].to_numpy(), predictions["event"].to_numpy() == 1
-    def boot(r: np.ndarray, t: np.ndarray, e: np.ndarray) -> dict[str, Any]:
-        return bootstrap_c(r, t, e, resamples=evaluation.bootstrap, confidence=evaluation.confidence,
-                           seed=evaluation.seed).as_dict()
-
-    metrics: dict[str, Any] = {
-        "objective": objective, "variant": training.network.variant, "backbone": training.network.backbone,
-        "fusion": training.network.fusion,
-        "image_features": training.network.image_features,
-        **{key: getattr(training.network, key) for key, _ in IMAGE_TERM_FLAGS},
-        "test": {"patients": len(test), "deaths": int(event.sum()), "cindex": boot(risk, time, event)},
-        "cv": _cv_summary(folds),
-        "per_site": {str(site): {"patients": len(g), "cindex": harrell_c(g["risk"], g["time_days"], g["event"])}
-                     for site, g in predictions.groupby("site", sort=True)},
-        "oracle": None,
-    }
-    if oracle is not None:
-        matched = predictions["case_id"].map(oracle)
-        predictions["oracle_risk"] = matched.astype(float)
-        seen = matched.notna().to_numpy()
-        if seen.any():
-            metrics["oracle"] = {"patients": int(seen.sum()),
-                                 "cindex": boot(matched.to_numpy(dtype=float)[seen], time[seen], event[seen])}
-    with atomic_directory(folder) as tmp:
-        write_parquet(predictions, tmp / "predictions.parquet")
-        write_json(metrics, tmp / "metrics.json")
-        learning_curves(folds, tmp / "learning_curves.png")
-        write_json({"key": key, "splits": str(splits_path.relative_to(work_dir)),
-                    "folds": [str(f.folder.relative_to(work_dir)) for f in folds]}, tmp / "result.json")
-    result = load_result(folder)
-    if result is None:  # pragma: no cover - written atomically just above
-        raise TrainingError(f"training result missing in {folder}")
-    return result

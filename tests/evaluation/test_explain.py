@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from survival_model.config import NetworkParams
 from survival_model.evaluation.explain import (
     EnsembleExplainer,
     cam_layer,
@@ -16,6 +17,12 @@ from survival_model.evaluation.explain import (
     explain_cam,
     permutation_importance,
 )
+
+
+def global_net(**settings: Any) -> NetworkParams:
+    """Network settings with the image branch's globally pooled features (these tests were written for them;
+    the default pools region features, which needs mask channels)."""
+    return NetworkParams(**{"image_features": "global", **settings})
 
 
 class LinearExplainer(EnsembleExplainer):
@@ -95,12 +102,11 @@ def test_the_cam_layer_is_the_last_spatial_stage(name: str, module: str) -> None
 def test_grad_cam_maps_every_slice_of_every_patient() -> None:
     import torch
 
-    from survival_model.config import NetworkParams
     from survival_model.models.network import HybridSurvivalNet
     from survival_model.training.folds import FoldModel
 
     torch.manual_seed(0)
-    params = NetworkParams(backbone="resnet18", variant="image", fusion="concat")  # an additive term starts at 0
+    params = global_net(backbone="resnet18", variant="image", fusion="concat")  # an additive term starts at 0
     net = HybridSurvivalNet(params, in_chans=2, n_tabular=0).eval()
     explainer = EnsembleExplainer([FoldModel(net, None, {"network": {"objective": "cox"}})] * 2, "cox", 0.0,
                                   ["t1c", "t2f"])
@@ -123,7 +129,7 @@ def test_shuffling_the_encoded_columns_equals_shuffling_the_input_column(harmoni
     input, transform again) give the same embeddings; with ComBat only the slow one applies."""
     import torch
 
-    from survival_model.config import NetworkParams, TabularParams
+    from survival_model.config import TabularParams
     from survival_model.evaluation.explain import output_groups
     from survival_model.models.network import HybridSurvivalNet
     from survival_model.models.tabular import feature_names, fit_transform_fold
@@ -135,7 +141,7 @@ def test_shuffling_the_encoded_columns_equals_shuffling_the_input_column(harmoni
     params = TabularParams(clinical=["age", "kps", "sex", "extracranial"], volumetric=True, harmonise=harmonise)
     pipeline, (matrix,) = fit_transform_fold(params, table)
     torch.manual_seed(0)
-    net = HybridSurvivalNet(NetworkParams(variant="tabular", tabular_hidden=[8], head_hidden=[4]), 0,
+    net = HybridSurvivalNet(global_net(variant="tabular", tabular_hidden=[8], head_hidden=[4]), 0,
                             matrix.shape[1]).eval()
     explainer = EnsembleExplainer([FoldModel(net, pipeline, {})], "cox", 0.0, [])
     groups = output_groups(pipeline)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from survival_model.config import EvaluationParams, SplitParams
+from survival_model.config import EvaluationParams, ImageInputParams, SplitParams
 from survival_model.evaluation.stage import NetworkRun, compare, load_comparison, model_risks, run_comparison
 from survival_model.metrics import harrell_c
 from survival_model.training.splits import Splits, make_splits
@@ -96,3 +96,43 @@ def test_a_network_with_its_own_predicted_days_is_scored_on_them(cohort: tuple, 
     assert "CV" in table_md and "Out of fold" in table_md
     assert "headroom" not in again.oof.columns  # no oracle given here: no headroom
     assert "vs_gpa_harrell_c_low" in again.oof.columns and set(again.oof.index) == {"network", "timer", "gpa"}
+
+
+def test_the_stage_is_keyed_by_what_it_reads_and_loads_only_when_finished(cohort: tuple, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from survival_model.evaluation.stage import Evaluate, EvaluationImages, evaluation_files, load_evaluation
+
+    table, oracle, splits = cohort
+    trained = (SimpleNamespace(folder=tmp_path / "training" / "runs" / "0123456789abcdef"),)
+    features = SimpleNamespace(folder=tmp_path / "features" / "table" / "fedcba9876543210")
+    evaluation = EvaluationParams(score_resamples=0, baselines=["gpa"])
+    stage = Evaluate(trained, features, tuple(CLINICAL), evaluation, oracle, tmp_path)  # type: ignore[arg-type]
+    assert stage.folder() == tmp_path / "evaluation" / stage.key()[:16]
+    images = EvaluationImages({"p1": tmp_path / "p1.npy"}, {"p1": tmp_path / "p1.nii.gz"}, ImageInputParams())
+    assert stage.with_images(images).key() == stage.key()  # the training runs' keys hold the image inputs'
+    others = [
+        Evaluate(trained, features, tuple(CLINICAL), evaluation, oracle * 2, tmp_path),  # type: ignore[arg-type]
+        Evaluate(trained, features, tuple(CLINICAL), evaluation, None, tmp_path),  # type: ignore[arg-type]
+        Evaluate(trained, features, tuple(CLINICAL[:2]), evaluation, oracle, tmp_path),  # type: ignore[arg-type]
+        Evaluate(trained, features, tuple(CLINICAL), evaluation.model_copy(update={"seed": 1}), oracle,  # type: ignore[arg-type]
+                 tmp_path),
+        Evaluate(trained * 2, features, tuple(CLINICAL), evaluation, oracle, tmp_path),  # type: ignore[arg-type]
+    ]
+    assert len({stage.key(), *(o.key() for o in others)}) == 1 + len(others)
+
+    folder = stage.folder()
+    result = run_comparison(table, splits, [noisy_network(splits, oracle, 0.3, 3)], CLINICAL, evaluation, None, folder)
+    assert stage.load(folder) is None  # the comparison alone: the explanation is missing
+    for name in ("importance.csv", "importance.png"):
+        (folder / "explanation").mkdir(exist_ok=True)
+        (folder / "explanation" / name).write_text("x", encoding="utf-8")
+    loaded = stage.load(folder)
+    assert loaded is not None and loaded.comparison.equals(result.comparison)
+    assert load_evaluation(folder) is None and not loaded.reports(None)  # no report yet: the whole stage is not done
+    (folder / "report").mkdir()
+    for name in ("report.html", "summary.md"):
+        (folder / "report" / name).write_text("x", encoding="utf-8")
+    (folder / "report" / "audit.json").write_text('{"test_set_decisions": 1}', encoding="utf-8")
+    assert load_evaluation(folder) is not None and loaded.reports(1) and not loaded.reports(None)
+    assert set(evaluation_files(folder, report=True)) >= set(stage.outputs(folder))

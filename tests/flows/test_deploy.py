@@ -169,9 +169,9 @@ def test_prefect_yaml_predicts_with_the_prediction_flow() -> None:
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of params.yaml with private servers home; Prefect's environment restored afterwards."""
     data = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    data["privacy"]["key_file"] = str(tmp_path / "pseudonym.key")
+    data.setdefault("privacy", {})["key_file"] = str(tmp_path / "pseudonym.key")
     (tmp_path / "pseudonym.key").write_text("0123456789abcdef0123456789abcdef\n")  # as a first local run leaves it
-    data["servers"]["home"] = str(tmp_path / "servers")
+    data.setdefault("servers", {})["home"] = str(tmp_path / "servers")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
     shutil.copytree(REPO / "infra", tmp_path / "infra")
     monkeypatch.delenv("SURVIVAL_MODEL_PSEUDONYM_KEY", raising=False)

@@ -1,5 +1,5 @@
-"""The evaluation flow under a Prefect test harness: comparison, explanation and report as cached tasks,
-the whole stage reused when nothing changed; the tasks' ``.fn()`` on their own."""
+"""The evaluation flow under a Prefect test harness: the stage (comparison and explanation) as a cached task and
+the report beside it, the whole stage reused when nothing changed; the stage and the report on their own."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.training import training, variant_params
 from survival_model.config import Params
-from survival_model.evaluation.stage import evaluation_folder, evaluation_key
-from tasks import evaluation as t
+from survival_model.evaluation.stage import Evaluate, render_report
+from survival_model.stage import run
 from tests.conftest import params_for, split_seed
 from tests.flows.test_ingest_flow import task_states
 
@@ -35,8 +35,9 @@ def test_the_evaluation_compares_explains_and_reports_and_is_reused_when_unchang
 ) -> None:
     params = params_for(tiny_cohort_master, tmp_path / "work", **{"evaluation.networks": [{"variant": "tabular"}]})
     result, states, trained, _ = run_all(params)
-    assert states == {"compare-models": "Completed", "explain-models": "Completed", "write-report": "Completed"}
+    assert states == {"evaluation": "Completed", "write-report": "Completed"}
     folder = result.folder  # type: ignore[attr-defined]
+    assert folder.parent == tmp_path / "work" / "evaluation"
     assert list(result.comparison.index)[:2] == [trained[0].name, "tabular-cox"]  # type: ignore[attr-defined]
     assert {"gpa", "ds_gpa", "oracle"} <= set(result.comparison.index)  # type: ignore[attr-defined]
     assert (folder / "explanation" / "gradcam.npz").is_file()  # the main (hybrid) network's Grad-CAM
@@ -53,36 +54,36 @@ def test_the_evaluation_compares_explains_and_reports_and_is_reused_when_unchang
     assert states and all(s == "Cached" for s in states.values()), states
 
 
-def test_the_tasks_run_on_their_own(tiny_cohort_master: Path, tmp_path: Path) -> None:
-    from prefect.logging import disable_run_logger
-
+def test_the_stage_and_the_report_run_on_their_own(tiny_cohort_master: Path, tmp_path: Path) -> None:
     params = params_for(tiny_cohort_master, tmp_path / "work", **{"training.network.variant": "tabular",
                                                                    "evaluation.gradcam": False})
     cohort = ingest(params)
     table = imaging(params, cohort)
     trained = training(params, cohort, table)
-    clinical = list(params.training.tabular.clinical)
-    folder = evaluation_folder(params.work_dir, evaluation_key([trained.folder.name], table.folder.name, clinical,
-                                                               params.evaluation, None))
-    with disable_run_logger():
-        compared = t.compare_models.fn(table.table_path, [trained], None, clinical, params.evaluation, None, folder)
-        assert "oracle" not in compared.comparison.index and trained.name in compared.comparison.index
-        explanation = t.explain_models.fn(table.table_path, [trained], None, None, params.training.inputs,
-                                          params.evaluation, folder)
-        importance = pd.read_csv(explanation / "importance.csv")
-        assert set(importance["kind"]) == {"tabular"} and not (explanation / "gradcam.csv").exists()
-        report = t.report.fn(table.table_path, compared, trained, explanation, params.evaluation, [], folder)
-        assert report.is_file() and "small test set" in (report.parent / "summary.md").read_text(encoding="utf-8")
+    clinical = tuple(params.training.tabular.clinical)
+    stage = Evaluate((trained,), table, clinical, params.evaluation, None, params.work_dir)
+    compared = run(stage)
+    assert compared.folder == stage.folder() and run(stage).comparison.equals(compared.comparison)  # loaded again
+    assert "oracle" not in compared.comparison.index and trained.name in compared.comparison.index
+    explanation = compared.folder / "explanation"
+    importance = pd.read_csv(explanation / "importance.csv")
+    assert set(importance["kind"]) == {"tabular"} and not (explanation / "gradcam.csv").exists()
+    assert not compared.reports(None)  # the report is written beside the stage, by render_report
+    report = render_report(stage, compared)
+    assert report.is_file() and "small test set" in (report.parent / "summary.md").read_text(encoding="utf-8")
+    assert compared.reports(None) and not compared.reports(2)
+    render_report(stage, compared, 2)  # the test set served two gate decisions since: named, replaced in place
+    assert compared.reports(2) and compared.report_decisions() == 2
 
-        twice = t.compare_models.fn(table.table_path, [trained, trained], None, clinical, params.evaluation, None,
-                                    tmp_path / "twice")  # two networks of one name (e.g. two poolings) stay apart
-        assert list(twice.comparison.index[:2]) == [trained.name, f"{trained.name} [{trained.folder.name[:8]}]"]
+    twice = run(Evaluate((trained, trained), table, clinical, params.evaluation, None, params.work_dir))
+    assert list(twice.comparison.index[:2]) == [trained.name, f"{trained.name} [{trained.folder.name[:8]}]"]  # apart
 
-        seed = split_seed(tiny_cohort_master, test_fraction=0.3, start=7)  # another valid split of these patients
-        assert seed is not None
-        reseeded = params.model_copy(update={"training": params.training.model_copy(update={
-            "splits": params.training.splits.model_copy(update={"seed": seed, "test_fraction": 0.3})})})
-        other = training(reseeded, cohort, table)
-        with pytest.raises(ValueError, match="different splits"):
-            t.compare_models.fn(table.table_path, [trained, other], None, clinical, params.evaluation, None,
-                                tmp_path / "elsewhere")
+    seed = split_seed(tiny_cohort_master, test_fraction=0.3, start=7)  # another valid split of these patients
+    assert seed is not None
+    reseeded = params.model_copy(update={"training": params.training.model_copy(update={
+        "splits": params.training.splits.model_copy(update={"seed": seed, "test_fraction": 0.3})})})
+    other = training(reseeded, cohort, table)
+    mixed = Evaluate((trained, other), table, clinical, params.evaluation, None, params.work_dir)
+    with pytest.raises(ValueError, match="different splits"):
+        run(mixed)
+    assert not mixed.folder().exists()  # nothing half-written

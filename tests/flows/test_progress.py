@@ -14,8 +14,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.logging.handlers import PrefectConsoleHandler
 from rich.progress import Progress
 
-from flows.cli import _StageBars, run_display
 from flows.progress import PROGRESS_LOGGER, StageProgress, tracked
+from flows.render import StageBars, run_display
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -61,7 +61,7 @@ def test_a_flow_counts_its_futures_as_they_complete_and_the_ui_gets_a_progress_a
 
 def test_the_bars_follow_the_counts_one_per_stage() -> None:
     progress = Progress(disable=True)
-    bars = _StageBars(progress)
+    bars = StageBars(progress)
     logger = logging.getLogger("tests.progress.bars")
     logger.propagate = False
     logger.setLevel(logging.INFO)

@@ -17,9 +17,10 @@ from pydantic import ValidationError
 from survival_model.config import ClinicalSource, IngestParams, Institution, parse_params
 from survival_model.errors import ConfigError, DataSourceError
 from survival_model.ingest import clinical as clinical_module
-from survival_model.ingest.clinical import CLINICAL_DTYPES, harmonise_site, harmonise_table
+from survival_model.ingest.clinical import CLINICAL_DTYPES, ClinicalResult, HarmoniseClinical, harmonise_table
 from survival_model.ingest.privacy import Pseudonymiser
-from survival_model.ingest.quarantine import QuarantineRecord
+from survival_model.quarantine import QuarantineRecord
+from survival_model.stage import run, short
 
 SITE = "site_x"
 PSEUDONYMISER = Pseudonymiser(b"k" * 32)
@@ -57,6 +58,12 @@ def source(path: Path, **fields: Any) -> ClinicalSource:
 
 def harmonise(src: ClinicalSource, params: IngestParams | None = None) -> Harmonised:
     return harmonise_table(SITE, src, params or IngestParams(), PSEUDONYMISER)
+
+
+def harmonised_site(site: str, inst: Institution, params: IngestParams, pseudonymiser: Pseudonymiser,
+                    work: Path) -> ClinicalResult:
+    """The site's clinical table through its stage (computed, or read back when its folder exists)."""
+    return run(HarmoniseClinical(site, inst, params, pseudonymiser, work))
 
 
 def cid(source_id: str) -> str:
@@ -830,10 +837,10 @@ def test_harmonise_site_is_content_keyed_and_reused(tmp_path: Path, monkeypatch:
     path = table(tmp_path, ["id", "time", "event", "kps"], ["a", "10", "1", "80"], ["b", "20", "0", "200"])
     inst = institution(path, columns={"kps": "kps"})
     work = tmp_path / "work"
-    first = harmonise_site(SITE, inst, IngestParams(), PSEUDONYMISER, work)
+    first = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, work)
     assert first.error is None and first.table_path is not None
     folder = first.table_path.parent
-    assert folder == work / "ingest" / "clinical" / SITE / first.key[:16]
+    assert folder == work / "ingest" / "clinical" / SITE / short(first.key)
     assert list(first.table()["case_id"]) == [cid("a")]
     assert [(q.case_id, q.reason) for q in first.quarantine] == [(cid("b"), "clinical_out_of_range")]
     assert first.report["harmonised"] == 1
@@ -845,7 +852,7 @@ def test_harmonise_site_is_content_keyed_and_reused(tmp_path: Path, monkeypatch:
 
     with monkeypatch.context() as patch:
         patch.setattr(clinical_module, "harmonise_table", no_recompute)
-        second = harmonise_site(SITE, inst, IngestParams(), PSEUDONYMISER, work)
+        second = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, work)
     assert (second.key, second.table_path) == (first.key, first.table_path)
     assert second.quarantine == first.quarantine
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
@@ -853,21 +860,24 @@ def test_harmonise_site_is_content_keyed_and_reused(tmp_path: Path, monkeypatch:
 
     # one changed byte in the table: a new key and a new folder, the old one untouched
     path.write_bytes(path.read_bytes().replace(b"a,10,1", b"a,11,1"))
-    third = harmonise_site(SITE, inst, IngestParams(), PSEUDONYMISER, work)
+    third = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, work)
     assert third.key != first.key and third.table_path is not None and third.table_path.parent != folder
     assert third.table()["time_days"].tolist() == [11.0]
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
 
     # changed params or key also change the key
-    assert harmonise_site(SITE, inst, IngestParams(kps_range=(0, 300)), PSEUDONYMISER, work).key != third.key
-    assert harmonise_site(SITE, inst, IngestParams(), Pseudonymiser(b"z" * 32), work).key != third.key
+    assert harmonised_site(SITE, inst, IngestParams(kps_range=(0, 300)), PSEUDONYMISER, work).key != third.key
+    assert harmonised_site(SITE, inst, IngestParams(), Pseudonymiser(b"z" * 32), work).key != third.key
+    stage = HarmoniseClinical(SITE, inst, IngestParams(), PSEUDONYMISER, work)
+    assert stage.label() == f"clinical-{SITE}" and stage.key() == third.key
+    assert stage.outputs(stage.folder()) == [third.table_path.parent / "report.json"]
 
 
 def test_harmonise_site_persists_the_documented_dtypes(tmp_path: Path) -> None:
     path = table(
         tmp_path, ["id", "time", "event", "sex", "egfr"], ["a", "10", "1", "F", "yes"], ["b", "20", "0", "", ""]
     )
-    result = harmonise_site(
+    result = harmonised_site(
         SITE,
         institution(path, columns={"sex": "sex", "egfr_mutant": "egfr"}),
         IngestParams(),
@@ -893,14 +903,16 @@ def test_harmonise_site_persists_the_documented_dtypes(tmp_path: Path) -> None:
 )
 def test_an_unusable_table_gives_a_result_with_an_error(tmp_path: Path, make: Any, message: str) -> None:
     inst = make(tmp_path)
-    result = harmonise_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
+    result = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
     assert result.error is not None and result.table_path is None
     assert result.table().empty
     assert re.search(message, result.error), result.error
     assert list(result.table().columns[:2]) == ["site", "case_id"]
     # the error is cached too: a second call reads it back
-    again = harmonise_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
+    again = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
     assert (again.key, again.error) == (result.key, result.error)
+    stage = HarmoniseClinical(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
+    assert [p.name for p in stage.outputs(stage.folder())] == ["error.json"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -996,7 +1008,7 @@ def test_an_unreadable_table_gives_an_error_result_not_an_exception(tmp_path: Pa
         path = tmp_path / "clinical.csv"
         path.write_text("\nid,time,event\np1,10,1\n")
         inst = institution(path, header_rows=[1])
-    result = harmonise_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
+    result = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
     assert result.error is not None and "cannot be read" in result.error
 
 

@@ -10,17 +10,19 @@ import pytest
 from survival_model.config import IngestParams
 from survival_model.imageio import write_parquet
 from survival_model.ingest.clinical import ClinicalResult, empty_clinical_table
-from survival_model.ingest.cohort import assemble, build_cohort, data_fingerprint
-from survival_model.ingest.images import ImageOutcome, PatientImages
-from survival_model.ingest.quarantine import QuarantineRecord
+from survival_model.ingest.cohort import AssembleCohort, assemble, data_fingerprint
+from survival_model.patient import Patient, PatientOutcome
+from survival_model.quarantine import QuarantineRecord
+from survival_model.stage import run, short
 
 
-def outcome(case_id: str, site: str = "a", components: int = 1, key: str | None = None) -> ImageOutcome:
+def outcome(case_id: str, site: str = "a", components: int = 1, key: str | None = None) -> PatientOutcome:
     folder = Path("/w") / case_id
-    images = PatientImages(site, case_id, folder, {"t1c": folder / "t1c.nii.gz"}, folder / "seg.nii.gz", None,
-                           key or f"key-{case_id}", {"tumour_components": components, "mask_geometry_fixed": False,
-                                                     "source_digest": f"src-{case_id}"})
-    return ImageOutcome(site, case_id, key or f"key-{case_id}", images)
+    patient = Patient(site=site, case_id=case_id, folder=folder, images={"t1c": folder / "t1c.nii.gz"},
+                      mask=folder / "seg.nii.gz", brain_mask=None, key=key or f"key-{case_id}",
+                      qc={"tumour_components": components, "mask_geometry_fixed": False,
+                          "source_digest": f"src-{case_id}"})
+    return PatientOutcome(site, case_id, key or f"key-{case_id}", patient)
 
 
 def clinical(tmp_path: Path, site: str, rows: list[dict],
@@ -51,7 +53,8 @@ def test_join_and_the_missing_sides(tmp_path: Path) -> None:
 
 
 def test_quarantined_images_and_duplicates(tmp_path: Path) -> None:
-    failed = ImageOutcome("a", "a-2", "k2", None, (QuarantineRecord("a", "a-2", "images", "empty_mask", "a-2: empty"),))
+    empty = QuarantineRecord("a", "a-2", "images", "empty_mask", "a-2: empty")
+    failed = PatientOutcome("a", "a-2", "k2", None, (empty,))
     outcomes = [outcome("a-1"), failed, outcome("a-3", key="x"), outcome("a-3", key="y")]
     result = clinical(tmp_path, "a", [row("a-1"), row("a-2"), row("a-3")])
     cohort, records = assemble(outcomes, [result], IngestParams())
@@ -90,13 +93,22 @@ def test_fingerprint_ignores_paths_but_not_data(tmp_path: Path) -> None:
     assert data_fingerprint(cohort.assign(time_days=101.0)) != data_fingerprint(cohort)
 
 
-def test_build_cohort_writes_reports_and_is_content_keyed(tmp_path: Path) -> None:
+def test_the_cohort_stage_writes_reports_and_is_content_keyed(tmp_path: Path) -> None:
     result = clinical(tmp_path, "a", [row("a-1"), row("a-4")])
-    built = build_cohort([outcome("a-1")], [result], IngestParams(), tmp_path / "work")
+    stage = AssembleCohort((outcome("a-1"),), (result,), IngestParams(), tmp_path / "work",
+                           pseudonym_key_fingerprint="f" * 16)
+    built = run(stage)
+    assert built.folder == stage.folder() == tmp_path / "work" / "ingest" / "cohort" / short(stage.key())
     assert built.cohort().shape[0] == 1
     assert [p.name for p in built.report_files() if p.is_file()] == [
         "summary.json", "summary.md", "quarantine.csv", "cohort_summary.png"]
     assert built.summary["quarantine_by_reason"] == {"missing_images": 1}
+    assert built.summary["pseudonym_key_fingerprint"] == "f" * 16
     assert "missing_images" in (built.folder / "summary.md").read_text()
-    again = build_cohort([outcome("a-1")], [result], IngestParams(), tmp_path / "work")
-    assert again.folder == built.folder
+    assert all(p.is_file() for p in stage.outputs(stage.folder()))
+    again = run(AssembleCohort((outcome("a-1"),), (result,), IngestParams(), tmp_path / "work"))
+    assert again.folder == built.folder  # the key's fingerprint is recorded, not keyed (the ids carry the key)
+    changed = AssembleCohort((outcome("a-1", key="other"),), (result,), IngestParams(), tmp_path / "work")
+    assert changed.key() != stage.key()
+    erred = AssembleCohort((outcome("a-1"),), (result,), IngestParams(), tmp_path / "work", {"b": "no folder"})
+    assert erred.key() != stage.key()

@@ -11,9 +11,13 @@ import pytest
 import SimpleITK as sitk
 
 from survival_model.config import IngestParams, Institution
+from survival_model.fingerprint import digest_memo_path
+from survival_model.imageio import read_json
 from survival_model.ingest.discovery import discover_cases
-from survival_model.ingest.images import ImageOutcome, ingest_case
+from survival_model.ingest.images import IngestImages, case_id_for, source_digest
 from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.patient import PatientOutcome
+from survival_model.stage import run, short
 
 CASE = "PAT-0042"
 PSEUDO = Pseudonymiser(b"k" * 32)
@@ -64,13 +68,19 @@ def institution(root: Path, **changes: Any) -> Institution:
     return Institution.model_validate(data)
 
 
-def ingest(root: Path, work: Path, inst: Institution | None = None, params: IngestParams | None = None) -> ImageOutcome:
+def stage(root: Path, work: Path, inst: Institution | None = None,
+          params: IngestParams | None = None) -> IngestImages:
     inst = inst or institution(root)
     (case,) = discover_cases("site_x", inst.images)
-    return ingest_case(case, inst, params or IngestParams(), PSEUDO, work)
+    return IngestImages(case_id_for(case, inst, PSEUDO), case, inst, params or IngestParams(), work)
 
 
-def reason(outcome: ImageOutcome) -> str:
+def ingest(root: Path, work: Path, inst: Institution | None = None,
+           params: IngestParams | None = None) -> PatientOutcome:
+    return run(stage(root, work, inst, params))
+
+
+def reason(outcome: PatientOutcome) -> str:
     assert not outcome.ok
     (record,) = outcome.quarantine
     assert CASE not in record.message, "the source id leaked into a message"
@@ -80,39 +90,64 @@ def reason(outcome: ImageOutcome) -> str:
 def test_a_good_case_is_written_canonically(tmp_path: Path) -> None:
     write_case(tmp_path / "raw")
     outcome = ingest(tmp_path / "raw", tmp_path / "work")
-    assert outcome.ok and outcome.images is not None
-    images = outcome.images
+    assert outcome.ok and outcome.patient is not None
+    patient = outcome.patient
     assert outcome.case_id == PSEUDO.case_id("site_x", CASE)
-    assert set(images.sequences) == {"t1n", "t1c", "t2w", "t2f"}
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(images.mask)))
+    assert set(patient.images) == {"t1n", "t1c", "t2w", "t2f"}
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(patient.mask)))
     assert seg.dtype == np.uint8 and set(np.unique(seg)) == {0, 1, 2, 3}
-    assert images.qc["label_voxels"] == {"netc": 4, "snfh": int((tumour_mask() == 2).sum()), "et": 44}
-    assert images.qc["tumour_components"] == 1
-    assert images.qc["label_volume_mm3"]["et"] == pytest.approx(44 * 12.0)
-    assert CASE not in str(images.folder)
-    assert (images.folder / "manifest.json").is_file()
+    assert patient.qc["label_voxels"] == {"netc": 4, "snfh": int((tumour_mask() == 2).sum()), "et": 44}
+    assert patient.qc["tumour_components"] == 1
+    assert patient.qc["label_volume_mm3"]["et"] == pytest.approx(44 * 12.0)
+    assert CASE not in str(patient.folder)
+    assert (patient.folder / "manifest.json").is_file()
 
 
 def test_reuse_does_not_rewrite_and_changed_bytes_make_a_new_folder(tmp_path: Path) -> None:
     write_case(tmp_path / "raw")
     first = ingest(tmp_path / "raw", tmp_path / "work")
-    assert first.images is not None
-    stamp = first.images.mask.stat().st_mtime_ns
+    assert first.patient is not None
+    stamp = first.patient.mask.stat().st_mtime_ns
     again = ingest(tmp_path / "raw", tmp_path / "work")
-    assert again.key == first.key and again.images is not None
-    assert again.images.mask.stat().st_mtime_ns == stamp
+    assert again.key == first.key and again.patient is not None
+    assert again.patient.mask.stat().st_mtime_ns == stamp
     other = volume(np.full((8, 12, 12), 7.0, dtype=np.float32) + np.arange(12, dtype=np.float32))
     write_case(tmp_path / "raw", overrides={"t2w": other})
     changed = ingest(tmp_path / "raw", tmp_path / "work")
-    assert changed.key != first.key and changed.images is not None
-    assert changed.images.folder != first.images.folder
+    assert changed.key != first.key and changed.patient is not None
+    assert changed.patient.folder != first.patient.folder
+
+
+def test_the_stage_names_its_folder_and_outputs_by_its_key(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw")
+    work = tmp_path / "work"
+    ingestion = stage(tmp_path / "raw", work)
+    case_id = PSEUDO.case_id("site_x", CASE)
+    assert (ingestion.case_id, ingestion.label()) == (case_id, f"images-{case_id}")
+    assert ingestion.folder() == work / "ingest" / "images" / "site_x" / case_id / short(ingestion.key())
+    assert not any(p.exists() for p in ingestion.outputs(ingestion.folder()))
+    outcome = run(ingestion)
+    assert outcome.key == ingestion.key() and outcome.patient is not None and outcome.patient.key == outcome.key
+    assert [p.name for p in ingestion.outputs(ingestion.folder())] == ["manifest.json"]
+    assert all(p.is_file() for p in ingestion.outputs(ingestion.folder()))
+    manifest = read_json(ingestion.folder() / "manifest.json")
+    assert manifest["key"] == ingestion.key()
+    assert manifest["qc"]["source_digest"] == outcome.patient.qc["source_digest"] == source_digest(ingestion.case)
+    assert digest_memo_path(work).is_file()  # the raw files' digests are memoised in the work directory
+    assert stage(tmp_path / "raw", work).key() == ingestion.key()  # a new stage object: the same key
+
+    write_case(tmp_path / "bad", skip=("seg",))
+    bad = stage(tmp_path / "bad", work)
+    assert not run(bad).ok
+    assert [p.name for p in bad.outputs(bad.folder())] == ["quarantine.json"]
+    assert not (bad.folder() / "manifest.json").exists()
 
 
 def test_glioma_labels_are_remapped(tmp_path: Path) -> None:
     write_case(tmp_path / "raw", mask=tumour_mask(labels=(1, 2, 4)))
     outcome = ingest(tmp_path / "raw", tmp_path / "work", institution(tmp_path / "raw", labels="brats_glioma"))
-    assert outcome.images is not None
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(outcome.images.mask)))
+    assert outcome.patient is not None
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(outcome.patient.mask)))
     assert set(np.unique(seg)) == {0, 1, 2, 3} and int((seg == 3).sum()) == 44
 
 
@@ -159,8 +194,8 @@ def test_unreadable_and_unsupported_files(tmp_path: Path) -> None:
 def test_mask_within_tolerance_takes_the_image_geometry(tmp_path: Path) -> None:
     write_case(tmp_path / "raw", overrides={"seg": volume(tumour_mask(), origin=(0.01, 0.0, 0.0))})
     outcome = ingest(tmp_path / "raw", tmp_path / "work")
-    assert outcome.images is not None and outcome.images.qc["mask_geometry_fixed"] is True
-    seg = sitk.ReadImage(str(outcome.images.mask))
+    assert outcome.patient is not None and outcome.patient.qc["mask_geometry_fixed"] is True
+    seg = sitk.ReadImage(str(outcome.patient.mask))
     assert seg.GetOrigin() == (0.0, 0.0, 0.0)
 
 
@@ -169,9 +204,9 @@ def test_sequences_on_other_grids_are_kept_when_not_co_registered(tmp_path: Path
     write_case(tmp_path / "raw", overrides={"t2w": other})
     inst = institution(tmp_path / "raw", acquisition={"co_registered": False})
     outcome = ingest(tmp_path / "raw", tmp_path / "work", inst)
-    assert outcome.images is not None
-    assert outcome.images.qc["geometry"]["t2w"]["size"] == [10, 10, 6]
-    assert outcome.images.qc["geometry"]["t1c"]["size"] == [12, 12, 8]
+    assert outcome.patient is not None
+    assert outcome.patient.qc["geometry"]["t2w"]["size"] == [10, 10, 6]
+    assert outcome.patient.qc["geometry"]["t1c"]["size"] == [12, 12, 8]
 
 
 def test_metadata_such_as_names_is_not_carried_over(tmp_path: Path) -> None:
@@ -179,6 +214,8 @@ def test_metadata_such_as_names_is_not_carried_over(tmp_path: Path) -> None:
     tagged.SetMetaData("ITK_FileNotes", "Doe^Jane")  # what ITK writes into the NIfTI `descrip` field
     write_case(tmp_path / "raw", overrides={"t1n": tagged}, suffix=".nrrd")
     outcome = ingest(tmp_path / "raw", tmp_path / "work", institution(tmp_path / "raw", suffix=".nrrd"))
-    assert outcome.images is not None
-    assert b"Doe^Jane" not in gzip.decompress(outcome.images.sequences["t1n"].read_bytes())
+    assert outcome.patient is not None
+    written = outcome.patient.images["t1n"]
+    data = gzip.decompress(written.read_bytes()) if written.name.endswith(".gz") else written.read_bytes()
+    assert written.name.endswith((".nii", ".nii.gz")) and b"Doe^Jane" not in data
     assert b"Doe^Jane" in (tmp_path / "raw" / CASE / f"{CASE}-t1n.nrrd").read_bytes()

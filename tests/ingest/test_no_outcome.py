@@ -14,16 +14,17 @@ from survival_model.imageio import write_parquet
 from survival_model.ingest.clinical import (
     CLINICAL_DTYPES,
     ClinicalResult,
+    HarmoniseClinical,
     empty_clinical_table,
-    harmonise_site,
     harmonise_table,
     has_outcome,
 )
-from survival_model.ingest.cohort import build_cohort, summarise
-from survival_model.ingest.images import ImageOutcome, PatientImages
+from survival_model.ingest.cohort import AssembleCohort, summarise
 from survival_model.ingest.privacy import Pseudonymiser
-from survival_model.ingest.quarantine import QuarantineRecord, quarantine_frame
 from survival_model.ingest.report import plot_cohort, site_table, summary_markdown
+from survival_model.patient import Patient, PatientOutcome
+from survival_model.quarantine import QuarantineRecord, quarantine_frame
+from survival_model.stage import run
 from survival_model.tracking_summary import ingestion_metrics
 
 SITE = "site_x"
@@ -96,7 +97,7 @@ def test_harmonise_site_without_survival_persists_the_nullable_dtypes(tmp_path: 
         "images": {"layout": "brats", "root": str(tmp_path)},
         "clinical": {"path": str(path), "id_column": "id", "columns": {"age": "age"}},
     })
-    result = harmonise_site(SITE, institution, IngestParams(), PSEUDONYMISER, tmp_path / "work")
+    result = run(HarmoniseClinical(SITE, institution, IngestParams(), PSEUDONYMISER, tmp_path / "work"))
     assert result.error is None
     frame = result.table()
     for column, dtype in {"site": "string", "case_id": "string", **CLINICAL_DTYPES}.items():
@@ -109,12 +110,12 @@ def test_harmonise_site_without_survival_persists_the_nullable_dtypes(tmp_path: 
 # --------------------------------------------------------------------------------------------------
 
 
-def outcome(case_id: str, site: str) -> ImageOutcome:
+def outcome(case_id: str, site: str) -> PatientOutcome:
     folder = Path("/w") / case_id
-    images = PatientImages(site, case_id, folder, {"t1c": folder / "t1c.nii.gz"}, folder / "seg.nii.gz", None,
-                           f"key-{case_id}", {"tumour_components": 1, "mask_geometry_fixed": False,
-                                              "source_digest": f"src-{case_id}"})
-    return ImageOutcome(site, case_id, f"key-{case_id}", images)
+    patient = Patient(site=site, case_id=case_id, folder=folder, images={"t1c": folder / "t1c.nii.gz"},
+                      mask=folder / "seg.nii.gz", brain_mask=None, key=f"key-{case_id}",
+                      qc={"tumour_components": 1, "mask_geometry_fixed": False, "source_digest": f"src-{case_id}"})
+    return PatientOutcome(site, case_id, f"key-{case_id}", patient)
 
 
 def clinical(tmp_path: Path, site: str, rows: list[dict[str, Any]]) -> ClinicalResult:
@@ -134,7 +135,7 @@ NEW = [{"case_id": "n-1", "age": 60.0}, {"case_id": "n-2", "age": 71.0}]
 def built(tmp_path: Path) -> Any:
     outcomes = [outcome(r["case_id"], "a") for r in KNOWN] + [outcome(r["case_id"], "new") for r in NEW]
     results = [clinical(tmp_path, "a", KNOWN), clinical(tmp_path, "new", NEW)]
-    return build_cohort(outcomes, results, IngestParams(), tmp_path / "work")
+    return run(AssembleCohort(tuple(outcomes), tuple(results), IngestParams(), tmp_path / "work"))
 
 
 def test_cohort_keeps_patients_without_outcome_with_missing_values(built: Any) -> None:
@@ -199,7 +200,8 @@ def test_report_figure_names_the_site_without_outcomes(built: Any, tmp_path: Pat
 
 def test_a_figure_of_a_cohort_with_no_outcome_at_all(tmp_path: Path) -> None:
     results = [clinical(tmp_path, "new", NEW)]
-    built = build_cohort([outcome(r["case_id"], "new") for r in NEW], results, IngestParams(), tmp_path / "work")
+    built = run(AssembleCohort(tuple(outcome(r["case_id"], "new") for r in NEW), tuple(results), IngestParams(),
+                               tmp_path / "work"))
     assert built.summary["events"] == 0 and built.summary["without_outcome"] == 2
     assert (built.folder / "cohort_summary.png").is_file()
 

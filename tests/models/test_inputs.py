@@ -11,14 +11,15 @@ import SimpleITK as sitk
 from survival_model.config import ImageInputParams
 from survival_model.errors import PatientDataError
 from survival_model.models.inputs import (
+    ImageInput,
     build_image_input,
     lesion_window,
     load_image_input,
     roi_square,
     slice_positions,
-    store_image_input,
 )
-from survival_model.preprocess.stage import PreprocessedPatient
+from survival_model.patient import Patient
+from survival_model.stage import run, short
 
 SHAPE = (30, 40, 40)  # z, y, x
 SPACING = (2.0, 2.0, 2.5)  # x, y, z (mm)
@@ -127,16 +128,19 @@ def test_a_label_map_without_tumour_is_refused(tmp_path: Path, patient: tuple[di
 
 def test_the_input_is_stored_once_per_content_key(tmp_path: Path, patient: tuple[dict[str, Path], Path]) -> None:
     images, seg = patient
-    preprocessed = PreprocessedPatient(site="site_a", case_id="site_a-0001", folder=seg.parent, images=images,
-                                       mask=seg, brain_mask=seg, key="k" * 64)
+    preprocessed = Patient(site="site_a", case_id="site_a-0001", folder=seg.parent, images=images,
+                           mask=seg, brain_mask=seg, key="k" * 64)
     params = ImageInputParams(slices=3, size=16, sequences=["t1c"])
     work = tmp_path / "work"
-    path = store_image_input(preprocessed, params, work)
-    assert path.is_relative_to(work / "inputs" / "site_a" / "site_a-0001")
+    stage = ImageInput(preprocessed, params, work)
+    path = run(stage)
+    assert path.parent == stage.folder() == work / "inputs" / "site_a" / "site_a-0001" / short(stage.key())
+    assert all(p.is_file() for p in stage.outputs(stage.folder()))
     first = path.stat().st_mtime_ns
-    assert store_image_input(preprocessed, params, work) == path and path.stat().st_mtime_ns == first  # reused
+    assert run(ImageInput(preprocessed, params, work)) == path and path.stat().st_mtime_ns == first  # reused
     assert np.array_equal(load_image_input(path), build_image_input(images, seg, params))
-    other = store_image_input(preprocessed, params.model_copy(update={"size": 24}), work)
-    assert other != path and load_image_input(other).shape == (3, 1, 24, 24)
-    changed = PreprocessedPatient(**{**preprocessed.__dict__, "key": "j" * 64})
-    assert store_image_input(changed, params, work) != path  # new preprocessing, new input
+    other = run(ImageInput(preprocessed, params.model_copy(update={"size": 24}), work))
+    channels = len(params.sequences) + len(params.mask_channels)  # t1c, then the default region masks
+    assert other != path and load_image_input(other).shape == (3, channels, 24, 24)
+    changed = Patient(**{**preprocessed.__dict__, "key": "j" * 64})
+    assert run(ImageInput(changed, params, work)) != path  # new preprocessing, new input

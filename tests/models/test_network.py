@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import timm
@@ -12,6 +13,12 @@ from safetensors.torch import save_file
 from survival_model.config import NetworkParams
 from survival_model.errors import ConfigError
 from survival_model.models.network import HybridSurvivalNet, ImageTerm
+
+
+def global_net(**settings: Any) -> NetworkParams:
+    """Network settings with the image branch's globally pooled features (these tests were written for them;
+    the default pools region features, which needs mask channels)."""
+    return NetworkParams(**{"image_features": "global", **settings})
 
 BATCH, SLICES, CHANNELS, SIZE, TABULAR = 2, 3, 4, 64, 7
 
@@ -26,7 +33,7 @@ def inputs() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize(("objective", "outputs"), [("cox", 1), ("mse", 1), ("weibull", 2)])
 def test_the_paper_backbones_give_one_output_row_per_patient(backbone: str, objective: str, outputs: int) -> None:
     torch.manual_seed(0)
-    net = HybridSurvivalNet(NetworkParams(backbone=backbone, objective=objective), CHANNELS, TABULAR).eval()
+    net = HybridSurvivalNet(global_net(backbone=backbone, objective=objective), CHANNELS, TABULAR).eval()
     images, tabular = inputs()
     with torch.no_grad():
         out = net(images, tabular)
@@ -39,8 +46,8 @@ def test_attention_pooling_weights_the_slices_and_mean_pooling_ignores_their_ord
     torch.manual_seed(0)
     images, tabular = inputs()
     concat = {"backbone": "resnet18", "fusion": "concat"}  # an additive image term starts at zero: compare heads
-    mean = HybridSurvivalNet(NetworkParams(**concat, pooling="mean"), CHANNELS, TABULAR).eval()  # type: ignore[arg-type]
-    attention = HybridSurvivalNet(NetworkParams(**concat, pooling="attention"), CHANNELS, TABULAR).eval()  # type: ignore[arg-type]
+    mean = HybridSurvivalNet(global_net(**concat, pooling="mean"), CHANNELS, TABULAR).eval()  # type: ignore[arg-type]
+    attention = HybridSurvivalNet(global_net(**concat, pooling="attention"), CHANNELS, TABULAR).eval()  # type: ignore[arg-type]
     reversed_slices = images.flip(1)
     with torch.no_grad():
         assert torch.allclose(mean(images, tabular), mean(reversed_slices, tabular), atol=1e-5)
@@ -55,7 +62,7 @@ def test_attention_pooling_weights_the_slices_and_mean_pooling_ignores_their_ord
 def test_the_additive_fusion_starts_as_the_tabular_term_and_adds_an_image_term() -> None:
     torch.manual_seed(0)
     images, tabular = inputs()
-    net = HybridSurvivalNet(NetworkParams(backbone="resnet18", image_bottleneck=4), CHANNELS, TABULAR).eval()
+    net = HybridSurvivalNet(global_net(backbone="resnet18", image_bottleneck=4), CHANNELS, TABULAR).eval()
     assert net.head is None and isinstance(net.tabular, torch.nn.Sequential)
     linear = [m for m in net.tabular.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linear) == 1 and linear[0].in_features == TABULAR  # tabular_hidden [] : a linear (Cox) term
@@ -116,7 +123,7 @@ def test_region_intensities_are_the_input_sequences_means_inside_each_region() -
 
 def test_the_standardised_image_term_ignores_feature_units_and_its_linear_path_starts_at_zero() -> None:
     torch.manual_seed(0)
-    params = NetworkParams(image_standardise=True, image_linear=True, image_bottleneck=4, dropout=0.0)
+    params = global_net(image_standardise=True, image_linear=True, image_bottleneck=4, dropout=0.0)
     term = ImageTerm(6, params, 1).eval()
     features = torch.randn(32, 6) * torch.tensor([1.0, 10.0, 0.5, 1.0, 5.0, 100.0]) + 3.0
     assert torch.equal(term(features), torch.zeros(32, 1))  # both paths start at exactly zero
@@ -133,19 +140,19 @@ def test_the_standardised_image_term_ignores_feature_units_and_its_linear_path_s
     assert torch.allclose(norm.running_mean, rescaled.mean(0))  # type: ignore[arg-type]
     eval_out = term(rescaled)  # the same standardisation up to the unbiased variance (32 / 31)
     assert torch.allclose(eval_out, term.train()(rescaled), rtol=0.05, atol=1e-3)
-    plain = ImageTerm(6, NetworkParams(image_bottleneck=4, image_standardise=False), 1)
+    plain = ImageTerm(6, global_net(image_bottleneck=4, image_standardise=False), 1)
     assert isinstance(plain.standardise, torch.nn.Identity) and plain.linear is None
     assert plain.output_layers() == [plain.bottleneck[-1]]
 
 
 def test_tabular_only_and_image_only_variants_use_one_branch() -> None:
     images, tabular = inputs()
-    tab = HybridSurvivalNet(NetworkParams(variant="tabular"), 0, TABULAR)
+    tab = HybridSurvivalNet(global_net(variant="tabular"), 0, TABULAR)
     assert tab.backbone is None and tab(None, tabular).shape == (BATCH, 1)
-    img = HybridSurvivalNet(NetworkParams(backbone="resnet18", variant="image"), CHANNELS, 0)
+    img = HybridSurvivalNet(global_net(backbone="resnet18", variant="image"), CHANNELS, 0)
     assert img.tabular is None and img(images, None).shape == (BATCH, 1)
     with pytest.raises(ValueError, match="needs the tabular vector"):
-        HybridSurvivalNet(NetworkParams(backbone="resnet18"), CHANNELS, TABULAR)(images, None)
+        HybridSurvivalNet(global_net(backbone="resnet18"), CHANNELS, TABULAR)(images, None)
     with pytest.raises(ValueError, match=r"images must be \(batch, slices"):
         img.embed_images(images[:, 0])
 
@@ -155,21 +162,21 @@ def test_pretrained_weights_come_from_a_local_file_with_the_first_convolution_ad
     source = timm.create_model("resnet18", pretrained=False)  # an ImageNet-shaped checkpoint: 3 channels, 1000 classes
     weights = tmp_path / "resnet18.safetensors"
     save_file(source.state_dict(), str(weights))
-    net = HybridSurvivalNet(NetworkParams(backbone="resnet18", pretrained_weights=weights), CHANNELS, TABULAR)
+    net = HybridSurvivalNet(global_net(backbone="resnet18", pretrained_weights=weights), CHANNELS, TABULAR)
     assert net.backbone is not None
     loaded = net.backbone.state_dict()
     assert torch.equal(loaded["layer4.1.conv2.weight"], source.state_dict()["layer4.1.conv2.weight"])
     assert loaded["conv1.weight"].shape[1] == CHANNELS  # 3 -> 4 input channels, adapted by timm
-    random = HybridSurvivalNet(NetworkParams(backbone="resnet18"), CHANNELS, TABULAR)
+    random = HybridSurvivalNet(global_net(backbone="resnet18"), CHANNELS, TABULAR)
     assert random.backbone is not None
     assert not torch.equal(random.backbone.state_dict()["layer4.1.conv2.weight"], loaded["layer4.1.conv2.weight"])
 
 
 def test_bad_settings_are_refused_with_the_key() -> None:
     with pytest.raises(ConfigError, match="'resnet51' is not a timm model name"):
-        HybridSurvivalNet(NetworkParams(backbone="resnet51"), CHANNELS, TABULAR)
+        HybridSurvivalNet(global_net(backbone="resnet51"), CHANNELS, TABULAR)
     with pytest.raises(ConfigError, match="pretrained_weights: file not found"):
-        HybridSurvivalNet(NetworkParams(backbone="resnet18", pretrained_weights=Path("/nonexistent.pth")),
+        HybridSurvivalNet(global_net(backbone="resnet18", pretrained_weights=Path("/nonexistent.pth")),
                           CHANNELS, TABULAR)
     with pytest.raises(ConfigError, match="at least one tabular feature"):
-        HybridSurvivalNet(NetworkParams(variant="tabular"), 0, 0)
+        HybridSurvivalNet(global_net(variant="tabular"), 0, 0)

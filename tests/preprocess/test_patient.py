@@ -21,8 +21,9 @@ import SimpleITK as sitk
 from survival_model.config import Acquisition, PreprocessParams
 from survival_model.errors import PatientDataError
 from survival_model.imageio import write_image
+from survival_model.patient import Patient
 from survival_model.preprocess import ops
-from survival_model.preprocess.patient import PatientInput, preprocess_patient
+from survival_model.preprocess.patient import SiteImaging, preprocess_patient
 from survival_model.synthetic import phantom as ph
 from survival_model.synthetic.sites import SITES, site_grid
 from tests.preprocess.images import dice, grid_of, to_image
@@ -38,7 +39,8 @@ SMALL_GRID = ((48, 48, 31), 5.0)
 
 @dataclasses.dataclass
 class Case:
-    inp: PatientInput
+    patient: Patient
+    site: SiteImaging
     head: ph.Head
     lesions: list[ph.Lesion]
     motions: dict[str, ph.RigidMotion]
@@ -65,12 +67,12 @@ def write_case(root: Path, site: str, seed: int, base: tuple[tuple[int, int, int
         array = volumes[s] if site == "site_a" else np.rint(volumes[s]).astype(np.int16)  # as the sites store them
         images[s] = write_image(to_image(array, grid), root / f"{s}.nii.gz")
     mask = write_image(to_image(volumes["seg"], grid), root / "seg.nii.gz")
-    inp = PatientInput(site, f"{site}-{seed}", images, mask, None, "t1c", ACQUISITION[site])
-    return Case(inp, head, lesions, motions, bias)
+    patient = Patient(site, f"{site}-{seed}", root, images, mask, None, "ingested")
+    return Case(patient, SiteImaging("t1c", ACQUISITION[site]), head, lesions, motions, bias)
 
 
 def params(**changes: Any) -> PreprocessParams:
-    return PreprocessParams(**{"target_spacing_mm": (2.5, 2.5, 2.5), **changes})
+    return PreprocessParams(**{"target_spacing_mm": (2.5, 2.5, 2.5), "compress_images": True, **changes})
 
 
 def fast(**changes: Any) -> PreprocessParams:
@@ -81,7 +83,7 @@ def fast(**changes: Any) -> PreprocessParams:
 
 def run(case: Case, out: Path, p: PreprocessParams) -> dict[str, Any]:
     out.mkdir(parents=True)
-    return preprocess_patient(case.inp, p, out)
+    return preprocess_patient(case.patient, case.site, p, out)
 
 
 def read(out: Path, name: str) -> sitk.Image:
@@ -115,7 +117,7 @@ def test_written_files_are_on_one_grid_in_the_declared_orientation(
     assert json.loads(json.dumps(qc)) == qc  # JSON-serialisable as it is
     names = [*qc["files"]["sequences"].values(), qc["files"]["mask"], qc["files"]["brain_mask"]]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
-    assert sorted(qc["files"]["sequences"]) == sorted(case.inp.images)
+    assert sorted(qc["files"]["sequences"]) == sorted(case.patient.images)
     images = {name: read(out, name) for name in names}
     first = images[names[0]]
     for name, image in images.items():
@@ -145,7 +147,7 @@ def test_output_labels_keep_their_values_and_sit_on_the_true_tumour(
         values = sitk.GetArrayFromImage(seg)
         assert set(np.unique(values)) <= {0, 1, 2, 3}
         truth = ph.render_labels(case.head, case.lesions, grid_of(seg))
-        assert dice(values > 0, truth > 0) > least, case.inp.site  # the label map landed on the tumour
+        assert dice(values > 0, truth > 0) > least, case.patient.site  # the label map landed on the tumour
         volumes = qc["region_volumes_mm3"]
         # label_gaussian (site B) smooths 7.5 mm slices: it loses more volume than nearest neighbour
         tolerance = 0.1 if qc["site"] == "site_c" else 0.25
@@ -181,10 +183,10 @@ def test_site_c_sequences_are_registered_to_the_reference(site_c: tuple[Case, di
 def test_site_c_is_bias_corrected_with_a_field_like_the_true_one(site_c: tuple[Case, dict[str, Any], Path]) -> None:
     case, qc, _ = site_c
     assert case.bias is not None
-    t1c = sitk.ReadImage(str(case.inp.images["t1c"]))
+    t1c = sitk.ReadImage(str(case.patient.images["t1c"]))
     brain = ph.brain_mask(case.head, grid_of(t1c))
     low, high = np.percentile(np.log(case.bias.evaluate(grid_of(t1c))[brain]), [5, 95])
-    for s in case.inp.images:
+    for s in case.patient.images:
         record = qc["bias"][s]
         assert record["status"] == "corrected"
         assert record["field_p95_p5"] == pytest.approx(math.exp(high - low), rel=0.1), s
@@ -198,7 +200,7 @@ def test_site_c_is_bias_corrected_with_a_field_like_the_true_one(site_c: tuple[C
 def test_skull_strip_matches_the_true_brain_mask(fixture: str, request: pytest.FixtureRequest) -> None:
     case, qc, out = request.getfixturevalue(fixture)
     assert qc["brain_mask"]["source"] == "skull_strip(t1c+t2w)"
-    reference = ops.reorient(sitk.ReadImage(str(case.inp.images["t1c"])), "LPS")
+    reference = ops.reorient(sitk.ReadImage(str(case.patient.images["t1c"])), "LPS")
     full = ops.target_grid(reference, (2.5, 2.5, 2.5), "LPS")  # the uncropped output grid
     brain = ops.resample_onto(read(out, "brain_mask.nii.gz"), full, None, "nearest")
     truth = ph.brain_mask(case.head, grid_of(full))
@@ -253,11 +255,11 @@ def test_a_skull_stripped_bias_corrected_co_registered_site_skips_those_steps(tm
 
 def test_a_given_brain_mask_is_used(tmp_path: Path) -> None:
     case = write_case(tmp_path / "in", "site_b", 4, SMALL_GRID, sequences=("t1c", "t2f"))
-    t1c = sitk.ReadImage(str(case.inp.images["t1c"]))
+    t1c = sitk.ReadImage(str(case.patient.images["t1c"]))
     given = to_image(ph.brain_mask(case.head, grid_of(t1c)).astype(np.uint8), grid_of(t1c))
-    inp = dataclasses.replace(case.inp, brain_mask=write_image(given, tmp_path / "in" / "brain.nii.gz"))
+    patient = dataclasses.replace(case.patient, brain_mask=write_image(given, tmp_path / "in" / "brain.nii.gz"))
     (tmp_path / "out").mkdir()
-    qc = preprocess_patient(inp, fast(), tmp_path / "out")
+    qc = preprocess_patient(patient, case.site, fast(), tmp_path / "out")
     assert qc["brain_mask"]["source"] == "given"
     brain = read(tmp_path / "out", "brain_mask.nii.gz")
     assert dice(sitk.GetArrayViewFromImage(brain), ph.brain_mask(case.head, grid_of(brain))) > 0.95
@@ -281,63 +283,63 @@ def test_two_runs_give_identical_arrays(tmp_path: Path) -> None:
 
 def test_qc_brain_volume_for_a_brain_mask_that_is_far_too_small(tmp_path: Path) -> None:
     case = write_case(tmp_path / "in", "site_b", 7, SMALL_GRID, sequences=("t1c", "t2w"))
-    t1c = sitk.ReadImage(str(case.inp.images["t1c"]))
+    t1c = sitk.ReadImage(str(case.patient.images["t1c"]))
     cube = np.zeros(sitk.GetArrayViewFromImage(t1c).shape, dtype=np.uint8)
     cube[8:11, 20:26, 20:26] = 1  # 108 voxels of 4.5 x 4.5 x 15 mm: about 33 ml
     brain = write_image(to_image(cube, grid_of(t1c)), tmp_path / "in" / "brain.nii.gz")
-    inp = dataclasses.replace(case.inp, brain_mask=brain)
+    patient = dataclasses.replace(case.patient, brain_mask=brain)
     (tmp_path / "out").mkdir()
     with pytest.raises(PatientDataError, match=r"site_b-7: the brain mask \(given\) is \d+ ml, outside the "
                                                r"allowed 700-2200 ml") as info:
-        preprocess_patient(inp, fast(), tmp_path / "out")
+        preprocess_patient(patient, case.site, fast(), tmp_path / "out")
     assert info.value.reason == "qc_brain_volume"
     assert not any((tmp_path / "out").iterdir())  # nothing written for a failed patient
 
 
 def test_qc_registration_for_a_sequence_that_does_not_show_the_patient(tmp_path: Path) -> None:
     case = write_case(tmp_path / "in", "site_c", 8, SMALL_GRID, sequences=("t1c", "t2w"))
-    t2w = sitk.ReadImage(str(case.inp.images["t2w"]))
+    t2w = sitk.ReadImage(str(case.patient.images["t2w"]))
     noise = np.random.default_rng(0).integers(1, 1000, sitk.GetArrayViewFromImage(t2w).shape).astype(np.int16)
-    write_image(to_image(noise, grid_of(t2w)), case.inp.images["t2w"])
+    write_image(to_image(noise, grid_of(t2w)), case.patient.images["t2w"])
     (tmp_path / "out").mkdir()
     with pytest.raises(PatientDataError, match=r"site_c-8: registering t2w to t1c ended with Mattes mutual "
                                                r"information -?0\.0\d+ .* above the threshold -0\.05") as info:
-        preprocess_patient(case.inp, fast(), tmp_path / "out")
+        preprocess_patient(case.patient, case.site, fast(), tmp_path / "out")
     assert info.value.reason == "qc_registration"
 
 
 def test_qc_resampling_for_a_tumour_too_small_for_the_target_grid(tmp_path: Path) -> None:
     case = write_case(tmp_path / "in", "site_a", 9, SMALL_GRID, sequences=("t1c", "t2w"))
-    seg = sitk.ReadImage(str(case.inp.mask))
+    seg = sitk.ReadImage(str(case.patient.mask))
     tiny = np.zeros(sitk.GetArrayViewFromImage(seg).shape, dtype=np.uint8)
     tiny[15, 24, 24] = 3  # one 5 mm voxel of enhancing tumour, resampled to 12 mm voxels
-    write_image(to_image(tiny, grid_of(seg)), case.inp.mask)
+    write_image(to_image(tiny, grid_of(seg)), case.patient.mask)
     (tmp_path / "out").mkdir()
     with pytest.raises(PatientDataError, match=r"site_a-9: resampling the label map to 12x12x12 mm changed the "
                                                r"whole-tumour volume by \d+% \(125 -> \d+ mm3\)") as info:
-        preprocess_patient(case.inp, fast(target_spacing_mm=(12.0, 12.0, 12.0)), tmp_path / "out")
+        preprocess_patient(case.patient, case.site, fast(target_spacing_mm=(12.0, 12.0, 12.0)), tmp_path / "out")
     assert info.value.reason == "qc_resampling"
 
 
 def test_preprocess_failed_for_an_itk_error_names_the_stage_and_the_itk_message(tmp_path: Path) -> None:
     case = write_case(tmp_path / "in", "site_c", 10, SMALL_GRID, sequences=("t1c", "t2w"))
-    t2w = sitk.ReadImage(str(case.inp.images["t2w"]))
+    t2w = sitk.ReadImage(str(case.patient.images["t2w"]))
     t2w.SetOrigin([v + 1000.0 for v in t2w.GetOrigin()])  # a series from somewhere else entirely
-    write_image(t2w, case.inp.images["t2w"])
+    write_image(t2w, case.patient.images["t2w"])
     (tmp_path / "out").mkdir()
     with pytest.raises(PatientDataError, match=r"site_c-10: preprocessing failed in stage 'register_t2w': "
                                                r"ITK ERROR: MattesMutualInformation.*All samples map outside") as info:
-        preprocess_patient(case.inp, fast(), tmp_path / "out")
+        preprocess_patient(case.patient, case.site, fast(), tmp_path / "out")
     assert info.value.reason == "preprocess_failed"
     assert "0x" not in info.value.message
 
 
 def test_an_unreadable_input_is_preprocess_failed_and_bad_calls_are_value_errors(tmp_path: Path) -> None:
     case = write_case(tmp_path / "in", "site_a", 11, SMALL_GRID, sequences=("t1c", "t2w"))
-    case.inp.images["t2w"].write_bytes(b"not an image")
+    case.patient.images["t2w"].write_bytes(b"not an image")
     (tmp_path / "out").mkdir()
     with pytest.raises(PatientDataError, match=r"site_a-11: preprocessing could not read an input image") as info:
-        preprocess_patient(case.inp, params(), tmp_path / "out")
+        preprocess_patient(case.patient, case.site, params(), tmp_path / "out")
     assert info.value.reason == "preprocess_failed"
     with pytest.raises(ValueError, match="reference 't2f' is not among the images"):
-        preprocess_patient(dataclasses.replace(case.inp, reference="t2f"), params(), tmp_path / "out")
+        preprocess_patient(case.patient, dataclasses.replace(case.site, reference="t2f"), params(), tmp_path / "out")

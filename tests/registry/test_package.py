@@ -100,3 +100,25 @@ def test_only_rows_with_an_image_input_are_scorable() -> None:
     assert list(scorable_rows(frame)["case_id"]) == ["a", "c"]
     tabular_only = pd.DataFrame({"case_id": ["a", "b"]})
     assert list(scorable_rows(tabular_only)["case_id"]) == ["a", "b"]
+
+
+def test_a_package_is_keyed_by_its_training_run_and_what_it_adds(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from survival_model.config import load_params
+    from survival_model.registry.package import BuildPackage
+    from tests.conftest import REPO
+
+    run = tmp_path / "training" / "runs" / "0123456789abcdef"
+    write_json({"key": "0123456789abcdef" + "0" * 48}, run / "result.json")
+    trained, table = SimpleNamespace(folder=run), SimpleNamespace(folder=tmp_path / "features" / "table" / "t")
+    params = load_params(REPO / "params.yaml", {"work_dir": str(tmp_path)})
+    stage = BuildPackage.of(trained, table, params, "data", "key-print")  # type: ignore[arg-type]
+    assert stage.folder() == tmp_path / "registry" / "packages" / stage.key()[:16]
+    assert stage.outputs(stage.folder()) == [stage.folder() / "package.json"] and stage.load(stage.folder()) is None
+    # what the training run's key decides (the data, the pseudonym key) does not change it; what the package adds does
+    assert BuildPackage.of(trained, table, params, "other data").key() == stage.key()  # type: ignore[arg-type]
+    more_groups = params.model_copy(update={"registry": params.registry.model_copy(update={"risk_groups": 4})})
+    assert BuildPackage.of(trained, table, more_groups, "data").key() != stage.key()  # type: ignore[arg-type]
+    write_json({"key": "f" * 64}, run / "result.json")
+    assert BuildPackage.of(trained, table, params, "data").key() != stage.key()  # type: ignore[arg-type]

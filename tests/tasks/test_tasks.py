@@ -1,4 +1,4 @@
-"""Task adapters tested through `.fn()`: thin wrappers, keys that mirror the library's, retry policy."""
+"""Task adapters tested through `.fn()`: discovery, the stage tasks' options, retry policy."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from prefect.states import Failed
 
 from survival_model.config import Params
 from survival_model.errors import ConfigError, PatientDataError, TransientIOError
+from survival_model.ingest.clinical import HarmoniseClinical
 from tasks import ingest as t
 from tasks.caching import ContentCache
 from tasks.common import configure, is_transient
 from tasks.privacy import pseudonymiser as resolve_pseudonymiser
+from tasks.stage import StageTasks, run_stage
 
 
 def test_discover_gives_pseudonymous_ids_and_reports_a_missing_folder(tiny_params: Params) -> None:
@@ -26,29 +28,6 @@ def test_discover_gives_pseudonymous_ids_and_reports_a_missing_folder(tiny_param
     assert missing.cases == [] and "does not exist" in (missing.error or "")
 
 
-def test_image_task_key_matches_the_library_output(tiny_params: Params) -> None:
-    pseudonymiser = resolve_pseudonymiser(tiny_params.privacy)
-    inst = tiny_params.institutions["site_a"]
-    case = t.discover.fn("site_a", inst, pseudonymiser).cases[0]
-    inputs = {"case_id": case.case_id, "case": case.files, "institution": inst, "params": tiny_params.ingest,
-              "pseudonymiser": pseudonymiser, "work_dir": tiny_params.work_dir}
-    key, outputs = t.images_key(inputs)
-    assert not any(p.exists() for p in outputs)
-    outcome = t.ingest_images.fn(**inputs)
-    assert outcome.key == key and outcome.ok
-    assert all(p.exists() for p in t.images_key(inputs)[1])
-
-
-def test_clinical_task_key_matches_the_library_output(tiny_params: Params) -> None:
-    pseudonymiser = resolve_pseudonymiser(tiny_params.privacy)
-    inputs = {"site": "site_c", "institution": tiny_params.institutions["site_c"], "params": tiny_params.ingest,
-              "pseudonymiser": pseudonymiser, "work_dir": tiny_params.work_dir}
-    key, _ = t.clinical_key(inputs)
-    result = t.harmonise_clinical.fn(**inputs)
-    assert result.key == key and result.error is None
-    assert {q.reason for q in result.quarantine} == {"death_before_diagnosis", "missing_survival"}
-
-
 @pytest.mark.parametrize(
     ("error", "retry"),
     [
@@ -59,11 +38,14 @@ def test_clinical_task_key_matches_the_library_output(tiny_params: Params) -> No
     ],
 )
 def test_only_transient_failures_are_retried(error: Exception, retry: bool) -> None:
-    assert is_transient(t.ingest_images, None, Failed(data=error)) is retry  # type: ignore[arg-type]
+    assert is_transient(run_stage, None, Failed(data=error)) is retry  # type: ignore[arg-type]
 
 
 def test_configure_sets_cache_retries_and_storage(tiny_params: Params) -> None:
-    configured = configure(t.ingest_images, tiny_params, t.images_key)
+    clinical = HarmoniseClinical("site_c", tiny_params.institutions["site_c"], tiny_params.ingest,
+                                 resolve_pseudonymiser(tiny_params.privacy), tiny_params.work_dir)
+    configured = StageTasks(tiny_params).task(clinical)
+    assert configured.name == "harmonise-clinical"
     assert isinstance(configured.cache_policy, ContentCache)
     assert configured.retries == tiny_params.orchestration.retries
     assert configured.retry_delay_seconds == [2.0, 6.0]

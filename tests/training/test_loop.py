@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,12 @@ from survival_model.training.loop import (
     torch_settings,
     train_model,
 )
+
+
+def global_net(**settings: Any) -> NetworkParams:
+    """Network settings with the image branch's globally pooled features (these tests were written for them;
+    the default pools region features, which needs mask channels)."""
+    return NetworkParams(**{"image_features": "global", **settings})
 
 NET = {"backbone": "test_efficientnet", "image_bottleneck": 8, "head_hidden": [16], "dropout": 0.0}
 FIT = FitParams(epochs=12, learning_rate=1e-2, patience=12, device="cpu", seed=5)
@@ -55,7 +62,7 @@ def fit(variant: str, objective: str = "cox", fit_params: FitParams = FIT, fusio
     train, _ = planted(120, 1, weights)
     stop, _ = planted(40, 3, weights)
     validation, lp = planted(60, 2, weights)
-    network = NetworkParams(**NET, variant=variant, objective=objective, fusion=fusion,  # type: ignore[arg-type]
+    network = global_net(**NET, variant=variant, objective=objective, fusion=fusion,  # type: ignore[arg-type]
                             tabular_hidden=[] if fusion == "additive" else [16])
     outcome = train_model(network, fit_params, AugmentParams(rotation_degrees=0), train, stop, sequence_channels=1)
     outputs = predict_outputs(outcome.model, validation, choose_device(fit_params))
@@ -124,7 +131,7 @@ def test_an_image_epoch_is_kept_only_when_it_beats_the_tabular_term_by_its_stand
 
 
 def test_the_image_gain_is_cross_fitted_on_known_cases() -> None:
-    network, params = NetworkParams(**NET), FIT.model_copy(update={"image_gain_resamples": 400})
+    network, params = global_net(**NET), FIT.model_copy(update={"image_gain_resamples": 400})
 
     def signal(n: int, monitor: str = "loss") -> object:
         arrays, lp = planted(n, 4)
@@ -147,7 +154,7 @@ def test_the_image_gain_is_cross_fitted_on_known_cases() -> None:
 def test_the_best_of_many_noise_epochs_looks_better_than_epoch_0_and_is_not_kept() -> None:
     """30 epochs of noise on 24 stopping patients: the best of them beats epoch 0 on the patients that chose it
     (the winner's curse); scored on the half that did not choose it, it rarely does."""
-    network, params = NetworkParams(**NET), FIT.model_copy(update={"image_gain_resamples": 100})
+    network, params = global_net(**NET), FIT.model_copy(update={"image_gain_resamples": 100})
     arrays, _ = planted(24, 5)
     time, event = torch.from_numpy(arrays.time_days), torch.from_numpy(arrays.event)
 
@@ -191,7 +198,7 @@ def test_the_penalty_cross_validation_scales_each_inner_fit_on_its_own_patients(
         mean, sd = rows[kept].mean(0), rows[kept].std(0)
         return ((rows[kept] - mean) / sd).astype(np.float32), ((rows - mean) / sd).astype(np.float32)
 
-    network = NetworkParams(**NET, variant="tabular")  # type: ignore[arg-type]
+    network = global_net(**NET, variant="tabular")  # type: ignore[arg-type]
     inner = train_model(network, FIT, AugmentParams(), train, stop, sequence_channels=0, inner_tabular=scaled)
     assert len(seen) == FIT.tabular_cv_folds  # one pipeline per inner fold, every penalty scored on it
     held = [~k for k in seen]
@@ -242,7 +249,7 @@ def test_the_linear_tabular_term_is_scikit_survivals_cox_model() -> None:
     time = np.maximum(np.minimum(event_time, censor).round(), 1.0)  # whole days: tied times (Efron)
     arrays = SurvivalArrays(tuple(f"p{i}" for i in range(n)), time, event_time <= censor, None,
                             x.astype(np.float32))
-    network = NetworkParams(variant="tabular")
+    network = global_net(variant="tabular")
     fit_params = FitParams(device="cpu", tabular_penalties=[0.0], tabular_iterations=500)
     no_stop = SurvivalArrays((), np.zeros(0), np.zeros(0, dtype=bool), None, np.zeros((0, 3), dtype=np.float32))
     outcome = train_model(network, fit_params, AugmentParams(), arrays, no_stop, sequence_channels=0)
@@ -267,7 +274,7 @@ def test_a_fold_without_deaths_is_an_error() -> None:
     train, _ = planted(20, 1)
     no_deaths = SurvivalArrays(train.case_ids, train.time_days, np.zeros(20, bool), train.images, train.tabular)
     with pytest.raises(ConfigError, match="one death"):
-        train_model(NetworkParams(**NET, variant="tabular"), FIT, AugmentParams(), no_deaths, no_deaths,  # type: ignore[arg-type]
+        train_model(global_net(**NET, variant="tabular"), FIT, AugmentParams(), no_deaths, no_deaths,  # type: ignore[arg-type]
                     sequence_channels=1)
 
 
@@ -288,7 +295,7 @@ def test_the_stopping_patients_judge_the_tabular_term_out_of_sample_and_the_kept
 
     train, stop = _linear_cohort(150, 3), _linear_cohort(60, 4)
     fit_params = FitParams(device="cpu", tabular_penalties=[0.0], tabular_iterations=500)
-    outcome = train_model(NetworkParams(variant="tabular"), fit_params, AugmentParams(), train, stop,
+    outcome = train_model(global_net(variant="tabular"), fit_params, AugmentParams(), train, stop,
                           sequence_channels=0)
 
     def cox(*sets: SurvivalArrays) -> np.ndarray:
@@ -314,7 +321,7 @@ def test_an_empty_stopping_set_trains_with_channels_last_inputs() -> None:
     empty = SurvivalArrays((), np.zeros(0), np.zeros(0, dtype=bool), np.zeros((0,), dtype=np.float32),
                            np.zeros((0, 4), dtype=np.float32))
     choice = DeviceChoice(torch.device("cpu"), None, channels_last=True, pin_memory=False)
-    network = NetworkParams(**NET, variant="hybrid", tabular_hidden=[])  # type: ignore[arg-type]
+    network = global_net(**NET, variant="hybrid", tabular_hidden=[])  # type: ignore[arg-type]
     outcome = train_model(network, FIT.model_copy(update={"epochs": 2}), AugmentParams(rotation_degrees=0), train,
                           empty, sequence_channels=1, choice=choice)
     assert len(outcome.history) == 3 and np.isnan(outcome.history[0].stop_loss)

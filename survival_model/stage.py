@@ -1,0 +1,166 @@
+"""The stage protocol: every persisted step of the pipeline is one :class:`Stage` (DESIGN.md section 4).
+
+A stage is a small frozen object holding its inputs. It names itself (``name``, ``label``), derives its
+content key from those inputs (``key``: digests of what it reads, the params it uses and the code
+version; never a path or a time), places its output folder from the key (``folder``), lists the files
+whose presence means it finished (``outputs``), writes its outputs into a temporary folder
+(``compute``) and reads a finished folder back (``load``). :func:`run` is the one function that loads
+a finished stage or otherwise computes it atomically, so a killed worker never leaves a half-written
+folder behind and two workers computing the same key agree (content-keyed outputs are identical).
+
+The Prefect layer adds nothing to this but orchestration: ``tasks.stage`` turns any stage into a task
+whose cache key *is* :meth:`Stage.key`, so the cache and the folder cannot disagree.
+
+A whole stage (all patients' preprocessing and features, all folds) is reusable as one
+:class:`WholeStage`: its key is built from the per-item keys and the settings the stage reads, and its
+record lists every file its result needs; a later run with the same key loads the result without
+submitting a single per-item task (a warm run would otherwise pay Prefect's per-task cost for each
+patient). Records are small JSON files under ``<work_dir>/cache/stages/<stage>/`` with paths relative
+to the work directory, so a moved work directory keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Generic, TypeVar
+
+from survival_model.imageio import atomic_directory, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: How many hex digits of a key name a stage's folder (the key itself is kept in the stage's files).
+FOLDER_KEY_LENGTH = 16
+#: How many hex digits of a whole stage's key name its record.
+RECORD_KEY_LENGTH = 32
+
+
+def short(key: str) -> str:
+    """The part of a content key that names its folder."""
+    return key[:FOLDER_KEY_LENGTH]
+
+
+class StageOutputMissingError(RuntimeError):
+    """A stage computed without error but its folder does not load (a bug in the stage)."""
+
+
+class Stage(ABC, Generic[R]):
+    """One content-keyed, persisted step (module docstring). Subclasses are frozen dataclasses with a
+    ``work_dir`` field and the inputs their key is made of."""
+
+    #: The stage's name: the first folder under the work directory and the Prefect task's name.
+    name: ClassVar[str]
+    work_dir: Path
+
+    @abstractmethod
+    def make_key(self) -> str:
+        """The content key of this stage's inputs (computed once per stage object, see :meth:`key`)."""
+
+    @abstractmethod
+    def compute(self, tmp: Path) -> None:
+        """Write the outputs into ``tmp`` (renamed to :meth:`folder` when this returns)."""
+
+    @abstractmethod
+    def load(self, folder: Path) -> R | None:
+        """The result held in a finished ``folder``; None when it is not (completely) there."""
+
+    def key(self) -> str:
+        """:meth:`make_key`, memoised on the object: keys can hash file digests, and the cache policy, the
+        folder and the logs all ask for it."""
+        key: str | None = self.__dict__.get("_key")
+        if key is None:
+            key = self.make_key()
+            object.__setattr__(self, "_key", key)  # frozen dataclasses: the memo is not a field
+        return key
+
+    def label(self) -> str:
+        """What one run of this stage is called in logs and the Prefect UI (e.g. ``preprocess-<case>``)."""
+        return self.name
+
+    def place(self) -> tuple[str, ...]:
+        """Folders between the work directory and the keyed folder (default: the stage's name)."""
+        return (self.name,)
+
+    def folder(self) -> Path:
+        """``<work_dir>/<place...>/<key[:16]>``."""
+        return self.work_dir.joinpath(*self.place(), short(self.key()))
+
+    def outputs(self, folder: Path) -> list[Path]:
+        """The files whose presence means the stage finished (a cache hit without them is a miss)."""
+        return [folder]
+
+
+def run(stage: Stage[R]) -> R:
+    """Load ``stage`` when its folder is complete, otherwise compute it atomically and load it."""
+    folder = stage.folder()
+    done = stage.load(folder)
+    if done is not None:
+        return done
+    # A folder that exists but does not load lost a file after it was finished (content-keyed folders are
+    # only ever renamed into place whole): it is replaced, not kept.
+    with atomic_directory(folder, replace=folder.exists()) as tmp:
+        stage.compute(tmp)
+    result = stage.load(folder)
+    if result is None:
+        raise StageOutputMissingError(f"{stage.label()}: computed, but {folder} does not load")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole-stage reuse
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WholeStage(Generic[R]):
+    """A whole stage (e.g. all patients' imaging) as one reusable unit: recorded under a key made of its
+    items' keys and its settings, loaded by ``loader`` from the folder of its result."""
+
+    name: str
+    stage_key: str
+    work_dir: Path
+    loader: Callable[[Path], R | None]
+
+    def key(self) -> str:
+        return self.stage_key
+
+    def record(self) -> Path:
+        return self.work_dir / "cache" / "stages" / self.name / f"{self.stage_key[:RECORD_KEY_LENGTH]}.json"
+
+    def load(self) -> R | None:
+        """The recorded result when the record exists for this key and every file it lists is present."""
+        path = self.record()
+        if not path.is_file():
+            return None
+        try:
+            record = read_json(path)
+            if record.get("key") != self.stage_key or record.get("stage") != self.name:
+                return None
+            outputs = [self.work_dir / p for p in record["outputs"]]
+            folder = self.work_dir / record["folder"]
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("stage record %s is unreadable (%s); running the stage's tasks", path, exc)
+            return None
+        missing = next((p for p in outputs if not p.exists()), None)
+        if missing is not None:
+            log.info("stage %s: recorded output %s is missing; running the stage's tasks", self.name, missing)
+            return None
+        return self.loader(folder)
+
+    def save(self, folder: Path, outputs: Iterable[Path]) -> Path:
+        """Record that this stage produced ``folder``, and the files its reuse needs."""
+        entries = sorted({self._relative(p) for p in [folder, *outputs]})
+        return write_json({"stage": self.name, "key": self.stage_key, "folder": self._relative(folder),
+                           "outputs": entries}, self.record())
+
+    def _relative(self, path: Path) -> str:
+        path = Path(path)
+        try:
+            return str(path.resolve().relative_to(self.work_dir.resolve()))
+        except ValueError:  # outside the work directory (e.g. a given brain mask): kept absolute
+            return str(path.resolve())
