@@ -60,7 +60,6 @@ from types import MappingProxyType
 import numpy as np
 import numpy.typing as npt
 
-
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 U8 = npt.NDArray[np.uint8]
