@@ -16,13 +16,18 @@ Prefect reads its settings when it is first imported, so this module imports Pre
 
 from __future__ import annotations
 
+import getpass
+import json
 import logging
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, get_args
 
 import typer
 import yaml
@@ -40,6 +45,7 @@ from flows.render import (
 from survival_model import local_servers
 from survival_model.config import (
     REALISTIC_OVERLAY,
+    ClinicalField,
     Params,
     load_params,
     load_services,
@@ -47,7 +53,9 @@ from survival_model.config import (
     parse_override,
 )
 from survival_model.errors import ConfigError, SurvivalModelError
+from survival_model.ingest.discovery import discover_cases
 from survival_model.synthetic.cohort import GeneratorConfig, existing_cohort, generate_cohort
+from survival_model.tracking import Tracker
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Survival prediction for brain metastases: cached Prefect flows tracked in MLflow.")
@@ -95,8 +103,6 @@ def _fail(exc: SurvivalModelError) -> NoReturn:
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             console.print(f"survival-model {version('survival-model')}")
         except PackageNotFoundError:  # run from a checkout that was never installed
@@ -202,8 +208,7 @@ def _warm_up(params: Params) -> None:
     """What a run needs before its first task (Prefect and the flows imported, MLflow's store opened,
     its database created on a first run: ~8 s on 2 cores), done early to overlap the local server's
     start."""
-    import flows.pipeline  # noqa: F401
-    from survival_model.tracking import Tracker
+    import flows.pipeline  # noqa: F401  # Prefect: imported after prefect_environment set its settings
 
     Tracker.from_params(params)
 
@@ -235,8 +240,8 @@ def run(
     up = local_servers.endpoints(params)
     if "mlflow" in up and not params.tracking.ui_url:
         pairs["tracking.ui_url"] = up["mlflow"]
-    from flows.pipeline import pipeline
-    from flows.runners import task_runner_for
+    from flows.pipeline import pipeline  # Prefect: imported after prefect_environment set its settings
+    from flows.runners import task_runner_for  # Prefect: likewise
 
     flow = pipeline.with_options(task_runner=task_runner_for(params))
     log_file = _log_file(params, "run")
@@ -256,9 +261,6 @@ def serve(
     generate: Annotated[bool, typer.Option(help="Make the default synthetic cohort if it is missing.")] = True,
 ) -> None:
     """Serve scheduled retraining (registry.schedule) and on-demand prediction until stopped (Ctrl+C)."""
-    import urllib.error
-    import urllib.request
-
     try:
         params, pairs = _load(params_path, overrides)
         where = prefect_environment(params, default_services_file(params_path), _import_deployments)
@@ -279,7 +281,7 @@ def serve(
                 "to use the local one (Prefect's temporary server cannot run schedules)") from None
         if generate:
             ensure_synthetic_cohort(params)
-        from flows import deploy
+        from flows import deploy  # Prefect: imported after prefect_environment set its settings
 
         served = deploy.deployments(params, params_path, pairs or None)
         schedule = params.registry.schedule
@@ -293,7 +295,7 @@ def serve(
 
 def _import_deployments() -> None:
     """Prefect and the flows imported while the local server boots."""
-    import flows.deploy  # noqa: F401
+    import flows.deploy  # noqa: F401  # Prefect: imported after prefect_environment set its settings
 
 
 @app.command()
@@ -328,8 +330,6 @@ def check(params_path: ParamsOption = Path("params.yaml"), overrides: SetOption 
                                              "defaults, the params file, overlays and --set) as YAML.")] = False,
           ) -> None:
     """Validate params.yaml (with its overlays) and show what each institution's folders hold."""
-    from survival_model.ingest.discovery import discover_cases
-
     try:
         params, _ = _load(params_path, overrides, overlays=overlay)
     except SurvivalModelError as exc:
@@ -355,18 +355,25 @@ def predict(
         "--temporary-server", help="Use Prefect's temporary server for this run (servers.prefect_api).")] = False,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Also copy the predictions (and Grad-CAM figures) into this folder.")] = None,
+    input_dir: Annotated[Path | None, typer.Option(
+        "--input", "-i", help="Predict the patients in this folder instead of the params file's institutions: "
+        "BraTS-METS layout (<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz; skull-stripped, co-registered) and a "
+        "clinical.csv with a case_id column and the canonical field names (docs/registry.md).")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Predict the patients the params file's institutions declare (new patients: clinical.survival may be
-    left out) with the registered model: risk, risk group, survival at registry.horizons_months, median."""
+    left out), or those in an --input folder, with the registered model: risk, risk group, survival at
+    registry.horizons_months, median."""
     try:
+        if input_dir is not None:
+            overrides = [*(overrides or []), f"institutions={json.dumps(input_institution(input_dir))}"]
         params, pairs = _load(params_path, overrides)
         local = params.servers.prefect_api == "local" and not temporary_server
         where = prefect_environment(params, default_services_file(params_path) if local else None)
     except SurvivalModelError as exc:
         _fail(exc)
     console.print(f"orchestration: {where}")
-    from flows.predict import predict as predict_flow
+    from flows.predict import predict as predict_flow  # Prefect: imported after prefect_environment set its settings
 
     try:
         with run_display(_log_file(params, "predict"), verbose):
@@ -380,10 +387,35 @@ def predict(
         console.print(f"copied to:   {exported}")
 
 
+#: The institution name of an --input folder's patients.
+INPUT_SITE = "input"
+#: The canonical clinical fields an --input folder's clinical.csv may hold, under these names.
+CLINICAL_FIELDS: tuple[str, ...] = get_args(ClinicalField)
+
+
+def input_institution(folder: Path) -> dict[str, Any]:
+    """The declaration of a plain input folder (``predict --input``): BraTS-METS files per case and a
+    ``clinical.csv`` whose columns carry the canonical names (``case_id`` and any of the clinical fields)."""
+    folder = folder.resolve()
+    clinical = folder / "clinical.csv"
+    if not folder.is_dir():
+        raise ConfigError(f"--input {folder}: not a folder")
+    if not clinical.is_file():
+        raise ConfigError(f"--input {folder}: no clinical.csv (a case_id column and the clinical fields, "
+                          f"named {', '.join(CLINICAL_FIELDS)})")
+    with clinical.open(encoding="utf-8-sig") as handle:
+        header = [c.strip() for c in handle.readline().split(",")]
+    if "case_id" not in header:
+        raise ConfigError(f"--input {clinical}: no case_id column (found {', '.join(header) or 'none'})")
+    columns = {c: c for c in header if c in CLINICAL_FIELDS}
+    return {INPUT_SITE: {"images": {"layout": "brats", "root": str(folder)}, "labels": "brats_mets",
+                         "acquisition": {"skull_stripped": True, "bias_corrected": True, "co_registered": True},
+                         "clinical": {"path": str(clinical), "id_column": "case_id", "columns": columns}}}
+
+
 def _registry(params_path: Path, params: Params | None = None) -> Any:
     """The registry ``params`` (loaded from ``params_path`` when not given) declare."""
-    from survival_model.registry.registry import Registry
-    from survival_model.tracking import Tracker
+    from survival_model.registry.registry import Registry  # sksurv via the gate (~0.8 s): only the models commands
 
     if params is None:
         params, _ = _load(params_path, None)
@@ -394,7 +426,7 @@ def _registry(params_path: Path, params: Params | None = None) -> Any:
 def _registry_locked(params_path: Path) -> Iterator[Any]:
     """The registry under the lock the registry flow holds while it registers and gates (a hand promotion or
     rollback in the middle of a gate would be overwritten by it, or gate against a champion that moved)."""
-    from survival_model.registry.registry import lock_file, registry_lock
+    from survival_model.registry.registry import lock_file, registry_lock  # sksurv via the gate: models commands only
 
     params, _ = _load(params_path, None)
     lock = lock_file(params.work_dir, params.registry.model_name)
@@ -407,8 +439,6 @@ def _registry_locked(params_path: Path) -> Iterator[Any]:
 
 
 def _who() -> str:
-    import getpass
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):

@@ -35,9 +35,11 @@ from zoneinfo import available_timezones
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Schedule
+from prefect.server.schemas.schedules import CronSchedule
 from prefect.types.entrypoint import EntrypointType
 
 from flows.pipeline import pipeline
+from flows.predict import predict
 from survival_model.config import Params, ScheduleParams
 from survival_model.errors import ConfigError
 from tasks.privacy import check_key_available
@@ -79,8 +81,6 @@ def retrain_schedule(schedule: ScheduleParams) -> Schedule:
 def next_run(schedule: ScheduleParams, after: datetime | None = None) -> datetime | None:
     """When the retraining schedule fires next (None when it is inactive), computed as Prefect's
     scheduler computes it."""
-    from prefect.server.schemas.schedules import CronSchedule
-
     if not schedule.active:
         return None
     retrain_schedule(schedule)  # the timezone, checked
@@ -116,8 +116,6 @@ def retrain_deployment(
 
 def predict_deployment(params_path: str | Path, overrides: dict[str, Any] | None = None) -> RunnerDeployment:
     """Prediction with a registered model (alias ``champion`` by default), on demand: no schedule."""
-    from flows.predict import predict  # imported on use while flows/predict.py is new; can move to the top
-
     return _made(predict.to_deployment(
         name=PREDICT,
         parameters=run_parameters(params_path, overrides),

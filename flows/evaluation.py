@@ -24,9 +24,12 @@ from survival_model.ingest.cohort import CohortResult
 from survival_model.models.inputs import ImageInput
 from survival_model.patient import Patient
 from survival_model.preprocess.stage import preprocessed_patients
+from survival_model.registry.gate import fingerprint_test_set
+from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 from tasks import evaluation as t
 from tasks.common import configure
+from tasks.registry import registry
 from tasks.stage import StageTasks
 
 
@@ -54,10 +57,6 @@ def gate_decisions_served(params: Params, trained: TrainingResult) -> int | None
     """How many promotion-gate decisions this run's locked test set served before (None without a registry)."""
     if not params.registry.enabled:
         return None
-    from survival_model.registry.gate import fingerprint_test_set
-    from survival_model.training.splits import Splits
-    from tasks.registry import registry
-
     return registry(params).test_set_decisions(fingerprint_test_set(Splits.load(trained.splits_path).test))
 
 

@@ -38,6 +38,7 @@ from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
 from tasks import registry as t
 from tasks.common import configure
+from tasks.privacy import pseudonymiser
 from tasks.stage import StageTasks
 
 
@@ -92,8 +93,6 @@ def key_fingerprint(params: Params, cohort: CohortResult) -> str:
     recorded = cohort.summary.get("pseudonym_key_fingerprint")
     if recorded:
         return str(recorded)
-    from tasks.privacy import pseudonymiser
-
     return pseudonymiser(params.privacy).fingerprint
 
 

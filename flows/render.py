@@ -9,12 +9,15 @@ inside :func:`run_display`, after the command has set Prefect's settings.
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from survival_model.config import Params, ScheduleParams
+from survival_model.imageio import read_json
 
 console = Console(soft_wrap=True)  # never hard-wrap paths a user will copy
 
@@ -75,16 +79,22 @@ class StageBars(logging.Handler):
 
 
 
+#: The library's loggers (``survival_model.*``): the CLI shows their INFO lines in the log file and, through
+#: ``PREFECT_LOGGING_EXTRA_LOGGERS``, in the Prefect UI.
+LIBRARY_LOGGER = "survival_model"
+
 @contextmanager
 def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
     """While a flow runs: every log line (Prefect's per-task states included) goes to ``log_file``; the
     terminal shows one progress bar per stage and only warnings and errors (``verbose``: every log line, as
     Prefect prints them, and no bars). Restores the logging it changed."""
-    from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect.logging.handlers import PrefectConsoleHandler  # Prefect: after the command set its settings
 
-    from flows.progress import PROGRESS_LOGGER
+    from flows.progress import PROGRESS_LOGGER  # Prefect (at its top): likewise
 
     root, counts = logging.getLogger(), logging.getLogger(PROGRESS_LOGGER)
+    library = logging.getLogger(LIBRARY_LOGGER)  # the stages' own lines (epochs, quarantines, devices): INFO
+    library_level = library.level
     py_warnings = logging.getLogger("py.warnings")
     consoles = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
     console_levels, counts_state = [h.level for h in consoles], (counts.level, counts.propagate)
@@ -110,6 +120,7 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
             # log what they mean for the run as warnings of their own
             logging.captureWarnings(True)
             py_warnings.handlers, py_warnings.propagate = [to_file, warned], False
+        library.setLevel(logging.INFO)
         counts.setLevel(logging.INFO)
         counts.propagate = False
         counts.addHandler(bars)
@@ -122,6 +133,7 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
             if warned.count:
                 console.print(f"{warned.count} warning(s) from libraries, in {log_file}")
         counts.removeHandler(bars)
+        library.setLevel(library_level)
         for handler, level in zip(consoles, console_levels, strict=True):
             handler.setLevel(level)
         counts.setLevel(counts_state[0])
@@ -190,7 +202,7 @@ def _print_registry(registry: Any) -> None:
 
 
 def _ci(estimate: dict[str, Any]) -> str:
-    from survival_model.metrics import format_ci
+    from survival_model.metrics import format_ci  # sksurv (1.2 s): only when results are printed, not --version
 
     return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 
@@ -211,10 +223,6 @@ def _print_training(metrics: dict[str, Any]) -> None:
 
 
 def _print_comparison(folder: Path) -> None:
-    import pandas as pd
-
-    from survival_model.imageio import read_json
-
     frame = pd.read_csv(folder / "comparison" / "comparison.csv", index_col="model")
     cv = read_json(folder / "comparison" / "cv.json")
 
@@ -251,8 +259,6 @@ def _print_oof(oof: Any, ci: Any) -> None:
 
 
 def print_predictions(result: Any) -> None:
-    import pandas as pd
-
     predictions = pd.read_csv(result.folder / "predictions.csv")
     table = Table(title=f"{result.model} version {result.version}: {result.predicted} patient(s) predicted")
     survival = [c for c in predictions.columns if c.startswith("survival_")]
@@ -308,9 +314,6 @@ def print_versions(name: str, frame: Any, history: list[dict[str, Any]]) -> None
 def print_serving(where: str, api: str, retrain: str, predict: str, schedule: ScheduleParams,
                   upcoming: datetime | None, params_path: Path) -> None:
     """What ``serve`` serves: the retraining and prediction deployments (full names), and how to predict now."""
-    import shlex
-    import sys
-
     console.print(f"orchestration: {where}")
     console.print("serving from this process (Ctrl+C or SIGTERM stops it and pauses the deployments until served "
                   "again):")

@@ -24,6 +24,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from survival_model import __version__
+
 _CHUNK = 1 << 20
 
 
@@ -178,7 +180,5 @@ def code_version(*modules: str) -> str:
         for f in files:
             digest.update(f.relative_to(root.parent).as_posix().encode())
             digest.update(f.read_bytes())
-    from survival_model import __version__
-
     digest.update(__version__.encode())
     return digest.hexdigest()[:16]

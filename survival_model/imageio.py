@@ -77,7 +77,7 @@ def count_non_finite_nifti(path: Path) -> int:
     ITK's NIfTI reader silently turns NaN and infinities into 0, so a corrupt NIfTI would pass any
     check made on the SimpleITK image; nibabel reads the stored values as they are.
     """
-    import nibabel as nib
+    import nibabel as nib  # nibabel (~30 ms, 70 modules): only when a NIfTI is checked, not on the CLI's --version
 
     try:
         image: Any = nib.load(str(path))

@@ -44,7 +44,7 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None,
                  ui_url: str | None = None) -> None:
-        from mlflow import MlflowClient  # heavy import: only when tracking is used
+        from mlflow import MlflowClient  # mlflow: only when tracking is used (the CLI imports this module)
 
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # mlflow: loaded with the client, not with this module
 
         flat = flatten(params)
         items = [Param(k, str(v)[:_MAX_PARAM_CHARS]) for k, v in sorted(flat.items())]
@@ -93,7 +93,7 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow: loaded with the client, not with this module
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items()) if v is not None]
@@ -101,7 +101,7 @@ class Tracker:
             self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # mlflow: loaded with the client, not with this module
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -119,8 +119,8 @@ class Tracker:
     def log_dataset(self, run_id: str, frame: pd.DataFrame, *, name: str, digest: str, source: str,
                     context: str) -> None:
         """Record a dataset input (its schema, row count and our content digest) on the run."""
-        from mlflow.data.pandas_dataset import from_pandas
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.data.pandas_dataset import from_pandas  # mlflow: loaded with the client, not with this module
+        from mlflow.entities import DatasetInput, InputTag  # mlflow: loaded with the client, not with this module
 
         with warnings.catch_warnings():  # schema inference hints about integer columns: not actionable here
             warnings.simplefilter("ignore", UserWarning)

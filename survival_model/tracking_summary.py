@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from survival_model.config import Params
+from survival_model.metrics import format_ci
 
 
 def run_params(params: Params) -> dict[str, Any]:
@@ -102,8 +103,6 @@ def fold_metrics(summary: dict[str, Any]) -> dict[str, float]:
 
 
 def _ci(estimate: dict[str, Any]) -> str:
-    from survival_model.metrics import format_ci
-
     return format_ci(estimate.get("value"), estimate.get("low"), estimate.get("high"))
 
 

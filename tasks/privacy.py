@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from prefect.blocks.system import Secret
+from prefect.runtime import deployment as prefect_deployment
+
 from survival_model.config import PrivacyParams
 from survival_model.errors import ConfigError
 from survival_model.ingest.privacy import Pseudonymiser, key_from_text, load_or_create_key
@@ -43,9 +46,7 @@ class ResolvedKey:
 
 def in_deployment() -> bool:
     """Whether this code runs inside a flow run started from a Prefect deployment (served or work pool)."""
-    from prefect.runtime import deployment
-
-    return deployment.id is not None
+    return prefect_deployment.id is not None
 
 
 def load_secret_block(name: str) -> object:
@@ -54,8 +55,6 @@ def load_secret_block(name: str) -> object:
     Not ``Secret.get()``: it parses a string value as JSON, so a key text ``"abc..."`` would lose its quotes and
     ``123...`` would become a number: the same text would then be another key from a block than from a file or
     the environment."""
-    from prefect.blocks.system import Secret
-
     try:
         block = cast("Secret[Any]", Secret.load(name, _sync=True))  # type: ignore[call-arg]  # sync even in async code
     except (ValueError, RuntimeError, OSError) as exc:

@@ -62,7 +62,7 @@ def register_model(params: Params, run_id: str, run_link: str, package: Path, ke
 def fetch_model(params: Params, reference: str) -> tuple[Version, Path]:
     """A registered version's package, downloaded once to ``<work_dir>/registry/models/<name>/<version>``.
     ``reference``: an alias (``champion``, ``challenger``) or a version number."""
-    import mlflow.artifacts
+    import mlflow.artifacts  # mlflow: loaded with the client (registry()), not with the flows importing this module
 
     reg = registry(params)
     if reference.isdigit():

@@ -99,9 +99,61 @@ def split_seed(data_dir: Path, *, test_fraction: float = 0.2, folds: int = 2, st
     return valid[0] if valid else None
 
 
-def params_for(data_dir: Path, work_dir: Path, **overrides: Any) -> Params:
-    """The repository's params.yaml pointed at a generated cohort and a private work directory."""
-    return load_params(REPO / "params.yaml", overrides_for(data_dir, work_dir, **overrides))
+def params_for(data_dir: Path, work_dir: Path, *, cold: bool = False, **overrides: Any) -> Params:
+    """The repository's params.yaml pointed at a generated cohort and a private work directory.
+
+    A new work directory starts as a copy of the session's warm one for this cohort (:func:`warm_work`): its
+    stages' folders are content-keyed, so whatever the test's settings, every stage whose inputs are
+    unchanged loads instead of computing, and any other recomputes as in a cold run. ``cold``: start empty
+    (the tests of a cold ingestion and a cold imaging run)."""
+    params = load_params(REPO / "params.yaml", overrides_for(data_dir, work_dir, **overrides))
+    if not cold and not work_dir.exists():
+        warm = warm_work(data_dir)
+        shutil.copytree(warm / "work", work_dir, symlinks=True)
+        if not params.privacy.key_file.exists():  # the same key gives the same case ids, hence the same keys
+            shutil.copy2(warm / "pseudonym.key", params.privacy.key_file)
+    return params
+
+
+#: Warm work directories of this session, by the digest of the cohort's ground truth (copies of one cohort
+#: share one): built once, read-only afterwards.
+_WARM: dict[str, Path] = {}
+
+
+def warm_work(data_dir: Path) -> Path:
+    """A folder holding ``work/`` (ingestion, preprocessing and features of the cohort in ``data_dir``, run
+    through the library's stages with the repository's settings) and the ``pseudonym.key`` it was made with."""
+    import hashlib
+
+    from survival_model.features.stage import Features
+    from survival_model.ingest.clinical import HarmoniseClinical
+    from survival_model.ingest.cohort import AssembleCohort
+    from survival_model.ingest.discovery import discover_cases
+    from survival_model.ingest.images import IngestImages, case_id_for
+    from survival_model.preprocess.stage import Preprocess, ingested_patient, site_imaging
+    from survival_model.stage import run
+    from tasks.privacy import pseudonymiser
+
+    digest = hashlib.sha256((data_dir / "ground_truth" / "patients.csv").read_bytes()).hexdigest()
+    if digest in _WARM:
+        return _WARM[digest]
+    root = Path(tempfile.mkdtemp(prefix="warm-work-"))
+    params = load_params(REPO / "params.yaml", overrides_for(data_dir, root / "work", seed=False))
+    keys = pseudonymiser(params.privacy)
+    images, clinical = [], []
+    for site, institution in params.institutions.items():
+        for case in discover_cases(site, institution.images):
+            case_id = case_id_for(case, institution, keys)
+            images.append(run(IngestImages(case_id, case, institution, params.ingest, params.work_dir)))
+        clinical.append(run(HarmoniseClinical(site, institution, params.ingest, keys, params.work_dir)))
+    cohort = run(AssembleCohort(tuple(images), tuple(clinical), params.ingest, params.work_dir, {}, keys.fingerprint))
+    for row in cohort.cohort().to_dict("records"):
+        pre = run(Preprocess(ingested_patient(row), site_imaging(params.institutions[str(row["site"])]),
+                             params.preprocess, params.work_dir))
+        if pre.patient is not None:
+            run(Features(pre.patient, params.features, params.work_dir))
+    _WARM[digest] = root
+    return root
 
 
 def overrides_for(data_dir: Path, work_dir: Path, seed: bool = True, **overrides: Any) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_brats2013_whole_tumour_is_the_sum_of_its_declared_parts(brats2013_inges
     """Five-value expert labels (1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing) at 1 mm: the
     canonical volumes add up and equal the source's own voxel counts."""
     for case, outcome in brats2013_ingested:
-        features = volumetric_features(outcome.images.mask, FeaturesParams())
+        features = volumetric_features(outcome.patient.mask, FeaturesParams())
         counts = source_counts(case)
         assert features["vol_et_mm3"] == pytest.approx(counts[4])
         assert features["vol_netc_mm3"] == pytest.approx(counts[1] + counts[3])

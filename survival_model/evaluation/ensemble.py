@@ -31,8 +31,10 @@ from survival_model.config import EvaluationParams, TrainingParams
 from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import read_json, write_json, write_parquet
+from survival_model.metrics import bootstrap_c, harrell_c
 from survival_model.models.inputs import ImageInput
 from survival_model.stage import Stage, WholeStage, run
+from survival_model.training.arrays import stack_images
 from survival_model.training.folds import (
     STAGE,
     FoldResult,
@@ -43,6 +45,7 @@ from survival_model.training.folds import (
     training_code_version,
     uses_images,
 )
+from survival_model.training.plots import learning_curves
 from survival_model.training.splits import Splits
 from survival_model.training.stage import IMAGE_TERM_FLAGS, TrainingResult, ensemble_outputs, load_result
 
@@ -92,8 +95,6 @@ class ScoreEnsemble(Stage[TrainingResult]):
         return load_result(folder)
 
     def compute(self, tmp: Path) -> None:
-        from survival_model.training.plots import learning_curves  # matplotlib: only when a run is scored
-
         if not self.folds:
             raise TrainingError("no trained fold to ensemble")
         folds = [run(f) for f in self.folds]  # trained by their own tasks: loaded here
@@ -111,8 +112,6 @@ class ScoreEnsemble(Stage[TrainingResult]):
     def _test_images(self) -> np.ndarray | None:
         if not uses_images(self.training.network) or not self.images:
             return None
-        from survival_model.training.data import stack_images
-
         return stack_images(input_paths(self.images, self.splits.test), self.splits.test)
 
 
@@ -121,10 +120,9 @@ def score_ensemble(folds: Sequence[FoldResult], table: pd.DataFrame, splits: Spl
                    oracle: pd.Series | None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The test patients' predictions and the metrics of the ensemble of ``folds`` (the module docstring);
     ``images``: the test patients' stacked image inputs, in ``splits.test`` order."""
-    import torch
+    import torch  # torch: only when the ensemble is scored (the stage's key and reuse need none)
 
-    from survival_model.metrics import bootstrap_c, harrell_c
-    from survival_model.models.losses import ensemble_centre, predicted_days, risk_score
+    from survival_model.models.losses import ensemble_centre, predicted_days, risk_score  # torch: only when scored
 
     test = table.set_index("case_id", drop=False).loc[list(splits.test)].reset_index(drop=True)
     mean_output, per_fold, objective = ensemble_outputs(folds, test, images)

@@ -15,6 +15,9 @@ death), averaged over the fold models and upsampled to the input size. The quant
 where the map's energy lies with the anatomy: the share of CAM energy inside the tumour + edema region
 (whole tumour: NETC + SNFH + ET) against that region's share of the brain in the same slices (a map
 that ignores the anatomy has energy share ~ area share).
+
+It imports torch: ``survival_model.evaluation.stage`` and ``survival_model.registry.predict`` import it only where
+they explain, so their stages' keys and reuse need no torch.
 """
 
 from __future__ import annotations
@@ -28,13 +31,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
 
 from survival_model.config import ImageInputParams
+from survival_model.evaluation import plots
 from survival_model.evaluation.scores import Outcome
+from survival_model.features.scores import SCORE_INPUTS
+from survival_model.imageio import atomic_directory, write_text
 from survival_model.metrics import harrell_c
+from survival_model.models.inputs import region_planes
+from survival_model.models.losses import predicted_days, risk_score
+from survival_model.models.tabular import feature_names
 
 if TYPE_CHECKING:
-    import torch
     from sklearn.pipeline import Pipeline
 
     from survival_model.training.folds import FoldModel
@@ -46,8 +56,6 @@ def output_groups(pipeline: Pipeline) -> dict[str, list[int]] | None:
     """Which output columns of a fitted tabular pipeline come from each input column (the value, its
     missing-value indicator, its one-hot categories), or None when the pipeline mixes rows or columns
     (a ComBat step) or a name cannot be traced back."""
-    from survival_model.models.tabular import feature_names
-
     if pipeline.named_steps["harmonise"] != "passthrough":
         return None
     raw = input_columns(pipeline)
@@ -71,8 +79,6 @@ def input_columns(pipeline: Pipeline) -> list[str]:
 
 
 def _tensor(array: npt.NDArray[Any]) -> torch.Tensor:
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
@@ -86,8 +92,6 @@ class EnsembleExplainer:
     channels: Sequence[str]
 
     def image_embeddings(self, images: npt.NDArray[np.float32] | None, batch: int = 16) -> list[Any]:
-        import torch
-
         out: list[Any] = []
         for model in self.models:
             if model.network.backbone is None or images is None:
@@ -104,8 +108,6 @@ class EnsembleExplainer:
                 if m.pipeline is not None and m.network.tabular is not None else None for m in self.models]
 
     def embed_matrices(self, matrices: Sequence[npt.NDArray[np.float32] | None]) -> list[Any]:
-        import torch
-
         with torch.no_grad():
             return [m.network.embed_tabular(_tensor(x)) if x is not None else None
                     for m, x in zip(self.models, matrices, strict=True)]
@@ -117,8 +119,6 @@ class EnsembleExplainer:
     @cached_property
     def _score_inputs(self) -> set[str]:
         """Input columns a derived clinical score reads (shuffling one moves the score: the pipeline runs again)."""
-        from survival_model.features.scores import SCORE_INPUTS
-
         return {c for m in self.models if m.pipeline is not None
                 for s in getattr(m.pipeline.named_steps["columns"], "scores", ()) for c in SCORE_INPUTS[s]}
 
@@ -150,18 +150,12 @@ class EnsembleExplainer:
 
     def outputs(self, image_embeddings: Sequence[Any], tabular_embeddings: Sequence[Any]) -> npt.NDArray[np.float32]:
         """Mean raw output over the fold models."""
-        import torch
-
         with torch.no_grad():
             per_fold = [m.network.combine(i, t).numpy() for m, i, t in
                         zip(self.models, image_embeddings, tabular_embeddings, strict=True)]
         return np.asarray(np.mean(per_fold, axis=0), dtype=np.float32)
 
     def risk_and_days(self, outputs: npt.NDArray[np.float32]) -> tuple[FloatArray, FloatArray | None]:
-        import torch
-
-        from survival_model.models.losses import predicted_days, risk_score
-
         tensor = torch.from_numpy(outputs)
         risk = risk_score(self.objective, tensor, self.centre).numpy().astype(float)  # type: ignore[arg-type]
         days = predicted_days(self.objective, tensor, self.centre)  # type: ignore[arg-type]
@@ -246,10 +240,6 @@ def grad_cam(explainer: EnsembleExplainer, images: npt.NDArray[np.float32],
              tabular_embeddings: Sequence[Any]) -> npt.NDArray[np.float32]:
     """``(N, K, S, S)`` Grad-CAM maps of the risk for ``images`` ``(N, K, C, S, S)``, mean over the fold
     models (each ReLU'd and upsampled to S x S by captum), not normalised."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
-    from survival_model.models.losses import risk_score
-
     n, k, _, size, _ = images.shape
     total = np.zeros((n, k, size, size), dtype=np.float32)
     used = 0
@@ -328,10 +318,6 @@ def run_explanation(explainer: EnsembleExplainer, frame: pd.DataFrame, images: n
     """Permutation importance (``importance.csv`` / ``.png``) and, for a network with images, Grad-CAM
     (``gradcam.csv``: per-patient shares; ``gradcam.npz``: the maps; ``gradcam.png``: a panel of patients
     spread over the predicted risk) for the test patients in ``frame``, written atomically to ``folder``."""
-    from survival_model.evaluation import plots
-    from survival_model.imageio import atomic_directory, write_text
-    from survival_model.models.inputs import region_planes
-
     if (folder / "importance.csv").is_file():
         return folder
     with atomic_directory(folder) as tmp:

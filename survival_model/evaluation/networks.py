@@ -6,6 +6,9 @@
   every score can be computed per fold exactly as for the baselines (the Breslow curves of a fold from its
   training rows). Every fold's risks are centred on its training patients (``output_offset``).
 - :func:`explainer`: the fold models loaded for permutation importance and Grad-CAM.
+
+It imports torch: ``survival_model.evaluation.stage`` imports it only where the stage computes, so the stage's
+key and reuse need no torch.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from survival_model.config import NetworkParams
 from survival_model.evaluation.explain import EnsembleExplainer
 from survival_model.evaluation.stage import NetworkRun, rows
 from survival_model.imageio import read_json
+from survival_model.models.losses import ensemble_centre, risk_score
+from survival_model.training.arrays import stack_images
 from survival_model.training.folds import TrainingError, fold_outputs, load_fold_model, uses_images
 from survival_model.training.splits import Splits
 from survival_model.training.stage import TrainingResult
@@ -25,11 +32,6 @@ from survival_model.training.stage import TrainingResult
 
 def network_run(trained: TrainingResult, table: pd.DataFrame, image_paths: Mapping[str, Path] | None) -> NetworkRun:
     """See the module docstring; ``image_paths`` is needed for networks with an image branch."""
-    import torch
-
-    from survival_model.models.losses import risk_score
-    from survival_model.training.data import stack_images
-
     splits = Splits.load(trained.splits_path)
     by_name = {f.name: f for f in splits.folds}
     predictions = trained.predictions().set_index("case_id")
@@ -62,15 +64,11 @@ def explainer(trained: TrainingResult) -> EnsembleExplainer:
     objectives = {m.objective for m in models}
     if len(objectives) != 1:
         raise TrainingError(f"the folds were trained with different objectives: {sorted(objectives)}")
-    from survival_model.models.losses import ensemble_centre  # torch: only where networks are loaded
-
     objective = objectives.pop()
     return EnsembleExplainer(models, objective, ensemble_centre(objective, [float(c["centre"]) for c in configs]),  # type: ignore[arg-type]
                              list(configs[0]["channels"]))
 
 
 def has_images(trained: TrainingResult) -> bool:
-    from survival_model.config import NetworkParams
-
     config = read_json(trained.folds[0].folder / "config.json")
     return uses_images(NetworkParams.model_validate({**config["network"], "pretrained_weights": None}))

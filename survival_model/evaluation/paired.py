@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sksurv.nonparametric import CensoringDistributionEstimator
 
 from survival_model.evaluation.scores import Outcome, within_follow_up
 from survival_model.metrics import resample_counts
@@ -101,8 +102,6 @@ class CensoringSurvival:
     fitted once; raises scikit-survival's ``ValueError`` where it refuses the outcome or a time)."""
 
     def __init__(self, train: Outcome) -> None:
-        from sksurv.nonparametric import CensoringDistributionEstimator
-
         self._estimator = CensoringDistributionEstimator().fit(train.surv())
 
     def __call__(self, times: FloatArray) -> FloatArray:

@@ -33,6 +33,7 @@ import pandas as pd
 
 from survival_model.config import EvaluationParams
 from survival_model.evaluation import plots
+from survival_model.evaluation.oof import groups_for, horizons_inside
 from survival_model.evaluation.scores import (
     DAYS_PER_MONTH,
     Outcome,
@@ -42,6 +43,7 @@ from survival_model.evaluation.scores import (
     survival_from,
 )
 from survival_model.evaluation.stage import finite, format_interval, level, rows
+from survival_model.imageio import write_json, write_text
 from survival_model.metrics import format_ci
 from survival_model.training.splits import Splits
 
@@ -276,8 +278,6 @@ def figures(table: pd.DataFrame, splits: Splits, risks: pd.DataFrame, per_site: 
     :data:`ENSEMBLE_THRESHOLDS` for why its groups' sizes are not the development shares). Groups are numbered
     from 0 = the lowest predicted risk, by ``plots.risk_groups`` and ``scores.calibration`` alike; a calibration
     plot is drawn only at a horizon that has a calibration table (one inside the follow-up)."""
-    from survival_model.evaluation.oof import groups_for, horizons_inside
-
     folder.mkdir(parents=True, exist_ok=True)
     dev_out, test_out = Outcome.of_frame(rows(table, splits.development)), Outcome.of_frame(rows(table, splits.test))
     out: dict[str, Any] = {"logrank": {}, "logrank_test": {}}
@@ -437,8 +437,6 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
     """Write ``folder`` (figures, ``report.html``, ``summary.md``, ``audit.json``) and return the HTML path.
     ``test_set_decisions``: how many promotion-gate decisions the locked test set served before (the
     registry's record; None when there is no registry)."""
-    from survival_model.imageio import write_json, write_text
-
     figs = folder / "figures"
     drawn = figures(table, splits, risks, per_site, network, data, figs)
     test = Outcome.of_frame(rows(table, splits.test))

@@ -36,6 +36,7 @@ from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import atomic_directory, read_json, write_json, write_parquet, write_text
 from survival_model.metrics import format_ci, harrell_c
 from survival_model.stage import Stage, WholeStage
+from survival_model.training.arrays import stack_images
 from survival_model.training.splits import Splits
 
 if TYPE_CHECKING:
@@ -443,7 +444,7 @@ class Evaluate(Stage[EvaluationResult]):
     def compute(self, tmp: Path) -> None:
         """Fit the baselines on the development patients, score every model once on the test set (and per
         cross-validation fold, and out of fold), then explain every network on the test patients."""
-        from survival_model.evaluation.networks import network_run
+        from survival_model.evaluation.networks import network_run  # torch: only when the stage computes
 
         table = self.table.table()
         splits = self.splits()
@@ -464,9 +465,8 @@ class Evaluate(Stage[EvaluationResult]):
     def _explain(self, table: pd.DataFrame, splits: Splits, target: Path) -> None:
         """Permutation importance of every network on the test patients, and Grad-CAM of the main one:
         ``explanation/`` for the main network, ``explanation/models/<n>/`` for the others."""
-        from survival_model.evaluation.explain import run_explanation
-        from survival_model.evaluation.networks import explainer, has_images
-        from survival_model.training.data import stack_images
+        from survival_model.evaluation.explain import run_explanation  # torch: only when the stage computes
+        from survival_model.evaluation.networks import explainer, has_images  # torch: only when the stage computes
 
         frame = rows(table, splits.test)
         images = stack_images(self.images.image_paths, splits.test) if self.images is not None else None
@@ -520,7 +520,7 @@ def render_report(stage: Evaluate, result: EvaluationResult, test_set_decisions:
     """Write (or replace) the HTML report and the Markdown summary of the main network in
     ``<result.folder>/report/`` (``test_set_decisions``: gate decisions the locked test set served before, from
     the registry; ``key_fingerprint``: the pseudonym key's the case ids were made with)."""
-    from survival_model.evaluation.report import ReportData, write_report
+    from survival_model.evaluation.report import ReportData, write_report  # matplotlib: only when a report is made
 
     trained = stage.trained[0]
     splits = Splits.load(trained.splits_path)

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from combatlearn import ComBat
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -171,8 +172,6 @@ class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> SiteHarmoniser:  # noqa: N803 - scikit-learn's name
         """Estimate the site effects on these rows only (the training rows of a fold)."""
-        from combatlearn import ComBat
-
         method = self._check_params()
         frame = self._check_frame(X, "fit")
         sites = frame[self.site_column].astype(str).reset_index(drop=True)

@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import radiomics
 import SimpleITK as sitk
+from radiomics import featureextractor
 
 from survival_model.config import RadiomicsParams
 from survival_model.errors import ConfigError
@@ -56,8 +58,6 @@ _SHAPE_CLASSES = ("shape", "shape2D")
 
 def pyradiomics_version() -> str:
     """The installed pyradiomics version (e.g. ``3.1.4``), recorded with the features."""
-    import radiomics
-
     return str(radiomics.__version__).removeprefix("v")
 
 
@@ -117,8 +117,6 @@ def _quiet_pyradiomics() -> None:
 
 def _extractor(plan: _Plan, shape: bool) -> Any:
     """A fresh pyradiomics extractor with the plan's settings: shape classes only, or everything else."""
-    from radiomics import featureextractor
-
     extractor = featureextractor.RadiomicsFeatureExtractor()
     extractor.settings = copy.deepcopy(plan.settings)
     extractor.enabledImagetypes = {"Original": {}} if shape else copy.deepcopy(plan.image_types)
@@ -143,8 +141,6 @@ def _test_volume() -> tuple[sitk.Image, sitk.Image]:
 @lru_cache(maxsize=16)
 def _plan(path: str, digest: str) -> _Plan:
     """Parse the parameter file with pyradiomics and list its feature keys (``digest`` keys the cache)."""
-    from radiomics import featureextractor
-
     _quiet_pyradiomics()
     try:
         parsed = featureextractor.RadiomicsFeatureExtractor(path)

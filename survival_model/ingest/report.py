@@ -90,8 +90,8 @@ def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> P
     """Kaplan-Meier per site, patients/censoring per site, quarantine by reason -> PNG."""
     # Imported here: matplotlib and scikit-survival cost about 2 s to import, and only a cohort that
     # is being (re)built draws its figure; a warm pipeline run never does.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.figure import Figure  # matplotlib: only when the figure is drawn
+    from matplotlib.ticker import MaxNLocator  # matplotlib: only when the figure is drawn
 
     # The object-oriented Figure API (no pyplot): no global backend state, safe in worker threads.
     fig = Figure(figsize=(16, 4.6))
@@ -117,7 +117,7 @@ def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> P
 def _plot_survival(km: Axes, cohort: pd.DataFrame) -> None:
     """Kaplan-Meier per site over its patients with an outcome; a site whose patients have none is named
     in the legend ("no outcome, to predict") instead of drawn."""
-    from sksurv.nonparametric import kaplan_meier_estimator
+    from sksurv.nonparametric import kaplan_meier_estimator  # sksurv (1.2 s): only when the figure is drawn
 
     known = cohort[has_outcome(cohort)]
     for site, rows in cohort.groupby("site", sort=True):

@@ -124,7 +124,7 @@ def _crop(plane: npt.NDArray[np.generic], row0: int, col0: int, side: int) -> np
 
 def _resize(stack: FloatArray, size: int, nearest: bool) -> FloatArray:
     """(K, side, side) -> (K, size, size)."""
-    import torch  # heavy: only where inputs are built (the training flow's reuse check needs keys only)
+    import torch  # torch: only where inputs are built (the training flow's reuse check needs keys only)
 
     tensor = torch.from_numpy(np.ascontiguousarray(stack))[:, None]
     if nearest:

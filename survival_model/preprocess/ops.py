@@ -454,7 +454,9 @@ def _levelled(image: sitk.Image, head: sitk.Image, deep: npt.NDArray[np.bool_]) 
     """``image`` with a quick, coarse N4 bias correction over the head, divided by its median deep in
     the head (so 1.0 is a typical intracranial value whatever the scanner's scale)."""
     factor = max(1, round(_QUICK_N4_MM / min(image.GetSpacing())))
-    quick = N4Params(shrink_factor=min(factor, 16), max_shrunk_spacing_mm=_QUICK_N4_MM, iterations=[20, 20])
+    # every setting explicit: the skull strip must not move when the defaults of the pipeline's own N4 change
+    quick = N4Params(shrink_factor=min(factor, 16), max_shrunk_spacing_mm=_QUICK_N4_MM, iterations=[20, 20],
+                     control_points=4, convergence_threshold=0.001, spline_order=3, bias_field_fwhm=0.15)
     corrected = sitk.GetArrayFromImage(n4_correct(image, head, quick).corrected)
     level = float(np.median(corrected[deep])) if deep.any() else float(corrected.mean())
     out: npt.NDArray[np.float32] = (corrected / max(level, 1e-6)).astype(np.float32)

@@ -58,6 +58,7 @@ import pandas as pd
 
 from survival_model.config import GateParams
 from survival_model.errors import SurvivalModelError
+from survival_model.evaluation.baselines import gpa
 from survival_model.evaluation.paired import METRICS, PairedScores, paired_scores
 from survival_model.evaluation.scores import Outcome, breslow_survival, evaluation_times
 from survival_model.fingerprint import stable_hash
@@ -313,8 +314,6 @@ def judge(challenger: Any, challenger_rows: pd.DataFrame, champion: tuple[str, A
     ``test['case_id']``), the test set the decision names and is counted on; ``excluded`` of them were left
     out because the champion trained on them, the others not in ``test`` are recorded as unscored. No row in
     ``test``: an ``undefined`` decision."""
-    from survival_model.evaluation.baselines import gpa
-
     if "case_id" in test.columns:
         locked_info = locked_set(test["case_id"], locked_test_set, excluded)
     elif locked_test_set is None:  # rows without ids: no test set to name

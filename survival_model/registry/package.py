@@ -31,19 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import joblib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from sksurv.linear_model.coxph import BreslowEstimator
 
 from survival_model.config import FeaturesParams, ImageInputParams, NetworkParams, Params, PreprocessParams
 from survival_model.errors import SurvivalModelError
+from survival_model.evaluation.scores import survival_from
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import read_json, write_json
+from survival_model.models.inputs import load_image_input
 from survival_model.stage import Stage
+from survival_model.training.folds import FoldModel, fold_outputs, region_channels
+from survival_model.training.splits import Splits
 
 if TYPE_CHECKING:
     from survival_model.features.stage import FeatureTable
-    from survival_model.training.folds import FoldModel
     from survival_model.training.stage import TrainingResult
 
 log = logging.getLogger(__name__)
@@ -84,13 +89,13 @@ def package_code_version() -> str:
 
 
 def _skops_dump(pipeline: Any, path: Path) -> None:
-    import skops.io as sio
+    import skops.io as sio  # skops imports torch and dask (~2 s): only when a package is built
 
     sio.dump(pipeline, path)
 
 
 def _skops_load(path: Path) -> Any:
-    import skops.io as sio
+    import skops.io as sio  # skops imports torch and dask (~2 s): only when a package is loaded
 
     unknown = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
     if unknown:
@@ -120,8 +125,6 @@ def _pipeline_columns(pipeline: Any) -> list[str]:
 def breslow(risk: npt.NDArray[np.float64], time: npt.NDArray[np.float64],
             event: npt.NDArray[np.bool_]) -> dict[str, list[float]]:
     """The Breslow cumulative baseline hazard at its event times (scikit-survival's estimator)."""
-    from sksurv.linear_model.coxph import BreslowEstimator
-
     estimator = BreslowEstimator().fit(np.asarray(risk, dtype=float), np.asarray(event, dtype=bool),
                                        np.asarray(time, dtype=float))
     hazard = estimator.cum_baseline_hazard_
@@ -182,11 +185,8 @@ class BuildPackage(Stage[Path]):
         return folder if (folder / PACKAGE_FILE).is_file() else None
 
     def compute(self, tmp: Path) -> None:
-        import joblib
-
-        from survival_model.evaluation.plots import risk_groups
-        from survival_model.models.losses import ensemble_centre
-        from survival_model.training.splits import Splits
+        from survival_model.evaluation.plots import risk_groups  # matplotlib: only when a package is built
+        from survival_model.models.losses import ensemble_centre  # torch: only when a package is built
 
         trained, table = self.trained, self.table.table()
         splits = Splits.load(trained.splits_path)
@@ -328,10 +328,9 @@ def model_input(info: Mapping[str, Any], table: pd.DataFrame,
 
 
 def _load_fold(folder: Path) -> FoldModel:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch: only when a package is loaded
 
-    from survival_model.models.network import HybridSurvivalNet
-    from survival_model.training.folds import FoldModel, region_channels
+    from survival_model.models.network import HybridSurvivalNet  # torch, timm: only when a package is loaded
 
     config = read_json(folder / "config.json")
     network_params = NetworkParams.model_validate({**config["network"], "pretrained_weights": None})
@@ -376,9 +375,6 @@ class PackagedModel:
 
     def fold_outputs(self, frame: pd.DataFrame) -> list[npt.NDArray[np.float32]]:
         """Each fold model's raw outputs for prediction-input rows (see :meth:`model_input`)."""
-        from survival_model.models.inputs import load_image_input
-        from survival_model.training.folds import fold_outputs
-
         features = self.features(frame)  # checks the columns
         images = None
         if self.uses_images:
@@ -397,9 +393,9 @@ class PackagedModel:
         return input_columns(self.info, frame)
 
     def _risk_of(self, outputs: npt.NDArray[np.float32], centre: float) -> npt.NDArray[np.float64]:
-        import torch
+        import torch  # torch: only when a package predicts
 
-        from survival_model.models.losses import risk_score
+        from survival_model.models.losses import risk_score  # torch: only when a package predicts
 
         return risk_score(self.info["objective"], torch.from_numpy(outputs), centre).numpy().astype(float)
 
@@ -418,8 +414,6 @@ class PackagedModel:
         of the folds' curves for per-fold risks ``(patients, folds)`` (:meth:`fold_risks`: the ensemble's curve).
         H0 is the packaged Breslow baseline (fitted on the development patients' out-of-fold risks), a step
         function, flat after the last development time (where the curve is not known to change)."""
-        from survival_model.evaluation.scores import survival_from
-
         base = self.info["breslow"]
         grid, hazard = np.asarray(base["times"], dtype=float), np.asarray(base["cumulative_hazard"], dtype=float)
         position = np.searchsorted(grid, np.asarray(times, dtype=float), side="right") - 1

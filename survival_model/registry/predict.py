@@ -85,8 +85,8 @@ def gradcam_overlays(model: PackagedModel, frame: pd.DataFrame, seg_paths: Mappi
                      folder: Path) -> list[Path]:
     """One Grad-CAM figure per patient (T1c and FLAIR of the slice with the most tumour + edema, the map of
     the ensemble's risk over them, the regions outlined), ``<folder>/<case id>.png``."""
-    from survival_model.evaluation import plots
-    from survival_model.evaluation.explain import EnsembleExplainer, explain_cam, panel_slices
+    from survival_model.evaluation import plots  # matplotlib: only when Grad-CAM figures are drawn
+    from survival_model.evaluation.explain import EnsembleExplainer, explain_cam, panel_slices  # torch: likewise
 
     if not model.uses_images or not len(frame):
         return []

@@ -44,6 +44,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -80,23 +81,21 @@ class RegistryError(SurvivalModelError):
 
 def _requirements() -> list[str]:
     """Pinned requirements of the packaged model (the versions installed here)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = []
     for name in ("survival-model", "mlflow", "torch", "timm", "scikit-learn", "scikit-survival", "skops",
                  "safetensors", "pandas", "numpy", "SimpleITK", "pyradiomics-bhklab"):
         try:
-            out.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
             continue
     return out
 
 
 def log_model(client: Any, run_id: str, package: Path, example: pd.DataFrame, output: pd.DataFrame) -> str:
     """Save the package as a pyfunc model into the run's ``model/`` folder; returns its artifact URI."""
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    import mlflow.pyfunc  # mlflow: only where a model is logged (tasks and the CLI import this module)
+    from mlflow.models import ModelSignature  # mlflow: only where a model is logged
+    from mlflow.types import ColSpec, Schema  # mlflow: only where a model is logged
 
     def schema(frame: pd.DataFrame) -> Schema:
         return Schema([ColSpec("double" if pd.api.types.is_float_dtype(frame[c]) else
@@ -217,7 +216,7 @@ class Registry:
         self.name = name
 
     def ensure_model(self) -> None:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: loaded with the client, not with this module
 
         try:
             self.client.get_registered_model(self.name)
@@ -242,7 +241,7 @@ class Registry:
         return self.version(int(created.version))
 
     def version(self, number: int) -> Version:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: loaded with the client, not with this module
 
         try:
             v = self.client.get_model_version(self.name, str(number))
@@ -253,7 +252,7 @@ class Registry:
 
     def versions(self) -> list[Version]:
         """Every version, newest first (empty when the model is not registered yet)."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: loaded with the client, not with this module
 
         try:
             aliases = dict(self.client.get_registered_model(self.name).aliases or {})
@@ -269,7 +268,7 @@ class Registry:
         return sorted(listed, key=lambda v: -v.version)
 
     def alias(self, alias: str) -> Version | None:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: loaded with the client, not with this module
 
         try:
             v = self.client.get_model_version_by_alias(self.name, alias)
@@ -283,7 +282,7 @@ class Registry:
 
     def history(self) -> list[dict[str, Any]]:
         """Every champion change, oldest first: ``version, previous, at, by, reason``."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: loaded with the client, not with this module
 
         try:
             tags = self.client.get_registered_model(self.name).tags or {}
@@ -294,7 +293,7 @@ class Registry:
 
     def test_sets(self) -> dict[str, int]:
         """Gate decisions served per locked test set (fingerprint -> count)."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # mlflow: loaded with the client, not with this module
 
         try:
             tags = self.client.get_registered_model(self.name).tags or {}

@@ -1,8 +1,8 @@
 """Training data in memory: per patient the image input, the tabular vector and the outcome.
 
 A cohort is small (hundreds of patients) and one input is ``K x C x S x S`` float32 (8 x 4 x 64 x 64 =
-0.5 MB by default), so a fold's arrays are held in memory and a :class:`SurvivalDataset` serves
-them, with augmentation for training patients only:
+0.5 MB by default), so a fold's arrays (``survival_model.training.arrays.SurvivalArrays``, NumPy only) are held
+in memory and a :class:`SurvivalDataset` serves them, with augmentation for training patients only:
 
 - a left-right mirror of the whole patient (every slice and channel together);
 - one in-plane rotation for all slices (``torch.nn.functional.affine_grid`` / ``grid_sample``;
@@ -16,51 +16,18 @@ serves it, so an epoch is the same with 0 or 4 workers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
 from survival_model.config import AugmentParams
-from survival_model.models.inputs import load_image_input
 
-FloatArray = npt.NDArray[np.float32]
+# re-exported: they lived here before survival_model.training.arrays (tests, benchmarks import them from here)
+from survival_model.training.arrays import SurvivalArrays as SurvivalArrays
+from survival_model.training.arrays import stack_images as stack_images
+
 Sample = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class SurvivalArrays:
-    """Aligned per-patient arrays; ``images`` / ``tabular`` are None for a variant without that branch."""
-
-    case_ids: tuple[str, ...]
-    time_days: npt.NDArray[np.float64]
-    event: npt.NDArray[np.bool_]
-    images: FloatArray | None = None
-    tabular: FloatArray | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.case_ids)
-        for name, value in (("time_days", self.time_days), ("event", self.event), ("images", self.images),
-                            ("tabular", self.tabular)):
-            if value is not None and len(value) != n:
-                raise ValueError(f"{name} has {len(value)} rows for {n} patients")
-        if n and not bool((self.time_days > 0).all()):
-            raise ValueError("survival times must be positive")
-
-    def __len__(self) -> int:
-        return len(self.case_ids)
-
-
-def stack_images(paths: Mapping[str, Path], case_ids: Sequence[str]) -> FloatArray:
-    """The stored inputs of ``case_ids`` as one ``(N, K, C, S, S)`` array."""
-    missing = [c for c in case_ids if c not in paths]
-    if missing:
-        raise KeyError(f"no image input for {len(missing)} patient(s), e.g. {missing[0]}")
-    return np.stack([load_image_input(paths[c]) for c in case_ids]) if case_ids else np.zeros((0,), np.float32)
 
 
 def augment_sample(images: torch.Tensor, params: AugmentParams, sequence_channels: int,

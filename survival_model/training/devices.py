@@ -21,7 +21,7 @@ from survival_model.config import FitParams
 
 def cuda_devices() -> int:
     """Visible CUDA devices (0 without CUDA)."""
-    import torch
+    import torch  # torch: only when a fit may use CUDA (training.folds' keys import this module)
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 

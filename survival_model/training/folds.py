@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import joblib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -43,16 +44,20 @@ from survival_model.errors import SurvivalModelError
 from survival_model.features.stage import FeatureTable
 from survival_model.fingerprint import code_version, content_order, file_digest, stable_hash
 from survival_model.imageio import read_json, write_json, write_parquet, write_text
+from survival_model.metrics import harrell_c
 from survival_model.models.inputs import ImageInput
+from survival_model.models.tabular import feature_names, fit_transform_fold
 from survival_model.stage import Stage, run
+from survival_model.training.arrays import SurvivalArrays, stack_images
 from survival_model.training.devices import fold_device
 from survival_model.training.splits import Fold
 
-if TYPE_CHECKING:  # torch, timm and scikit-learn load only where a model trains or predicts: a warm run
-    from sklearn.pipeline import Pipeline  # checks keys and records without them (seconds of imports)
+# torch and timm load only where a model trains or predicts (the function-local imports below): a warm run checks
+# keys and records without them (seconds of imports)
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
     from survival_model.models.network import HybridSurvivalNet
-    from survival_model.training.data import SurvivalArrays
     from survival_model.training.loop import DeviceChoice, EpochRecord, InnerTabular
 
 log = logging.getLogger(__name__)
@@ -144,9 +149,6 @@ class FoldArrays:
 def fold_arrays(table: pd.DataFrame, fold: Fold, image_paths: Mapping[str, Path] | None,
                 training: TrainingParams) -> FoldArrays:
     """The fold's three sets as arrays; the tabular pipeline fitted on the fitting rows only."""
-    from survival_model.models.tabular import feature_names, fit_transform_fold
-    from survival_model.training.data import stack_images
-
     stop_ids = set(fold.stop)
     fit_ids = [c for c in fold.train if c not in stop_ids]
     sets = {"fit": fit_ids, "stop": list(fold.stop), "validation": list(fold.validation)}
@@ -173,8 +175,6 @@ def fold_arrays(table: pd.DataFrame, fold: Fold, image_paths: Mapping[str, Path]
 
 def _inner_tabular(params: TabularParams, rows: pd.DataFrame) -> InnerTabular:
     """:data:`InnerTabular` over the fold's training ``rows`` (fitting, then stopping patients)."""
-    from survival_model.models.tabular import fit_transform_fold
-
     def matrices(kept: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         _, (x_kept, x_all) = fit_transform_fold(params, rows[kept].reset_index(drop=True), [rows])
         return x_kept, x_all
@@ -183,17 +183,15 @@ def _inner_tabular(params: TabularParams, rows: pd.DataFrame) -> InnerTabular:
 
 
 def _arrays(frame: pd.DataFrame, images: Any, tabular: Any) -> SurvivalArrays:
-    from survival_model.training.data import SurvivalArrays
-
     return SurvivalArrays(tuple(str(c) for c in frame["case_id"]), frame["time_days"].to_numpy(dtype=float),
                           frame["event"].astype(int).to_numpy() == 1, images, tabular)
 
 
 def _centre(model: HybridSurvivalNet, objective: str, arrays: Sequence[SurvivalArrays], choice: DeviceChoice) -> float:
     """Set a ``cox`` network's output offset to its mean risk on ``arrays`` (the fold's training patients)."""
-    import torch
+    import torch  # torch: only when a fold trains
 
-    from survival_model.training.loop import predict_outputs
+    from survival_model.training.loop import predict_outputs  # torch: only when a fold trains
 
     if objective != "cox":
         return 0.0
@@ -270,13 +268,11 @@ class TrainFold(Stage[FoldResult]):
 def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] | None, training: TrainingParams,
                key: str, out: Path, choice: DeviceChoice) -> None:
     """Train ``fold`` on ``choice`` and write its files into ``out`` (see the module docstring)."""
-    import joblib
-    import torch
-    from safetensors.torch import save_file
+    import torch  # torch: only when a fold trains
+    from safetensors.torch import save_file  # torch: only when a fold trains
 
-    from survival_model.metrics import harrell_c
-    from survival_model.models.losses import risk_score
-    from survival_model.training.loop import predict_outputs, train_model
+    from survival_model.models.losses import risk_score  # torch: only when a fold trains
+    from survival_model.training.loop import predict_outputs, train_model  # torch: only when a fold trains
 
     def progress(r: EpochRecord) -> None:
         log.info("%s epoch %d/%d: train loss %.4f, stopping loss %.4f, C-index %.3f (%.1f s)", fold.name, r.epoch,
@@ -329,9 +325,9 @@ def train_fold(fold: Fold, table: pd.DataFrame, image_paths: Mapping[str, Path] 
 
 
 def _cpu() -> DeviceChoice:
-    import torch
+    import torch  # torch: only where a fold model predicts
 
-    from survival_model.training.loop import DeviceChoice
+    from survival_model.training.loop import DeviceChoice  # torch: only where a fold model predicts
 
     return DeviceChoice(torch.device("cpu"), None, False, False)
 
@@ -351,10 +347,9 @@ class FoldModel:
 
 def load_fold_model(fold: FoldResult) -> FoldModel:
     """Rebuild the network from ``config.json`` + ``model.safetensors`` and load the tabular pipeline."""
-    import joblib
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch: only where a fold model is loaded
 
-    from survival_model.models.network import HybridSurvivalNet
+    from survival_model.models.network import HybridSurvivalNet  # torch, timm: only where a fold model is loaded
 
     config = read_json(fold.folder / "config.json")
     params = NetworkParams.model_validate({**config["network"], "pretrained_weights": None})
@@ -369,8 +364,7 @@ def fold_outputs(model: FoldModel, frame: pd.DataFrame, images: np.ndarray | Non
                  choice: DeviceChoice | None = None) -> np.ndarray:
     """The fold model's raw outputs for the rows of ``frame`` (and their stacked image inputs); the
     outcome columns are not needed."""
-    from survival_model.training.data import SurvivalArrays
-    from survival_model.training.loop import predict_outputs
+    from survival_model.training.loop import predict_outputs  # torch: only where a fold model predicts
 
     tabular = None
     if model.pipeline is not None:

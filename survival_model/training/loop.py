@@ -61,7 +61,8 @@ from survival_model.errors import ConfigError
 from survival_model.metrics import harrell_c, resample_indices
 from survival_model.models.losses import cox_loss, objective_loss, risk_score
 from survival_model.models.network import HybridSurvivalNet, additive_tabular_term
-from survival_model.training.data import SurvivalArrays, SurvivalDataset
+from survival_model.training.arrays import SurvivalArrays
+from survival_model.training.data import SurvivalDataset
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from survival_model.training.folds import FoldResult
 
 def learning_curves(folds: Sequence[FoldResult], path: Path) -> Path:
     """Write the folds' curves to ``path`` (PNG), the best epoch of each fold marked."""
-    import matplotlib
+    import matplotlib  # matplotlib: only when curves are drawn (the ensemble stage's key imports this module)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: as above, after choosing the Agg backend
 
     fig, (loss_ax, c_ax) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for i, fold in enumerate(folds):

@@ -30,7 +30,7 @@ def run_pipeline(params: Params) -> tuple[object, dict[str, str], dict[str, str]
 def test_the_flow_writes_preprocessed_images_qc_and_the_feature_table(
     tiny_cohort_master: Path, tmp_path: Path
 ) -> None:
-    params = params_for(tiny_cohort_master, tmp_path / "work")
+    params = params_for(tiny_cohort_master, tmp_path / "work", cold=True)  # the suite's cold imaging run
     table_result, _, states = run_pipeline(params)
     table = table_result.table()
     assert len(table) == 10 and table["case_id"].is_unique
@@ -107,7 +107,7 @@ def test_a_patient_failing_qc_is_quarantined_and_the_others_continue(tiny_cohort
 @pytest.mark.slow
 def test_the_dask_runner_gives_the_same_feature_table(tiny_cohort_master: Path, tmp_path: Path) -> None:
     threads = params_for(tiny_cohort_master, tmp_path / "threads")
-    dask = params_for(tiny_cohort_master, tmp_path / "dask", **{
+    dask = params_for(tiny_cohort_master, tmp_path / "dask", cold=True, **{  # every patient computed on Dask
         "orchestration.task_runner": "dask", "orchestration.max_workers": 2})
     by_threads, _, _ = run_pipeline(threads)
     by_dask, _, _ = run_pipeline(dask)

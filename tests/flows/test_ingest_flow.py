@@ -57,7 +57,7 @@ def run_ingest(params: Params, tasks: int = 0) -> tuple[object, dict[str, str]]:
 def test_every_bad_patient_is_quarantined_for_its_reason_and_the_rest_is_intact(
     tiny_cohort_master: Path, tmp_path: Path
 ) -> None:
-    params = params_for(tiny_cohort_master, tmp_path / "work")
+    params = params_for(tiny_cohort_master, tmp_path / "work", cold=True)  # the suite's cold ingestion
     cohort_result, _ = run_ingest(params)
     cohort = cohort_result.cohort()
     quarantine = cohort_result.quarantine()
@@ -270,7 +270,7 @@ def test_a_process_pool_gives_the_same_cohort_as_threads(tiny_cohort_master: Pat
     from flows.runners import task_runner_for
 
     threads = params_for(tiny_cohort_master, tmp_path / "threads")
-    processes = params_for(tiny_cohort_master, tmp_path / "processes", **{
+    processes = params_for(tiny_cohort_master, tmp_path / "processes", cold=True, **{  # computed in processes
         "orchestration.task_runner": "processes", "orchestration.max_workers": 2})
     by_threads = ingest.with_options(task_runner=task_runner_for(threads))(threads)
     by_processes = ingest.with_options(task_runner=task_runner_for(processes))(processes)

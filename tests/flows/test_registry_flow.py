@@ -21,10 +21,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows.cli import INPUT_SITE, input_institution
 from flows.pipeline import PipelineResult, pipeline
 from flows.predict import predict
 from flows.registry import gate, model_rows
 from survival_model.config import Params, load_params
+from survival_model.errors import ConfigError
 from survival_model.evaluation.stage import rows
 from survival_model.imageio import read_json, write_json
 from survival_model.registry import package as package_lib
@@ -34,7 +36,7 @@ from survival_model.tracking import Tracker
 from survival_model.training.splits import Splits
 from survival_model.training.stage import load_result
 from tasks import registry as t
-from tests.conftest import REPO, TINY, overrides_for
+from tests.conftest import REPO, TINY, overrides_for, params_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -60,6 +62,7 @@ class Run:
 def first_run(tiny_cohort_master: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Run:
     work = tmp_path_factory.mktemp("registry") / "work"
     overrides = overrides_for(tiny_cohort_master, work, **FIRST)
+    params_for(tiny_cohort_master, work, **FIRST)  # the work directory starts as the session's warm copy
     return Run(overrides, pipeline(str(REPO / "params.yaml"), overrides))
 
 
@@ -269,6 +272,26 @@ def test_predict_new_patients_and_report_bad_ones(first_run: Run, tmp_path: Path
     assert len(list((result.folder / "gradcam").glob("*.png"))) == 4
     run = Tracker.from_params(first_run.params).client.get_run(result.mlflow_link.split("runs:/")[1].split()[0])
     assert run.data.metrics["patients_predicted"] == 4
+
+
+def test_predict_a_plain_input_folder(first_run: Run, tmp_path: Path) -> None:
+    """`predict --input DIR`: BraTS-METS files per case and a clinical.csv with canonical column names, no
+    params file to write (as nnU-Net's users expect)."""
+    new = tmp_path / "new"
+    generate_cohort(GeneratorConfig(out_dir=new, seed=98, bad_patients=False,
+                                    **{**TINY, "patients": {"site_a": 2, "site_b": 0, "site_c": 0}}))
+    folder = tmp_path / "input"
+    shutil.copytree(new / "site_a" / "images", folder)
+    canonical = {"extracranial_mets": "extracranial", "egfr": "egfr_mutant", "alk": "alk_positive",
+                 "her2": "her2_positive", "hr": "hr_positive", "braf": "braf_mutant"}
+    clinical = pd.read_csv(new / "site_a" / "clinical.csv").rename(columns=canonical)
+    clinical.assign(notes="free text never read").to_csv(folder / "clinical.csv", index=False)
+    overrides = {**first_run.overrides, "institutions": input_institution(folder)}
+    result = predict(str(REPO / "params.yaml"), overrides, "champion", False)
+    predictions = pd.read_csv(result.folder / "predictions.csv")
+    assert result.predicted == len(predictions) == 2 and set(predictions["site"]) == {INPUT_SITE}
+    with pytest.raises(ConfigError, match=r"no clinical\.csv"):
+        input_institution(new / "site_a")
 
 
 # the gate's guards, through the registry flow's gate (each test gives the champion back as it found it)
