@@ -6,10 +6,11 @@ its own clone, so each has its own work directory), then
     .venv/bin/python benchmarks/compare_runs.py BEFORE/work AFTER/work [--record "what changed"]
 
 Content keys may differ between the two (a changed code version gives new folder names), so artefacts are
-found by what they are, not by their folder: the feature table (bytes and values), the cohort (values, without
-the absolute paths of the work directory), every trained network's metrics and test-set predictions, the
-evaluation's comparison, out-of-fold and CV tables, and the package's settings and gate decision. Exit status 1
-when anything differs.
+found by what they are, not by their folder: the feature table, the cohort (without its content keys and the
+work directory's paths), every trained network's metrics (without its timings) and test-set predictions, the
+evaluation's comparison, out-of-fold and CV tables and risks, and the package (without its code version and
+folder names). Each is reported as identical bytes, identical values, or the largest relative difference of its
+numbers; exit status 1 when anything differs by more than ``--rtol`` (default 0: exactly).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import record_block
 
 HEADING = "## Refactorings: the main command's outputs before and after"
+#: What is expected to differ between two runs of the same computation: content keys (they hash the code
+#: version), paths (each run has its own work directory) and timings.
+VOLATILE = ("images_key", "seconds", "code_version", "training_key", "folds", "path_")
 
 
 def only(work: Path, pattern: str) -> Path:
@@ -39,16 +43,96 @@ def only(work: Path, pattern: str) -> Path:
     return found[-1]
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+def volatile(key: str) -> bool:
+    return key in VOLATILE or key.startswith("path_")
 
 
-def frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
-    try:
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-    except AssertionError:
-        return False
-    return True
+def load(path: Path) -> Any:
+    """The artefact's values, without its volatile entries (:data:`VOLATILE`)."""
+    if path.suffix == ".parquet" or path.suffix == ".csv":
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        return frame.drop(columns=[c for c in frame.columns if volatile(str(c))])
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not volatile(str(k))}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(json.loads(path.read_text()))
+
+
+def numbers(value: Any) -> list[float]:
+    """Every number in a loaded artefact, in a fixed order (NaN kept)."""
+    if isinstance(value, pd.DataFrame):
+        return [float(x) for c in value.columns if pd.api.types.is_numeric_dtype(value[c]) for x in value[c]]
+    if isinstance(value, dict):
+        return [x for k in sorted(value) for x in numbers(value[k])]
+    if isinstance(value, list):
+        return [x for v in value for x in numbers(v)]
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+def same_values(a: Any, b: Any) -> bool:
+    if isinstance(a, pd.DataFrame):
+        try:
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+        except AssertionError:
+            return False
+        return True
+    return bool(json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True))
+
+
+def text_of(value: Any) -> str:
+    """Everything but the numbers, to tell a numeric difference from a structural one."""
+    if isinstance(value, pd.DataFrame):
+        return json.dumps([list(map(str, value.columns)),
+                           value.select_dtypes(exclude="number").astype(str).values.tolist()])
+    digits = str.maketrans("", "", "0123456789.e-+")
+    return json.dumps(value, sort_keys=True, default=str, allow_nan=True).translate(digits)
+
+
+def compare(before: Path, after: Path) -> list[tuple[str, str, float]]:
+    """(artefact, verdict, largest relative difference) rows; inf where the structure differs."""
+    rows: list[tuple[str, str, float]] = []
+
+    def add(name: str, a: Path, b: Path) -> None:
+        if hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest():
+            rows.append((name, "identical bytes", 0.0))
+            return
+        x, y = load(a), load(b)
+        if same_values(x, y):
+            rows.append((name, "identical values", 0.0))
+            return
+        nx, ny = np.array(numbers(x)), np.array(numbers(y))
+        if len(nx) != len(ny) or text_of(x) != text_of(y):
+            rows.append((name, "different structure or text", float("inf")))
+            return
+        both = ~(np.isnan(nx) & np.isnan(ny))
+        scale = np.maximum(np.abs(nx[both]), np.abs(ny[both]))
+        rel = np.abs(nx[both] - ny[both]) / np.where(scale > 0, scale, 1.0)
+        worst = float(np.nanmax(rel)) if rel.size else 0.0
+        rows.append((name, f"numbers differ by at most {worst:.1e} (relative)", worst))
+
+    add("feature table", only(before, "features/table/*/features.parquet"),
+        only(after, "features/table/*/features.parquet"))
+    add("cohort (without content keys and paths)", only(before, "ingest/cohort/*/cohort.parquet"),
+        only(after, "ingest/cohort/*/cohort.parquet"))
+    first, second = runs_by_network(before), runs_by_network(after)
+    for label in sorted(set(first) | set(second)):
+        if label not in first or label not in second:
+            rows.append((f"network {label}", "trained in one run only", float("inf")))
+            continue
+        variant = json.loads(label)["variant"]
+        for name in ("metrics.json", "predictions.parquet"):
+            add(f"{variant} network: {name}", first[label] / name, second[label] / name)
+    for name in ("comparison.csv", "oof.csv", "cv.json", "oof_risks.parquet", "risks.parquet"):
+        add(f"evaluation: {name}", only(before, f"evaluation/*/comparison/{name}"),
+            only(after, f"evaluation/*/comparison/{name}"))
+    add("package.json", only(before, "registry/packages/*/package.json"),
+        only(after, "registry/packages/*/package.json"))
+    return rows
 
 
 def runs_by_network(work: Path) -> dict[str, Path]:
@@ -61,70 +145,23 @@ def runs_by_network(work: Path) -> dict[str, Path]:
     return runs
 
 
-def compare(before: Path, after: Path) -> list[tuple[str, str, str, bool]]:
-    """(artefact, before, after, same) rows."""
-    rows: list[tuple[str, str, str, bool]] = []
-
-    def add(name: str, a: Path, b: Path, same_values: Callable[[Path, Path], bool]) -> None:
-        identical = sha(a) == sha(b)
-        same = identical or same_values(a, b)
-        rows.append((name, sha(a), sha(b) if not identical else "identical bytes", same))
-
-    table = "features/table/*/features.parquet"
-    add("feature table", only(before, table), only(after, table),
-        lambda a, b: frames_equal(pd.read_parquet(a), pd.read_parquet(b)))
-    cohort = "ingest/cohort/*/cohort.parquet"
-
-    def cohort_values(a: Path, b: Path) -> bool:
-        def load(p: Path) -> pd.DataFrame:
-            frame = pd.read_parquet(p)
-            return frame.drop(columns=[c for c in frame.columns if c.startswith("path_")])
-
-        return frames_equal(load(a), load(b))
-
-    add("cohort (without the work directory's paths)", only(before, cohort), only(after, cohort), cohort_values)
-    rows[-1] = (rows[-1][0], rows[-1][1], "same values" if rows[-1][3] else rows[-1][2], rows[-1][3])
-    first, second = runs_by_network(before), runs_by_network(after)
-    for label in sorted(set(first) | set(second)):
-        if label not in first or label not in second:
-            rows.append((f"network {label}", str(label in first), str(label in second), False))
-            continue
-        for name in ("metrics.json", "predictions.parquet"):
-            add(f"{json.loads(label)['variant']} network: {name}", first[label] / name, second[label] / name,
-                lambda a, b: a.suffix == ".json" and json.loads(a.read_text()) == json.loads(b.read_text()))
-    for name in ("comparison.csv", "oof.csv", "cv.json", "oof_risks.parquet", "risks.parquet"):
-        add(f"evaluation: {name}", only(before, f"evaluation/*/comparison/{name}"),
-            only(after, f"evaluation/*/comparison/{name}"),
-            lambda a, b: a.suffix == ".parquet" and frames_equal(pd.read_parquet(a), pd.read_parquet(b)))
-    return rows
-
-
-def package_settings(work: Path) -> dict[str, Any]:
-    info = json.loads(only(work, "registry/packages/*/package.json").read_text())
-    # everything but what names the code or the folders it was built from (a refactoring changes those)
-    return {k: v for k, v in info.items() if k not in {"code_version", "training_key", "folds"}}
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
+    parser.add_argument("--rtol", type=float, default=0.0, help="largest relative difference that counts as same")
     parser.add_argument("--record", metavar="WHAT", help="record the result in RESULTS.md, saying what changed")
     args = parser.parse_args()
     rows = compare(args.before, args.after)
-    same_package = package_settings(args.before) == package_settings(args.after)
-    rows.append(("package.json (without code version, training key, fold folders)", "",
-                 "same" if same_package else "differs", same_package))
-    lines = ["| artefact | before | after | same |", "| --- | --- | --- | --- |"]
-    lines += [f"| {name} | {a} | {b} | {'yes' if same else '**no**'} |" for name, a, b, same in rows]
+    lines = ["| artefact | verdict |", "| --- | --- |"] + [f"| {name} | {verdict} |" for name, verdict, _ in rows]
     text = "\n".join(lines)
     print(text)
+    ok = all(worst <= args.rtol for _, _, worst in rows)
     if args.record:
-        verdict = "every artefact the same" if all(r[3] for r in rows) else "**differences above**"
-        record_block("compare-runs", HEADING,
-                     f"{args.record}: {verdict}.\n\n`python benchmarks/compare_runs.py BEFORE/work AFTER/work`\n\n"
-                     + text)
-    sys.exit(0 if all(r[3] for r in rows) else 1)
+        record_block("compare-runs", HEADING, f"{args.record}\n\n`python benchmarks/compare_runs.py BEFORE/work "
+                                              f"AFTER/work --rtol {args.rtol:g}`: "
+                                              f"{'same' if ok else '**differs**'}\n\n{text}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

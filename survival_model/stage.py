@@ -40,6 +40,15 @@ FOLDER_KEY_LENGTH = 16
 RECORD_KEY_LENGTH = 32
 
 
+def relative_to(path: Path, work_dir: Path) -> str:
+    """``path`` relative to the work directory (so that a moved or copied work directory keeps working), or
+    absolute when it lies outside it (e.g. a site's own brain mask)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(work_dir).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def short(key: str) -> str:
     """The part of a content key that names its folder."""
     return key[:FOLDER_KEY_LENGTH]
@@ -154,13 +163,6 @@ class WholeStage(Generic[R]):
 
     def save(self, folder: Path, outputs: Iterable[Path]) -> Path:
         """Record that this stage produced ``folder``, and the files its reuse needs."""
-        entries = sorted({self._relative(p) for p in [folder, *outputs]})
-        return write_json({"stage": self.name, "key": self.stage_key, "folder": self._relative(folder),
+        entries = sorted({relative_to(p, self.work_dir) for p in [folder, *outputs]})
+        return write_json({"stage": self.name, "key": self.stage_key, "folder": relative_to(folder, self.work_dir),
                            "outputs": entries}, self.record())
-
-    def _relative(self, path: Path) -> str:
-        path = Path(path)
-        try:
-            return str(path.resolve().relative_to(self.work_dir.resolve()))
-        except ValueError:  # outside the work directory (e.g. a given brain mask): kept absolute
-            return str(path.resolve())

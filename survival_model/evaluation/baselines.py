@@ -109,6 +109,11 @@ class FittedBaseline:
             return -SCORES[self.baseline.name](frame)[0]
         if self.pipeline is None:
             raise ConfigError(f"baseline {self.baseline.name!r} is neither a score by hand nor fitted")
+        if self.baseline.name == "rsf":
+            # the trees' hazards summed in one fixed order: with several jobs the threads add them in whatever
+            # order they finish, and the risk's last bits then differ from run to run
+            pipeline = self.pipeline.best_estimator_ if isinstance(self.pipeline, GridSearchCV) else self.pipeline
+            pipeline[-1].set_params(n_jobs=1)
         risk = np.asarray(self.pipeline.predict(frame), dtype=float)
         if self.baseline.name == "rsf":  # the forest's risk is a sum of cumulative hazards, not a log-hazard:
             return np.asarray(np.log(np.maximum(risk, 1e-12)), dtype=float)  # same ranking; suits Breslow's PH

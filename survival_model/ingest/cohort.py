@@ -40,7 +40,7 @@ from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult, Harm
 from survival_model.ingest.images import IngestImages
 from survival_model.patient import PatientOutcome
 from survival_model.quarantine import QuarantineRecord, quarantine_frame
-from survival_model.stage import Stage, WholeStage
+from survival_model.stage import Stage, WholeStage, relative_to
 
 STAGE = "ingest_cohort"
 REPORT_FILES = ("summary.json", "summary.md", "quarantine.csv", "cohort_summary.png")
@@ -58,7 +58,13 @@ class CohortResult:
     fingerprint: str
 
     def cohort(self) -> pd.DataFrame:
-        return pd.read_parquet(self.cohort_path)
+        """The cohort, its image paths absolute (stored relative to the work directory, which may move)."""
+        frame = pd.read_parquet(self.cohort_path)
+        work_dir = self.folder.parents[2]  # <work_dir>/ingest/cohort/<key>
+        for column in PATH_COLUMNS:
+            if column in frame:
+                frame[column] = [str(work_dir / v) if isinstance(v, str) and v else v for v in frame[column]]
+        return frame
 
     def quarantine(self) -> pd.DataFrame:
         return pd.read_parquet(self.quarantine_path)
@@ -263,7 +269,12 @@ class AssembleCohort(Stage[CohortResult]):
         sites = sorted({o.site for o in self.outcomes} | {c.site for c in self.clinical})
         cohort, records = assemble(self.outcomes, self.clinical, self.params, self.site_errors)
         quarantine = quarantine_frame(records)
-        write_parquet(cohort, tmp / "cohort.parquet")
+        stored = cohort.copy()  # image paths relative to the work directory: a moved or copied one still works
+        for column in PATH_COLUMNS:
+            if column in stored:
+                stored[column] = [relative_to(Path(v), self.work_dir) if isinstance(v, str) and v else v
+                                  for v in stored[column]]
+        write_parquet(stored, tmp / "cohort.parquet")
         write_parquet(quarantine, tmp / "quarantine.parquet")
         summary = summarise(cohort, quarantine, sites)
         summary["fingerprint"] = data_fingerprint(cohort)

@@ -274,3 +274,12 @@ def test_a_setting_that_cannot_be_fitted_is_left_out_and_counted_not_scored_one_
         fallback = fit_baseline(failing, _few_deaths(16, 8, 2))
     assert isinstance(fallback.pipeline, Pipeline) and fallback.pipeline.get_params()["model__alpha"] == 0.1
     assert "no setting of its grid could be fitted and scored in every inner fold" in caplog.text
+
+
+def test_the_forest_gives_the_same_bits_on_every_prediction() -> None:
+    """Its trees' hazards are summed in one order (several threads added them in whatever order they finished,
+    which changed the risks' last bits on every call, and with them every score's)."""
+    frame, _ = clinical_cohort(300, 7)
+    fitted = fit_baseline(baselines(CLINICAL)["rsf"], frame, seed=1)
+    risks = {fitted.risk(frame).tobytes() for _ in range(6)}
+    assert len(risks) == 1

@@ -291,7 +291,7 @@ def test_predict_a_plain_input_folder(first_run: Run, tmp_path: Path) -> None:
     predictions = pd.read_csv(result.folder / "predictions.csv")
     assert result.predicted == len(predictions) == 2 and set(predictions["site"]) == {INPUT_SITE}
     with pytest.raises(ConfigError, match=r"no clinical\.csv"):
-        input_institution(new / "site_a")
+        input_institution(new / "site_a" / "images")
 
 
 # the gate's guards, through the registry flow's gate (each test gives the champion back as it found it)

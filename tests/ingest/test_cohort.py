@@ -112,3 +112,29 @@ def test_the_cohort_stage_writes_reports_and_is_content_keyed(tmp_path: Path) ->
     assert changed.key() != stage.key()
     erred = AssembleCohort((outcome("a-1"),), (result,), IngestParams(), tmp_path / "work", {"b": "no folder"})
     assert erred.key() != stage.key()
+
+
+def test_the_cohorts_image_paths_follow_a_moved_work_directory(tmp_path: Path) -> None:
+    """Paths under the work directory are stored relative to it (a copied or moved one keeps working); a path
+    outside it (e.g. a site's own brain mask) stays absolute."""
+    import shutil
+
+    work = tmp_path / "work"
+    inside = outcome("a-1")
+    patient = inside.patient
+    assert patient is not None
+    ingested = work / "ingest" / "images" / "a" / "a-1"
+    moved_in = PatientOutcome("a", "a-1", inside.key, Patient(
+        "a", "a-1", ingested, {"t1c": ingested / "t1c.nii"}, ingested / "seg.nii", Path("/site/brain.nii.gz"),
+        patient.key, patient.qc))
+    result = run(AssembleCohort((moved_in,), (clinical(tmp_path, "a", [row("a-1")]),), IngestParams(), work))
+    stored = pd.read_parquet(result.cohort_path)
+    assert stored.loc[0, "path_t1c"] == "ingest/images/a/a-1/t1c.nii"
+    assert stored.loc[0, "path_brain_mask"] == "/site/brain.nii.gz"
+    shutil.copytree(work, tmp_path / "copy")
+    copied = run(AssembleCohort((moved_in,), (clinical(tmp_path, "a", [row("a-1")]),), IngestParams(),
+                                tmp_path / "copy"))
+    frame = copied.cohort()
+    assert frame.loc[0, "path_t1c"] == str(tmp_path / "copy" / "ingest/images/a/a-1/t1c.nii")
+    assert frame.loc[0, "path_mask"] == str(tmp_path / "copy" / "ingest/images/a/a-1/seg.nii")
+    assert frame.loc[0, "path_brain_mask"] == "/site/brain.nii.gz"
