@@ -92,9 +92,14 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
 
     from flows.progress import PROGRESS_LOGGER  # Prefect (at its top): likewise
 
+    if not verbose:
+        import mlflow  # noqa: F401 - mlflow: sets up its loggers on import; imported now so they stay redirected
+
     root, counts = logging.getLogger(), logging.getLogger(PROGRESS_LOGGER)
     library = logging.getLogger(LIBRARY_LOGGER)  # the stages' own lines (epochs, quarantines, devices): INFO
     library_level = library.level
+    mlflow_logger = logging.getLogger("mlflow")  # its INFO lines (database set-up, model validation) to the file
+    mlflow_state = (mlflow_logger.level, mlflow_logger.handlers[:], mlflow_logger.propagate)
     py_warnings = logging.getLogger("py.warnings")
     consoles = [h for h in root.handlers if isinstance(h, PrefectConsoleHandler)]
     console_levels, counts_state = [h.level for h in consoles], (counts.level, counts.propagate)
@@ -120,6 +125,7 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
             # log what they mean for the run as warnings of their own
             logging.captureWarnings(True)
             py_warnings.handlers, py_warnings.propagate = [to_file, warned], False
+            mlflow_logger.handlers, mlflow_logger.propagate = [to_file], False
         library.setLevel(logging.INFO)
         counts.setLevel(logging.INFO)
         counts.propagate = False
@@ -130,6 +136,8 @@ def run_display(log_file: Path, verbose: bool) -> Iterator[None]:
         if not verbose:
             logging.captureWarnings(False)
             py_warnings.handlers, py_warnings.propagate = warnings_state
+            mlflow_logger.setLevel(mlflow_state[0])
+            mlflow_logger.handlers, mlflow_logger.propagate = mlflow_state[1], mlflow_state[2]
             if warned.count:
                 console.print(f"{warned.count} warning(s) from libraries, in {log_file}")
         counts.removeHandler(bars)

@@ -91,12 +91,19 @@ def test_a_run_logs_everything_to_its_file_and_only_warnings_to_the_terminal(tmp
     assert consoles, "Prefect's console handler is on the root logger"
     before = [h.level for h in consoles]
     log = tmp_path / "logs" / "run.log"
+    import mlflow  # noqa: F401 - its loggers are set up on import (run_display imports it too)
+
+    mlflow_handlers = logging.getLogger("mlflow").handlers[:]
     with run_display(log, verbose=False):
         assert all(h.level >= logging.WARNING for h in consoles)
         noisy()
+        logging.getLogger("survival_model.training.folds").info("fold-1 epoch 3/30, for the file")
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables, for the file")
     assert [h.level for h in consoles] == before  # restored
+    assert logging.getLogger("mlflow").handlers == mlflow_handlers
     text = log.read_text(encoding="utf-8")
     assert "every task state, for the log file" in text and "a quarantined patient" in text
+    assert "fold-1 epoch 3/30" in text and "MLflow database tables" in text  # the library's and MLflow's INFO
     assert re.search(r"\| INFO +\| Flow run '[\w-]+' - every task state", text)  # Prefect's format, run name
     with run_display(tmp_path / "verbose.log", verbose=True):
         assert [h.level for h in consoles] == before  # --verbose: the terminal keeps every line
