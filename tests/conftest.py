@@ -201,3 +201,44 @@ def realdata_dir() -> Path | None:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None
+
+
+#: The session's one pipeline run (:func:`pipeline_run`), shared by the pipeline, registry and prediction tests:
+#: the first model is promoted without a baseline (on 10 patients, beating the GPA is luck), a permissive gate
+#: with a test set the gate can compare (4-5 patients), the tabular-only network beside the main one, and only
+#: what the registry needs otherwise (the GPA baseline, no Grad-CAM).
+PIPELINE_SETTINGS: dict[str, Any] = {
+    "registry.gate.first_model_baseline": "none", "evaluation.networks": [{"variant": "tabular"}],
+    "registry.gate.ibs_margin": None, "registry.gate.confidence": 0.5, "registry.gate.min_finite": 0.5,
+    "registry.gate.resamples": 500, "evaluation.baselines": ["gpa"], "evaluation.gradcam": False,
+    "training.splits.test_fraction": 0.45,
+}
+
+
+class PipelineRun:
+    """The session's pipeline run: its overrides of params.yaml, its result and its params."""
+
+    def __init__(self, overrides: dict[str, Any], result: Any) -> None:
+        self.overrides = overrides
+        self.result = result
+        self.params: Params = load_params(REPO / "params.yaml", overrides)
+
+    def registry(self) -> Any:
+        from survival_model.registry.registry import Registry
+        from survival_model.tracking import Tracker
+
+        return Registry(Tracker.from_params(self.params).client, self.params.registry.model_name)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tiny_cohort_master: Path, tmp_path_factory: pytest.TempPathFactory,
+                 prefect_harness: None) -> PipelineRun:
+    """One run of the whole pipeline flow on the tiny cohort (from the warm work directory), for every test that
+    asserts on a pipeline run: what it tracked and published, what it registered, what predicts with it."""
+    from flows.pipeline import pipeline
+
+    work = tmp_path_factory.mktemp("pipeline") / "work"
+    overrides = overrides_for(tiny_cohort_master, work, **PIPELINE_SETTINGS)
+    params_for(tiny_cohort_master, work, **PIPELINE_SETTINGS)  # the work directory starts as the warm copy
+    return PipelineRun(overrides, pipeline(str(REPO / "params.yaml"), overrides))
+

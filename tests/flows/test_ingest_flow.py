@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowR
 from flows.ingest import ingest
 from survival_model.config import Params
 from tasks.privacy import pseudonymiser as resolve_pseudonymiser
-from tests.conftest import TRAIN_FAST, params_for
+from tests.conftest import PipelineRun, params_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -169,31 +169,22 @@ def test_a_changed_clinical_mapping_reruns_only_that_sites_clinical_task(
 
 
 def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_ui(
-    tiny_cohort_master: Path, tmp_path: Path
+    pipeline_run: PipelineRun,
 ) -> None:
     """One MLflow run per pipeline run (counts, quarantine, fingerprint, dataset, ingestion and feature
-    artifacts) and Prefect artifacts (summaries, per-site table, quarantine and QC tables) for the UI."""
-    from flows.pipeline import pipeline
+    artifacts) and Prefect artifacts (summaries, per-site table, quarantine and QC tables) for the UI; on the
+    session's one pipeline run (``tests.conftest.pipeline_run``)."""
+    from mlflow import MlflowClient
 
-    params = params_for(tiny_cohort_master, tmp_path / "work")
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text((Path(__file__).resolve().parents[2] / "params.yaml").read_text(encoding="utf-8"),
-                           encoding="utf-8")
-    overrides = {
-        **TRAIN_FAST,
-        "training.splits.seed": params.training.splits.seed,  # one that suits the tiny cohort (split_seed)
-        "evaluation.ground_truth.path": str(tiny_cohort_master / "ground_truth" / "patients.csv"),
-        "work_dir": str(params.work_dir),
-        "privacy.key_file": str(params.privacy.key_file),
-        **{f"institutions.{s}.images.root": str(i.images.root) for s, i in params.institutions.items()},
-        **{f"institutions.{s}.clinical.path": str(i.clinical.path) for s, i in params.institutions.items()},
-    }
-    state = pipeline(str(params_file), overrides, return_state=True)
-    result = state.result()
+    params, result = pipeline_run.params, pipeline_run.result
     assert result.summary["patients"] == 10
+    flow_run_id = UUID(MlflowClient(tracking_uri=params.mlflow_uri).get_run(result.mlflow_run_id)
+                       .data.tags["prefect.flow_run_id"])
     with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(flow_run_id)
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    assert parent.state is not None and parent.state.is_completed()
     assert sorted(c.name for c in children) == ["evaluation", "imaging", "ingest", "registry", "training",
                                                 "training-tabular-cox"]
     assert all(c.state is not None and c.state.is_completed() for c in children)
@@ -208,7 +199,7 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
     assert run.data.metrics["quarantine.reason.unknown_label"] == 1
     assert run.data.metrics["quarantine.patients"] == 13
     assert run.data.tags["data_fingerprint"] == result.summary["fingerprint"]
-    assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
+    assert run.data.tags["prefect.flow_run_id"] == str(flow_run_id)
     assert run.data.params["ingest.grid_tolerance_mm"] == "0.05"
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.digest == result.summary["fingerprint"]
@@ -244,7 +235,7 @@ def test_pipeline_runs_ingestion_as_a_subflow_tracked_in_mlflow_and_the_prefect_
 
     with get_client(sync_client=True) as prefect_client:
         published = prefect_client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     by_key = {a.key: a for a in published}
     assert {"ingestion-summary", "cohort-by-site", "quarantine", "preprocessing-qc", "features-summary",
             "training-summary", "training-folds", "model-comparison", "model-comparison-summary",

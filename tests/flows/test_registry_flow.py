@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 
 from flows.cli import INPUT_SITE, input_institution
-from flows.pipeline import PipelineResult, pipeline
+from flows.pipeline import pipeline
 from flows.predict import predict
 from flows.registry import gate, model_rows
-from survival_model.config import Params, load_params
+from survival_model.config import Params
 from survival_model.errors import ConfigError
 from survival_model.evaluation.stage import rows
 from survival_model.imageio import read_json, write_json
@@ -36,34 +36,18 @@ from survival_model.tracking import Tracker
 from survival_model.training.splits import Splits
 from survival_model.training.stage import load_result
 from tasks import registry as t
-from tests.conftest import REPO, TINY, overrides_for, params_for
+from tests.conftest import PIPELINE_SETTINGS, REPO, TINY, PipelineRun, overrides_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-#: The first model is promoted without a baseline (on 10 patients, beating the GPA is luck); a permissive gate
-#: (see the module docstring).
-FIRST = {"registry.gate.first_model_baseline": "none", "evaluation.networks": [], "registry.gate.ibs_margin": None,
-         "registry.gate.confidence": 0.5, "registry.gate.min_finite": 0.5, "registry.gate.resamples": 500,
-         "evaluation.baselines": ["gpa"], "evaluation.gradcam": False,  # what the registry needs, quickly
-         "training.splits.test_fraction": 0.45}  # 4-5 test patients: scores the gate can compare
+FIRST = PIPELINE_SETTINGS
+Run = PipelineRun
 
 
-class Run:
-    def __init__(self, overrides: dict[str, Any], result: PipelineResult) -> None:
-        self.overrides = overrides
-        self.result = result
-        self.params: Params = load_params(REPO / "params.yaml", overrides)
-
-    def registry(self) -> Registry:
-        return Registry(Tracker.from_params(self.params).client, self.params.registry.model_name)
-
-
-@pytest.fixture(scope="module")
-def first_run(tiny_cohort_master: Path, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Run:
-    work = tmp_path_factory.mktemp("registry") / "work"
-    overrides = overrides_for(tiny_cohort_master, work, **FIRST)
-    params_for(tiny_cohort_master, work, **FIRST)  # the work directory starts as the session's warm copy
-    return Run(overrides, pipeline(str(REPO / "params.yaml"), overrides))
+@pytest.fixture()
+def first_run(pipeline_run: PipelineRun) -> PipelineRun:
+    """The session's pipeline run (``tests.conftest.pipeline_run``): its first registered model."""
+    return pipeline_run
 
 
 def test_the_pipeline_registers_a_challenger_and_gates_it(first_run: Run) -> None:
