@@ -246,10 +246,16 @@ def _text(value: Any, missing: Sequence[str]) -> str | None:
     return None if text.lower() in missing else text
 
 
-def _parse_number(text: str, decimal: str = ".") -> float:
-    """A number from a cell: ``1,084`` (thousands) and ``3,5`` (decimal comma, when declared), or the
-    single number inside text such as ``KPS 80`` or ``80%``. Text with several numbers is refused
-    rather than guessed (``3,5`` with a decimal point declared could be 3.5 or 35)."""
+#: Characters that write a minus sign in tables (Unicode minus, dashes, the full-width hyphen-minus).
+_MINUS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\ufe63": "-", "\uff0d": "-"})
+
+
+def _parse_number(text: str, decimal: str = ".", *, strict: bool = False) -> float:
+    """A number from a cell: ``1,084`` (thousands) and ``3,5`` (decimal comma, when declared), a minus sign
+    written as any dash, or (unless ``strict``) the single number inside text such as ``KPS 80`` or ``80%``.
+    Text with several numbers is refused rather than guessed (``3,5`` with a decimal point declared could be
+    3.5 or 35); ``strict`` refuses any text around the number (``3 months`` in a column of weeks)."""
+    text = text.translate(_MINUS)
     if decimal == ".":
         cleaned = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text.strip())
     else:
@@ -257,6 +263,8 @@ def _parse_number(text: str, decimal: str = ".") -> float:
     try:
         return float(cleaned)
     except ValueError:
+        if strict:
+            raise ValueError(f"not a plain number: {text[:20]!r}") from None
         numbers = _NUMBER.findall(cleaned)
         if len(numbers) != 1:
             raise ValueError(f"not a single number: {text[:20]!r}") from None
@@ -378,9 +386,11 @@ def _survival_from_duration(
 ) -> dict[str, Any]:
     try:
         time_text = _text(row[cols["__time"]], src.missing_values)
-        time = None if time_text is None else _parse_number(time_text, src.decimal)
+        # strict: a time with words around it (``3 months`` in a column of weeks) is refused, never reinterpreted
+        time = None if time_text is None else _parse_number(time_text, src.decimal, strict=True)
     except ValueError:
-        raise PatientDataError("invalid_clinical_value", "survival time is not a number") from None
+        raise PatientDataError("invalid_clinical_value", "survival time is not a plain number in the declared "
+                               f"unit ({survival.time_unit})") from None
     try:
         event = _event(row[cols["__event"]], survival, src)
     except ValueError as exc:

@@ -163,12 +163,22 @@ def test_missing_time_or_event_is_missing_survival(tmp_path: Path) -> None:
     assert reasons(quarantine) == {cid(k): "missing_survival" for k in ("no_time", "no_event", "neither")}
 
 
-@pytest.mark.parametrize("raw", ["0", "-5", "0.0"])
+@pytest.mark.parametrize("raw", ["0", "-5", "0.0", "\u221212", "\u201312", "\uff0d3"])
 def test_a_time_that_is_not_positive_is_invalid(tmp_path: Path, raw: str) -> None:
     path = table(tmp_path, ["id", "time", "event"], ["ok", "10", "1"], ["bad", raw, "1"])
     frame, quarantine, _ = harmonise(source(path))
     assert list(frame["case_id"]) == [cid("ok")]
     assert reasons(quarantine) == {cid("bad"): "invalid_survival_time"}
+
+
+@pytest.mark.parametrize("raw", ["3 months", "12 weeks", "about 30", "30d"])
+def test_a_time_with_words_around_it_is_refused_never_reinterpreted(tmp_path: Path, raw: str) -> None:
+    """``3 months`` in a column of days is neither 3 days nor 91: the unit is the column's, declared once."""
+    path = table(tmp_path, ["id", "time", "event"], ["ok", "10", "1"], ["words", raw, "1"])
+    frame, quarantine, _ = harmonise(source(path))
+    assert list(frame["case_id"]) == [cid("ok")]
+    assert reasons(quarantine) == {cid("words"): "invalid_clinical_value"}
+    assert "not a plain number in the declared unit (days)" in quarantine[0].message
 
 
 def test_a_time_that_is_not_a_number_or_too_long_is_quarantined(tmp_path: Path) -> None:

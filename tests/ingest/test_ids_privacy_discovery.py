@@ -26,6 +26,8 @@ from survival_model.ingest.privacy import Pseudonymiser, key_from_text, load_or_
         (float("nan"), ["strip"], None),
         ("   ", ["strip"], None),
         (None, ["strip"], None),
+        ("Mu\u0308ller-07", [], "M\u00fcller-07"),  # a folder name written NFD (macOS) meets its NFC table id
+        ("M\u00fcller-07", [], "M\u00fcller-07"),
     ],
 )
 def test_normalise_id(raw: object, steps: list, expected: str | None) -> None:
