@@ -35,6 +35,7 @@ from survival_model.errors import PatientDataError
 from survival_model.fingerprint import DigestMemo, code_version, digest_memo_path, stable_hash
 from survival_model.imageio import (
     ImageReadError,
+    check_nifti_complete,
     count_non_finite_nifti,
     image_suffix,
     read_image,
@@ -174,16 +175,28 @@ def _read(case: CaseFiles, name: str, path: Path, case_id: str) -> sitk.Image:
         raise PatientDataError(reason, f"{case_id}: {name} cannot be used: {_scrub(exc.detail, case)}") from None
 
 
-def _check_values(image: sitk.Image, name: str, case_id: str, path: Path) -> None:
+def _check_file(image: sitk.Image, name: str, case_id: str, path: Path, case: CaseFiles) -> None:
+    """Every voxel the file declares is there, and none is NaN or infinite (``non_finite``)."""
     array = sitk.GetArrayViewFromImage(image)
     bad = 0
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        if bad == 0 and image_suffix(path) in {".nii", ".nii.gz"}:
-            bad = count_non_finite_nifti(path)  # ITK reads NaN in NIfTI as 0: check the file itself
+    try:
+        if image_suffix(path) in {".nii", ".nii.gz"}:
+            check_nifti_complete(path)  # ITK reads a truncated .nii.gz without an error
+        if np.issubdtype(array.dtype, np.floating):
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            if bad == 0 and image_suffix(path) in {".nii", ".nii.gz"}:
+                bad = count_non_finite_nifti(path)  # ITK reads NaN in NIfTI as 0: check the file itself
+    except ImageReadError as exc:  # e.g. an uncompressed NIfTI named .nii.gz: this case only, not the run
+        raise PatientDataError("unreadable_image",
+                               f"{case_id}: {name} cannot be used: {_scrub(exc.detail, case)}") from None
     if bad:
         raise PatientDataError("non_finite", f"{case_id}: {name} has {bad} NaN/infinite voxels; "
                                              "re-export the image from the source")
+
+
+def _check_values(image: sitk.Image, name: str, case_id: str, path: Path, case: CaseFiles) -> None:
+    _check_file(image, name, case_id, path, case)
+    array = sitk.GetArrayViewFromImage(image)
     if array.size == 0 or array.min() == array.max():
         value = array.min() if array.size else "empty"
         raise PatientDataError("empty_image", f"{case_id}: {name} is constant ({value}); the file holds no image")
@@ -277,7 +290,7 @@ def _validate_and_write(
     present = {name: path for name, path in case.sequences.items() if path is not None}
     for name, path in present.items():
         image = _read(case, name, path, case_id)
-        _check_values(image, name, case_id, path)
+        _check_values(image, name, case_id, path, case)
         images[name] = image
     reference_name = institution.images.mask_reference
     reference = images[reference_name]
@@ -291,6 +304,7 @@ def _validate_and_write(
                     "acquisition.co_registered: false for this site to have sequences registered",
                 )
     mask = _read(case, "mask", case.mask, case_id)
+    _check_file(mask, "the mask", case_id, case.mask, case)
     grid = _on_grid(mask, reference, params)
     if grid == "different":
         _, origin_diff, direction_diff = _grid_difference(mask, reference)
@@ -309,6 +323,7 @@ def _validate_and_write(
     suffix = ".nii.gz" if params.compress_images else ".nii"  # ITK gzips any .nii.gz, whatever the flag
     if case.brain_mask is not None:
         brain = _read(case, "brain_mask", case.brain_mask, case_id)
+        _check_file(brain, "the brain mask", case_id, case.brain_mask, case)
         if _on_grid(brain, reference, params) == "different":
             raise PatientDataError("mask_grid_mismatch",
                                    f"{case_id}: the brain mask is not on the grid of {reference_name}")

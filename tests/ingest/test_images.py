@@ -191,6 +191,42 @@ def test_unreadable_and_unsupported_files(tmp_path: Path) -> None:
     assert reason(ingest(tmp_path / "raw2", tmp_path / "work")) == "unsupported_image"
 
 
+@pytest.mark.parametrize("name", ["t1c", "seg"])
+def test_a_truncated_image_or_mask_is_unreadable_not_read_in_part(tmp_path: Path, name: str) -> None:
+    """ITK returns what it could decompress from a cut-off .nii.gz: the file is checked against its header."""
+    big = {n: volume(np.random.default_rng(2).uniform(10, 100, (24, 48, 48)).astype(np.float32))
+           for n in ("t1n", "t1c", "t2w", "t2f")}
+    mask = np.zeros((24, 48, 48), np.uint8)
+    mask[8:16, 16:32, 16:32] = 3
+    write_case(tmp_path / "raw", overrides={**big, "seg": volume(mask)})
+    path = tmp_path / "raw" / CASE / f"{CASE}-{name}.nii.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    outcome = ingest(tmp_path / "raw", tmp_path / "work")
+    assert reason(outcome) == "unreadable_image"
+    assert "truncated" in outcome.quarantine[0].message or "cannot be used" in outcome.quarantine[0].message
+
+
+def test_an_uncompressed_nifti_named_gz_quarantines_its_case_only(tmp_path: Path) -> None:
+    write_case(tmp_path / "raw")
+    path = tmp_path / "raw" / CASE / f"{CASE}-t2w.nii.gz"
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(sitk.ReadImage(str(path)), str(plain))
+    path.write_bytes(plain.read_bytes())  # a .nii.gz that is not gzipped
+    outcome = ingest(tmp_path / "raw", tmp_path / "work")
+    assert reason(outcome) == "unreadable_image"
+    assert "not a valid NIfTI file" in outcome.quarantine[0].message
+
+
+def test_a_float_mask_holding_nan_is_non_finite(tmp_path: Path) -> None:
+    mask = tumour_mask().astype(np.float32)
+    mask[0, 0, :2] = np.nan
+    write_case(tmp_path / "raw", overrides={"seg": volume(mask)})
+    outcome = ingest(tmp_path / "raw", tmp_path / "work")
+    assert reason(outcome) == "non_finite"
+    assert "the mask has 2 NaN/infinite voxels" in outcome.quarantine[0].message
+
+
 def test_mask_within_tolerance_takes_the_image_geometry(tmp_path: Path) -> None:
     write_case(tmp_path / "raw", overrides={"seg": volume(tumour_mask(), origin=(0.01, 0.0, 0.0))})
     outcome = ingest(tmp_path / "raw", tmp_path / "work")
