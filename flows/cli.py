@@ -29,6 +29,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, get_args
 
+import pandas as pd
 import typer
 import yaml
 
@@ -404,8 +405,7 @@ def input_institution(folder: Path) -> dict[str, Any]:
     if not clinical.is_file():
         raise ConfigError(f"--input {folder}: no clinical.csv (a case_id column and the clinical fields, "
                           f"named {', '.join(CLINICAL_FIELDS)})")
-    with clinical.open(encoding="utf-8-sig") as handle:
-        header = [c.strip() for c in handle.readline().split(",")]
+    header = [str(c).strip() for c in pd.read_csv(clinical, nrows=0, encoding="utf-8-sig").columns]
     if "case_id" not in header:
         raise ConfigError(f"--input {clinical}: no case_id column (found {', '.join(header) or 'none'})")
     columns = {c: c for c in header if c in CLINICAL_FIELDS}

@@ -73,35 +73,19 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def count_non_finite_nifti(path: Path) -> int:
-    """Non-finite voxels in a floating-point NIfTI file, counted from the file's own bytes.
+def check_nifti(path: Path) -> int:
+    """Check a NIfTI file against its own header and return its non-finite voxels (0 for an integer type).
 
-    ITK's NIfTI reader silently turns NaN and infinities into 0, so a corrupt NIfTI would pass any
-    check made on the SimpleITK image; nibabel reads the stored values as they are.
+    Raises :class:`ImageReadError` when the header is not NIfTI (e.g. an uncompressed file named ``.nii.gz``) or
+    the file holds fewer bytes than the header declares: ITK's reader returns what it could decompress from a
+    truncated ``.nii.gz`` without an error. Non-finite voxels are counted from the stored values because ITK's
+    reader silently turns NaN and infinities into 0.
     """
     import nibabel as nib  # nibabel (~30 ms, 70 modules): only when a NIfTI is checked, not on the CLI's --version
 
     try:
         image: Any = nib.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - nibabel raises several types for bad headers
-        raise ImageReadError(path, f"not a valid NIfTI file ({exc})") from None
-    if not np.issubdtype(image.get_data_dtype(), np.floating):
-        return 0
-    data = np.asanyarray(image.dataobj)
-    return int(data.size - np.count_nonzero(np.isfinite(data)))
-
-
-def check_nifti_complete(path: Path) -> None:
-    """Raise :class:`ImageReadError` unless the NIfTI file holds every voxel its header declares.
-
-    ITK's reader returns what it could decompress from a truncated ``.nii.gz`` without an error (the rest of
-    the volume is zeros or garbage), so the file is checked against its own header: the stored bytes (after
-    decompression for ``.nii.gz``) must reach the header's offset plus the voxels' size.
-    """
-    import nibabel as nib  # nibabel (~30 ms, 70 modules): only when a NIfTI is checked, not on the CLI's --version
-
-    try:
-        header: Any = nib.load(str(path)).header
+        header = image.header
         expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
             int(header.get_data_dtype().itemsize)
     except Exception as exc:  # noqa: BLE001 - nibabel raises several types for bad headers
@@ -119,6 +103,10 @@ def check_nifti_complete(path: Path) -> None:
         stored = Path(path).stat().st_size
     if stored < expected:
         raise ImageReadError(path, f"truncated: {stored} bytes where its header declares {expected}")
+    if not np.issubdtype(image.get_data_dtype(), np.floating):
+        return 0
+    data = np.asanyarray(image.dataobj)
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
 
 
 def read_image(path: Path) -> sitk.Image:

@@ -35,8 +35,7 @@ from survival_model.errors import PatientDataError
 from survival_model.fingerprint import DigestMemo, code_version, digest_memo_path, stable_hash
 from survival_model.imageio import (
     ImageReadError,
-    check_nifti_complete,
-    count_non_finite_nifti,
+    check_nifti,
     image_suffix,
     read_image,
     read_json,
@@ -179,13 +178,12 @@ def _check_file(image: sitk.Image, name: str, case_id: str, path: Path, case: Ca
     """Every voxel the file declares is there, and none is NaN or infinite (``non_finite``)."""
     array = sitk.GetArrayViewFromImage(image)
     bad = 0
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     try:
-        if image_suffix(path) in {".nii", ".nii.gz"}:
-            check_nifti_complete(path)  # ITK reads a truncated .nii.gz without an error
-        if np.issubdtype(array.dtype, np.floating):
-            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            if bad == 0 and image_suffix(path) in {".nii", ".nii.gz"}:
-                bad = count_non_finite_nifti(path)  # ITK reads NaN in NIfTI as 0: check the file itself
+        if bad == 0 and image_suffix(path) in {".nii", ".nii.gz"}:
+            # ITK reads a truncated .nii.gz without an error, and NaN in NIfTI as 0: the file itself is checked
+            bad = check_nifti(path)
     except ImageReadError as exc:  # e.g. an uncompressed NIfTI named .nii.gz: this case only, not the run
         raise PatientDataError("unreadable_image",
                                f"{case_id}: {name} cannot be used: {_scrub(exc.detail, case)}") from None
