@@ -44,6 +44,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None,
                  ui_url: str | None = None) -> None:
+        """``artifact_root``: a local folder for a new experiment's artifacts (local stores only; with a
+        tracking server pass ``None`` and the server's artifact configuration decides)."""
         from mlflow import MlflowClient  # mlflow: only when tracking is used (the CLI imports this module)
 
         if tracking_uri.startswith("sqlite:///"):
@@ -63,7 +65,7 @@ class Tracker:
 
     @classmethod
     def from_params(cls, params: Params) -> Tracker:
-        return cls(params.mlflow_uri, params.tracking.experiment, params.mlflow_artifact_root,
+        return cls(params.mlflow_uri, params.tracking.experiment, params.mlflow_local_artifact_root,
                    params.tracking.ui_url)
 
     def start_run(self, run_name: str, tags: Mapping[str, str] | None = None,

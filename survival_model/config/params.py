@@ -26,6 +26,11 @@ from survival_model.config.training import TrainingParams
 _SITE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
+def is_remote_tracking(uri: str) -> bool:
+    """Whether an MLflow tracking URI names a server (``http(s)://``, ``databricks``) rather than a local store."""
+    return uri.split(":", 1)[0].lower() in {"http", "https", "databricks"}
+
+
 class Params(StrictModel):
     """The whole run configuration."""
 
@@ -62,3 +67,11 @@ class Params(StrictModel):
     @property
     def mlflow_artifact_root(self) -> Path:
         return self.work_dir / "mlflow" / "artifacts"
+
+    @property
+    def mlflow_local_artifact_root(self) -> Path | None:
+        """Where a new experiment's artifacts go when the store is local (the embedded SQLite file or a
+        ``sqlite:``/``file:`` URI); ``None`` for a tracking server, whose own artifact configuration
+        (``--artifacts-destination``, proxied) decides, so a team's artifacts never land on whichever
+        machine created the experiment first."""
+        return None if is_remote_tracking(self.mlflow_uri) else self.mlflow_artifact_root
