@@ -2,11 +2,11 @@
 # Sets up the project environment for a fresh machine, reusing what can be reused safely.
 #
 # Two layers:
-#   1. a dependency environment, keyed by a hash of the declared dependencies, the pinned torch build
-#      and the Python version, kept under ${SURVIVAL_MODEL_ENV_CACHE:-~/.cache/survival-model}.
-#      It is built once (torch's CUDA build is several GB and takes minutes) and shared by every
-#      checkout and CI run whose dependency declarations are identical. A build that did not finish
-#      has no `.complete` marker and is rebuilt from scratch; builds are serialised by a lock.
+#   1. a dependency environment holding exactly the versions in requirements/lock.txt (re-resolved by
+#      scripts/lock.sh from pyproject.toml), keyed by a hash of the lock and the Python version, kept under
+#      ${SURVIVAL_MODEL_ENV_CACHE:-~/.cache/survival-model}. It is built once (torch's CUDA build is several GB
+#      and takes minutes) and shared by every checkout and CI run with the same lock. A build that did not
+#      finish has no `.complete` marker and is rebuilt from scratch; builds are serialised by a lock.
 #   2. `.venv` in the checkout: a small virtual environment that sees the dependency environment
 #      through a .pth file and holds this checkout's editable install (and the `survival-model` command).
 #
@@ -15,62 +15,48 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${PYTHON:-python3}
-torch_pins="torch==2.14.1 torchvision==0.29.1"
-bootstrap_version=1
+lock="$root/requirements/lock.txt"
+bootstrap_version=2
 
 "$py" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)' || {
   echo "bootstrap: Python 3.11 or 3.12 is required (found $("$py" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
   exit 2
 }
+[ -f "$lock" ] || { echo "bootstrap: $lock is missing (make it with scripts/lock.sh)" >&2; exit 2; }
 
-# The key: dependency declarations only (not the rest of pyproject.toml), so editing code or tool
-# settings never forces a multi-minute rebuild.
-key=$("$py" - "$root/pyproject.toml" "$torch_pins" "$bootstrap_version" <<'PY'
-import hashlib, json, sys, tomllib
-with open(sys.argv[1], "rb") as fh:
-    project = tomllib.load(fh)["project"]
-payload = {
-    "deps": sorted(project.get("dependencies", [])),
-    "optional": {k: sorted(v) for k, v in sorted(project.get("optional-dependencies", {}).items())},
-    "torch": sys.argv[2],
-    "bootstrap": sys.argv[3],
-    "python": sys.version.split()[0],
-}
-print(hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16])
-PY
-)
+# The key: the resolved versions (the lock's pins, not its comments), not the declarations, so the same lock always means the same
+# environment; editing code or tool settings never forces a multi-minute rebuild.
+key=$(grep -E '^[A-Za-z0-9]' "$lock" | sed 's/ *#.*//' | cat - <(echo "bootstrap $bootstrap_version") <("$py" -c 'import sys; print(sys.version.split()[0])') |
+  "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
 
 cache=${SURVIVAL_MODEL_ENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/survival-model}
 deps="$cache/deps-$key"
 mkdir -p "$cache"
 
+step() { echo "bootstrap: [$(date +%H:%M:%S)] $*" >&2; }
+
 build_deps() {
-  echo "bootstrap: building the dependency environment $deps (first time only; several minutes)" >&2
+  step "building the dependency environment $deps from requirements/lock.txt (first time only; several minutes)"
   rm -rf "$deps"
   "$py" -m venv "$deps"
   local pip=("$deps/bin/python" -m pip --disable-pip-version-check)
+  step "1/3 pip, setuptools and wheel"
   "${pip[@]}" install --upgrade --quiet pip setuptools wheel >&2
-  # torch first, pinned: an unpinned resolution would fetch the newest CUDA build from the index.
-  # shellcheck disable=SC2086
-  "${pip[@]}" install --quiet $torch_pins >&2
-  local reqs
-  reqs=$("$py" - "$root/pyproject.toml" <<'PY'
-import sys, tomllib
-with open(sys.argv[1], "rb") as fh:
-    project = tomllib.load(fh)["project"]
-reqs = list(project["dependencies"])
-for extra in project.get("optional-dependencies", {}).values():
-    reqs.extend(extra)
-print("\n".join(reqs))
-PY
-)
-  local reqfile
-  reqfile=$(mktemp)
-  printf '%s\n' "$reqs" > "$reqfile"
-  "${pip[@]}" install --quiet -r "$reqfile" $torch_pins >&2
-  rm -f "$reqfile"
+  # torch first: the largest download (a CUDA build, several GB), so it gets its own step and progress bar.
+  step "2/3 $(grep -E '^torch(vision)?==' "$lock" | cut -d' ' -f1 | tr '\n' ' ')(several GB)"
+  "${pip[@]}" install $(grep -E '^torch(vision)?==' "$lock" | cut -d' ' -f1) --no-deps >&2
+  step "3/3 the $(grep -cE '^[A-Za-z0-9]' "$lock") locked packages"
+  # one line per package as it is fetched; pip's whole output goes to the build log
+  set +e +o pipefail
+  "${pip[@]}" install --progress-bar off -r "$lock" 2>&1 | tee "$deps.build.log" |
+    grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed|ERROR)' >&2
+  local pip_status=${PIPESTATUS[0]}
+  set -e -o pipefail
+  [ "$pip_status" = 0 ] || { step "pip failed; its whole output: $deps.build.log"; exit 1; }
+  "${pip[@]}" check >&2 || step "warning: pip check reports conflicts (above)"
   "$deps/bin/python" -c 'import torch, torchvision, timm, SimpleITK, radiomics, prefect, mlflow, pandas, pyarrow, sklearn' >&2
   touch "$deps/.complete"
+  step "dependency environment ready"
 }
 
 prune_old() {

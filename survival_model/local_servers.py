@@ -4,6 +4,14 @@ The services are declared in ``infra/local/services.yaml``. Each runs detached (
 it outlives the command that started it), logs to ``<servers.home>/<name>.log`` and is recorded in
 ``<servers.home>/state.json``; later pipeline runs read that file to point at the servers. The Prefect
 server's database is ``<servers.home>/prefect`` (its ``PREFECT_HOME``).
+
+A recorded pid alone does not name a process: after a reboot, or once the server has exited, the number
+may belong to anything. Each record therefore keeps the process's start time, and nothing is signalled
+unless the process with that pid started at that time (:func:`is_running`). Prefect's own
+``prefect server start --background`` / ``prefect server stop`` were considered: ``stop`` signals the pid
+in ``PREFECT_HOME/server.pid`` with no such check, and a pid file left by a reboot makes the next
+``start --background`` refuse to start; MLflow has no background mode at all. One launcher with an
+identity check serves both.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psutil
+
 from survival_model.config import Params, ServicesSpec
 from survival_model.errors import SurvivalModelError
 from survival_model.imageio import write_json
@@ -41,6 +51,8 @@ class RunningService:
     ui_url: str
     health_url: str
     log: str
+    #: The process's start time (``psutil.Process.create_time``): with the pid, its identity.
+    started: float = 0.0
 
 
 def state_file(params: Params) -> Path:
@@ -89,14 +101,16 @@ def read_state(params: Params) -> dict[str, RunningService]:
     return {name: RunningService(**entry) for name, entry in data.items()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def is_running(service: RunningService) -> bool:
+    """Whether the process this record names still runs: its pid exists *and* started when recorded (a
+    pid reused by another process after the server exited or the machine rebooted is not the server)."""
+    if service.pid <= 0:
         return False
-    except PermissionError:
-        return True
-    return True
+    try:
+        process = psutil.Process(service.pid)
+        return bool(abs(process.create_time() - service.started) < 0.05 and process.status() != psutil.STATUS_ZOMBIE)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
 
 
 def start(params: Params, spec: ServicesSpec, only: Collection[str] | None = None) -> dict[str, RunningService]:
@@ -136,7 +150,9 @@ def launch(params: Params, spec: ServicesSpec, only: Collection[str] | None = No
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, cwd=params.servers.home,
             )
-        running[name] = RunningService(name, process.pid, declared.ui_url.format(**values), health, str(log_path))
+        started = psutil.Process(process.pid).create_time()
+        running[name] = RunningService(name, process.pid, declared.ui_url.format(**values), health, str(log_path),
+                                       started)
     write_json({k: asdict(v) for k, v in running.items()}, state_file(params))
     return {n: s for n, s in running.items() if only is None or n in only}
 
@@ -149,7 +165,7 @@ def wait_healthy(params: Params, services: dict[str, RunningService]) -> None:
         for name, service in list(pending.items()):
             if healthy(service.health_url):
                 pending.pop(name)
-            elif service.pid > 0 and not _alive(service.pid):
+            elif service.pid > 0 and not is_running(service):
                 raise ServerError(f"{name} exited during start-up; see its log {service.log}")
         if pending:
             time.sleep(0.25)
@@ -160,23 +176,31 @@ def wait_healthy(params: Params, services: dict[str, RunningService]) -> None:
 
 
 def stop(params: Params, timeout: float = 20.0) -> list[str]:
-    """Stop the services this work directory started; returns their names."""
+    """Stop the services this work directory started and that still run; returns their names. A record
+    whose process is gone (or whose pid now names another process) is dropped without signalling anything."""
     stopped = []
     for name, service in read_state(params).items():
-        if service.pid > 0 and _alive(service.pid):
+        if not is_running(service):
+            continue
+        # The launcher made each server a session leader: its group holds the server's own children.
+        with contextlib.suppress(ProcessLookupError):
+            _killpg(service.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while is_running(service) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if is_running(service):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(service.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(service.pid) and time.monotonic() < deadline:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(service.pid, os.WNOHANG)
-                time.sleep(0.2)
-            if _alive(service.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(service.pid, signal.SIGKILL)
-            stopped.append(name)
+                _killpg(service.pid, signal.SIGKILL)
+        stopped.append(name)
     state_file(params).unlink(missing_ok=True)
     return stopped
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    """``os.killpg``, and reap the child if this process started it (so it does not linger as a zombie)."""
+    os.killpg(pgid, sig)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
 
 
 def status(params: Params) -> dict[str, tuple[RunningService, bool]]:
