@@ -10,14 +10,16 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,14 +27,21 @@ import SimpleITK as sitk
 
 from survival_model.errors import SurvivalModelError
 
+ReadFailure = Literal["unreadable", "unsupported", "too_large"]
+
 
 class ImageReadError(SurvivalModelError):
-    """An image file or DICOM series could not be read."""
+    """An image file or DICOM series could not be read.
 
-    def __init__(self, path: Path, detail: str) -> None:
+    ``kind`` says why: ``unreadable`` (missing, empty, corrupt or truncated), ``unsupported`` (not a 3D scalar
+    volume) or ``too_large`` (its header declares more data than allowed; refused before reading).
+    """
+
+    def __init__(self, path: Path, detail: str, kind: ReadFailure = "unreadable") -> None:
         super().__init__(f"cannot read image {path}: {detail}")
         self.path = path
         self.detail = detail
+        self.kind: ReadFailure = kind
 
 
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -62,15 +71,31 @@ def read_dicom_series(folder: Path) -> sitk.Image:
         image: sitk.Image = reader.Execute()
         return image
     except RuntimeError as exc:
-        raise ImageReadError(folder, _first_line(exc)) from None
+        raise ImageReadError(folder, itk_reason(exc)) from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "ERROR" in line or "Exception" in line or "error" in line:
-            return line.strip()[:300]
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+#: Lines of a SimpleITK/ITK exception that say where it was thrown, not what is wrong.
+_ITK_NOISE = re.compile(r"^(Exception thrown in SimpleITK|HDF5-DIAG|\s*#\d{3}:|\s*(major|minor):|, filename =)")
+#: Prefixes before the sentence itself: ``sitk::ERROR:``, ``ITK ERROR: NrrdImageIO(0x55f1...):``, ``[nrrd] fn:``.
+_ITK_PREFIX = re.compile(r"^(sitk::ERROR:\s*|ITK ERROR:\s*\w+\(0x[0-9a-f]+\):\s*|\[\w+\]\s*\w+:\s*)+")
+
+
+def itk_reason(exc: BaseException, limit: int = 400) -> str:
+    """What an ITK exception says is wrong, without its noise.
+
+    ITK's messages start with where they were thrown (``Exception thrown in SimpleITK ImageFileReader_Execute:
+    .../sitkImageReaderBase.cxx:99:``), then a generic sentence (``Read: Error reading <file>:``) and only then,
+    often several lines further, the reason (``_nrrdEncodingRaw_read: fread got only 743 4-sized things, not
+    1152``). The first line alone said nothing; this keeps the error's own line and the innermost reason."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not _ITK_NOISE.match(line)]
+    sentences = [_ITK_PREFIX.sub("", line).strip() for line in lines]
+    sentences = [s for s in sentences if s and not s.lower().startswith("trouble")]
+    if not sentences:
+        return type(exc).__name__
+    kept = sentences[0] if len(sentences) == 1 else f"{sentences[0]} ... {sentences[-1]}"
+    if "Unable to determine ImageIO reader" in kept:
+        kept += " (ITK recognises no image format in the file: it is corrupt, empty or of another format)"
+    return kept[:limit]
 
 
 def check_nifti(path: Path) -> int:
@@ -109,24 +134,67 @@ def check_nifti(path: Path) -> int:
     return int(data.size - np.count_nonzero(np.isfinite(data)))
 
 
-def read_image(path: Path) -> sitk.Image:
-    """Read a 3D image file, or a DICOM series folder. Singleton 4th dimensions are dropped."""
+def _pixel_bytes(pixel_id: int, components: int) -> int:
+    """Bytes per voxel of a SimpleITK pixel type (read from a one-voxel image of that type)."""
+    return int(sitk.Image([1, 1], pixel_id).GetSizeOfPixelComponent()) * max(1, components)
+
+
+def _check_header(path: Path, max_bytes: int | None) -> None:
+    """Refuse a file from its header alone: not 3D scalar, or declaring more voxel data than ``max_bytes``.
+
+    A corrupt or hostile header (``dim = 30000 x 30000 x 30000``) would otherwise make ITK allocate what it
+    declares before it notices the file is short; reading only the header allocates nothing."""
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty (0 bytes)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ImageReadError(path, itk_reason(exc)) from None
+    size = tuple(int(n) for n in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())
+    declared = math.prod(size) * _pixel_bytes(reader.GetPixelID(), components)
+    if max_bytes is not None and declared > max_bytes:
+        raise ImageReadError(
+            path, f"its header declares {'x'.join(map(str, size))} voxels ({declared / 2**30:,.1f} GiB), more than "
+                  f"the {max_bytes / 2**20:,.0f} MiB an image may hold (ingest.max_image_mb); not read",
+            "too_large")
+    if len(size) == 4 and size[3] == 1:
+        size = size[:3]
+    if len(size) != 3:
+        raise ImageReadError(path, f"expected a 3D image, found {len(size)}D {size}", "unsupported")
+    if components != 1:
+        raise ImageReadError(path, f"expected a scalar image, found {components} components per voxel "
+                                   "(vector/RGB or a 4th dimension stored as components)", "unsupported")
+
+
+def read_image(path: Path, *, max_bytes: int | None = None) -> sitk.Image:
+    """Read a 3D image file, or a DICOM series folder. Singleton 4th dimensions are dropped.
+
+    A file's header is checked first (:func:`_check_header`): with ``max_bytes``, an image declaring more
+    voxel data is refused before anything is allocated."""
     path = Path(path)
     if path.is_dir():
         image = read_dicom_series(path)
     else:
+        if not path.exists():
+            link = " (a broken symbolic link)" if path.is_symlink() else ""
+            raise ImageReadError(path, f"the file does not exist{link}")
+        _check_header(path, max_bytes)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise ImageReadError(path, _first_line(exc)) from None
+            raise ImageReadError(path, itk_reason(exc)) from None
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         size = list(image.GetSize())
         size[3] = 0
         image = sitk.Extract(image, size, [0, 0, 0, 0])
     if image.GetDimension() != 3:
-        raise ImageReadError(path, f"expected a 3D image, found {image.GetDimension()}D {image.GetSize()}")
+        raise ImageReadError(path, f"expected a 3D image, found {image.GetDimension()}D {image.GetSize()}",
+                             "unsupported")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ImageReadError(path, "expected a scalar image, found a multi-component (vector/RGB) one")
+        raise ImageReadError(path, "expected a scalar image, found a multi-component (vector/RGB) one", "unsupported")
     return image
 
 

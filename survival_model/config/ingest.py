@@ -23,6 +23,10 @@ class IngestParams(StrictModel):
     compress_images: bool = False
     #: Check the clinical number of brain metastases against connected components of the tumour mask.
     check_lesion_count: bool = False
+    #: An image whose header declares more voxel data than this (MiB) is refused from its header, before it is
+    #: read (``image_too_large``): a corrupt or hostile header must not make ingestion allocate what it declares.
+    #: A 1 mm brain volume is ~35 MiB in float32; a 0.5 mm one ~300 MiB.
+    max_image_mb: float = Field(4096.0, gt=0)
 
     @model_validator(mode="after")
     def _ranges(self) -> IngestParams:

@@ -24,8 +24,10 @@ name the field, never an identifying value (dates are never echoed).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
+import io
 import logging
 import math
 import re
@@ -158,11 +160,17 @@ def _clean_header(value: Any) -> str:
 
 @dataclass(frozen=True)
 class RawTable:
-    """Raw cells (object dtype) with column names (multi-row headers joined with `` / ``)."""
+    """Raw cells (object dtype) with column names (multi-row headers joined with `` / ``).
+
+    ``malformed`` maps the index (in ``cells``) of a CSV row whose cells do not line up with the header to its
+    number of cells and the header's: a ragged row (an unquoted delimiter in free text, a cell left out) whose
+    values cannot be assigned to columns with certainty. Its cells are kept only to find its patient id."""
 
     cells: pd.DataFrame
     names: list[str]
     first_row_number: int  # 1-based spreadsheet row number of cells.iloc[0]
+    file_name: str = ""
+    malformed: dict[int, tuple[int, int]] = field(default_factory=dict)  # row -> (its cells, the header's)
 
     def resolve(self, ref: ColumnRef, what: str) -> int:
         """The position of a declared column, or a DataSourceError listing what exists."""
@@ -191,30 +199,111 @@ class RawTable:
         raise DataSourceError(f"{what}: no column named {ref!r}; the table has: {shown}")
 
 
-def _csv_encoding(encoding: str) -> str:
-    """Plain UTF-8 is read as ``utf-8-sig``: a byte-order mark (Excel's "CSV UTF-8") must not stick
-    to the first header."""
-    return "utf-8-sig" if encoding.lower().replace("_", "-") in {"utf-8", "utf8"} else encoding
+#: Byte-order marks that state a file's encoding whatever was declared (UTF-32 before UTF-16: FF FE 00 00).
+_BOMS: tuple[tuple[bytes, str], ...] = (
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decode(data: bytes, declared: str, name: str) -> str:
+    """A CSV's text. A byte-order mark decides the encoding (Excel's "Unicode text" is UTF-16 with one; its
+    "CSV UTF-8" UTF-8 with one, which must not stick to the first header); otherwise the declared encoding.
+    Bytes that are not text in it refuse the table, naming the byte and line, never guessed."""
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
+    if encoding is None:
+        encoding = "utf-8-sig" if declared.lower().replace("_", "-") in {"utf-8", "utf8"} else declared
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise DataSourceError(f"clinical table {name}: unknown encoding {declared!r} (clinical.encoding)") from None
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataSourceError(
+            f"clinical table {name} cannot be read: it is not {encoding.removesuffix('-sig')} text (byte "
+            f"0x{data[exc.start]:02x} on line "
+            f"{line}); declare its encoding in clinical.encoding (e.g. latin-1 or cp1252)") from None
+
+
+def _csv_records(text: str, delimiter: str | None) -> list[list[str]]:
+    """Every record of a CSV, blank lines included as ``[]`` (so row numbers are the file's, as in a
+    spreadsheet). The delimiter, when not declared, is sniffed from the first non-blank line (as pandas does)."""
+    if delimiter is None:
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        try:
+            delimiter = csv.Sniffer().sniff(first).delimiter
+        except csv.Error:  # one column, or no text: the header check says what is missing
+            delimiter = ","
+    # the stdlib reader, not pandas: pandas pads short rows silently and refuses the whole table for one long row
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+
+
+def _excel_signature(path: Path) -> None:
+    """Refuse, with what the file is instead, a declared workbook that is not an .xlsx (a ZIP archive)."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        return
+    if not head:
+        what = "it is empty (0 bytes)"
+    elif head.startswith(b"\xd0\xcf\x11\xe0"):
+        what = "it is an old binary Excel workbook (.xls): save it as .xlsx or CSV"
+    elif b"\x00" not in head:
+        what = "it is not an Excel workbook but text (a CSV saved under an Excel name?): name it .csv"
+    else:
+        what = "it is not an Excel workbook (.xlsx)"
+    raise DataSourceError(f"clinical table {path.name} cannot be read: {what}")
+
+
+def _raw_csv(src: ClinicalSource) -> tuple[pd.DataFrame, dict[int, tuple[int, int]]]:
+    """All records as object cells padded to the header's width, and the ragged records' lengths."""
+    data = src.path.read_bytes()
+    if not data.strip():
+        raise DataSourceError(f"clinical table {src.path.name} cannot be read: it is empty")
+    try:
+        records = _csv_records(_decode(data, src.encoding, src.path.name), src.delimiter)
+    except csv.Error as exc:
+        raise DataSourceError(f"clinical table {src.path.name} cannot be read: {exc}") from None
+    header = [records[r] for r in src.header_rows if r < len(records)]
+    named = max((len(_trim(r)) for r in header), default=0)  # up to the last named column
+    width = max((len(r) for r in header), default=0)
+    # A row is ragged when it lacks a cell under a named column (a cell left out shifts the rest) or has a value
+    # past the header's last cell (an unquoted delimiter); trailing empty cells either way are harmless.
+    ragged = {i: (len(_trim(r)) if len(_trim(r)) > width else len(r), width) for i, r in enumerate(records)
+              if i > src.header_rows[-1] and any(c.strip() for c in r)
+              and (len(r) < named or len(_trim(r)) > width)}
+    columns = max((len(r) for r in records), default=0)
+    frame = pd.DataFrame([r + [""] * (columns - len(r)) for r in records], dtype=object)
+    return frame, ragged
+
+
+def _trim(record: list[str]) -> list[str]:
+    """A record without its trailing empty cells."""
+    end = len(record)
+    while end and not record[end - 1].strip():
+        end -= 1
+    return record[:end]
 
 
 def read_raw_table(src: ClinicalSource) -> RawTable:
-    """Read every cell of the declared CSV/XLSX sheet as raw values and build the header."""
-    path = src.path
+    """Read every cell of the declared CSV/XLSX sheet as raw values and build the header.
+
+    Messages name the file by its name only (a full path may name a person)."""
+    path, name = src.path, src.path.name
     if not path.is_file():
-        raise DataSourceError(f"clinical table {path} not found")
+        raise DataSourceError(f"clinical table {name} not found (clinical.path)")
     suffix = path.suffix.lower()
+    ragged: dict[int, tuple[int, int]] = {}
     try:
         if suffix in {".xlsx", ".xlsm", ".xls"}:
+            _excel_signature(path)
             raw = pd.read_excel(path, sheet_name=src.sheet, header=None, dtype=object, engine="openpyxl")
         else:
-            raw = pd.read_csv(
-                path, header=None, dtype=object, keep_default_na=False, sep=src.delimiter,
-                engine="python", encoding=_csv_encoding(src.encoding),
-            )
-    except (ValueError, OSError, UnicodeDecodeError, KeyError, csv.Error, zipfile.BadZipFile) as exc:
-        raise DataSourceError(f"clinical table {path} cannot be read: {exc}") from None
+            raw, ragged = _raw_csv(src)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise DataSourceError(f"clinical table {name} cannot be read: {exc}") from None
     if len(raw) <= src.header_rows[-1]:
-        raise DataSourceError(f"clinical table {path} has {len(raw)} rows; the header ends at row "
+        raise DataSourceError(f"clinical table {name} has {len(raw)} rows; the header ends at row "
                               f"{src.header_rows[-1] + 1}")
     header_rows = [[_clean_header(v) for v in raw.iloc[r].tolist()] for r in src.header_rows]
     for row in header_rows[:-1]:  # merged cells in upper header rows span to the right
@@ -225,7 +314,11 @@ def read_raw_table(src: ClinicalSource) -> RawTable:
     first = src.first_data_row if src.first_data_row is not None else src.header_rows[-1] + 1
     cells = raw.iloc[first:].reset_index(drop=True)
     cells.columns = pd.RangeIndex(cells.shape[1])
-    return RawTable(cells=cells, names=names, first_row_number=first + 1)
+    if not any(_text(v, src.missing_values) is not None for v in cells.to_numpy().ravel()):
+        raise DataSourceError(f"clinical table {name} has no data rows below its header (row "
+                              f"{src.header_rows[-1] + 1})")
+    malformed = {i - first: n for i, n in ragged.items() if i >= first}
+    return RawTable(cells=cells, names=names, first_row_number=first + 1, file_name=name, malformed=malformed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,7 +543,7 @@ def _check_ranges(out: dict[str, Any], params: IngestParams) -> None:
 
 
 def _resolve_columns(table: RawTable, src: ClinicalSource, site: str) -> dict[str, int]:
-    what = f"institution '{site}' clinical table"
+    what = f"institution '{site}' clinical table {table.file_name}"
     cols: dict[str, int] = {"__id": table.resolve(src.id_column, what)}
     for field_name, ref in src.columns.items():
         cols[field_name] = table.resolve(ref, what)
@@ -495,6 +588,17 @@ def _merge_patient_rows(
     return merged
 
 
+def _malformed(table: RawTable, index: int, row_number: int) -> PatientDataError:
+    """A ragged row: the row-level error that quarantines its patient (``malformed_row``); the rest of the table
+    proceeds. Its patient is the one its id cell names (what else could be: a shift after the id column is the
+    usual case, an unquoted delimiter in free text)."""
+    cells, header = table.malformed[index]
+    return PatientDataError("malformed_row", f"row {row_number} of {table.file_name} has {cells} cells where the "
+                                             f"header has {header}; "
+                                             "its values cannot be assigned to columns (quote cells holding the "
+                                             "delimiter)")
+
+
 def harmonise_table(
     site: str,
     src: ClinicalSource,
@@ -520,10 +624,16 @@ def harmonise_table(
             skipped_by_pattern += 1  # e.g. a footnote under the table
             continue
         if source_id is None:
-            quarantine.append(QuarantineRecord(site, f"{site}-row{row_number}", "clinical", "missing_id",
-                                               f"row {row_number} of the clinical table has no patient id"))
+            reason, message = ("missing_id", f"row {row_number} of the clinical table has no patient id")
+            if int(str(index)) in table.malformed:
+                reason, message = "malformed_row", _malformed(table, int(str(index)), row_number).message
+            quarantine.append(QuarantineRecord(site, f"{site}-row{row_number}", "clinical", reason, message))
             continue
         case_id = pseudonymiser.case_id(site, source_id)
+        if int(str(index)) in table.malformed:  # none of its values is used: they may sit under the wrong columns
+            failed.setdefault(case_id, _malformed(table, int(str(index)), row_number))
+            by_patient[case_id]
+            continue
         try:
             record = _row_record(row, src, cols, params)
         except PatientDataError as exc:

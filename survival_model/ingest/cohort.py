@@ -32,15 +32,18 @@ from typing import Any, ClassVar, TypedDict
 import numpy as np
 import pandas as pd
 
-from survival_model.config import SEQUENCES, IngestParams
+from survival_model.config import SEQUENCES, IngestParams, Params
+from survival_model.errors import DataSourceError
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import read_json, write_json, write_parquet, write_text
 from survival_model.ingest import report
 from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult, HarmoniseClinical, has_outcome
-from survival_model.ingest.images import IngestImages
+from survival_model.ingest.discovery import discover_cases
+from survival_model.ingest.images import IngestImages, case_id_for
+from survival_model.ingest.privacy import Pseudonymiser
 from survival_model.patient import PatientOutcome
 from survival_model.quarantine import QuarantineRecord, quarantine_frame
-from survival_model.stage import Stage, WholeStage, relative_to
+from survival_model.stage import Stage, WholeStage, relative_to, run
 
 STAGE = "ingest_cohort"
 REPORT_FILES = ("summary.json", "summary.md", "quarantine.csv", "cohort_summary.png")
@@ -334,3 +337,26 @@ def ingestion_outputs(
     stages: list[Stage[Any]] = [*images, *clinical]
     return [*(p for s in stages for p in s.outputs(s.folder())), cohort.cohort_path, cohort.quarantine_path,
             *cohort.report_files()]
+
+
+def run_ingestion(params: Params, pseudonymiser: Pseudonymiser) -> CohortResult:
+    """The whole ingestion in this process, stage after stage, as the ingestion flow (``flows/ingest.py``) runs
+    it through Prefect tasks: discovery per site (a site whose images cannot be listed becomes a site error),
+    every case's images, every site's clinical table, the cohort. For benchmarks, tests and scripts that need
+    ingestion without an orchestrator."""
+    images: list[IngestImages] = []
+    site_errors: dict[str, str] = {}
+    for site, institution in params.institutions.items():
+        try:
+            cases = discover_cases(site, institution.images)
+        except DataSourceError as exc:
+            site_errors[site] = str(exc)
+            continue
+        images += [IngestImages(case_id_for(case, institution, pseudonymiser), case, institution, params.ingest,
+                                params.work_dir) for case in cases]
+    clinical = [HarmoniseClinical(site, institution, params.ingest, pseudonymiser, params.work_dir)
+                for site, institution in params.institutions.items()]
+    outcomes = tuple(run(stage) for stage in images)
+    results = tuple(run(stage) for stage in clinical)
+    return run(AssembleCohort(outcomes, results, params.ingest, params.work_dir, site_errors,
+                              pseudonymiser.fingerprint))

@@ -166,12 +166,16 @@ def _scrub(text: str, case: CaseFiles) -> str:
     return text.replace(case.source_id, "<id>")
 
 
-def _read(case: CaseFiles, name: str, path: Path, case_id: str) -> sitk.Image:
+#: ImageReadError.kind -> quarantine reason.
+_READ_REASONS = {"unreadable": "unreadable_image", "unsupported": "unsupported_image", "too_large": "image_too_large"}
+
+
+def _read(case: CaseFiles, name: str, path: Path, case_id: str, params: IngestParams) -> sitk.Image:
     try:
-        return read_image(path)
+        return read_image(path, max_bytes=int(params.max_image_mb * 2**20))
     except ImageReadError as exc:
-        reason = "unsupported_image" if "expected a" in exc.detail else "unreadable_image"
-        raise PatientDataError(reason, f"{case_id}: {name} cannot be used: {_scrub(exc.detail, case)}") from None
+        raise PatientDataError(_READ_REASONS[exc.kind],
+                               f"{case_id}: {name} cannot be used: {_scrub(exc.detail, case)}") from None
 
 
 def _check_file(image: sitk.Image, name: str, case_id: str, path: Path, case: CaseFiles) -> None:
@@ -276,6 +280,10 @@ def _tumour_components(mask: sitk.Image) -> int:
 def _validate_and_write(
     case: CaseFiles, institution: Institution, params: IngestParams, case_id: str, out: Path
 ) -> dict[str, Any]:
+    if case.outside:  # checked first: nothing of these is read (discovery did not digest them either)
+        raise PatientDataError("outside_source", f"{case_id}: {', '.join(case.outside)} link(s) outside the "
+                                                 "institution's image folder (images.root); not read: copy the "
+                                                 "file(s) into the folder")
     missing = [s for s, p in case.sequences.items() if p is None]
     if missing:
         patterns = ", ".join(f"{s}: '{case.expected.get(s, '?')}'" for s in missing)
@@ -287,7 +295,7 @@ def _validate_and_write(
     images: dict[str, sitk.Image] = {}
     present = {name: path for name, path in case.sequences.items() if path is not None}
     for name, path in present.items():
-        image = _read(case, name, path, case_id)
+        image = _read(case, name, path, case_id, params)
         _check_values(image, name, case_id, path, case)
         images[name] = image
     reference_name = institution.images.mask_reference
@@ -301,7 +309,7 @@ def _validate_and_write(
                     f"the grid of {reference_name} ({_describe_grid(reference)}); set "
                     "acquisition.co_registered: false for this site to have sequences registered",
                 )
-    mask = _read(case, "mask", case.mask, case_id)
+    mask = _read(case, "mask", case.mask, case_id, params)
     _check_file(mask, "the mask", case_id, case.mask, case)
     grid = _on_grid(mask, reference, params)
     if grid == "different":
@@ -320,7 +328,7 @@ def _validate_and_write(
     brain_mask_file = None
     suffix = ".nii.gz" if params.compress_images else ".nii"  # ITK gzips any .nii.gz, whatever the flag
     if case.brain_mask is not None:
-        brain = _read(case, "brain_mask", case.brain_mask, case_id)
+        brain = _read(case, "brain_mask", case.brain_mask, case_id, params)
         _check_file(brain, "the brain mask", case_id, case.brain_mask, case)
         if _on_grid(brain, reference, params) == "different":
             raise PatientDataError("mask_grid_mismatch",

@@ -1008,7 +1008,7 @@ def test_a_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
     assert quarantine == [] and list(frame["case_id"]) == [cid("p1")]
 
 
-@pytest.mark.parametrize("kind", ["corrupt_xlsx", "csv_with_blank_first_line"])
+@pytest.mark.parametrize("kind", ["corrupt_xlsx", "csv_not_in_its_declared_encoding"])
 def test_an_unreadable_table_gives_an_error_result_not_an_exception(tmp_path: Path, kind: str) -> None:
     if kind == "corrupt_xlsx":
         path = tmp_path / "clinical.xlsx"
@@ -1016,10 +1016,18 @@ def test_an_unreadable_table_gives_an_error_result_not_an_exception(tmp_path: Pa
         inst = institution(path)
     else:
         path = tmp_path / "clinical.csv"
-        path.write_text("\nid,time,event\np1,10,1\n")
-        inst = institution(path, header_rows=[1])
+        path.write_bytes("id,name,time,event\np1,Zoë,10,1\n".encode("latin-1"))
+        inst = institution(path)
     result = harmonised_site(SITE, inst, IngestParams(), PSEUDONYMISER, tmp_path / "work")
-    assert result.error is not None and "cannot be read" in result.error
+    assert result.error is not None and "cannot be read" in result.error and "clinical." in result.error
+    assert str(tmp_path) not in result.error  # the file by its name, not its path
+
+
+def test_a_blank_line_counts_as_a_row_as_in_a_spreadsheet(tmp_path: Path) -> None:
+    path = tmp_path / "clinical.csv"
+    path.write_text("\nid,time,event\np1,10,1\n")
+    frame, quarantine, _ = harmonise(source(path, header_rows=[1]))
+    assert quarantine == [] and list(frame["case_id"]) == [cid("p1")]
 
 
 def test_dayfirst_does_not_swap_unambiguous_iso_dates(tmp_path: Path) -> None:
