@@ -137,7 +137,7 @@ def test_prefect_yaml_deployments_read_the_pseudonym_key_where_the_deployment_ke
             assert name.endswith("-k8s") and privacy.key_secret_block is None, name
             assert privacy.key_env == "SURVIVAL_MODEL_PSEUDONYM_KEY"
         # where the key is missing, a deployment's run stops: nothing is created
-        with pytest.raises(ConfigError, match="no pseudonymisation key: .*from a Prefect deployment"):
+        with pytest.raises(ConfigError, match=r"no pseudonymisation key: .*from a Prefect deployment"):
             resolve_key(privacy.model_copy(update={"key_secret_block": None, "key_file": Path("/nonexistent/k")}),
                         deployment=True, environ={})
         # job variables say where things are, never what a secret is
