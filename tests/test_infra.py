@@ -322,6 +322,8 @@ def test_the_k8s_job_requests_one_gpu_mounts_the_shared_storage_and_takes_secret
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # prefect-kubernetes' job configuration refuses a manifest without these (at the pod spec, as its default)
+    assert pod["parallelism"] == pod["completions"] == 1 and job["spec"]["backoffLimit"] == 0
     assert container["envFrom"] == [{"secretRef": {"name": "survival-model"}}]
     assert container["env"] == {"PREFECT_API_URL": "http://x/api"}  # the worker's settings only (a list once run)
     assert {m["mountPath"]: m.get("readOnly", False) for m in container["volumeMounts"]} == {
