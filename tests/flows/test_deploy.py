@@ -117,14 +117,33 @@ def flow_at(entrypoint: str) -> Any:
     return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 
 
-def test_prefect_yaml_deployments_read_the_pseudonym_key_from_a_secret_block_and_never_create_one() -> None:
-    for entry in prefect_yaml().values():
+#: Each topology's pair of deployments in prefect.yaml and its work pool (docs/deployment.md).
+TOPOLOGIES = {"": "survival-model", "-compose": "survival-model-compose", "-k8s": "survival-model-k8s"}
+
+
+def test_prefect_yaml_deployments_read_the_pseudonym_key_where_the_deployment_keeps_it_and_never_create_one(
+        ) -> None:
+    from tasks.privacy import resolve_key
+
+    for name, entry in prefect_yaml().items():
         overrides = entry["parameters"]["overrides"]
-        assert overrides["privacy.key_secret_block"] and overrides["privacy.create_key_if_missing"] is False
-        params = load_params(REPO / entry["parameters"]["params_path"], overrides)
-        assert params.privacy.key_secret_block == "survival-model-pseudonym-key"
+        assert overrides["privacy.create_key_if_missing"] is False, name
+        privacy = load_params(REPO / entry["parameters"]["params_path"], overrides).privacy
+        if entry["work_pool"]["name"] == "survival-model":  # a Prefect Secret block on the server
+            assert privacy.key_secret_block == "survival-model-pseudonym-key", name
+        elif name.endswith("-compose"):  # the compose secret, mounted in the worker's container
+            assert privacy.key_secret_block is None and privacy.key_file == Path("/run/secrets/pseudonym_key")
+        else:  # Kubernetes: the job's environment, from the Secret the job template names
+            assert name.endswith("-k8s") and privacy.key_secret_block is None, name
+            assert privacy.key_env == "SURVIVAL_MODEL_PSEUDONYM_KEY"
+        # where the key is missing, a deployment's run stops: nothing is created
+        with pytest.raises(ConfigError, match=r"no pseudonymisation key: .*from a Prefect deployment"):
+            resolve_key(privacy.model_copy(update={"key_secret_block": None, "key_file": Path("/nonexistent/k")}),
+                        deployment=True, environ={})
+        # job variables say where things are, never what a secret is
+        assert not {k for k in entry["work_pool"].get("job_variables", {}) if "key" in k or "secret" in k}, name
     text = (REPO / "prefect.yaml").read_text(encoding="utf-8")
-    assert "Secret(value=" in text and "job_variables" not in text.split("deployments:")[1]  # no key stored
+    assert "Secret(value=" in text
 
 
 def test_serve_refuses_when_its_runs_would_find_no_pseudonym_key(project: Path) -> None:
@@ -139,27 +158,29 @@ def test_prefect_yaml_schedules_the_pipeline_as_params_yaml_does() -> None:
     data = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
     assert list(data["pull"][0]) == ["prefect.deployments.steps.set_working_directory"]
     declared = prefect_yaml()
-    assert set(declared) == {deploy.RETRAIN, deploy.PREDICT}
-    retrain = declared[deploy.RETRAIN]
-    assert flow_at(retrain["entrypoint"]) is pipeline
-    assert set(retrain["parameters"]) <= set(pipeline.parameters.properties)
-    assert (REPO / retrain["parameters"]["params_path"]).is_file()
+    assert set(declared) == {f"{name}{suffix}" for suffix in TOPOLOGIES for name in (deploy.RETRAIN, deploy.PREDICT)}
     schedule = load_params(REPO / "params.yaml").registry.schedule
-    assert [(s["cron"], s["timezone"], s["active"]) for s in retrain["schedules"]] == [
-        (schedule.cron, schedule.timezone, schedule.active)]
-    assert retrain["concurrency_limit"] == deploy.RETRAIN_CONCURRENCY == 1  # as `serve` deploys it
-    assert all(d["work_pool"]["name"] == "survival-model" for d in declared.values())
+    for suffix, pool in TOPOLOGIES.items():
+        retrain = declared[deploy.RETRAIN + suffix]
+        assert flow_at(retrain["entrypoint"]) is pipeline
+        assert set(retrain["parameters"]) <= set(pipeline.parameters.properties)
+        assert (REPO / retrain["parameters"]["params_path"]).is_file()
+        assert [(s["cron"], s["timezone"], s["active"]) for s in retrain["schedules"]] == [
+            (schedule.cron, schedule.timezone, schedule.active)]
+        assert retrain["concurrency_limit"] == deploy.RETRAIN_CONCURRENCY == 1  # as `serve` deploys it
+        assert retrain["work_pool"]["name"] == declared[deploy.PREDICT + suffix]["work_pool"]["name"] == pool
 
 
 @needs_predict
 def test_prefect_yaml_predicts_with_the_prediction_flow() -> None:
     from flows.predict import predict
 
-    predict_entry = prefect_yaml()[deploy.PREDICT]
-    assert flow_at(predict_entry["entrypoint"]) is predict
+    for suffix in TOPOLOGIES:
+        predict_entry = prefect_yaml()[deploy.PREDICT + suffix]
+        assert flow_at(predict_entry["entrypoint"]) is predict
+        assert set(predict_entry["parameters"]) <= set(predict.parameters.properties)
+        assert not predict_entry.get("schedules")
     assert predict.name == "brain-mets-predict"
-    assert set(predict_entry["parameters"]) <= set(predict.parameters.properties)
-    assert not predict_entry.get("schedules")
 
 
 # the `serve` command
@@ -226,3 +247,46 @@ def test_serve_prints_what_it_serves_and_how_to_predict(project: Path, monkeypat
     [(params, (retrain, predict))] = served
     assert params.registry.schedule.cron == "30 4 * * *"
     assert retrain.parameters["overrides"] == predict.parameters["overrides"] == {"training.fit.epochs": 3}
+
+
+# the container deployments, registered with Prefect's own `prefect deploy`
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_prefect_deploy_registers_the_container_deployments_to_run_the_images_code() -> None:
+    """The compose and Kubernetes pairs go through `prefect deploy` (the CLI, against the test server) onto a
+    process pool and a Kubernetes pool made from infra/kubernetes/base-job-template.json (which the server
+    validates), and read back with the image's folder as working directory and no secret stored."""
+    import json
+    import subprocess
+    import sys
+
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL
+
+    template = json.loads((REPO / "infra" / "kubernetes" / "base-job-template.json").read_text(encoding="utf-8"))
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="survival-model-compose", type="process"), overwrite=True)
+        client.create_work_pool(WorkPoolCreate(name="survival-model-k8s", type="kubernetes",
+                                               base_job_template=template), overwrite=True)
+    names = [f"{name}{suffix}" for suffix in ("-compose", "-k8s") for name in (deploy.RETRAIN, deploy.PREDICT)]
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy",
+                           *[arg for name in names for arg in ("--name", name)]],
+                          cwd=REPO, env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    schedule = load_params(REPO / "params.yaml").registry.schedule
+    for name in names:
+        flow_name = "brain-mets-pipeline" if name.startswith(deploy.RETRAIN) else "brain-mets-predict"
+        found = read_back(f"{flow_name}/{name}")
+        assert found.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                     {"directory": "/opt/survival-model"}}], name
+        assert found.work_pool_name == TOPOLOGIES["-" + name.split("-")[1]]
+        assert found.parameters["overrides"]["privacy.create_key_if_missing"] is False
+        if name.startswith(deploy.RETRAIN):
+            assert [(s.schedule.cron, s.schedule.timezone) for s in found.schedules] == [
+                (schedule.cron, schedule.timezone)]
+            assert found.global_concurrency_limit is not None and found.global_concurrency_limit.limit == 1
+    assert read_back("brain-mets-predict/predict-k8s").job_variables == {"gpus": 0}
+    assert read_back("brain-mets-pipeline/retrain-k8s").job_variables == {}
