@@ -30,6 +30,7 @@ from flows.ingest import ingest
 from flows.runners import task_runner_for
 from survival_model.config import Params, load_params
 from survival_model.features.stage import FeatureTable
+from survival_model.ingest.discovery import discover_cases
 from tests.conftest import REPO, params_for, warm_work
 from tests.flows.test_ingest_flow import task_states
 
@@ -112,7 +113,9 @@ def run_imaging(params: Params) -> tuple[FeatureTable, float, dict[str, str]]:
                                                                       return_state=True)
     seconds = time.perf_counter() - started
     table: FeatureTable = state.result()
-    states = {**task_states(cohort_state.state_details.flow_run_id),
+    # task states reach the API asynchronously: wait for every case's (and each site's discovery and clinical table)
+    cases = sum(len(discover_cases(site, i.images)) for site, i in params.institutions.items())
+    states = {**task_states(cohort_state.state_details.flow_run_id, at_least=cases + 2 * len(params.institutions)),
               **task_states(state.state_details.flow_run_id, at_least=20)}
     return table, seconds, states
 
@@ -155,6 +158,8 @@ def test_preprocessing_and_features_on_a_dask_scheduler_and_two_workers_equal_th
     # every stage task ran in the two worker processes (none in the flow's), started elsewhere and without the key
     client = dask_cluster.client
     submitted = [n for n in states if n.split("-")[0] in {"images", "clinical", *COMPUTED}]
+    cases = sum(len(discover_cases(site, i.images)) for site, i in dask.institutions.items())
+    assert sum(n.startswith("images-") for n in submitted) == cases
     assert sum(n.startswith("clinical-") for n in submitted) == 3 and all(states[n] == "Completed" for n in submitted)
     assert sum(n.startswith(("preprocess-", "features-")) for n in submitted) == 20
     executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
