@@ -39,9 +39,18 @@ def persist_splits(splits: Splits, frame: pd.DataFrame, work_dir: Path) -> Path:
     return path
 
 
-def parallel_devices(params: Params) -> int:
-    """CUDA devices folds run in parallel on (0: one fold at a time)."""
-    return devices.parallel_devices(params.training.fit)
+def on_workers(params: Params) -> bool:
+    """Whether the flow's task runner trains folds on other machines (Dask), whose devices the flow cannot see."""
+    return params.orchestration.task_runner == "dask"
+
+
+def folds_at_once(params: Params) -> bool:
+    """Whether every fold is submitted at once. On Dask: unless ``training.fit.parallel_folds`` is off (each worker
+    takes a free device of its own host as a fold starts, ``survival_model.training.devices``; the flow's host may
+    have no GPU at all); otherwise only with several CUDA devices on this host, one fold per device."""
+    if on_workers(params):
+        return params.training.fit.parallel_folds
+    return devices.parallel_devices(params.training.fit) > 0
 
 
 @flow(name="training", flow_run_name="training")
@@ -81,12 +90,15 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> Train
     if uses_images(tp.network):
         built = [f.result() for f in [run.submit(s) for s in inputs.values()]]
         logger.info("image inputs: %d patients", len(built))
-    if parallel_devices(params):  # one fold per CUDA device at a time (survival_model.training.devices)
+    if folds_at_once(params):  # one fold per CUDA device at a time (survival_model.training.devices)
         for trained in tracked([run.submit(f) for f in folds], progress):
             trained.result()
-    else:  # one device or CPU: one fold at a time, each using every core
+    else:  # one device or CPU: one fold at a time, each using every core (on a worker with Dask, never here)
         for f in folds:
-            run(f)
+            if on_workers(params):
+                run.submit(f).result()
+            else:
+                run(f)
             progress.advance()
     result = run(score)
     whole.save(result.folder, training_outputs(score))

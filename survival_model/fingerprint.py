@@ -4,19 +4,23 @@ Cache keys in this project are built from *content* (DESIGN.md section 4): the b
 step reads, the params section it uses and the version of the library code it runs. This module
 provides the three ingredients.
 
-File digests are memoised in a small SQLite table keyed by (path, size, mtime_ns, inode), the way
-``git``'s index avoids re-reading unchanged files. The digest itself is always of the bytes; the
-memo only saves re-reading a file whose stat signature has not changed. Pass ``memo=None`` to hash
-every time.
+File digests are memoised by (path, size, mtime_ns, inode), the way ``git``'s index avoids re-reading
+unchanged files. The digest itself is always of the bytes; the memo only saves re-reading a file whose stat
+signature has not changed. Pass ``memo=None`` to hash every time.
+
+The memo is one small JSON file per memoised path (:class:`DigestMemo`), written under a temporary name and
+renamed into place, so it needs no lock and no database: it works the same for threads, processes and Dask
+workers on other hosts sharing the work directory. (It was a SQLite table in WAL mode, which needs shared
+memory between its users, so it does not work on NFS, where every host has its own.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sqlite3
-import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from survival_model import __version__
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -78,40 +84,51 @@ def content_order(records: Sequence[Mapping[Any, Any]], exclude: tuple[str, ...]
 def digest_memo_path(work_dir: Path) -> Path:
     """The work directory's memo of source file digests (:class:`DigestMemo`), shared by every worker and run
     on that work directory."""
-    return work_dir / "cache" / "digests.sqlite"
+    return work_dir / "cache" / "digests"
 
 
 class DigestMemo:
-    """A process- and thread-safe memo of file digests in a SQLite file (see module docstring)."""
+    """A memo of file digests: ``<folder>/<h[:2]>/<h>.json`` per memoised path, ``h`` the SHA-256 of the path,
+    holding the file's stat signature and its digest (not the path: source paths can hold patient ids).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = sqlite3.connect(path, timeout=60, check_same_thread=False)
-        with self._lock:
-            exists = self._con.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='digests_v2'").fetchone()
-            if not exists:  # a write (and its lock) only the first time
-                with self._con:
-                    self._con.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
-                    self._con.execute(
-                        "CREATE TABLE IF NOT EXISTS digests_v2 (path TEXT PRIMARY KEY, signature TEXT, digest TEXT)"
-                    )
+    Safe across threads, processes and hosts without locks (module docstring): an entry is replaced whole by a
+    rename, so a reader sees an old entry, a new one or none; a torn or unreadable entry is a miss (the file is
+    hashed again), and a memo that cannot be written only costs a re-read next time.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
 
     def close(self) -> None:
-        self._con.close()
+        """Nothing to release (no file is kept open); the callers' ``try/finally`` needs no change."""
+
+    def entry(self, path: Path) -> Path:
+        """The file memoising ``path``."""
+        name = sha256_bytes(str(path).encode("utf-8"))
+        return self.folder / name[:2] / f"{name}.json"
 
     def lookup(self, path: Path, signature: str) -> str | None:
-        with self._lock:
-            row = self._con.execute(
-                "SELECT digest FROM digests_v2 WHERE path=? AND signature=?", (str(path), signature)
-            ).fetchone()
-        return None if row is None else str(row[0])
+        try:
+            record = json.loads(self.entry(path).read_bytes())
+        except (OSError, ValueError):  # not memoised yet, or unreadable: hash the file
+            return None
+        if not isinstance(record, dict) or record.get("signature") != signature:
+            return None
+        digest = record.get("digest")
+        return digest if isinstance(digest, str) else None
 
     def store(self, path: Path, signature: str, digest: str) -> None:
-        with self._lock, self._con:
-            self._con.execute("INSERT OR REPLACE INTO digests_v2 VALUES (?, ?, ?)", (str(path), signature, digest))
+        entry = self.entry(path)
+        # the temporary name follows survival_model.imageio's (".<name>.<hex>.tmp"), which crash clean-ups know
+        tmp = entry.parent / f".{entry.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"signature": signature, "digest": digest}), encoding="utf-8")
+            os.replace(tmp, entry)
+        except OSError as exc:
+            log.debug("could not memoise a file digest (%s): it is hashed again next time", exc)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _stat_signature(stat: os.stat_result) -> str:

@@ -17,17 +17,26 @@ record lists every file its result needs; a later run with the same key loads th
 submitting a single per-item task (a warm run would otherwise pay Prefect's per-task cost for each
 patient). Records are small JSON files under ``<work_dir>/cache/stages/<stage>/`` with paths relative
 to the work directory, so a moved work directory keeps them.
+
+Stages run wherever the task runner sends them (threads, processes, Dask workers on other hosts), all on one
+work directory at one absolute path. :func:`work_dir_id` names a work directory once; a stage task checks it
+sees that same directory (:func:`check_work_dir`) before it reads or writes anything, so a worker without the
+shared mount fails with a clear error instead of writing its outputs to a local folder of the same name.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
+from survival_model.errors import ConfigError
 from survival_model.imageio import atomic_directory, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,8 @@ R = TypeVar("R")
 FOLDER_KEY_LENGTH = 16
 #: How many hex digits of a whole stage's key name its record.
 RECORD_KEY_LENGTH = 32
+#: The file naming a work directory (:func:`work_dir_id`), relative to it.
+WORK_DIR_ID = Path("cache") / "work-dir-id"
 
 
 def relative_to(path: Path, work_dir: Path) -> str:
@@ -52,6 +63,38 @@ def relative_to(path: Path, work_dir: Path) -> str:
 def short(key: str) -> str:
     """The part of a content key that names its folder."""
     return key[:FOLDER_KEY_LENGTH]
+
+
+def work_dir_id(work_dir: Path) -> str:
+    """The id of ``work_dir``, created by the first run that asks (exclusively: two first runs at once get one id)."""
+    marker = Path(work_dir) / WORK_DIR_ID
+    if not marker.is_file():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.parent / f".{marker.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            tmp.write_text(f"{uuid.uuid4().hex}\n", encoding="utf-8")
+            os.link(tmp, marker)  # atomic and exclusive, NFS included (a rename would replace a racing run's id)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return marker.read_text(encoding="utf-8").strip()
+
+
+def check_work_dir(work_dir: Path, expected_id: str) -> None:
+    """A :class:`ConfigError` unless ``work_dir`` here is the work directory whose id is ``expected_id`` (where
+    the flow runs): on another host, the same shared directory mounted at the same path."""
+    try:
+        found = (Path(work_dir) / WORK_DIR_ID).read_text(encoding="utf-8").strip()
+    except OSError:
+        found = None
+    if found != expected_id:
+        seen = "does not exist" if not Path(work_dir).is_dir() else (
+            "is another directory (no work-directory id)" if found is None else "is another directory (another id)")
+        raise ConfigError(
+            f"the work directory {work_dir} {seen} on host {socket.gethostname()}, where a task of this run was sent: "
+            "every worker must see the flow's work directory, on shared storage mounted at the same path on every "
+            "host (docs/running.md, Across machines)")
 
 
 class StageOutputMissingError(RuntimeError):

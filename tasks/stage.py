@@ -21,8 +21,10 @@ R = TypeVar("R")
 
 
 @task(name="stage", task_run_name="{label}")
-def run_stage(label: str, stage: stage_lib.Stage[Any]) -> Any:
-    """Load the stage when it is complete, otherwise compute it (``survival_model.stage.run``)."""
+def run_stage(label: str, stage: stage_lib.Stage[Any], work_dir_id: str) -> Any:
+    """Load the stage when it is complete, otherwise compute it (``survival_model.stage.run``), after checking that
+    wherever this runs (a Dask worker on another host) sees the flow's work directory (``work_dir_id``)."""
+    stage_lib.check_work_dir(stage.work_dir, work_dir_id)
     return stage_lib.run(stage)
 
 
@@ -38,6 +40,13 @@ class StageTasks:
     def __init__(self, params: Params) -> None:
         self.params = params
         self._tasks: dict[str, Task[..., Any]] = {}
+        self._work_dir_ids: dict[Path, str] = {}
+
+    def work_dir_id(self, stage: stage_lib.Stage[Any]) -> str:
+        """The id of ``stage``'s work directory, read (or created) here, where the flow runs."""
+        if stage.work_dir not in self._work_dir_ids:
+            self._work_dir_ids[stage.work_dir] = stage_lib.work_dir_id(stage.work_dir)
+        return self._work_dir_ids[stage.work_dir]
 
     def task(self, stage: stage_lib.Stage[Any]) -> Task[..., Any]:
         """:func:`run_stage` named after ``stage``, with this run's retries, timeout, storage and the
@@ -48,9 +57,9 @@ class StageTasks:
 
     def submit(self, stage: stage_lib.Stage[R]) -> PrefectFuture[R]:
         """Submit ``stage`` to the flow's task runner."""
-        future: PrefectFuture[R] = self.task(stage).submit(stage.label(), stage)
+        future: PrefectFuture[R] = self.task(stage).submit(stage.label(), stage, self.work_dir_id(stage))
         return future
 
     def __call__(self, stage: stage_lib.Stage[R]) -> R:
         """Run ``stage`` as a task in this thread and return its result."""
-        return cast(R, self.task(stage)(stage.label(), stage))
+        return cast(R, self.task(stage)(stage.label(), stage, self.work_dir_id(stage)))

@@ -18,7 +18,7 @@ def test_stable_hash_ignores_dict_order_and_path_type() -> None:
 
 
 def test_file_digest_memo_tracks_content_changes(tmp_path: Path) -> None:
-    memo = DigestMemo(tmp_path / "memo.sqlite")
+    memo = DigestMemo(tmp_path / "memo")
     path = tmp_path / "f.bin"
     path.write_bytes(b"one")
     first = file_digest(path, memo)
@@ -26,6 +26,25 @@ def test_file_digest_memo_tracks_content_changes(tmp_path: Path) -> None:
     path.write_bytes(b"two")
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert file_digest(path, memo) != first
+
+
+def test_the_digest_memo_is_plain_files_without_the_path_and_a_torn_entry_is_a_miss(tmp_path: Path) -> None:
+    # one JSON file per path, renamed into place: no SQLite (WAL needs memory shared by one host) and no locks
+    memo_dir = tmp_path / "memo"
+    path = tmp_path / "patient-MRN12345" / "t1.nii.gz"
+    path.parent.mkdir()
+    path.write_bytes(b"image")
+    digest = file_digest(path, DigestMemo(memo_dir))
+    entries = [p for p in memo_dir.rglob("*") if p.is_file()]
+    assert len(entries) == 1 and entries[0].suffix == ".json"
+    assert "MRN12345" not in entries[0].read_text() and "MRN12345" not in str(entries[0])
+    other = DigestMemo(memo_dir)  # another process or host on the same work directory
+    signature = f"{path.stat().st_size}:{path.stat().st_mtime_ns}:{path.stat().st_ino}"
+    assert other.lookup(path.resolve(), signature) == digest
+    entries[0].write_text('{"signature": "')  # torn (cannot happen through a rename, but a disk can lie)
+    assert other.lookup(path.resolve(), signature) is None
+    assert file_digest(path, other) == digest  # hashed again and memoised again
+    assert other.lookup(path.resolve(), signature) == digest
 
 
 def test_folder_digest_covers_every_file(tmp_path: Path) -> None:

@@ -137,3 +137,22 @@ def test_a_finished_folder_that_lost_a_file_is_computed_again(tmp_path: Path) ->
     (stage.folder() / "out.txt").unlink()
     assert run(Square(5, tmp_path)) == 25
     assert sorted(p.name for p in stage.folder().iterdir()) == ["out.txt", "partial.txt"]
+
+
+def test_a_worker_that_does_not_see_the_flows_work_directory_is_refused(tmp_path: Path) -> None:
+    from survival_model.errors import ConfigError
+    from survival_model.stage import WORK_DIR_ID, check_work_dir, work_dir_id
+
+    shared = tmp_path / "shared" / "work"
+    first = work_dir_id(shared)  # created once, by the first run
+    assert work_dir_id(shared) == first and (shared / WORK_DIR_ID).read_text().strip() == first
+    check_work_dir(shared, first)  # a worker mounting the shared directory at the same path
+    with pytest.raises(ConfigError, match=r"does not exist on host .*same path on every host"):
+        check_work_dir(tmp_path / "not-mounted" / "work", first)
+    local = tmp_path / "local" / "work"  # a folder of that name, but not the shared one (e.g. made by a lock)
+    local.mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"is another directory \(no work-directory id\)"):
+        check_work_dir(local, first)
+    assert work_dir_id(local) != first  # now with an id of its own (a stale local copy, another work directory)
+    with pytest.raises(ConfigError, match=r"is another directory \(another id\)"):
+        check_work_dir(local, first)

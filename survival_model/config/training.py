@@ -194,8 +194,8 @@ class FitParams(StrictModel):
     seed: int = 20250515
     #: Deterministic algorithms (bit-for-bit repeatable on CPU; slower on CUDA).
     deterministic: bool = True
-    #: Several CUDA devices: folds train in parallel, one per device (a Prefect concurrency limit);
-    #: one device or CPU: one fold at a time.
+    #: Several CUDA devices: folds train in parallel, one per device (a lock per GPU); one device or CPU: one
+    #: fold at a time. On Dask every fold is submitted at once and each worker claims a GPU of its own host.
     parallel_folds: bool = True
 
 

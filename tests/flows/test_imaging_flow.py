@@ -102,13 +102,3 @@ def test_a_patient_failing_qc_is_quarantined_and_the_others_continue(tiny_cohort
     assert set(failed["site"]) == {"site_c"} and failed["case_id"].nunique() == 3
     assert set(table["site"]) == {"site_a", "site_b"} and len(table) == 7
     assert table_result.summary["quarantined_by_stage"]["preprocess"] == 3
-
-
-@pytest.mark.slow
-def test_the_dask_runner_gives_the_same_feature_table(tiny_cohort_master: Path, tmp_path: Path) -> None:
-    threads = params_for(tiny_cohort_master, tmp_path / "threads")
-    dask = params_for(tiny_cohort_master, tmp_path / "dask", cold=True, **{  # every patient computed on Dask
-        "orchestration.task_runner": "dask", "orchestration.max_workers": 2})
-    by_threads, _, _ = run_pipeline(threads)
-    by_dask, _, _ = run_pipeline(dask)
-    pd.testing.assert_frame_equal(by_dask.table(), by_threads.table())

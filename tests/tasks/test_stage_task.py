@@ -20,7 +20,7 @@ def states(params: Params, stage: Square) -> State[int]:
     @flow(name="stage-task-test")
     def one() -> State[int]:
         run = StageTasks(params)
-        state: State[int] = run.task(stage)(stage.label(), stage, return_state=True)
+        state: State[int] = run.task(stage)(stage.label(), stage, run.work_dir_id(stage), return_state=True)
         return state
 
     return one()
