@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -64,3 +65,34 @@ def test_ui_start_points_runs_at_the_servers_and_stop_ends_them(
     assert set(stopped) == {"prefect", "mlflow"}
     assert not local_servers.healthy(running["prefect"].health_url)
     assert local_servers.endpoints(params) == {}
+
+
+def _record(params_home: Path, process: subprocess.Popen[bytes], started: float) -> None:
+    import json
+
+    params_home.mkdir(parents=True, exist_ok=True)
+    entry = {"name": "mlflow", "pid": process.pid, "ui_url": "", "health_url": "http://127.0.0.1:1/", "log": "",
+             "started": started}
+    (params_home / "state.json").write_text(json.dumps({"mlflow": entry}))
+
+
+def test_stop_never_signals_a_pid_that_now_names_another_process(tmp_path: Path) -> None:
+    """A recorded pid whose process started at another time (the server exited, or the machine rebooted, and
+    the number was reused) is not the server: ``stop`` leaves it alone and drops the record."""
+    import psutil
+
+    params = load_params(REPO / "params.yaml", {"work_dir": str(tmp_path / "work"),
+                                                "servers.home": str(tmp_path / "servers")})
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = psutil.Process(bystander.pid).create_time()
+        _record(params.servers.home, bystander, started - 3600)  # same pid, another process's start time
+        assert local_servers.stop(params) == []
+        assert bystander.poll() is None  # still running: not signalled
+        assert not local_servers.state_file(params).exists()
+        _record(params.servers.home, bystander, started)  # the process the record names: stopped
+        assert local_servers.stop(params) == ["mlflow"]
+        assert bystander.wait(10) == -15
+    finally:
+        bystander.kill()
+        bystander.wait()
