@@ -7,12 +7,16 @@ provides the three ingredients.
 File digests are memoised in a small SQLite table keyed by (path, size, mtime_ns, inode), the way
 ``git``'s index avoids re-reading unchanged files. The digest itself is always of the bytes; the
 memo only saves re-reading a file whose stat signature has not changed. Pass ``memo=None`` to hash
-every time.
+every time. The memo lives in the work directory, which leaves ingestion, and source paths name patients
+(a case folder is often an MRN): it stores a keyed hash of each path (HMAC-SHA256 with a key derived from the
+pseudonymisation key), never the path, so it reveals no more than the pseudonymous case ids do. (Keeping it beside
+the sources instead would need write access to them, often read-only and shared.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import sqlite3
@@ -82,22 +86,38 @@ def digest_memo_path(work_dir: Path) -> Path:
 
 
 class DigestMemo:
-    """A process- and thread-safe memo of file digests in a SQLite file (see module docstring)."""
+    """A process- and thread-safe memo of file digests in a SQLite file, its rows keyed by HMAC-SHA256(``key``,
+    path) (see module docstring; ``key``: ``Pseudonymiser.memo_key``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the digest memo's key must hold at least 16 bytes")
         self.path = path
+        self._key = key
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(path, timeout=60, check_same_thread=False)
         with self._lock:
             exists = self._con.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='digests_v2'").fetchone()
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='digests_v3'").fetchone()
             if not exists:  # a write (and its lock) only the first time
                 with self._con:
                     self._con.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
                     self._con.execute(
-                        "CREATE TABLE IF NOT EXISTS digests_v2 (path TEXT PRIMARY KEY, signature TEXT, digest TEXT)"
+                        "CREATE TABLE IF NOT EXISTS digests_v3 (path TEXT PRIMARY KEY, signature TEXT, digest TEXT)"
                     )
+                    old = self._con.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='digests_v2'").fetchone()
+                    self._con.execute("DROP TABLE IF EXISTS digests_v2")  # an older memo: source paths in clear
+                if old:
+                    self._con.execute("VACUUM")  # and their bytes, from the file's free pages and its log
+                    self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def __repr__(self) -> str:  # never print the key
+        return f"DigestMemo({self.path})"
+
+    def _row(self, path: Path) -> str:
+        return hmac.new(self._key, str(path).encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
     def close(self) -> None:
         self._con.close()
@@ -105,13 +125,14 @@ class DigestMemo:
     def lookup(self, path: Path, signature: str) -> str | None:
         with self._lock:
             row = self._con.execute(
-                "SELECT digest FROM digests_v2 WHERE path=? AND signature=?", (str(path), signature)
+                "SELECT digest FROM digests_v3 WHERE path=? AND signature=?", (self._row(path), signature)
             ).fetchone()
         return None if row is None else str(row[0])
 
     def store(self, path: Path, signature: str, digest: str) -> None:
         with self._lock, self._con:
-            self._con.execute("INSERT OR REPLACE INTO digests_v2 VALUES (?, ?, ?)", (str(path), signature, digest))
+            self._con.execute("INSERT OR REPLACE INTO digests_v3 VALUES (?, ?, ?)",
+                              (self._row(path), signature, digest))
 
 
 def _stat_signature(stat: os.stat_result) -> str:

@@ -18,7 +18,7 @@ def test_stable_hash_ignores_dict_order_and_path_type() -> None:
 
 
 def test_file_digest_memo_tracks_content_changes(tmp_path: Path) -> None:
-    memo = DigestMemo(tmp_path / "memo.sqlite")
+    memo = DigestMemo(tmp_path / "memo.sqlite", b"k" * 16)
     path = tmp_path / "f.bin"
     path.write_bytes(b"one")
     first = file_digest(path, memo)

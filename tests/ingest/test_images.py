@@ -72,7 +72,7 @@ def stage(root: Path, work: Path, inst: Institution | None = None,
           params: IngestParams | None = None) -> IngestImages:
     inst = inst or institution(root)
     (case,) = discover_cases("site_x", inst.images)
-    return IngestImages(case_id_for(case, inst, PSEUDO), case, inst, params or IngestParams(), work)
+    return IngestImages(case_id_for(case, inst, PSEUDO), case, inst, params or IngestParams(), work, PSEUDO.memo_key)
 
 
 def ingest(root: Path, work: Path, inst: Institution | None = None,
