@@ -269,13 +269,14 @@ def _tag_dicom(cohort: PlantedCohort, people: Mapping[tuple[str, str], Identity]
 
 
 def _tag_headers(cohort: PlantedCohort, people: Mapping[tuple[str, str], Identity]) -> None:
-    """A name in the NIfTI header's free-text fields (site A, site C's masks) and an NRRD key (site B)."""
+    """A name in the NIfTI header's free-text fields (site A's and C's masks: rewriting an image through ITK would
+    turn the non-finite patient's NaN into 0) and in NRRD keys (site B)."""
     import SimpleITK as sitk
 
     for (site, source), folder_id in cohort.ids.items():
         person = people[(site, source)]
         root = cohort.data_dir / site / "images"
-        files = sorted(root.glob(f"{folder_id}/*.nii.gz")) if site != "site_b" else sorted(root.glob(f"{folder_id}_*"))
+        files = sorted(root.glob(f"{folder_id}/*seg.nii.gz")) if site != "site_b" else sorted(root.glob(f"{folder_id}_*"))
         for path in files:
             try:
                 image = sitk.ReadImage(str(path))
