@@ -276,7 +276,8 @@ def _tag_headers(cohort: PlantedCohort, people: Mapping[tuple[str, str], Identit
     for (site, source), folder_id in cohort.ids.items():
         person = people[(site, source)]
         root = cohort.data_dir / site / "images"
-        files = sorted(root.glob(f"{folder_id}/*seg.nii.gz")) if site != "site_b" else sorted(root.glob(f"{folder_id}_*"))
+        pattern = f"{folder_id}_*" if site == "site_b" else f"{folder_id}/*seg.nii.gz"
+        files = sorted(root.glob(pattern))
         for path in files:
             try:
                 image = sitk.ReadImage(str(path))
