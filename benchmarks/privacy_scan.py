@@ -535,7 +535,8 @@ def run_cli(data_dir: Path, work_dir: Path, servers_home: Path, stages: str) -> 
 
         env["PREFECT_LOGGING_EXTRA_LOGGERS"] = "survival_model"
         command = [sys.executable, "-c", code, str(REPO), str(REPO / "params.yaml"), json.dumps(overrides)]
-    return subprocess.run(command, env=env, cwd=work_dir.parent, capture_output=True, text=True, check=False)
+    return subprocess.run(command, env=env, cwd=work_dir.parent, capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", check=False)
 
 
 def _yaml(value: Any) -> str:
