@@ -32,7 +32,8 @@ def ingest(params: Params) -> CohortResult:
             site_errors[site] = discovery.error
         logger.info("institution %s: %d cases found", site, len(discovery.cases))
         found.append(discovery)
-    images = [IngestImages(c.case_id, c.files, params.institutions[d.site], params.ingest, params.work_dir)
+    images = [IngestImages(c.case_id, c.files, params.institutions[d.site], params.ingest, params.work_dir,
+                           pseudonymiser.memo_key)  # the digest memo keyed by hashes of the paths, never the paths
               for d in found for c in d.cases]
     clinical = [HarmoniseClinical(site, institution, params.ingest, pseudonymiser, params.work_dir)
                 for site, institution in params.institutions.items()]

@@ -11,12 +11,18 @@ signature has not changed. Pass ``memo=None`` to hash every time.
 The memo is one small JSON file per memoised path (:class:`DigestMemo`), written under a temporary name and
 renamed into place, so it needs no lock and no database: it works the same for threads, processes and Dask
 workers on other hosts sharing the work directory. (It was a SQLite table in WAL mode, which needs shared
-memory between its users, so it does not work on NFS, where every host has its own.)
+memory between its users, so it does not work on NFS, where every host has its own.) The memo lives in the
+work directory, which leaves ingestion, and source paths name patients (a case folder is often an MRN): an
+entry is named by a keyed hash of its path (HMAC-SHA256 with a key derived from the pseudonymisation key) and
+holds no path, so it reveals no more than the pseudonymous case ids do (a plain hash of a path could be
+matched by hashing guessed MRN folders). Keeping it beside the sources instead would need write access to
+them, often read-only and shared.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -88,23 +94,32 @@ def digest_memo_path(work_dir: Path) -> Path:
 
 
 class DigestMemo:
-    """A memo of file digests: ``<folder>/<h[:2]>/<h>.json`` per memoised path, ``h`` the SHA-256 of the path,
-    holding the file's stat signature and its digest (not the path: source paths can hold patient ids).
+    """A memo of file digests: ``<folder>/<h[:2]>/<h>.json`` per memoised path, ``h`` = HMAC-SHA256(``key``,
+    path) (``key``: ``Pseudonymiser.memo_key``), holding the file's stat signature and its digest, never the path.
 
     Safe across threads, processes and hosts without locks (module docstring): an entry is replaced whole by a
     rename, so a reader sees an old entry, a new one or none; a torn or unreadable entry is a miss (the file is
     hashed again), and a memo that cannot be written only costs a re-read next time.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the digest memo's key must hold at least 16 bytes")
         self.folder = Path(folder)
+        self._key = key
+        # The memo of earlier versions: a SQLite file beside this folder holding source paths in clear
+        for name in ("digests.sqlite", "digests.sqlite-wal", "digests.sqlite-shm"):
+            (self.folder.parent / name).unlink(missing_ok=True)
+
+    def __repr__(self) -> str:  # never print the key
+        return f"DigestMemo({self.folder})"
 
     def close(self) -> None:
         """Nothing to release (no file is kept open); the callers' ``try/finally`` needs no change."""
 
     def entry(self, path: Path) -> Path:
         """The file memoising ``path``."""
-        name = sha256_bytes(str(path).encode("utf-8"))
+        name = hmac.new(self._key, str(path).encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
         return self.folder / name[:2] / f"{name}.json"
 
     def lookup(self, path: Path, signature: str) -> str | None:

@@ -19,7 +19,7 @@ from survival_model.config import Institution
 from survival_model.errors import DataSourceError
 from survival_model.ingest.discovery import CaseFiles, discover_cases
 from survival_model.ingest.images import case_id_for
-from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.ingest.privacy import Pseudonymiser, Redactor
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,13 @@ class SiteDiscovery:
 @task(name="discover-cases", persist_result=False)
 def discover(site: str, institution: Institution, pseudonymiser: Pseudonymiser) -> SiteDiscovery:
     """List a site's cases. Not cached and not persisted: it must look at the disk every run, and
-    its result holds source identifiers that must not be stored by the orchestrator."""
+    its result holds source identifiers that must not be stored by the orchestrator. Its error message (logged,
+    and part of the cohort's summary) names the image folder ``<source>``."""
+    redact = Redactor((institution.images.root,))
     try:
-        cases = discover_cases(site, institution.images)
+        with redact.errors():
+            cases = discover_cases(site, institution.images)
     except DataSourceError as exc:
-        return SiteDiscovery(site, [], str(exc))
+        return SiteDiscovery(site, [], redact(str(exc)))
     found = [Discovered(case_id_for(c, institution, pseudonymiser), c) for c in cases]
     return SiteDiscovery(site, found)

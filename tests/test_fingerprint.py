@@ -18,7 +18,7 @@ def test_stable_hash_ignores_dict_order_and_path_type() -> None:
 
 
 def test_file_digest_memo_tracks_content_changes(tmp_path: Path) -> None:
-    memo = DigestMemo(tmp_path / "memo")
+    memo = DigestMemo(tmp_path / "memo", b"k" * 16)
     path = tmp_path / "f.bin"
     path.write_bytes(b"one")
     first = file_digest(path, memo)
@@ -34,11 +34,11 @@ def test_the_digest_memo_is_plain_files_without_the_path_and_a_torn_entry_is_a_m
     path = tmp_path / "patient-MRN12345" / "t1.nii.gz"
     path.parent.mkdir()
     path.write_bytes(b"image")
-    digest = file_digest(path, DigestMemo(memo_dir))
+    digest = file_digest(path, DigestMemo(memo_dir, b"k" * 16))
     entries = [p for p in memo_dir.rglob("*") if p.is_file()]
     assert len(entries) == 1 and entries[0].suffix == ".json"
     assert "MRN12345" not in entries[0].read_text() and "MRN12345" not in str(entries[0])
-    other = DigestMemo(memo_dir)  # another process or host on the same work directory
+    other = DigestMemo(memo_dir, b"k" * 16)  # another process or host on the same work directory
     signature = f"{path.stat().st_size}:{path.stat().st_mtime_ns}:{path.stat().st_ino}"
     assert other.lookup(path.resolve(), signature) == digest
     entries[0].write_text('{"signature": "')  # torn (cannot happen through a rename, but a disk can lie)

@@ -19,7 +19,10 @@ What it does, in order:
    many-rows-per-patient tables (e.g. one row per lesion) and checks they agree, pseudonymises ids.
 
 A row or patient that fails becomes a quarantine record; the rest of the table proceeds. Messages
-name the field, never an identifying value (dates are never echoed).
+name the field, never an identifying value (dates are never echoed). Nothing but pseudonyms, column names,
+reason codes and counts leaves this module: a primary site that maps to no category is reported by the
+pseudonymous ids of its patients, never by its text (a free-text cell can hold a name), and a table that cannot
+be used names its folder ``<source>`` (``survival_model.ingest.privacy.Redactor``).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from survival_model.errors import DataSourceError, PatientDataError
 from survival_model.fingerprint import DigestMemo, code_version, digest_memo_path, file_digest, stable_hash
 from survival_model.imageio import read_json, write_json, write_parquet
 from survival_model.ingest.ids import normalise_id
-from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.ingest.privacy import Pseudonymiser, Redactor
 from survival_model.quarantine import QuarantineRecord, quarantine_frame
 from survival_model.stage import Stage
 
@@ -613,7 +616,7 @@ def harmonise_table(
     failed: dict[str, PatientDataError] = {}
     rows_read = 0
     skipped_by_pattern = 0
-    fallbacks: Counter[str] = Counter()
+    fallbacks: Counter[str] = Counter()  # case id -> rows whose primary site mapped to "other" by fallback
     for index, row in table.cells.iterrows():
         if all(_text(v, src.missing_values) is None for v in row.tolist()):
             continue
@@ -645,7 +648,7 @@ def harmonise_table(
             declared = src.values.get("primary", {})
             if record["primary"] == "other" and raw_primary is not None \
                     and raw_primary.lower() not in {"other", *declared}:
-                fallbacks[raw_primary[:40]] += 1
+                fallbacks[case_id] += 1  # never the text: a free-text cell may hold a name
         by_patient[case_id].append(record)
 
     rows = []
@@ -673,7 +676,7 @@ def harmonise_table(
         "quarantined": len({q.case_id for q in quarantine}),
         "fields_declared": sorted(k for k in cols if not k.startswith("__")),
         "missing_per_field": {c: int(frame[c].isna().sum()) for c in CLINICAL_FIELDS if c in frame},
-        "primary_mapped_to_other": dict(fallbacks),
+        "primary_mapped_to_other": dict(sorted(fallbacks.items())),
     }
     return frame, quarantine, report
 
@@ -722,13 +725,18 @@ class HarmoniseClinical(Stage[ClinicalResult]):
     def label(self) -> str:
         return f"clinical-{self.site}"
 
+    def redactor(self) -> Redactor:
+        """The table's folder as ``<source>`` in any message that leaves the stage."""
+        return Redactor((self.institution.clinical.path.parent,))
+
     def make_key(self) -> str:
         src = self.institution.clinical
         digest = None
         if src.path.is_file():
-            memo = DigestMemo(digest_memo_path(self.work_dir))
+            memo = DigestMemo(digest_memo_path(self.work_dir), self.pseudonymiser.memo_key)
             try:
-                digest = file_digest(src.path, memo)
+                with self.redactor().errors():
+                    digest = file_digest(src.path, memo)
             finally:
                 memo.close()
         return stable_hash(
@@ -743,12 +751,15 @@ class HarmoniseClinical(Stage[ClinicalResult]):
         return [folder / "error.json"] if (folder / "error.json").exists() else [folder / "report.json"]
 
     def compute(self, tmp: Path) -> None:
+        redact = self.redactor()
         try:
-            frame, quarantine, report = harmonise_table(self.site, self.institution.clinical, self.params,
-                                                        self.pseudonymiser)
+            with redact.errors():
+                frame, quarantine, report = harmonise_table(self.site, self.institution.clinical, self.params,
+                                                            self.pseudonymiser)
         except DataSourceError as exc:
-            log.error("institution %s: clinical table unusable: %s", self.site, exc)
-            write_json({"error": str(exc)}, tmp / "error.json")
+            message = redact(str(exc))
+            log.error("institution %s: clinical table unusable: %s", self.site, message)
+            write_json({"error": message}, tmp / "error.json")
         else:
             write_parquet(frame, tmp / "clinical.parquet")
             write_parquet(quarantine_frame(quarantine), tmp / "quarantine.parquet")

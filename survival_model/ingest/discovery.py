@@ -99,9 +99,9 @@ def _match_pattern(root: Path, pattern: str, case_regex: str) -> dict[str, Path]
 def discover_cases(site: str, source: ImageSource) -> list[CaseFiles]:
     """All cases of one institution, sorted by source id."""
     root = source.root
-    if not root.is_dir():  # named by its last part: a full path may name a person (privacy: file names only)
+    if not root.is_dir():  # not named: even its last part may be a person's id (docs/data.md, privacy)
         what = "is not a folder" if root.exists() else "does not exist"
-        raise DataSourceError(f"institution '{site}': image folder '{root.name}' (images.root) {what}")
+        raise DataSourceError(f"institution '{site}': the image folder <source> (images.root) {what}")
     named: dict[str, str] = {str(k): v for k, v in source.sequences.items()}
     if source.mask:
         named["mask"] = source.mask

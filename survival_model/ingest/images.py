@@ -23,7 +23,7 @@ Failures raise :class:`PatientDataError` internally and come back as a quarantin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,7 +44,7 @@ from survival_model.imageio import (
 )
 from survival_model.ingest.discovery import CaseFiles
 from survival_model.ingest.ids import normalise_id
-from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.ingest.privacy import Pseudonymiser, Redactor
 from survival_model.patient import Patient, PatientOutcome
 from survival_model.quarantine import QuarantineRecord
 from survival_model.stage import Stage
@@ -76,7 +76,9 @@ class IngestImages(Stage[PatientOutcome]):
     """One discovered case's canonical images in ``<work_dir>/ingest/images/<site>/<case id>/<key[:16]>/``.
 
     ``case_id`` is the pseudonymous id (:func:`case_id_for`); the raw files' digests are memoised in the
-    work directory (:func:`digest_memo_path`)."""
+    work directory (:func:`digest_memo_path`) under keyed hashes of their paths when ``memo_key``
+    (``Pseudonymiser.memo_key``) is given, and hashed every time otherwise. Messages that leave the stage (its
+    quarantine record, its log lines, an error it raises) name no source path or id (:meth:`redactor`)."""
 
     name: ClassVar[str] = "ingest-images"
     case_id: str
@@ -84,19 +86,31 @@ class IngestImages(Stage[PatientOutcome]):
     institution: Institution
     params: IngestParams
     work_dir: Path
+    memo_key: bytes | None = field(default=None, repr=False, compare=False)
 
     def label(self) -> str:
         return f"images-{self.case_id}"
+
+    def redactor(self) -> Redactor:
+        """The site's image folder as ``<source>``, the case's source id as its case id."""
+        source_id = self.case.source_id
+        normalised = normalise_id(source_id, self.institution.clinical.image_id_steps) or source_id
+        ids = [(source_id, self.case_id)] + ([(normalised, self.case_id)] if len(normalised) >= 4 else [])
+        return Redactor((self.institution.images.root,), tuple(ids))
 
     def source(self) -> str:
         """:func:`source_digest` of the case, memoised on the object (the key and the manifest hold it)."""
         digest: str | None = self.__dict__.get("_source")
         if digest is None:
-            memo = DigestMemo(digest_memo_path(self.work_dir))
-            try:
-                digest = source_digest(self.case, memo)
-            finally:
-                memo.close()
+            with self.redactor().errors():  # e.g. a file that cannot be read: its path names the patient
+                if self.memo_key is None:
+                    digest = source_digest(self.case)
+                else:
+                    memo = DigestMemo(digest_memo_path(self.work_dir), self.memo_key)
+                    try:
+                        digest = source_digest(self.case, memo)
+                    finally:
+                        memo.close()
             object.__setattr__(self, "_source", digest)  # frozen dataclass: the memo is not a field
         return digest
 
@@ -121,12 +135,15 @@ class IngestImages(Stage[PatientOutcome]):
 
     def compute(self, tmp: Path) -> None:
         site, case_id = self.case.site, self.case_id
+        redact = self.redactor()
         try:
-            qc = _validate_and_write(self.case, self.institution, self.params, case_id, tmp)
-            qc["qc"]["source_digest"] = self.source()
+            with redact.errors():
+                qc = _validate_and_write(self.case, self.institution, self.params, case_id, tmp)
+                qc["qc"]["source_digest"] = self.source()
         except PatientDataError as exc:
-            log.warning("quarantined (%s): %s", exc.reason, exc.message)
-            write_json({"site": site, "case_id": case_id, "reason": exc.reason, "message": exc.message},
+            message = redact(exc.message)
+            log.warning("quarantined (%s): %s", exc.reason, message)
+            write_json({"site": site, "case_id": case_id, "reason": exc.reason, "message": message},
                        tmp / QUARANTINE)
         else:
             write_json({"site": site, "case_id": case_id, "key": self.key(), **qc}, tmp / MANIFEST)

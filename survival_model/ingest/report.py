@@ -77,6 +77,7 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
         lines += ["", "| quarantine reason | patients | meaning |", "| --- | ---: | --- |"]
         for reason, n in summary["quarantine_by_reason"].items():
             lines.append(f"| `{reason}` | {n} | {REASONS.get(reason, '')} |")
+    lines += _fallback_lines(summary)
     errors = {**summary.get("clinical_errors", {}), **summary.get("image_source_errors", {})}
     if errors:
         lines += ["", "**Site-level errors** (every patient of the site is quarantined):", ""]
@@ -84,6 +85,21 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
     if run_link:
         lines += ["", f"MLflow run: {run_link}"]
     return "\n".join(lines) + "\n"
+
+
+def _fallback_lines(summary: dict[str, Any]) -> list[str]:
+    """Primary sites that mapped to ``other`` only by fallback, per site: counts and pseudonymous ids, never the
+    text (a free-text cell may hold a name; the site's own table shows it to whoever may read it)."""
+    lines = []
+    for site, clinical in sorted(summary.get("clinical_reports", {}).items()):
+        rows: dict[str, int] = (clinical or {}).get("primary_mapped_to_other") or {}
+        if rows:
+            n = sum(rows.values())
+            lines.append(f"- `{site}` primary: {n} value{'s' if n > 1 else ''} not in the vocabulary, mapped to "
+                         f"`other` (row{'s' if n > 1 else ''} of patient{'s' if len(rows) > 1 else ''} "
+                         f"{', '.join(sorted(rows))}); declare the code in "
+                         f"`institutions.{site}.clinical.values.primary` if it is another category")
+    return ["", "**Clinical values mapped by fallback:**", "", *lines] if lines else []
 
 
 def plot_cohort(cohort: pd.DataFrame, quarantine: pd.DataFrame, path: Path) -> Path:

@@ -72,7 +72,7 @@ def stage(root: Path, work: Path, inst: Institution | None = None,
           params: IngestParams | None = None) -> IngestImages:
     inst = inst or institution(root)
     (case,) = discover_cases("site_x", inst.images)
-    return IngestImages(case_id_for(case, inst, PSEUDO), case, inst, params or IngestParams(), work)
+    return IngestImages(case_id_for(case, inst, PSEUDO), case, inst, params or IngestParams(), work, PSEUDO.memo_key)
 
 
 def ingest(root: Path, work: Path, inst: Institution | None = None,
@@ -133,7 +133,7 @@ def test_the_stage_names_its_folder_and_outputs_by_its_key(tmp_path: Path) -> No
     manifest = read_json(ingestion.folder() / "manifest.json")
     assert manifest["key"] == ingestion.key()
     assert manifest["qc"]["source_digest"] == outcome.patient.qc["source_digest"] == source_digest(ingestion.case)
-    assert digest_memo_path(work).is_file()  # the raw files' digests are memoised in the work directory
+    assert digest_memo_path(work).is_dir()  # the raw files' digests are memoised in the work directory
     assert stage(tmp_path / "raw", work).key() == ingestion.key()  # a new stage object: the same key
 
     write_case(tmp_path / "bad", skip=("seg",))
