@@ -68,8 +68,7 @@ import pandas as pd
 model = mlflow.pyfunc.load_model(uri)
 model.predict(pd.read_parquet(frame)).to_parquet(out)
 library = Path(sys.modules["survival_model"].__file__).parent
-json.dump({"library": str(library), "blocked_imports": sorted(asked),
-           "modules": sorted({name.split(".")[0] for name in sys.modules})}, open(report, "w"))
+json.dump({"library": str(library), "blocked_imports": sorted(asked)}, open(report, "w"))
 """
 
 
@@ -128,10 +127,12 @@ class Elsewhere:
 
 def predict_elsewhere(model_uri: str, frame: pd.DataFrame, workdir: Path, *, tracking_uri: str,
                       python: Path | None = None, env: Mapping[str, str] | None = None,
-                      timeout: float = 600) -> Elsewhere:
+                      access: Iterable[str] = (), timeout: float = 600) -> Elsewhere:
     """Predict ``frame`` with ``model_uri`` in fresh interpreters started in ``workdir``: through
     ``mlflow.pyfunc.load_model`` with every installed module the model's requirements do not install made
-    unimportable (:func:`unrequired_modules`), and through ``mlflow models predict --env-manager local``."""
+    unimportable (:func:`unrequired_modules`; ``access``: distributions the client needs to reach the artifact
+    store, e.g. ``boto3`` for an ``s3://`` store that the tracking server does not proxy), and through
+    ``mlflow models predict --env-manager local``."""
     python = python or dependency_python()
     workdir.mkdir(parents=True, exist_ok=True)
     environment = fresh_environment(tracking_uri, env)
@@ -141,7 +142,7 @@ def predict_elsewhere(model_uri: str, frame: pd.DataFrame, workdir: Path, *, tra
     _check(done, "mlflow.pyfunc.get_model_dependencies")
     first = json.loads((workdir / "requirements.json").read_text(encoding="utf-8"))
 
-    (workdir / "blocked.json").write_text(json.dumps(sorted(unrequired_modules(first["requirements"]))),
+    (workdir / "blocked.json").write_text(json.dumps(sorted(unrequired_modules([*first["requirements"], *access]))),
                                           encoding="utf-8")
     (workdir / "predict_with_pyfunc.py").write_text(_PYFUNC_SCRIPT, encoding="utf-8")
     frame.to_parquet(workdir / "input.parquet")
@@ -201,17 +202,17 @@ def unrequired_modules(requirements: Iterable[str]) -> set[str]:
 
 def assert_portable(model_uri: str, frame: pd.DataFrame, expected: pd.DataFrame, workdir: Path, *,
                     tracking_uri: str, python: Path | None = None, env: Mapping[str, str] | None = None,
-                    timeout: float = 600) -> Elsewhere:
+                    access: Iterable[str] = (), timeout: float = 600) -> Elsewhere:
     """``model_uri`` predicts ``frame`` as ``expected`` (the in-process predictions) through MLflow alone, in
     fresh interpreters in ``workdir`` where ``survival_model`` cannot be imported (the library comes from the
     model's own code), whose requirements are all this environment's versions, pinned, with no
     ``survival-model``, and suffice: predicting works with every other installed distribution unimportable.
 
     ``tracking_uri`` and ``env`` (e.g. ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``) say where the model is;
-    ``python``: an interpreter that has the dependencies but not this project (default
-    :func:`dependency_python`)."""
+    ``access``: see :func:`predict_elsewhere`; ``python``: an interpreter that has the dependencies but not this
+    project (default :func:`dependency_python`)."""
     found = predict_elsewhere(model_uri, frame, workdir, tracking_uri=tracking_uri, python=python, env=env,
-                              timeout=timeout)
+                              access=access, timeout=timeout)
     assert not found.library_importable, (
         f"{python or dependency_python()} imports survival_model in {workdir}: this shows nothing about the model")
     assert found.library.parent.name == "code" and REPO not in found.library.parents, found.library

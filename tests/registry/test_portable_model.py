@@ -19,7 +19,7 @@ from survival_model.registry.registry import (
     pip_requirements,
 )
 from tests.conftest import PipelineRun
-from tests.registry.portable import assert_portable
+from tests.registry.portable import assert_portable, dependency_closure, unrequired_modules
 
 
 def test_the_requirements_are_the_installed_versions_of_the_inference_distributions() -> None:
@@ -50,6 +50,16 @@ def test_the_model_carries_the_library_without_caches(tmp_path: Path) -> None:
     assert files == {p.relative_to(registry_lib.LIBRARY).as_posix() for p in registry_lib.LIBRARY.rglob("*")
                      if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert not list(code.rglob("__pycache__"))
+
+
+def test_what_the_requirements_do_not_install_is_blocked() -> None:
+    closure = dependency_closure(["mlflow", "scikit-survival"])
+    assert {"mlflow", "mlflow-skinny", "numpy", "pandas", "scikit-learn", "scipy"} <= closure
+    assert not {"torch", "prefect", "pytest"} & closure
+    blocked = unrequired_modules(["mlflow"])
+    assert {"torch", "prefect", "flows", "tasks", "pytest"} <= blocked  # flows, tasks: this checkout's
+    assert not {"mlflow", "numpy", "pip", "setuptools", "survival_model", "json"} & blocked
+    assert "torch" not in unrequired_modules(["mlflow", "torch"])
 
 
 @pytest.mark.slow
