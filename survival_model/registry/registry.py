@@ -82,7 +82,7 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 #: with the model: a wheel's metadata would declare every dependency of the pipeline (Prefect, dask, ...) and
 #: its name, ``survival-model``, belongs to an unrelated distribution on the public index.
 LIBRARY = Path(__file__).resolve().parents[1]
-#: What of the library is left out of the model: bytecode caches. The whole package travels (about 0.9 MB of
+#: What of the library is left out of the model: bytecode caches. The whole package travels (0.95 MB of
 #: source), not only the modules a prediction imports: MLflow puts the model's code first on ``sys.path`` of the
 #: process that loads it, so a partial copy would hide the rest of the library from that process.
 CODE_LEFT_OUT = ("__pycache__", "*.pyc")
