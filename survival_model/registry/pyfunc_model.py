@@ -1,7 +1,9 @@
 """The MLflow pyfunc model, logged as code ("models from code"): MLflow stores this file with the model
 and runs it on load, so no Python object is pickled into the model. It wraps
 :class:`survival_model.registry.package.PackagedModel` around the ``package`` artifact (weights as
-safetensors, tabular pipelines as skops with an explicit trusted-type list, the rest JSON)."""
+safetensors, tabular pipelines as skops with an explicit trusted-type list, the rest JSON). The library it
+imports travels with the model too (``code/survival_model``, put first on ``sys.path`` by MLflow before this file
+runs): the model loads where this project is not installed (``survival_model.registry.registry.log_model``)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 ``champion``, and the record of every promotion.
 
 - :func:`log_model`: the package as an MLflow pyfunc model (models from code: ``pyfunc_model.py`` is stored
-  as code, the package as an artifact; a signature and an input example; explicit pip requirements, as
-  inferring them took 10-15 s per model here) in a run's ``model/`` folder.
+  as code, the package as an artifact; a signature and an input example) in a run's ``model/`` folder. The
+  model is portable: it carries the library's source (``code/survival_model``, see :func:`model_code`), so it
+  loads where this project is not installed, and its pip requirements (:func:`pip_requirements`) are the
+  distributions its inference imports, pinned to the versions installed here, all on the public index.
 - :func:`register`: a new version from that folder, tagged with the package's content identity
   (:func:`package_identity`), package key, data fingerprint, params hash, code version and test metrics; a
   package already registered is found by its identity instead (:meth:`Registry.find_version`), so re-running
@@ -38,6 +40,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import zipfile
@@ -73,22 +76,56 @@ _NOT_FOLD_IDENTITY = frozenset({"key", "summary"})
 #: skops schema fields naming the writer's library versions, not the pipeline.
 _SKOPS_WRITER = frozenset({"_sklearn_version", "_skops_version", "protocol"})
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+#: The library whose source travels with the model (``code_paths``). Only ``survival_model``: the pyfunc and
+#: everything it imports are library code, which never imports ``tasks`` or ``flows`` (the import-linter
+#: layers say so), so neither they nor Prefect are needed to predict. Chosen over logging a wheel of the project
+#: with the model: a wheel's metadata would declare every dependency of the pipeline (Prefect, dask, ...) and
+#: its name, ``survival-model``, belongs to an unrelated distribution on the public index.
+LIBRARY = Path(__file__).resolve().parents[1]
+#: What of the library is left out of the model: bytecode caches. The whole package travels (0.95 MB of
+#: source), not only the modules a prediction imports: MLflow puts the model's code first on ``sys.path`` of the
+#: process that loads it, so a partial copy would hide the rest of the library from that process.
+CODE_LEFT_OUT = ("__pycache__", "*.pyc")
+#: The distributions that loading and predicting with the model import (directly: their own dependencies
+#: follow from their metadata): MLflow for the pyfunc, and the library's imports on the way from
+#: ``pyfunc_model.py`` to ``PackagedModel.predict`` (configs, networks, skops pipelines and their
+#: transformers, image inputs, survival curves). Training-only (torchsurv), report-only (matplotlib) and
+#: ingestion-only (nibabel) imports are function-local and not needed. ``tests/registry/test_portable_model.py``
+#: checks, in a fresh interpreter, that everything imported while predicting is in these distributions'
+#: dependency closure.
+INFERENCE_DISTRIBUTIONS = ("mlflow", "numpy", "pandas", "scipy", "pydantic", "PyYAML", "joblib", "scikit-learn",
+                           "scikit-survival", "skops", "combatlearn", "safetensors", "torch", "torchvision", "timm",
+                           "SimpleITK", "pyradiomics-bhklab")
 
 
 class RegistryError(SurvivalModelError):
     """The registry cannot do what was asked (unknown model or version, no previous champion, ...)."""
 
 
-def _requirements() -> list[str]:
-    """Pinned requirements of the packaged model (the versions installed here)."""
+def pip_requirements() -> list[str]:
+    """The packaged model's pip requirements: :data:`INFERENCE_DISTRIBUTIONS` pinned to the versions installed
+    in this environment. A local version label (``2.4.0+cpu``, from PyTorch's own index) is dropped: it is not
+    on the public index, and its public version is. This project itself is not a requirement: its code travels
+    with the model (:func:`model_code`)."""
     out = []
-    for name in ("survival-model", "mlflow", "torch", "timm", "scikit-learn", "scikit-survival", "skops",
-                 "safetensors", "pandas", "numpy", "SimpleITK", "pyradiomics-bhklab"):
+    for name in INFERENCE_DISTRIBUTIONS:
         try:
-            out.append(f"{name}=={metadata.version(name)}")
+            installed = metadata.version(name)
         except metadata.PackageNotFoundError:
-            continue
+            raise RegistryError(f"{name} is not installed: the model's requirements cannot be pinned (it is a "
+                                "dependency of this project; reinstall the environment)") from None
+        # PEP 440: a local label is everything after "+" (packaging's Version.public, without importing
+        # packaging, which this project does not declare)
+        out.append(f"{name}=={installed.split('+', 1)[0]}")
     return out
+
+
+def model_code(target: Path) -> Path:
+    """A copy of the library's source under ``target`` for the model's ``code_paths`` (without
+    :data:`CODE_LEFT_OUT`); returns the copy's ``survival_model`` folder."""
+    copy = Path(target) / LIBRARY.name
+    shutil.copytree(LIBRARY, copy, ignore=shutil.ignore_patterns(*CODE_LEFT_OUT))
+    return copy
 
 
 def log_model(client: Any, run_id: str, package: Path, example: pd.DataFrame, output: pd.DataFrame) -> str:
@@ -105,8 +142,10 @@ def log_model(client: Any, run_id: str, package: Path, example: pd.DataFrame, ou
     signature = ModelSignature(inputs=schema(example), outputs=schema(output))
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
         target = Path(tmp) / "model"
+        code = model_code(Path(tmp) / "code")
         mlflow.pyfunc.save_model(str(target), python_model=str(PYFUNC_CODE), artifacts={"package": str(package)},
-                                 signature=signature, input_example=example, pip_requirements=_requirements())
+                                 code_paths=[str(code)], signature=signature, input_example=example,
+                                 pip_requirements=pip_requirements())
         client.log_artifacts(run_id, str(target), "model")
     return f"{client.get_run(run_id).info.artifact_uri}/model"
 
