@@ -254,6 +254,10 @@ class Stack:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "MLFLOW_TRACKING_USERNAME": self.mlflow_auth[0],
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_auth[1],
+            # Artifacts through the server's proxy only: with an S3 destination MLflow 3.17 advertises
+            # multipart downloads, and clients would then fetch presigned URLs from the object store itself,
+            # which clients of this topology neither reach nor should (infra/docker: the store is internal).
+            "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
         }
 
     def logs(self) -> str:

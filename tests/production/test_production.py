@@ -36,7 +36,7 @@ def client_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[s
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     env = stack.client_env()
-    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"):
         monkeypatch.setenv(name, env[name])
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"],
                              PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]}):
@@ -164,6 +164,26 @@ def test_retraining_deployment_runs_through_the_worker(
              if ".venv" not in p.parts]
     assert local == [], local
     assert not (work / "mlflow").exists()
+
+    # the champion predicts in fresh processes in another directory, fetched from the S3-backed server through
+    # its proxy with the client's credentials only, its code travelling with it (tests/registry/portable.py)
+    import mlflow as mlflow_api
+    import pandas as pd
+    from mlflow.models import Model
+
+    from tests.registry.portable import assert_portable
+
+    champion = mlflow.get_model_version_by_alias(model_name, "champion")
+    local = Path(mlflow_api.artifacts.download_artifacts(
+        artifact_uri=mlflow.get_model_version_download_uri(model_name, str(champion.version)),
+        dst_path=str(tmp_path / "downloaded"), tracking_uri=stack.mlflow_url))
+    frame = Model.load(str(local)).load_input_example(str(local))
+    assert isinstance(frame, pd.DataFrame) and len(frame) >= 1
+    expected = mlflow_api.pyfunc.load_model(str(local)).predict(frame)
+    credentials = {k: client_env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                              "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD")}
+    assert_portable(f"models:/{model_name}@champion", frame, expected, tmp_path / "elsewhere",
+                    tracking_uri=stack.mlflow_url, env=credentials)
 
 
 def test_mlflow_ui_answers_behind_auth(stack: Stack) -> None:
