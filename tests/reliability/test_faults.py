@@ -15,17 +15,29 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import psutil
 import pytest
 
+from benchmarks.faults import (
+    Project,
+    Server,
+    kill_and_rerun,
+    mlflow_outage,
+    mlflow_server,
+    prefect_restart,
+    prefect_server,
+    two_at_once,
+)
 from survival_model import owners
 from survival_model.imageio import atomic_directory, write_text
 from survival_model.stage import Stage, run
 from survival_model.tracking import ENDED_BY_TAG, KEY_TAG, OWNER_TAG, Tracker
+from tests.conftest import PIPELINE_SETTINGS, PipelineRun, overrides_for, params_for
 
 FORK = multiprocessing.get_context("fork")
 
@@ -182,13 +194,13 @@ def test_a_run_started_again_with_its_key_is_the_same_run(store: Path) -> None:
         tracker.start_run("bad", key="x' OR '1'='1")
 
 
-def _open_store(uri: str, barrier: object, results: object) -> None:
-    barrier.wait()  # type: ignore[attr-defined]
+def _open_store(uri: str, barrier: Any, results: Any) -> None:
+    barrier.wait()
     try:
         Tracker(uri, "faults", Path(uri.removeprefix("sqlite:///")).parent / "artifacts")
-        results.put("ok")  # type: ignore[attr-defined]
-    except Exception as exc:
-        results.put(repr(exc))  # type: ignore[attr-defined]
+        results.put("ok")
+    except Exception as exc:  # reported to the test
+        results.put(repr(exc))
 
 
 def test_two_processes_creating_the_sqlite_store_at_once_both_succeed(tmp_path: Path) -> None:
@@ -204,3 +216,72 @@ def test_two_processes_creating_the_sqlite_store_at_once_both_succeed(tmp_path: 
         child.join(30)
     assert outcomes == ["ok", "ok"]
     assert len(Tracker(uri, "faults").client.search_experiments()) == 2  # Default and ours: one each
+
+
+# --------------------------------------------------------------------------------------------------
+# End to end: the real command, killed, doubled, cut off from its servers (benchmarks/faults.py's scenarios)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Prefect server of this module's own (the scenarios restart it), with a private home."""
+    server = prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def project(tiny_cohort_master: Path, tmp_path: Path, prefect_api: Server) -> Iterator[Callable[..., Project]]:
+    """Projects running the command on the tiny cohort with the session's pipeline settings (so that the session's
+    pipeline run is the uninterrupted run to compare with), each from a warm work directory."""
+    made: list[Project] = []
+
+    def make(name: str = "project", **changes: Any) -> Project:
+        settings = {**PIPELINE_SETTINGS, **changes}
+        work = tmp_path / name / "work"
+        params_for(tiny_cohort_master, work, **settings)
+        made.append(Project(tmp_path / name, overrides_for(tiny_cohort_master, work, **settings),
+                            prefect_api.health.removesuffix("/health")))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_killed_mid_preprocessing_and_mid_training_the_same_command_finishes_reusing_what_finished(
+        project: Callable[..., Project], pipeline_run: PipelineRun) -> None:
+    """The issue's hang: a re-run after ``kill -9`` waited for ever on the killed run's cache locks."""
+    assert "outputs equal an uninterrupted run's" in kill_and_rerun(project(), pipeline_run.result.work_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_two_runs_at_once_on_one_fresh_work_directory_both_finish_with_the_same_outputs(
+        project: Callable[..., Project], pipeline_run: PipelineRun) -> None:
+    assert "both finished" in two_at_once(project(), pipeline_run.result.work_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_mlflow_server_stopped_mid_run_costs_neither_the_run_nor_duplicates(
+        project: Callable[..., Project], tmp_path: Path) -> None:
+    (tmp_path / "mlflow-server").mkdir()
+    server = mlflow_server(tmp_path / "mlflow-server")
+    server.start()
+    try:
+        uri = server.health.removesuffix("/health")
+        assert "1 registered version" in mlflow_outage(project(**{"tracking.tracking_uri": uri}), server)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_prefect_server_restarted_mid_run_the_run_finishes(project: Callable[..., Project],
+                                                                prefect_api: Server) -> None:
+    assert "the run finished" in prefect_restart(project(), prefect_api)
