@@ -64,7 +64,9 @@ def pipeline(params_path: str, overrides: dict[str, Any] | None = None) -> Pipel
         "code_version": code_version("survival_model"),
         "params_file": str(Path(params_path).resolve()),
     }
-    run_id = tracking.start_run(params, name, tags)
+    # keyed by the flow run: a retried start finds the run its first try made (never two MLflow runs for one)
+    key = f"pipeline/{flow_run.get_id()}" if flow_run.get_id() else None
+    run_id = tracking.start_run(params, name, tags, key=key)
     try:
         cohort = on_runner(ingest, params)(params)
         link = tracking.record(params, run_id, cohort, "")

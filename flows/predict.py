@@ -61,7 +61,9 @@ def predict(params_path: str, overrides: dict[str, Any] | None = None, model: st
     tags = {"prefect.flow_run_id": str(flow_run.get_id()), "prefect.flow_run_name": str(flow_run.get_name()),
             "code_version": code_version("survival_model"), "params_file": str(Path(params_path).resolve()),
             "purpose": "prediction"}
-    run_id = tracking.start_run(params, f"predict-{flow_run.get_name()}", tags)
+    # keyed by the flow run: a retried start finds the run its first try made (never two MLflow runs for one)
+    key = f"predict/{flow_run.get_id()}" if flow_run.get_id() else None
+    run_id = tracking.start_run(params, f"predict-{flow_run.get_name()}", tags, key=key)
     try:
         cohort = ingest.with_options(task_runner=task_runner_for(params))(params)
         inputs = model_rows(params, cohort, None, package)

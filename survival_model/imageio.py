@@ -26,6 +26,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from survival_model.errors import SurvivalModelError
+from survival_model.owners import owned_prefix
 
 ReadFailure = Literal["unreadable", "unsupported", "too_large"]
 
@@ -256,7 +257,9 @@ def atomic_directory(path: Path, *, replace: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # the temporary name carries its owner (host, pid, start time): a later run removes it only once that owner is
+    # dead (survival_model.owners.remove_orphans), never while a concurrent run is writing it
+    tmp = Path(tempfile.mkdtemp(prefix=owned_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if replace and path.exists():

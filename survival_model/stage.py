@@ -38,6 +38,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from survival_model.errors import ConfigError
 from survival_model.imageio import atomic_directory, read_json, write_json
+from survival_model.owners import remove_orphans
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,9 @@ def run(stage: Stage[R]) -> R:
     done = stage.load(folder)
     if done is not None:
         return done
+    # A run killed while computing this stage left its temporary folder behind: removed now that its owner is dead
+    # (a live concurrent run's is kept). Only on a miss, so a warm run lists no folders.
+    remove_orphans(folder.parent, folder.name)
     # A folder that exists but does not load lost a file after it was finished (content-keyed folders are
     # only ever renamed into place whole): it is replaced, not kept.
     with atomic_directory(folder, replace=folder.exists()) as tmp:

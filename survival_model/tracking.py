@@ -9,15 +9,19 @@ is an embedded SQLite file under the work directory with artifacts beside it; a 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import re
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from survival_model import owners
 from survival_model.config import Params
 from survival_model.errors import TrackingError
 
@@ -25,6 +29,39 @@ log = logging.getLogger(__name__)
 
 _MAX_PARAM_CHARS = 6000
 _BATCH = 100
+#: The tag naming the process that made a run (``survival_model.owners.Owner.tag``).
+OWNER_TAG = "survival_model.owner"
+#: The tag holding a run's idempotency key (:meth:`Tracker.start_run`).
+KEY_TAG = "survival_model.run_key"
+#: The tag naming the process that marked an orphaned run ``KILLED``.
+ENDED_BY_TAG = "survival_model.ended_by"
+
+
+_KEY = re.compile(r"[A-Za-z0-9._:/-]+")
+
+
+def _checked_key(key: str) -> str:
+    """A run key safe to put between quotes in an MLflow search filter."""
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"a run key holds only letters, digits and . _ : / -, not {key!r}")
+    return key
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """For an embedded SQLite store, hold an exclusive lock on ``<database>.lock`` while MLflow opens it: MLflow's
+    tracking store creates its tables and migrates them on first use without a lock (its own
+    ``_safe_initialize_tables`` guards only its other stores), so two runs started together on a fresh work
+    directory raced (``table latest_metrics already exists``). The kernel's ``flock`` ends with the holding
+    process, so a killed run leaves no lock behind. Other stores (a server, a database server) need none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed (or when this process dies)
+        yield
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -48,18 +85,17 @@ class Tracker:
         tracking server pass ``None`` and the server's artifact configuration decides)."""
         from mlflow import MlflowClient  # mlflow: only when tracking is used (the CLI imports this module)
 
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
         self.ui_url = ui_url.rstrip("/") if ui_url else None
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         try:
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                location = artifact_root.resolve().as_uri() if artifact_root is not None else None
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-            else:
-                self.experiment_id = found.experiment_id
+            with _store_lock(tracking_uri):
+                self.client = MlflowClient(tracking_uri=tracking_uri)  # may open (and so create) the store
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                else:
+                    self.experiment_id = found.experiment_id
         except Exception as exc:  # MLflow raises many types (MlflowException, SQLAlchemy, requests)
             raise TrackingError(f"MLflow at {tracking_uri} is not usable: {exc}") from exc
 
@@ -69,12 +105,54 @@ class Tracker:
                    params.tracking.ui_url)
 
     def start_run(self, run_name: str, tags: Mapping[str, str] | None = None,
-                  parent_run_id: str | None = None) -> str:
-        all_tags = dict(tags or {})
+                  parent_run_id: str | None = None, key: str | None = None) -> str:
+        """A new run tagged with its owner (this process: :mod:`survival_model.owners`), or, given a ``key``, the
+        run already made with that key (a retried call after an outage whose first try did create the run, a
+        retried task) so that retries never duplicate runs."""
+        if key is not None and (found := self.find_run(key)) is not None:
+            run_id, status = found
+            self.client.set_tag(run_id, OWNER_TAG, owners.current().tag())
+            if status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        all_tags = {**(tags or {}), OWNER_TAG: owners.current().tag()}
+        if key is not None:
+            all_tags[KEY_TAG] = _checked_key(key)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         return str(run.info.run_id)
+
+    def find_run(self, key: str) -> tuple[str, str] | None:
+        """The (run id, status) of this experiment's live run made with ``key`` (:meth:`start_run`), if any."""
+        from mlflow.entities import ViewType  # mlflow: loaded with the client, not with this module
+
+        where = f"tags.`{KEY_TAG}` = '{_checked_key(key)}'"
+        found = self.client.search_runs([self.experiment_id], filter_string=where, run_view_type=ViewType.ACTIVE_ONLY,
+                                        max_results=1, order_by=["attributes.start_time ASC"])
+        return (str(found[0].info.run_id), str(found[0].info.status)) if found else None
+
+    def end_orphaned_runs(self) -> list[str]:
+        """Mark ``KILLED`` this experiment's runs still ``RUNNING`` whose owner was a process on this host that is
+        gone (a run killed with ``kill -9``); a live run, another host's run and a run without an owner tag
+        (made before owners were recorded) are left alone. Returns the runs marked."""
+        from mlflow.entities import ViewType  # mlflow: loaded with the client, not with this module
+
+        running = self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                          run_view_type=ViewType.ACTIVE_ONLY, max_results=10_000)
+        ended = []
+        me = owners.current().tag()
+        for run in running:
+            owner = owners.Owner.parse(run.data.tags.get(OWNER_TAG, ""))
+            if owner is None or owner.alive() is not False:
+                continue
+            run_id = str(run.info.run_id)
+            self.client.set_tag(run_id, ENDED_BY_TAG, me)
+            self.client.set_terminated(run_id, status="KILLED")
+            log.warning("MLflow run %s was left RUNNING by process %d on this host, which is gone: marked KILLED",
+                        run_id, owner.pid)
+            ended.append(run_id)
+        return ended
 
     def run_exists(self, run_id: str) -> bool:
         """Whether ``run_id`` is a live (not deleted) run of this store."""

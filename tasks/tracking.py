@@ -37,9 +37,12 @@ def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 @task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
-def start_run(params: Params, run_name: str, tags: dict[str, str]) -> str:
+def start_run(params: Params, run_name: str, tags: dict[str, str], key: str | None = None) -> str:
+    """The pipeline's MLflow run (the one made with ``key`` already, when a retry follows a try that made it), after
+    marking ``KILLED`` the runs that killed runs on this host left ``RUNNING`` (``Tracker.end_orphaned_runs``)."""
     tracker = Tracker.from_params(params)
-    run_id = tracker.start_run(run_name, tags=tags)
+    tracker.end_orphaned_runs()
+    run_id = tracker.start_run(run_name, tags=tags, key=key)
     tracker.log_params(run_id, run_params(params))
     return run_id
 
@@ -105,8 +108,13 @@ def log_training(params: Params, run_id: str, result: TrainingResult, run_name: 
     tracker = Tracker.from_params(params)
     fold_runs = []
     for fold in result.folds:
+        key = f"{run_id}/{fold.name}"  # a retry of this task finds the folds it logged, never duplicates them
+        logged = tracker.find_run(key)
+        if logged is not None and logged[1] == "FINISHED":
+            fold_runs.append(logged[0])
+            continue
         child = tracker.start_run(f"{run_name}-{fold.name}", tags={"fold": fold.name, "fold_key": fold.key},
-                                  parent_run_id=run_id)
+                                  parent_run_id=run_id, key=key)
         tracker.log_params(child, {"fold": fold.name, "fold_key": fold.key,
                                    "patients_fit": fold.summary["patients_fit"],
                                    "patients_stop": fold.summary["patients_stop"],
