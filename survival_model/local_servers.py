@@ -31,11 +31,11 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
+from survival_model import owners
 from survival_model.config import Params, ServicesSpec
 from survival_model.errors import SurvivalModelError
 from survival_model.imageio import write_json
+from survival_model.owners import Owner
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class RunningService:
     ui_url: str
     health_url: str
     log: str
-    #: The process's start time (``psutil.Process.create_time``): with the pid, its identity.
-    started: float = 0.0
+    #: The process as :class:`survival_model.owners.Owner` writes it (host, pid and start time): its identity.
+    owner: str = ""
 
 
 def state_file(params: Params) -> Path:
@@ -104,13 +104,10 @@ def read_state(params: Params) -> dict[str, RunningService]:
 def is_running(service: RunningService) -> bool:
     """Whether the process this record names still runs: its pid exists *and* started when recorded (a
     pid reused by another process after the server exited or the machine rebooted is not the server)."""
-    if service.pid <= 0:
+    if service.pid <= 0 or not service.owner:
         return False
-    try:
-        process = psutil.Process(service.pid)
-        return bool(abs(process.create_time() - service.started) < 0.05 and process.status() != psutil.STATUS_ZOMBIE)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
+    owner = Owner.parse(service.owner)
+    return owner is not None and owner.alive() is True
 
 
 def start(params: Params, spec: ServicesSpec, only: Collection[str] | None = None) -> dict[str, RunningService]:
@@ -150,9 +147,8 @@ def launch(params: Params, spec: ServicesSpec, only: Collection[str] | None = No
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, start_new_session=True, cwd=params.servers.home,
             )
-        started = psutil.Process(process.pid).create_time()
         running[name] = RunningService(name, process.pid, declared.ui_url.format(**values), health, str(log_path),
-                                       started)
+                                       owners.of_process(process.pid).tag())
     write_json({k: asdict(v) for k, v in running.items()}, state_file(params))
     return {n: s for n, s in running.items() if only is None or n in only}
 

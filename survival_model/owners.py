@@ -89,6 +89,11 @@ def current() -> Owner:
     return Owner(_host(), pid, _start_of(pid))
 
 
+def of_process(pid: int) -> Owner:
+    """The process ``pid`` of this host, as an owner (e.g. a server this process just started)."""
+    return Owner(_host(), pid, _hundredths(psutil.Process(pid).create_time()))
+
+
 def owned_prefix(name: str) -> str:
     """The prefix of a temporary folder made for ``name`` by this process (``tempfile.mkdtemp(prefix=...,
     suffix=".tmp")``), naming its owner so that :func:`remove_orphans` can tell whether it is abandoned."""
