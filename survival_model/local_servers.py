@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from survival_model import owners
@@ -98,7 +98,8 @@ def read_state(params: Params) -> dict[str, RunningService]:
     if not path.is_file():
         return {}
     data = json.loads(path.read_text(encoding="utf-8"))
-    return {name: RunningService(**entry) for name, entry in data.items()}
+    known = {f.name for f in fields(RunningService)}  # a record of another version: its fields we know
+    return {name: RunningService(**{k: v for k, v in entry.items() if k in known}) for name, entry in data.items()}
 
 
 def is_running(service: RunningService) -> bool:
