@@ -38,23 +38,12 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-hom
 
 from flows.cli import ensure_synthetic_cohort  # noqa: E402
 from survival_model.config import Params, load_params, parse_override  # noqa: E402
-from survival_model.ingest.clinical import HarmoniseClinical  # noqa: E402
-from survival_model.ingest.cohort import AssembleCohort  # noqa: E402
-from survival_model.ingest.discovery import discover_cases  # noqa: E402
-from survival_model.ingest.images import IngestImages, case_id_for  # noqa: E402
-from survival_model.stage import run  # noqa: E402
+from survival_model.ingest.cohort import run_ingestion  # noqa: E402
 from tasks.privacy import pseudonymiser as resolve_pseudonymiser  # noqa: E402
 
 
 def library_ingest(params: Params) -> dict[str, Any]:
-    pseudonymiser = resolve_pseudonymiser(params.privacy)
-    outcomes, clinical = [], []
-    for site, institution in params.institutions.items():
-        for case in discover_cases(site, institution.images):
-            case_id = case_id_for(case, institution, pseudonymiser)
-            outcomes.append(run(IngestImages(case_id, case, institution, params.ingest, params.work_dir)))
-        clinical.append(run(HarmoniseClinical(site, institution, params.ingest, pseudonymiser, params.work_dir)))
-    return run(AssembleCohort(tuple(outcomes), tuple(clinical), params.ingest, params.work_dir)).summary
+    return run_ingestion(params, resolve_pseudonymiser(params.privacy)).summary
 
 
 def flow_ingest(params: Params) -> dict[str, Any]:

@@ -51,23 +51,13 @@ def peak_rss_mb() -> float:
 def serial_child(params_path: str, overrides: dict[str, Any], limit: int) -> dict[str, Any]:
     """Ingest (library), then preprocess + features for the first ``limit`` patients, serially."""
     from survival_model.features.stage import Features
-    from survival_model.ingest.clinical import HarmoniseClinical
-    from survival_model.ingest.cohort import AssembleCohort
-    from survival_model.ingest.discovery import discover_cases
-    from survival_model.ingest.images import IngestImages, case_id_for
+    from survival_model.ingest.cohort import run_ingestion
     from survival_model.preprocess.stage import Preprocess, ingested_patient, site_imaging
     from survival_model.stage import run
     from tasks.privacy import pseudonymiser as resolve_pseudonymiser
 
     params = load_params(params_path, overrides)
-    pseudonymiser = resolve_pseudonymiser(params.privacy)
-    outcomes, clinical = [], []
-    for site, institution in params.institutions.items():
-        for case in discover_cases(site, institution.images):
-            case_id = case_id_for(case, institution, pseudonymiser)
-            outcomes.append(run(IngestImages(case_id, case, institution, params.ingest, params.work_dir)))
-        clinical.append(run(HarmoniseClinical(site, institution, params.ingest, pseudonymiser, params.work_dir)))
-    cohort = run(AssembleCohort(tuple(outcomes), tuple(clinical), params.ingest, params.work_dir)).cohort()
+    cohort = run_ingestion(params, resolve_pseudonymiser(params.privacy)).cohort()
     rows = cohort.to_dict("records")[:limit]
     times: dict[str, list[tuple[float, float]]] = {}
     for row in rows:

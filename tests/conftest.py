@@ -126,10 +126,7 @@ def warm_work(data_dir: Path) -> Path:
     import hashlib
 
     from survival_model.features.stage import Features
-    from survival_model.ingest.clinical import HarmoniseClinical
-    from survival_model.ingest.cohort import AssembleCohort
-    from survival_model.ingest.discovery import discover_cases
-    from survival_model.ingest.images import IngestImages, case_id_for
+    from survival_model.ingest.cohort import run_ingestion
     from survival_model.preprocess.stage import Preprocess, ingested_patient, site_imaging
     from survival_model.stage import run
     from tasks.privacy import pseudonymiser
@@ -139,14 +136,7 @@ def warm_work(data_dir: Path) -> Path:
         return _WARM[digest]
     root = Path(tempfile.mkdtemp(prefix="warm-work-"))
     params = load_params(REPO / "params.yaml", overrides_for(data_dir, root / "work", seed=False))
-    keys = pseudonymiser(params.privacy)
-    images, clinical = [], []
-    for site, institution in params.institutions.items():
-        for case in discover_cases(site, institution.images):
-            case_id = case_id_for(case, institution, keys)
-            images.append(run(IngestImages(case_id, case, institution, params.ingest, params.work_dir)))
-        clinical.append(run(HarmoniseClinical(site, institution, params.ingest, keys, params.work_dir)))
-    cohort = run(AssembleCohort(tuple(images), tuple(clinical), params.ingest, params.work_dir, {}, keys.fingerprint))
+    cohort = run_ingestion(params, pseudonymiser(params.privacy))
     for row in cohort.cohort().to_dict("records"):
         pre = run(Preprocess(ingested_patient(row), site_imaging(params.institutions[str(row["site"])]),
                              params.preprocess, params.work_dir))

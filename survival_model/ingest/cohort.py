@@ -40,7 +40,7 @@ from survival_model.ingest import report
 from survival_model.ingest.clinical import CLINICAL_FIELDS, ClinicalResult, HarmoniseClinical, has_outcome
 from survival_model.ingest.discovery import discover_cases
 from survival_model.ingest.images import IngestImages, case_id_for
-from survival_model.ingest.privacy import Pseudonymiser
+from survival_model.ingest.privacy import Pseudonymiser, Redactor
 from survival_model.patient import PatientOutcome
 from survival_model.quarantine import QuarantineRecord, quarantine_frame
 from survival_model.stage import Stage, WholeStage, relative_to, run
@@ -348,12 +348,13 @@ def run_ingestion(params: Params, pseudonymiser: Pseudonymiser) -> CohortResult:
     site_errors: dict[str, str] = {}
     for site, institution in params.institutions.items():
         try:
-            cases = discover_cases(site, institution.images)
+            with Redactor((institution.images.root,)).errors():  # as the flow's discovery: <source>, not the path
+                cases = discover_cases(site, institution.images)
         except DataSourceError as exc:
             site_errors[site] = str(exc)
             continue
         images += [IngestImages(case_id_for(case, institution, pseudonymiser), case, institution, params.ingest,
-                                params.work_dir) for case in cases]
+                                params.work_dir, pseudonymiser.memo_key) for case in cases]
     clinical = [HarmoniseClinical(site, institution, params.ingest, pseudonymiser, params.work_dir)
                 for site, institution in params.institutions.items()]
     outcomes = tuple(run(stage) for stage in images)
