@@ -8,6 +8,7 @@ sheet (three-row header, one row per lesion, coded categories) and the UCSF-PDGM
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +95,12 @@ def ingest_one(site: str, institution: Institution, work: Path) -> PatientOutcom
 
 
 def link_files(folder: Path, names: dict[str, Path]) -> Path:
-    """Symlink real files under new names into a folder of the test's tmp_path (never copied into the repo)."""
+    """Copy real files under new names into a folder of the test's tmp_path (never into the repository). Not
+    symbolic links: ingestion refuses a link that leads outside the institution's image folder
+    (``outside_source``), as it would a user's."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, target in names.items():
-        (folder / name).symlink_to(target)
+        shutil.copy2(target, folder / name)
     return folder
 
 
