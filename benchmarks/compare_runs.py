@@ -66,7 +66,8 @@ def load(path: Path) -> Any:
 def numbers(value: Any) -> list[float]:
     """Every number in a loaded artefact, in a fixed order (NaN kept)."""
     if isinstance(value, pd.DataFrame):
-        return [float(x) for c in value.columns if pd.api.types.is_numeric_dtype(value[c]) for x in value[c]]
+        columns = [c for c in value.columns if pd.api.types.is_numeric_dtype(value[c])]  # missing (pd.NA) as NaN
+        return [float(x) for c in columns for x in value[c].to_numpy(dtype=float, na_value=np.nan)]
     if isinstance(value, dict):
         return [x for k in sorted(value) for x in numbers(value[k])]
     if isinstance(value, list):

@@ -74,7 +74,7 @@ def serial_child(params_path: str, overrides: dict[str, Any], limit: int) -> dic
 def run_child(args: argparse.Namespace, overrides: dict[str, Any], limit: int, work: Path) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", str(limit), "--params", args.params,
                "--overrides-json", json.dumps({**overrides, "work_dir": str(work)})]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(command, check=True, capture_output=True, encoding="utf-8").stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 

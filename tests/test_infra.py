@@ -81,7 +81,7 @@ def dummy_env(tmp_path: Path, drop: str | None = None) -> tuple[Path, dict[str, 
 def run_compose_config(env_file: Path) -> subprocess.CompletedProcess[str]:
     # a bare environment: compose prefers the caller's variables to the env file's
     return subprocess.run([*compose_command(), "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config"],
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=120,
                           env={"PATH": os.environ.get("PATH", ""), "HOME": str(env_file.parent)})
 
 

@@ -95,7 +95,7 @@ CODE_LEFT_OUT = ("__pycache__", "*.pyc")
 #: dependency closure.
 INFERENCE_DISTRIBUTIONS = ("mlflow", "numpy", "pandas", "scipy", "pydantic", "PyYAML", "joblib", "scikit-learn",
                            "scikit-survival", "skops", "combatlearn", "safetensors", "torch", "torchvision", "timm",
-                           "SimpleITK", "pyradiomics-bhklab")
+                           "SimpleITK", "pyradiomics-bhklab", "psutil")
 
 
 class RegistryError(SurvivalModelError):

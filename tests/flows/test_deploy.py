@@ -274,7 +274,7 @@ def test_prefect_deploy_registers_the_container_deployments_to_run_the_images_co
     done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy",
                            *[arg for name in names for arg in ("--name", name)]],
                           cwd=REPO, env={**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())},
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     schedule = load_params(REPO / "params.yaml").registry.schedule
     for name in names:

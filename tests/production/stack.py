@@ -137,7 +137,7 @@ class Postgres:
         return command
 
     def _run(self, command: list[str], what: str) -> None:
-        result = subprocess.run(self._as_owner(command), capture_output=True, text=True)
+        result = subprocess.run(self._as_owner(command), capture_output=True, encoding="utf-8", errors="replace")
         if result.returncode != 0:
             log = self.root / "postgres.log"
             raise StackError(f"PostgreSQL: {what} failed: {result.stdout}{result.stderr}"
