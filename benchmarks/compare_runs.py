@@ -43,6 +43,17 @@ def only(work: Path, pattern: str) -> Path:
     return found[-1]
 
 
+def matched(before: Path, after: Path, pattern: str) -> tuple[Path, Path]:
+    """The file matching ``pattern`` in each work directory: the newest one whose content-keyed path both have
+    (a work directory that later runs wrote more into, e.g. predictions for new patients, still compares the
+    same stage), else the newest of each (another code version: other keys)."""
+    common = {p.relative_to(before) for p in before.glob(pattern)} & {p.relative_to(after) for p in after.glob(pattern)}
+    if common:
+        newest = max(common, key=lambda rel: (after / rel).stat().st_mtime)
+        return before / newest, after / newest
+    return only(before, pattern), only(after, pattern)
+
+
 def volatile(key: str) -> bool:
     return key in VOLATILE or key.startswith("path_")
 
@@ -116,11 +127,10 @@ def compare(before: Path, after: Path) -> list[tuple[str, str, float]]:
         worst = float(np.nanmax(rel)) if rel.size else 0.0
         rows.append((name, f"numbers differ by at most {worst:.1e} (relative)", worst))
 
-    add("feature table", only(before, "features/table/*/features.parquet"),
-        only(after, "features/table/*/features.parquet"))
-    add("cohort (without content keys and paths)", only(before, "ingest/cohort/*/cohort.parquet"),
-        only(after, "ingest/cohort/*/cohort.parquet"))
-    first, second = runs_by_network(before), runs_by_network(after)
+    add("feature table", *matched(before, after, "features/table/*/features.parquet"))
+    add("cohort (without content keys and paths)", *matched(before, after, "ingest/cohort/*/cohort.parquet"))
+    shared = frozenset(p.name for p in before.glob("training/runs/*")) & {p.name for p in after.glob("training/runs/*")}
+    first, second = runs_by_network(before, shared), runs_by_network(after, shared)
     for label in sorted(set(first) | set(second)):
         if label not in first or label not in second:
             rows.append((f"network {label}", "trained in one run only", float("inf")))
@@ -129,17 +139,18 @@ def compare(before: Path, after: Path) -> list[tuple[str, str, float]]:
         for name in ("metrics.json", "predictions.parquet"):
             add(f"{variant} network: {name}", first[label] / name, second[label] / name)
     for name in ("comparison.csv", "oof.csv", "cv.json", "oof_risks.parquet", "risks.parquet"):
-        add(f"evaluation: {name}", only(before, f"evaluation/*/comparison/{name}"),
-            only(after, f"evaluation/*/comparison/{name}"))
-    add("package.json", only(before, "registry/packages/*/package.json"),
-        only(after, "registry/packages/*/package.json"))
+        add(f"evaluation: {name}", *matched(before, after, f"evaluation/*/comparison/{name}"))
+    add("package.json", *matched(before, after, "registry/packages/*/package.json"))
     return rows
 
 
-def runs_by_network(work: Path) -> dict[str, Path]:
-    """Each trained network's run folder, by the network named in its ``metrics.json`` (the newest per network)."""
+def runs_by_network(work: Path, shared: frozenset[str] = frozenset()) -> dict[str, Path]:
+    """Each trained network's run folder, by the network named in its ``metrics.json``: per network the newest
+    of the folders named in ``shared`` (content keys both work directories have), else the newest."""
     runs: dict[str, Path] = {}
-    for metrics in sorted(work.glob("training/runs/*/metrics.json"), key=lambda p: p.stat().st_mtime):
+    ordered = sorted(work.glob("training/runs/*/metrics.json"),
+                     key=lambda p: (p.parent.name in shared, p.stat().st_mtime))
+    for metrics in ordered:
         data = json.loads(metrics.read_text())
         runs[json.dumps({k: data.get(k) for k in ("variant", "objective", "backbone", "fusion")}, sort_keys=True)] = \
             metrics.parent
