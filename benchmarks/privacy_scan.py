@@ -305,17 +305,12 @@ def _rewrite_truth(cohort: PlantedCohort) -> None:
 def planted_overrides(data_dir: Path, work_dir: Path) -> dict[str, Any]:
     """params.yaml pointed at the planted cohort (site A's table has the planted columns beside the declared
     ones; nothing else changes)."""
+    from survival_model.synthetic.cohort import layout_overrides  # with the generator, as above
+
     return {
         "work_dir": str(work_dir),
         "privacy.key_file": str(work_dir.parent / "pseudonym.key"),
-        "synthetic.out_dir": str(data_dir),
-        "institutions.site_a.images.root": str(data_dir / "site_a" / "images"),
-        "institutions.site_a.clinical.path": str(data_dir / "site_a" / "clinical.csv"),
-        "institutions.site_b.images.root": str(data_dir / "site_b" / "images"),
-        "institutions.site_b.clinical.path": str(data_dir / "site_b" / "clinical.xlsx"),
-        "institutions.site_c.images.root": str(data_dir / "site_c" / "images"),
-        "institutions.site_c.clinical.path": str(data_dir / "site_c" / "clinical.csv"),
-        "evaluation.ground_truth.path": str(data_dir / "ground_truth" / "patients.csv"),
+        **layout_overrides(data_dir),
     }
 
 

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from survival_model.config import Params, load_params  # noqa: E402
-from survival_model.synthetic.cohort import GeneratorConfig, generate_cohort  # noqa: E402
+from survival_model.synthetic.cohort import GeneratorConfig, generate_cohort, layout_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: Training small enough for the 10-patient cohort and for seconds of CPU: 2 folds, 2 epochs, timm's
@@ -156,14 +156,7 @@ def overrides_for(data_dir: Path, work_dir: Path, seed: bool = True, **overrides
     return {
         "work_dir": str(work_dir),
         "privacy.key_file": str(work_dir.parent / "pseudonym.key"),
-        "synthetic.out_dir": str(data_dir),
-        "institutions.site_a.images.root": str(data_dir / "site_a" / "images"),
-        "institutions.site_a.clinical.path": str(data_dir / "site_a" / "clinical.csv"),
-        "institutions.site_b.images.root": str(data_dir / "site_b" / "images"),
-        "institutions.site_b.clinical.path": str(data_dir / "site_b" / "clinical.xlsx"),
-        "institutions.site_c.images.root": str(data_dir / "site_c" / "images"),
-        "institutions.site_c.clinical.path": str(data_dir / "site_c" / "clinical.csv"),
-        "evaluation.ground_truth.path": str(data_dir / "ground_truth" / "patients.csv"),
+        **layout_overrides(data_dir),
         **TRAIN_FAST,
         **overrides,
     }

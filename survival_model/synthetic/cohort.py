@@ -454,3 +454,18 @@ def generate_cohort(config: GeneratorConfig, progress: Callable[[int, int], None
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def layout_overrides(data_dir: Path) -> dict[str, str]:
+    """The settings (``--set`` keys) that point the three default institutions and the evaluation's ground truth
+    at a cohort this generator wrote into ``data_dir`` (the layout of the module docstring)."""
+    return {
+        "synthetic.out_dir": str(data_dir),
+        "institutions.site_a.images.root": str(data_dir / "site_a" / "images"),
+        "institutions.site_a.clinical.path": str(data_dir / "site_a" / "clinical.csv"),
+        "institutions.site_b.images.root": str(data_dir / "site_b" / "images"),
+        "institutions.site_b.clinical.path": str(data_dir / "site_b" / "clinical.xlsx"),
+        "institutions.site_c.images.root": str(data_dir / "site_c" / "images"),
+        "institutions.site_c.clinical.path": str(data_dir / "site_c" / "clinical.csv"),
+        "evaluation.ground_truth.path": str(data_dir / "ground_truth" / "patients.csv"),
+    }
