@@ -42,6 +42,8 @@ REASONS: dict[str, str] = {
     "clinical_table_error": "the site's clinical table could not be harmonised at all",
     "image_source_error": "the site's image folder could not be listed at all",
     "qc_brain_volume": "preprocessing: the brain mask's volume is implausible (skull stripping failed)",
+    "qc_brain_mask_tumour": "preprocessing: the brain mask misses part of the tumour (a failed mask, or a "
+                            "label map not on these images)",
     "qc_registration": "preprocessing: a sequence could not be registered to the reference well enough",
     "qc_resampling": "preprocessing: resampling changed the tumour volume more than allowed",
     "preprocess_failed": "preprocessing failed numerically (e.g. registration or N4 raised an error)",

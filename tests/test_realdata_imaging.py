@@ -25,7 +25,7 @@ from survival_model.ingest.discovery import discover_cases
 from survival_model.ingest.images import IngestImages, case_id_for
 from survival_model.ingest.privacy import Pseudonymiser
 from survival_model.patient import Patient
-from survival_model.preprocess import ops
+from survival_model.preprocess import extractor, ops
 from survival_model.preprocess.patient import SiteImaging
 from survival_model.preprocess.stage import Preprocess
 from survival_model.stage import run
@@ -133,6 +133,7 @@ class Tcga:
     placeholder: Patient
     fused: Patient
     to_registered: sitk.Transform  # a point of our preprocessed space -> the registered version's point
+    fused_on_raw: Path  # the fused segmentation on the raw T1c's grid (canonical labels)
 
 
 def align_registered_t1c(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
@@ -210,8 +211,9 @@ def _tcga(files: dict[str, Path], registered: Path, params: PreprocessParams, wo
     canonical = np.zeros_like(on_raw, dtype=np.uint8)
     for old, new in OLD_BRATS_TO_CANONICAL.items():
         canonical[on_raw == old] = new
-    with_fused = preprocess(write_like(canonical, t1c, work / "fused_on_raw.nii.gz"), "fused")
-    return Tcga(registered, files["t1c"], placeholder, with_fused, transform)
+    fused_on_raw = write_like(canonical, t1c, work / "fused_on_raw.nii.gz")
+    with_fused = preprocess(fused_on_raw, "fused")
+    return Tcga(registered, files["t1c"], placeholder, with_fused, transform, fused_on_raw)
 
 
 def write_like(array: np.ndarray, reference: sitk.Image, path: Path) -> Path:
@@ -242,17 +244,63 @@ def test_tcga_raw_sequences_are_registered_and_bias_corrected(tcga: Tcga) -> Non
         assert record["status"] == "corrected", s
         assert record["nonuniformity_after"] < record["nonuniformity_before"], s
     assert qc["bias"]["t1c"]["nonuniformity_after"] < 0.5 * qc["bias"]["t1c"]["nonuniformity_before"]
-    assert qc["brain_mask"]["source"] == "skull_strip(t1c+t2w)"
+    assert qc["brain_mask"]["source"] == "deepbet(t1n)"  # the trained extractor, on the registered T1
     assert qc["grid"]["spacing"] == [1.0, 1.0, 1.0]
 
 
-def test_tcga_skull_strip_agrees_with_the_registered_brain_mask(tcga: Tcga) -> None:
-    """Our skull strip of the raw T1c + T2 against the registered version's brain (its non-zero support)
-    carried into our space: Dice and volume (measured: Dice 0.90, 1815 vs 1776 ml)."""
+def test_tcga_brain_extraction_agrees_with_the_registered_brain_mask(tcga: Tcga) -> None:
+    """The trained extractor on the raw T1 (registered to T1c) against the registered version's brain (its
+    non-zero support) carried into our space: Dice and volume (measured: Dice 0.913, 1602 vs 1819 ml; the
+    morphological strip of T1c + T2w: 0.905. 71 % of the disagreement lies within 3 mm of the reference's
+    surface: the two draw the boundary differently, benchmarks/brain_extraction.py)."""
     ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tcga.fused.brain_mask))) > 0
     theirs = in_our_space(tcga, "OtherEXampleFromTCIA_t1c_bet.nii.gz", tcga.fused.brain_mask) != 0
-    assert dice(ours, theirs) > 0.85
-    assert tcga.fused.qc["brain_volume_ml"] == pytest.approx(np.count_nonzero(theirs) / 1000, rel=0.1)
+    assert dice(ours, theirs) > 0.88
+    assert tcga.fused.qc["brain_volume_ml"] == pytest.approx(np.count_nonzero(theirs) / 1000, rel=0.2)
+    assert tcga.fused.qc["brain_mask"]["tumour_inside"] > 0.95
+
+
+def test_tcga_declared_with_t1c_alone_gets_an_anatomical_brain(tcga: Tcga, tmp_path: Path) -> None:
+    """The user's case: one contrast T1 per patient, skull on, thick slices. The morphological strip returned the
+    whole head here (2204 ml: qc_brain_volume); the trained extractor finds the brain."""
+    patient = Patient(site="tcga", case_id="tcga-1", folder=tmp_path, images={"t1c": tcga.raw_t1c},
+                      mask=tcga.fused_on_raw, brain_mask=None, key="t1c-only")
+    params = realistic_preprocess()
+    outcome = run(Preprocess(patient, SiteImaging("t1c", TCGA_ACQUISITION), params, tmp_path))
+    assert outcome.patient is not None, outcome.quarantine
+    qc = outcome.patient.qc
+    assert qc["sequences"] == ["t1c"] and qc["brain_mask"]["source"] == "deepbet(t1c)"
+    assert 1300 < qc["brain_volume_ml"] < 2000
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(outcome.patient.brain_mask))) > 0
+    theirs = in_our_space(tcga, "OtherEXampleFromTCIA_t1c_bet.nii.gz", outcome.patient.brain_mask) != 0
+    assert dice(ours, theirs) > 0.88  # measured 0.911
+    assert qc["brain_mask"]["tumour_inside"] > 0.95
+
+
+@pytest.mark.parametrize("sequence", ["t1c", "t1n", "t2w", "t2f"])
+def test_met_00110_each_sequence_alone_gives_the_brain(real: Path, sequence: str) -> None:
+    """The real metastasis case is skull-stripped: each sequence's non-zero support is its brain. The trained
+    extractor from that sequence alone (measured Dice 0.96-0.98) and the QC volume."""
+    path = real / "brats_met_00110" / f"BraTS-MET-00110-000-{sequence}.nii.gz"
+    if not path.is_file():
+        pytest.skip("BraTS-MET-00110 is not in ../shared/realdata")
+    image = ops.reorient(sitk.ReadImage(str(path), sitk.sitkFloat32), "LPS")
+    grid = ops.target_grid(image, (1.0, 1.0, 1.0), "LPS")
+    mask = ops.resample_mask(extractor.deepbet_mask(ops.resample_onto(image, grid)), image)
+    support = sitk.GetArrayFromImage(image) != 0
+    assert dice(sitk.GetArrayViewFromImage(mask) > 0, support) > 0.94
+    assert 1200 < ops.binary_volume_ml(mask) < 1800
+
+
+def test_brats2013_trained_extraction_agrees_with_the_given_brain_masks(real: Path) -> None:
+    """Six real glioma cases, z-scored (negative background): the extractor on T1c alone against each case's own
+    brain mask (measured Dice 0.94-0.97)."""
+    cases = sorted((real / "brats2013_expert").iterdir())
+    for case in cases:
+        image = ops.reorient(sitk.ReadImage(str(case / "T1c_subtrMeanDivStd.nii.gz"), sitk.sitkFloat32), "LPS")
+        given = sitk.GetArrayFromImage(ops.reorient(sitk.ReadImage(str(case / "brainmask.nii.gz")), "LPS")) > 0
+        mask = sitk.GetArrayFromImage(extractor.deepbet_mask(image)) > 0
+        assert dice(mask, given) > 0.9, case.name
 
 
 def test_tcga_tumour_volume_survives_the_thick_slices(tcga: Tcga) -> None:

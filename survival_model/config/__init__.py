@@ -55,7 +55,13 @@ from survival_model.config.loading import (
     resolve_paths,
 )
 from survival_model.config.params import Params
-from survival_model.config.preprocess import N4Params, PreprocessParams, PreprocessQC, RegistrationParams
+from survival_model.config.preprocess import (
+    BrainMaskParams,
+    N4Params,
+    PreprocessParams,
+    PreprocessQC,
+    RegistrationParams,
+)
 from survival_model.config.registry import GateParams, RegistryParams, ScheduleParams
 from survival_model.config.runtime import (
     OrchestrationParams,
@@ -84,6 +90,7 @@ __all__ = [
     "AgeFromDates",
     "AugmentParams",
     "BaselineName",
+    "BrainMaskParams",
     "ClinicalField",
     "ClinicalSource",
     "ColumnRef",

@@ -61,12 +61,13 @@ from survival_model.config import Acquisition, PreprocessParams
 from survival_model.errors import PatientDataError
 from survival_model.imageio import ImageReadError, read_image, write_image
 from survival_model.patient import Patient
-from survival_model.preprocess import ops
+from survival_model.preprocess import extractor, ops
 
 log = logging.getLogger(__name__)
 
 REASONS: dict[str, str] = {
     "qc_brain_volume": "the brain mask volume is outside preprocess.qc.brain_volume_ml",
+    "qc_brain_mask_tumour": "the brain mask holds less of the tumour than preprocess.qc.min_tumour_in_brain",
     "qc_registration": "a sequence could not be registered to the reference (metric above the threshold)",
     "qc_resampling": "resampling changed the whole-tumour volume more than preprocess.qc allows",
     "preprocess_failed": "preprocessing raised an image-processing (ITK) error or could not read an input",
@@ -333,14 +334,19 @@ def _register(sequence: str, state: _State) -> _State:
 
 def _brain_mask(state: _State) -> _State:
     """The brain mask (tumour included) on its own grid and on the target grid; QC ``brain_mask`` and
-    ``brain_volume_ml`` (``qc_brain_volume``)."""
+    ``brain_volume_ml`` (``qc_brain_volume``), and the share of the tumour the mask held before the tumour
+    was unioned in (``qc_brain_mask_tumour``)."""
     made, source = _made_brain_mask(state)
+    made_target = ops.resample_mask(made, state.target)
     brain = made | sitk.Cast(ops.resample_onto(state.seg, made, None, "nearest") > 0, sitk.sitkUInt8)
-    brain_target = ops.resample_mask(brain, state.target) | sitk.Cast(state.seg_target > 0, sitk.sitkUInt8)
+    brain_target = made_target | sitk.Cast(state.seg_target > 0, sitk.sitkUInt8)
     volume_ml = ops.binary_volume_ml(brain_target)
     _check_brain(state.patient.case_id, volume_ml, source, state.params)
+    tumour_inside = _tumour_inside(made_target, state.seg_target)
+    _check_tumour_inside(state.patient.case_id, tumour_inside, source, state.params)
+    record = {"source": source, "volume_ml": volume_ml, "tumour_inside": tumour_inside}
     return replace(state, brain=brain, brain_target=brain_target,
-                   qc=state.with_qc(brain_mask={"source": source, "volume_ml": volume_ml}, brain_volume_ml=volume_ml))
+                   qc=state.with_qc(brain_mask=record, brain_volume_ml=volume_ml))
 
 
 def _n4(sequence: str, state: _State) -> _State:
@@ -463,13 +469,38 @@ def _check_brain(case: str, volume_ml: float, source: str, params: PreprocessPar
         )
 
 
+def _tumour_inside(brain: sitk.Image, seg: sitk.Image) -> float | None:
+    """The share of the whole tumour's voxels inside ``brain`` (both on one grid); None without a tumour."""
+    tumour = sitk.GetArrayViewFromImage(seg) > 0
+    total = int(np.count_nonzero(tumour))
+    if total == 0:
+        return None
+    return round(int(np.count_nonzero(tumour & (sitk.GetArrayViewFromImage(brain) > 0))) / total, 4)
+
+
+def _check_tumour_inside(case: str, share: float | None, source: str, params: PreprocessParams) -> None:
+    least = params.qc.min_tumour_in_brain
+    if share is not None and share < least:
+        raise PatientDataError(
+            "qc_brain_mask_tumour",
+            f"{case}: the brain mask ({source}) holds only {share:.0%} of the tumour, less than "
+            f"{least:.0%} (preprocess.qc.min_tumour_in_brain): the mask missed part of the brain, or the "
+            "label map is not on these images; check the label map's geometry, the given brain mask or "
+            "preprocess.brain_mask",
+        )
+
+
 def _made_brain_mask(state: _State) -> tuple[sitk.Image, str]:
-    """The brain mask on the grid it is made on (reference or working grid) and where it came from."""
+    """The brain mask on the grid it is made on (the reference's own or the working grid) and where it came
+    from: the site's, the skull-stripped images' support, the trained extractor's or the morphological strip's."""
     if state.given_brain is not None:
         return state.given_brain, "given"
     images, reference = state.images, state.site.reference
     if state.site.acquisition.skull_stripped:
         return ops.nonzero_mask(images[reference]), "nonzero_support"
+    settings = state.params.brain_mask
+    if settings.method == "deepbet":
+        return _extracted_brain_mask(state)
     t1_name = reference if reference in ("t1c", "t1n") else next(
         (s for s in ("t1c", "t1n") if s in images), reference)
     t1 = (state.reference_work if t1_name == reference
@@ -480,3 +511,23 @@ def _made_brain_mask(state: _State) -> tuple[sitk.Image, str]:
               else ops.resample_onto(images["t2w"], state.work, state.transforms["t2w"]))
     source = f"skull_strip({t1_name}{'+t2w' if t2 is not None else ''})"
     return ops.compute_brain_mask(t1, t2), source
+
+
+def _extracted_brain_mask(state: _State) -> tuple[sitk.Image, str]:
+    """deepbet on the first sequence of ``brain_mask.sequences`` the patient has (the reference when none is),
+    on an isotropic ``extractor_spacing_mm`` grid of that sequence's extent, mapped onto the reference's grid
+    through its registration transform."""
+    settings = state.params.brain_mask
+    name = next((s for s in settings.sequences if s in state.images), state.site.reference)
+    image = state.images[name]
+    grid = ops.target_grid(image, (settings.extractor_spacing_mm,) * 3, state.params.orientation)
+    try:
+        native = extractor.deepbet_mask(ops.resample_onto(image, grid), threshold=settings.threshold,
+                                        device=settings.device)
+    except extractor.BrainExtractionError as exc:
+        raise PatientDataError("qc_brain_volume", f"{state.patient.case_id}: the brain extractor failed on "
+                               f"{name}: {exc}; check the image, or try preprocess.brain_mask.method: "
+                               "morphological") from None
+    transform = state.transforms[name]
+    mask = native if transform is None else ops.resample_mask(native, state.reference, transform)
+    return mask, f"deepbet({name})"

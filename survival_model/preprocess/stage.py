@@ -24,6 +24,7 @@ from survival_model.errors import PatientDataError
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import read_json, write_json
 from survival_model.patient import Patient, PatientOutcome
+from survival_model.preprocess.extractor import deepbet_fingerprint
 from survival_model.preprocess.patient import SiteImaging, preprocess_patient
 from survival_model.quarantine import QuarantineRecord
 from survival_model.stage import Stage
@@ -59,6 +60,14 @@ def _present(value: Any) -> bool:
     return value is not None and str(value) not in {"", "nan", "None", "<NA>"}
 
 
+def brain_extractor_fingerprint(site: SiteImaging, params: PreprocessParams) -> str:
+    """The trained extractor's version and model hashes where it may run (a site with skull), else ``""``:
+    a new model is a new preprocessing key."""
+    if site.acquisition.skull_stripped or params.brain_mask.method != "deepbet":
+        return ""
+    return deepbet_fingerprint()
+
+
 def preprocess_code_version() -> str:
     return code_version("survival_model.preprocess")
 
@@ -86,6 +95,7 @@ class Preprocess(Stage[PatientOutcome]):
             self.site.reference,
             self.site.acquisition.model_dump(mode="json"),
             self.params.model_dump(mode="json"),
+            brain_extractor_fingerprint(self.site, self.params),
         )
 
     def place(self) -> tuple[str, ...]:

@@ -196,16 +196,41 @@ def test_site_c_is_bias_corrected_with_a_field_like_the_true_one(site_c: tuple[C
         assert qc["bias"][s]["nonuniformity_after"] < 0.8 * qc["bias"][s]["nonuniformity_before"]
 
 
-@pytest.mark.parametrize("fixture", ["site_c", "site_b"])
-def test_skull_strip_matches_the_true_brain_mask(fixture: str, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("fixture", "reads"), [("site_c", "t1n"), ("site_b", "t1c")])
+def test_trained_brain_extraction_matches_the_true_brain_mask(fixture: str, reads: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    """The default extractor (deepbet) reads the first of brain_mask.sequences the patient has (site B here
+    has no T1n) and its mask, made on that sequence's grid, lands on the true brain of the output grid."""
     case, qc, out = request.getfixturevalue(fixture)
-    assert qc["brain_mask"]["source"] == "skull_strip(t1c+t2w)"
+    assert qc["brain_mask"]["source"] == f"deepbet({reads})"
+    assert qc["brain_mask"]["tumour_inside"] > 0.95
+    assert_brain_matches_the_truth(case, qc, out, least=0.93)
+
+
+def assert_brain_matches_the_truth(case: Case, qc: dict[str, Any], out: Path, least: float) -> None:
     reference = ops.reorient(sitk.ReadImage(str(case.patient.images["t1c"])), "LPS")
     full = ops.target_grid(reference, (2.5, 2.5, 2.5), "LPS")  # the uncropped output grid
     brain = ops.resample_onto(read(out, "brain_mask.nii.gz"), full, None, "nearest")
     truth = ph.brain_mask(case.head, grid_of(full))
-    assert dice(sitk.GetArrayViewFromImage(brain), truth) >= 0.9
+    assert dice(sitk.GetArrayViewFromImage(brain), truth) >= least
     assert qc["brain_volume_ml"] == pytest.approx(np.count_nonzero(truth) * 2.5**3 / 1000, rel=0.15)
+
+
+def test_morphological_skull_strip_matches_the_true_brain_mask(site_c: tuple[Case, dict[str, Any], Path],
+                                                               tmp_path: Path) -> None:
+    """The fast fallback: T1c with the registered T2w on the working grid."""
+    case = site_c[0]
+    qc = run(case, tmp_path / "out", params(brain_mask={"method": "morphological"}))
+    assert qc["brain_mask"]["source"] == "skull_strip(t1c+t2w)"
+    assert_brain_matches_the_truth(case, qc, tmp_path / "out", least=0.9)
+
+
+def test_a_one_sequence_site_with_skull_gets_an_anatomical_brain_mask(tmp_path: Path) -> None:
+    """T1c alone, skull on (the real user's case): the trained extractor reads it and the brain is the brain."""
+    case = write_case(tmp_path / "in", "site_b", 23, sequences=("t1c",))
+    qc = run(case, tmp_path / "out", params())
+    assert qc["sequences"] == ["t1c"] and qc["brain_mask"]["source"] == "deepbet(t1c)"
+    assert_brain_matches_the_truth(case, qc, tmp_path / "out", least=0.93)
 
 
 def test_cropping_keeps_the_whole_brain_with_the_margin(site_c: tuple[Case, dict[str, Any], Path]) -> None:
@@ -294,6 +319,24 @@ def test_qc_brain_volume_for_a_brain_mask_that_is_far_too_small(tmp_path: Path) 
         preprocess_patient(patient, case.site, fast(), tmp_path / "out")
     assert info.value.reason == "qc_brain_volume"
     assert not any((tmp_path / "out").iterdir())  # nothing written for a failed patient
+
+
+def test_qc_brain_mask_tumour_for_a_brain_mask_that_misses_the_tumour(tmp_path: Path) -> None:
+    """A given mask that leaves the tumour out is a failed mask: quarantined with its reason, not patched by
+    unioning the tumour in."""
+    case = write_case(tmp_path / "in", "site_b", 4, SMALL_GRID, sequences=("t1c", "t2f"))
+    t1c = sitk.ReadImage(str(case.patient.images["t1c"]))
+    brain = ph.brain_mask(case.head, grid_of(t1c))
+    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(case.patient.mask))) > 0
+    given = to_image((brain & ~tumour).astype(np.uint8), grid_of(t1c))
+    patient = dataclasses.replace(case.patient, brain_mask=write_image(given, tmp_path / "in" / "brain.nii.gz"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(PatientDataError, match=r"site_b-4: the brain mask \(given\) holds only \d% of the tumour, "
+                                               r"less than 90% \(preprocess.qc.min_tumour_in_brain\)") as info:
+        preprocess_patient(patient, case.site, fast(), tmp_path / "out")
+    assert info.value.reason == "qc_brain_mask_tumour"
+    lenient = fast(qc={"min_tumour_in_brain": 0.0})
+    assert preprocess_patient(patient, case.site, lenient, tmp_path / "out")["brain_mask"]["tumour_inside"] < 0.1
 
 
 def test_qc_registration_for_a_sequence_that_does_not_show_the_patient(tmp_path: Path) -> None:
