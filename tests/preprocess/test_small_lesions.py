@@ -21,10 +21,11 @@ from survival_model.config import Acquisition, FeaturesParams, PreprocessParams
 from survival_model.errors import PatientDataError
 from survival_model.features.table import feature_row
 from survival_model.features.volumetric import volumetric_features
-from survival_model.imageio import write_image
+from survival_model.imageio import write_image, write_json
 from survival_model.patient import Patient
 from survival_model.preprocess import ops
 from survival_model.preprocess.patient import SiteImaging, preprocess_patient, resample_labels
+from survival_model.preprocess.stage import QC_FILE, Preprocess
 
 SITE = SiteImaging("t1c", Acquisition(skull_stripped=True, bias_corrected=True, co_registered=True))
 FOV_MM = 42.0
@@ -189,3 +190,18 @@ def test_resampling_qc_settings_are_validated() -> None:
         PreprocessParams(qc={"tumour_surface_band": -0.1})
     with pytest.raises(ValueError, match="tumour_volume_band_voxels"):
         PreprocessParams(qc={"tumour_volume_band_voxels": -1})
+
+
+def test_the_preprocessed_patient_carries_the_native_label_map_when_the_stage_wrote_one(tmp_path: Path) -> None:
+    patient, _ = write_patient(tmp_path / "in", 1.5)
+    stage = Preprocess(patient, SITE, params(), tmp_path / "work")
+    folder = tmp_path / "done"
+    folder.mkdir()
+    files = {"sequences": {"t1c": "t1c.nii.gz"}, "mask": "seg.nii.gz", "brain_mask": "brain_mask.nii.gz"}
+    write_json({"files": {**files, "mask_native": "seg_native.nii.gz"}}, folder / QC_FILE)
+    loaded = stage.load(folder)
+    assert loaded is not None and loaded.patient is not None
+    assert loaded.patient.native_mask == folder / "seg_native.nii.gz" and loaded.patient.mask == folder / "seg.nii.gz"
+    write_json({"files": files}, folder / QC_FILE)  # a record of an older version: no native label map
+    older = stage.load(folder)
+    assert older is not None and older.patient is not None and older.patient.native_mask is None
