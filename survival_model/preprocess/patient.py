@@ -481,11 +481,12 @@ def resampling_allowance(native_mm3: float, surface_mm2: float, params: Preproce
 
 
 def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
+    """The numpy slices of a mask's bounding box, or ``None`` for an empty mask."""
     present = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     if any(p.size == 0 for p in present):
         return None
-    return slice(present[0][0], present[0][-1] + 1), slice(present[1][0], present[1][-1] + 1), \
-        slice(present[2][0], present[2][-1] + 1)
+    z, y, x = (slice(int(p[0]), int(p[-1]) + 1) for p in present)
+    return z, y, x
 
 
 @dataclass(frozen=True)
@@ -508,18 +509,20 @@ def resample_labels(seg: sitk.Image, grid: sitk.Image, interpolator: ops.Interpo
     A lesion whose centroid is off the grid (a label map outside its image) stays lost.
     """
     seg_target = ops.resample_onto(seg, grid, None, interpolator)
-    core = sitk.Cast((seg == 1) | (seg == 3), sitk.sitkUInt8)
-    components = sitk.ConnectedComponent(core, True)
+    box = _bounding_box(np.isin(sitk.GetArrayViewFromImage(seg), (1, 3)))
+    if box is None:
+        return seg_target, Lesions(0, [])
+    z, y, x = box
+    native = seg[x, y, z]  # the tumour core's bounding box (its physical place kept): components cannot leave it
+    components = sitk.ConnectedComponent(sitk.Cast((native == 1) | (native == 3), sitk.sitkUInt8), True)
     shape = sitk.LabelShapeStatisticsImageFilter()
     shape.Execute(components)
     labels = list(shape.GetLabels())
-    if not labels:
-        return seg_target, Lesions(0, [])
     core_target = sitk.Cast((seg_target == 1) | (seg_target == 3), sitk.sitkUInt8)
-    back = sitk.GetArrayViewFromImage(ops.resample_onto(core_target, seg, None, "nearest")) > 0
+    back = sitk.GetArrayFromImage(ops.resample_onto(core_target, native, None, "nearest")) > 0
     ids = sitk.GetArrayViewFromImage(components)
     kept = set(np.unique(ids[back]).tolist())
-    values = sitk.GetArrayViewFromImage(seg)
+    values = sitk.GetArrayViewFromImage(native)
     vanished = []
     for label in labels:
         if label in kept:
@@ -549,13 +552,13 @@ def _check_labels(case: str, seg: sitk.Image, seg_target: sitk.Image, lesions: L
     allowance = resampling_allowance(wt_before, surface, params)
     record = _LabelCheck({"native": native, "resampled": resampled}, change, surface, allowance, lesions)
     spacing = "x".join(f"{v:g}" for v in params.target_spacing_mm)
-    fix = ("; check that the label map lies on its reference image (same origin, spacing and direction), or use "
-           "a finer preprocess.target_spacing_mm or label_interpolator: label_gaussian")
+    geometry = "check that the label map was drawn on its reference image (same origin, spacing and direction)"
     if wt_before > 0 and wt_after == 0:
         raise PatientDataError(
             "qc_resampling",
             f"{case}: the whole tumour ({wt_before:.0f} mm3, {lesions.count} lesion(s)) vanished when the label map "
-            f"was resampled to {spacing} mm: the network and intensity features would see no tumour{fix}",
+            f"was resampled to {spacing} mm (it lies outside the reference image's extent): the network and "
+            f"intensity features would see no tumour; {geometry}",
         )
     if wt_before > 0 and abs(wt_after - wt_before) > allowance:
         raise PatientDataError(
@@ -563,7 +566,8 @@ def _check_labels(case: str, seg: sitk.Image, seg_target: sitk.Image, lesions: L
             f"{case}: resampling the label map to {spacing} mm changed the whole-tumour volume by {change:.0%} "
             f"({wt_before:.0f} -> {wt_after:.0f} mm3), more than the allowed {allowance:.0f} mm3 (the largest of "
             f"{params.qc.max_tumour_volume_change:.0%} of the volume, preprocess.qc.tumour_volume_band_voxels and "
-            f"tumour_surface_band x its {surface:.0f} mm2 surface x the spacing){fix}",
+            f"tumour_surface_band x its {surface:.0f} mm2 surface x the spacing); {geometry}, or use a finer "
+            "preprocess.target_spacing_mm",
         )
     if lesions.vanished:
         log.info("%s: %d of %d lesion(s) (%s mm3) had no voxel on the %s mm grid (restored as one voxel where on "

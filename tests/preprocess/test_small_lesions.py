@@ -150,7 +150,7 @@ def test_a_lesion_lost_on_the_target_grid_is_restored_as_one_voxel_with_its_labe
     labels[9, 9, 10] = 1
     seg = image(labels, 1.0)
     grid = ops.target_grid(seg, (5.0, 5.0, 5.0), "LPS")
-    assert not sitk.GetArrayViewFromImage(ops.resample_onto(seg, grid, None, "label_gaussian")).any()
+    assert not sitk.GetArrayFromImage(ops.resample_onto(seg, grid, None, "label_gaussian")).any()
     seg_target, lesions = resample_labels(seg, grid, "label_gaussian")
     values = sitk.GetArrayViewFromImage(seg_target)
     assert np.count_nonzero(values) == 1 and values.max() == 1
@@ -166,7 +166,7 @@ def test_a_label_map_that_is_not_on_its_images_is_still_quarantined(tmp_path: Pa
     (tmp_path / "out").mkdir()
     with pytest.raises(PatientDataError, match=r"small-1: the whole tumour \(\d+ mm3, 4 lesion\(s\)\) vanished when "
                                                r"the label map was resampled to 2.5x2.5x2.5 mm.*check that the label "
-                                               r"map lies on its reference image") as info:
+                                               r"map was drawn on its reference image") as info:
         preprocess_patient(patient, SITE, params(), tmp_path / "out")
     assert info.value.reason == "qc_resampling"
     assert not any((tmp_path / "out").iterdir())
