@@ -25,12 +25,16 @@ class Patient:
     folder: Path
     #: Image per sequence name (``t1``, ``t1c``, ``t2``, ``flair``; a site may declare fewer).
     images: dict[str, Path]
-    #: The label map (segmentation).
+    #: The label map (segmentation), on the grid of the images.
     mask: Path
     brain_mask: Path | None
     #: The content key of the stage that wrote the files.
     key: str
     qc: dict[str, Any] = field(default_factory=dict)
+    #: The label map at its native resolution (the reference sequence's own grid, reoriented), where the
+    #: images were resampled onto a coarser grid: volumes, lesions and shape are measured on it. None where
+    #: the stage wrote none (ingestion: ``mask`` is native already; a work directory of an older version).
+    native_mask: Path | None = None
 
 
 @dataclass(frozen=True)

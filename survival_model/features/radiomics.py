@@ -5,7 +5,9 @@ bin width, ...); this module adds the regions (:data:`~survival_model.features.v
 and sequences of ``RadiomicsParams``. Column names, lower case:
 
 * ``rad_<region>_shape_<feature>`` (e.g. ``rad_wt_shape_meshvolume``): shape does not depend on the
-  image, so it is computed once per region (``shape2d`` likewise when enabled);
+  image, so it is computed once per region (``shape2d`` likewise when enabled), on the label map at its
+  native resolution when there is one (``shape_labels``: small lesions keep their shape there), else on
+  the label map of the images;
 * ``rad_<region>_<seq>_<class>_<feature>`` (e.g. ``rad_wt_t1c_firstorder_mean``) on the original image,
   ``rad_<region>_<seq>_<image type>_<class>_<feature>`` on a filtered one (``log_sigma_1_0_mm_3d``,
   ``wavelet_llh``, ...). pyradiomics' ``diagnostics_*`` entries are dropped.
@@ -208,18 +210,23 @@ def radiomics_columns(params: RadiomicsParams) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def radiomics_features(images: dict[str, Path], seg: Path, params: RadiomicsParams) -> dict[str, float]:
+def radiomics_features(images: dict[str, Path], seg: Path, params: RadiomicsParams,
+                       native_seg: Path | None = None) -> dict[str, float]:
     """pyradiomics features of one patient for ``params.regions`` x ``params.sequences`` (see the module
-    docstring for the names and the NaN rules). Images must lie on the label map's grid."""
+    docstring for the names and the NaN rules). Images must lie on the label map's grid; shape features
+    come from ``native_seg`` when given (the label map at its native resolution)."""
     labels = read_label_map(seg)
     loaded: dict[str, sitk.Image] = {s: read_sequence(images[s], labels, s) for s in params.sequences if s in images}
-    return radiomics_from_images(loaded, labels, params)
+    shape_labels = read_label_map(native_seg) if native_seg is not None else None
+    return radiomics_from_images(loaded, labels, params, shape_labels)
 
 
 def radiomics_from_images(
-    images: Mapping[str, sitk.Image], labels: sitk.Image, params: RadiomicsParams
+    images: Mapping[str, sitk.Image], labels: sitk.Image, params: RadiomicsParams,
+    shape_labels: sitk.Image | None = None,
 ) -> dict[str, float]:
-    """:func:`radiomics_features` of images already read and checked (float32, on the label map's grid)."""
+    """:func:`radiomics_features` of images already read and checked (float32, on the label map's grid);
+    shape features from ``shape_labels`` (any grid) when given, else from ``labels``."""
     plan = _plan_for(params)
     _quiet_pyradiomics()
     missing = [s for s in params.sequences if s not in images]
@@ -229,21 +236,24 @@ def radiomics_from_images(
     texture_extractor = _extractor(plan, shape=False) if plan.texture_keys else None
     pad = int(plan.settings.get("padDistance", 5))
     label_array = sitk.GetArrayViewFromImage(labels)
+    shape_source = shape_labels if shape_labels is not None else labels
+    shape_array = sitk.GetArrayViewFromImage(shape_source)
     out: dict[str, float] = {}
     for region in params.regions:
         mask_array = region_mask(label_array, region)
         region_out: dict[str, float] = {}
         box = _bounding_box(mask_array, pad) if plan.can_precrop else None
         mask = _mask_image(mask_array, labels, box)
-        usable = bool(mask_array.any())
-        if usable and shape_extractor is not None:
-            shape_image = sitk.Cast(mask, sitk.sitkFloat32)  # shape ignores intensities
-            result = _execute(shape_extractor, shape_image, mask, f"{region} shape")
-            usable = result is not None
+        shape_mask_array = region_mask(shape_array, region)
+        if shape_extractor is not None and shape_mask_array.any():
+            shape_box = _bounding_box(shape_mask_array, pad) if plan.can_precrop else None
+            shape_mask = _mask_image(shape_mask_array, shape_source, shape_box)
+            shape_image = sitk.Cast(shape_mask, sitk.sitkFloat32)  # shape ignores intensities
+            result = _execute(shape_extractor, shape_image, shape_mask, f"{region} shape")
             if result is not None:
                 region_out.update({_shape_column(k, region): v for k, v in result.items()})
         for seq in params.sequences:
-            if not usable or texture_extractor is None or seq not in images:
+            if not mask_array.any() or texture_extractor is None or seq not in images:
                 continue
             image = _crop(images[seq], box)
             result = _execute(texture_extractor, image, mask, f"{region} {seq}")

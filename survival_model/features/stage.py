@@ -2,8 +2,9 @@
 
 One patient's features (volumetric, intensity, radiomics) go to
 ``<work_dir>/features/<site>/<case id>/<key>/features.json``, keyed by the preprocessed patient's key,
-the ``features`` params section, the radiomics settings (YAML bytes, regions, sequences, pyradiomics
-version) and this package's code version. The table joins every patient's row with the canonical
+which label map the volumetric and shape features measure (native or resampled), the ``features`` params
+section, the radiomics settings (YAML bytes, regions, sequences, pyradiomics version) and this package's
+code version. The table joins every patient's row with the canonical
 clinical fields into ``<work_dir>/features/table/<key>/features.parquet`` with its schema, a QC summary
 and the combined quarantine (ingestion + preprocessing + features).
 """
@@ -95,9 +96,15 @@ class Features(Stage[FeatureOutcome]):
             STAGE,
             features_code_version(),
             self.patient.key,
+            self.label_source(),
             self.params.model_dump(mode="json", exclude={"radiomics": {"params_file"}}),
             radiomics_settings_digest(self.params.radiomics),
         )
+
+    def label_source(self) -> str:
+        """Which label map the volumetric and shape features measure (part of the key): ``native``, or
+        ``resampled`` for a patient preprocessed without a native label map."""
+        return "native" if self.patient.native_mask is not None else "resampled"
 
     def place(self) -> tuple[str, ...]:
         return (STAGE, self.patient.site, self.patient.case_id)
@@ -108,7 +115,7 @@ class Features(Stage[FeatureOutcome]):
     def compute(self, tmp: Path) -> None:
         p = self.patient
         try:
-            row = feature_row(p.case_id, p.site, p.images, p.mask, self.params)
+            row = feature_row(p.case_id, p.site, p.images, p.mask, self.params, p.native_mask)
         except PatientDataError as exc:
             write_json({"reason": exc.reason, "message": exc.message}, tmp / QUARANTINE_FILE)
             return
@@ -140,17 +147,21 @@ def qc_record(outcome: PatientOutcome) -> dict[str, Any]:
 
     Non-uniformity is the worst sequence's low-frequency coefficient of variation inside the brain
     before and after N4 (empty where the site is bias-corrected); the registration metric is the
-    worst (highest) final Mattes MI over the registered sequences (empty where co-registered).
+    worst (highest) final Mattes MI over the registered sequences (empty where co-registered). The
+    tumour volume change through resampling comes with the allowance it was held to, and the number of
+    lesions that had no voxel on the target grid (restored as one voxel; measured on the native map).
     """
     row: dict[str, Any] = {"site": outcome.site, "case_id": outcome.case_id,
                            "status": "ok" if outcome.patient is not None else outcome.quarantine[0].reason,
                            "brain_volume_ml": None, "wt_volume_before_mm3": None, "wt_volume_after_mm3": None,
-                           "tumour_volume_change": None, "nonuniformity_before": None, "nonuniformity_after": None,
+                           "tumour_volume_change": None, "tumour_volume_allowance_mm3": None,
+                           "lesions_vanished": None, "nonuniformity_before": None, "nonuniformity_after": None,
                            "bias_field_p95_p5": None, "registration_metric": None}
     if outcome.patient is None:
         return row
     qc = outcome.patient.qc
     volumes = qc["region_volumes_mm3"]
+    resampling = qc.get("resampling", {})  # absent in the records of older versions
     corrected = [b for b in qc["bias"].values() if b.get("status") == "corrected"]
     registered = [r for r in qc["registration"].values() if r.get("status") == "registered"]
     row.update({
@@ -158,6 +169,8 @@ def qc_record(outcome: PatientOutcome) -> dict[str, Any]:
         "wt_volume_before_mm3": volumes["native"]["wt"],
         "wt_volume_after_mm3": volumes["resampled"]["wt"],
         "tumour_volume_change": qc["tumour_volume_change"],
+        "tumour_volume_allowance_mm3": resampling.get("allowance_mm3"),
+        "lesions_vanished": len(resampling["lesions_vanished"]) if "lesions_vanished" in resampling else None,
         "nonuniformity_before": max((b["nonuniformity_before"] for b in corrected), default=None),
         "nonuniformity_after": max((b["nonuniformity_after"] for b in corrected), default=None),
         "bias_field_p95_p5": max((b["field_p95_p5"] for b in corrected), default=None),
@@ -236,6 +249,7 @@ def imaging_outputs(preprocess: Sequence[Preprocess], outcomes: Sequence[Patient
     for o in outcomes:
         if o.patient is not None:
             paths += [*o.patient.images.values(), o.patient.mask]
+            paths += [o.patient.native_mask] if o.patient.native_mask is not None else []
             paths += [o.patient.brain_mask] if o.patient.brain_mask is not None else []
     paths += [o.row_path for o in features if o.row_path is not None]
     return [*paths, table.table_path, table.quarantine_path, table.folder / "schema.json",

@@ -2,6 +2,9 @@
 
 Column families (DESIGN.md 3.4): ``vol_*`` volumetric (:mod:`.volumetric`), ``int_<region>_<seq>_<stat>``
 intensity statistics, ``rad_<region>_<seq>_*`` / ``rad_<region>_shape_*`` pyradiomics (:mod:`.radiomics`).
+``vol_*`` and ``rad_<region>_shape_*`` are measured on the label map at its native resolution when the
+patient has one (:attr:`Patient.native_mask`: resampling to a coarser grid distorts lesions of a few
+target voxels), the others on the label map of the resampled images.
 The table puts them after the canonical clinical fields:
 ``site, case_id, <clinical fields>, time_days, event, vol_*, int_*, rad_*``; every feature is float64.
 """
@@ -33,22 +36,28 @@ OUTCOME_COLUMNS: tuple[str, ...] = ("time_days", "event")
 ID_COLUMNS: tuple[str, ...] = ("site", "case_id")
 
 
-def feature_row(case_id: str, site: str, images: dict[str, Path], seg: Path, params: FeaturesParams) -> dict[str, Any]:
+def feature_row(case_id: str, site: str, images: dict[str, Path], seg: Path, params: FeaturesParams,
+                native_seg: Path | None = None) -> dict[str, Any]:
     """All features of one patient: ``site``, ``case_id``, then ``vol_*``, ``int_*`` and (when
     ``params.radiomics.enabled``) ``rad_*``. Each image is read once; images must be on the label map's grid.
+
+    Label-map sources: ``vol_*`` and ``rad_<region>_shape_*`` measure ``native_seg`` (the label map at its
+    native resolution, where preprocessing wrote one) and ``seg`` without it; ``int_*`` and the texture
+    ``rad_*`` need the images, so they measure ``seg`` (the label map on the images' grid).
 
     Bad inputs raise :class:`~survival_model.errors.PatientDataError` (the stage quarantines the patient).
     """
     labels = read_label_map(seg)
+    native = read_label_map(native_seg) if native_seg is not None else None
     wanted = set(params.intensity_sequences)
     if params.radiomics.enabled:
         wanted |= set(params.radiomics.sequences)
     loaded: dict[str, sitk.Image] = {s: read_sequence(path, labels, s) for s, path in images.items() if s in wanted}
     row: dict[str, Any] = {"site": site, "case_id": case_id}
-    row.update(volumetric_from_image(labels, params))
+    row.update(volumetric_from_image(native if native is not None else labels, params))
     row.update(intensity_from_images(loaded, labels, params))
     if params.radiomics.enabled:
-        row.update(radiomics_from_images(loaded, labels, params.radiomics))
+        row.update(radiomics_from_images(loaded, labels, params.radiomics, native))
     return row
 
 

@@ -6,8 +6,17 @@ Order (each output image is interpolated exactly once)
    (``DICOMOrient``: axes permuted and flipped, no interpolation).
 2. **Target grid**: the reference's physical extent at ``target_spacing_mm`` in the declared
    orientation. The label map is resampled onto it right away (nearest neighbour or label-aware
-   Gaussian: a label never changes value) and the whole-tumour volume checked (``qc_resampling``),
-   because that is cheap and fails fast.
+   Gaussian: a label never changes value; :func:`resample_labels`) and checked (``qc_resampling``),
+   because that is cheap and fails fast. A lesion (tumour-core component) smaller than the target voxels
+   can vanish there: it is restored as the one target voxel holding its centroid, so the network and the
+   intensity features still see it. The label map is also kept at its native resolution (the reference's
+   own grid, reoriented, no interpolation): volumetric and shape features are measured there, so small
+   metastases keep their volume, count and shape. The check therefore only guards the resampled map fed
+   to the images' consumers against gross failures: the whole tumour vanishing (a label map that does
+   not lie on its images), or a change beyond :func:`resampling_allowance`, the largest of the relative
+   limit x the native volume (large tumours), a few target voxels and a share of the partial-volume band
+   (native surface area x target spacing: small and irregular lesions; sizes from
+   ``benchmarks/small_lesions.py``). QC ``resampling`` records what was compared.
 3. **Registration** (sites with ``co_registered: false``): each non-reference sequence is registered
    rigidly to the reference (the sequence the label map is drawn on). Only the transform is kept; the
    Mattes MI before/after is recorded and checked (``qc_registration``). Registration comes before the
@@ -26,8 +35,9 @@ Order (each output image is interpolated exactly once)
 7. **Crop** every output to the brain's bounding box plus ``crop_margin_mm``.
 8. **Normalise** each sequence inside the brain: clip limits, mean and SD from the normal-appearing brain
    (the brain without the segmented lesions), the normal brain clipped, lesions kept, z-score, zero outside.
-9. **Write** ``<seq>.nii.gz`` (float32), ``seg.nii.gz`` (uint8 labels) and ``brain_mask.nii.gz`` (uint8);
-   ``.nii`` instead with ``compress_images: false``.
+9. **Write** ``<seq>.nii.gz`` (float32), ``seg.nii.gz`` (uint8 labels on the target grid),
+   ``seg_native.nii.gz`` (uint8 labels on the reference's own grid, QC ``files["mask_native"]``) and
+   ``brain_mask.nii.gz`` (uint8); ``.nii`` instead with ``compress_images: false``.
 
 Each part is one step or a step per sequence (:func:`_steps`): a small function of the working state
 (:class:`_State`: the images as the previous step left them, the label map and brain mask on each grid,
@@ -55,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import SimpleITK as sitk
 
 from survival_model.config import Acquisition, PreprocessParams
@@ -69,7 +80,8 @@ REASONS: dict[str, str] = {
     "qc_brain_volume": "the brain mask volume is outside preprocess.qc.brain_volume_ml",
     "qc_brain_mask_tumour": "the brain mask holds less of the tumour than preprocess.qc.min_tumour_in_brain",
     "qc_registration": "a sequence could not be registered to the reference (metric above the threshold)",
-    "qc_resampling": "resampling changed the whole-tumour volume more than preprocess.qc allows",
+    "qc_resampling": "resampling the label map lost the whole tumour or changed its volume beyond preprocess.qc's "
+                     "allowance",
     "preprocess_failed": "preprocessing raised an image-processing (ITK) error or could not read an input",
 }
 
@@ -128,7 +140,8 @@ def _is_itk_error(exc: RuntimeError) -> bool:
 
 
 def preprocess_patient(patient: Patient, site: SiteImaging, params: PreprocessParams, out_dir: Path) -> dict[str, Any]:
-    """Write ``<seq>.nii.gz`` (float32, normalised), ``seg.nii.gz`` (uint8 canonical labels) and
+    """Write ``<seq>.nii.gz`` (float32, normalised), ``seg.nii.gz`` (uint8 canonical labels),
+    ``seg_native.nii.gz`` (the same at the reference's native resolution) and
     ``brain_mask.nii.gz`` (uint8; ``.nii`` with ``params.compress_images`` false) into ``out_dir``
     (an existing empty folder; the caller makes it atomic and content-keyed) and return the QC dict
     (JSON-serialisable, the written file names under ``"files"``). Raises :class:`PatientDataError`
@@ -201,7 +214,7 @@ Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 #: The QC record's keys, in the order :func:`preprocess_patient` returns them.
 _QC_KEYS = ("site", "case_id", "reference", "sequences", "orientation", "acquisition", "grid", "crop",
             "brain_mask", "brain_volume_ml", "registration", "bias", "region_volumes_mm3",
-            "tumour_volume_change", "normalisation", "timings_s", "files")
+            "tumour_volume_change", "resampling", "normalisation", "timings_s", "files")
 
 #: QC records by sequence: a step's entry for its sequence joins the others' (:meth:`_State.with_qc`).
 _PER_SEQUENCE = ("registration", "bias", "normalisation")
@@ -221,7 +234,8 @@ class _State:
     #: Each sequence as the last step left it: read; reoriented (float32); bias-corrected on its own grid;
     #: resampled onto the target grid; cropped and normalised.
     images: Mapping[str, sitk.Image] = field(default_factory=dict)
-    #: The label map on the reference's grid (read; reoriented, uint8).
+    #: The label map on the reference's grid (read; reoriented, uint8): written as ``seg_native``, where
+    #: volumetric and shape features are measured.
     seg: sitk.Image = field(default_factory=sitk.Image)
     #: The brain mask that came with the patient (read; reoriented, 0/1 uint8), if any.
     given_brain: sitk.Image | None = None
@@ -302,14 +316,15 @@ def _reorient(state: _State) -> _State:
 
 
 def _labels(state: _State) -> _State:
-    """The target grid and the label map on it; QC ``region_volumes_mm3`` and ``tumour_volume_change``
-    (``qc_resampling``)."""
+    """The target grid and the label map on it, the native label map kept for writing; QC
+    ``region_volumes_mm3``, ``tumour_volume_change`` and ``resampling`` (``qc_resampling``)."""
     params = state.params
     target = ops.target_grid(state.reference, params.target_spacing_mm, params.orientation)
-    seg_target = ops.resample_onto(state.seg, target, None, params.label_interpolator)
-    volumes, change = _check_labels(state.patient.case_id, state.seg, seg_target, params)
+    seg_target, lesions = resample_labels(state.seg, target, params.label_interpolator)
+    record = _check_labels(state.patient.case_id, state.seg, seg_target, lesions, params)
     return replace(state, target=target, seg_target=seg_target,
-                   qc=state.with_qc(region_volumes_mm3=volumes, tumour_volume_change=change))
+                   qc=state.with_qc(region_volumes_mm3=record.volumes, tumour_volume_change=record.change,
+                                    resampling=record.as_qc()))
 
 
 def _head_mask(state: _State) -> _State:
@@ -402,12 +417,15 @@ def _write(state: _State) -> _State:
     compress, out_dir = state.params.compress_images, state.out_dir
     files = {s: output_file(s, compress) for s in state.names}
     seg_file = output_file("seg", compress)
+    native_file = output_file("seg_native", compress)
     brain_file = output_file("brain_mask", compress)
     for s in state.names:
         write_image(state.images[s], out_dir / files[s], compress=compress)
     write_image(state.seg_target, out_dir / seg_file, compress=compress)
+    write_image(state.seg, out_dir / native_file, compress=compress)
     write_image(state.brain_target, out_dir / brain_file, compress=compress)
-    return replace(state, qc=state.with_qc(files={"sequences": files, "mask": seg_file, "brain_mask": brain_file}))
+    return replace(state, qc=state.with_qc(files={"sequences": files, "mask": seg_file, "mask_native": native_file,
+                                                  "brain_mask": brain_file}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,25 +442,145 @@ def _geometry(image: sitk.Image) -> dict[str, list[float] | list[int]]:
     }
 
 
-def _check_labels(case: str, seg: sitk.Image, seg_target: sitk.Image,
-                  params: PreprocessParams) -> tuple[dict[str, dict[str, float]], float]:
-    """Region volumes on the native reference grid and on the target grid, and the relative change of
-    the whole tumour; ``qc_resampling`` when that change exceeds the threshold."""
+@dataclass(frozen=True)
+class _LabelCheck:
+    """What :func:`_check_labels` compared: region volumes on both grids, the whole tumour's change and
+    the allowance it was held to, and the lesions (tumour-core components) that vanished on the target grid."""
+
+    volumes: dict[str, dict[str, float]]
+    change: float
+    surface_mm2: float
+    allowance_mm3: float
+    lesions: Lesions
+
+    def as_qc(self) -> dict[str, Any]:
+        native, resampled = self.volumes["native"]["wt"], self.volumes["resampled"]["wt"]
+        return {"wt_native_mm3": native, "wt_resampled_mm3": resampled,
+                "wt_change_mm3": round(resampled - native, 4), "allowance_mm3": round(self.allowance_mm3, 4),
+                "surface_mm2": round(self.surface_mm2, 4), "lesions_native": self.lesions.count,
+                "lesions_vanished": self.lesions.vanished}
+
+
+def surface_area_mm2(labels: sitk.Image) -> float:
+    """Surface area (mm2) of the whole tumour (every non-zero label) of a label map: ITK's estimate from
+    the label's boundary (``LabelShapeStatisticsImageFilter`` perimeter, Crofton-style), 0 without tumour."""
+    array = sitk.GetArrayViewFromImage(labels) > 0
+    box = _bounding_box(array)
+    if box is None:
+        return 0.0
+    sub = sitk.GetImageFromArray(np.pad(array[box], 1).astype(np.uint8))
+    sub.SetSpacing(labels.GetSpacing())
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.ComputePerimeterOn()
+    shape.Execute(sub)
+    return float(shape.GetPerimeter(1))
+
+
+def resampling_allowance(native_mm3: float, surface_mm2: float, params: PreprocessParams) -> float:
+    """The largest whole-tumour volume change (mm3) resampling may cause: the largest of the relative limit
+    times the native volume, ``tumour_volume_band_voxels`` target voxels, and ``tumour_surface_band`` times
+    the native surface area times the largest target spacing (see :class:`PreprocessQC`)."""
+    qc, spacing = params.qc, params.target_spacing_mm
+    return max(qc.max_tumour_volume_change * native_mm3,
+               qc.tumour_volume_band_voxels * float(np.prod(spacing)),
+               qc.tumour_surface_band * surface_mm2 * max(spacing))
+
+
+def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
+    """The numpy slices of a mask's bounding box, or ``None`` for an empty mask."""
+    present = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(p.size == 0 for p in present):
+        return None
+    z, y, x = (slice(int(p[0]), int(p[-1]) + 1) for p in present)
+    return z, y, x
+
+
+@dataclass(frozen=True)
+class Lesions:
+    """The lesions of a native label map (tumour-core components, 26-connected) and those of them that
+    had no tumour-core voxel on the target grid (each with its native volume, centroid and whether it
+    was restored as one voxel)."""
+
+    count: int
+    vanished: list[dict[str, Any]]
+
+
+def resample_labels(seg: sitk.Image, grid: sitk.Image, interpolator: ops.Interpolator) -> tuple[sitk.Image, Lesions]:
+    """The label map on ``grid`` (``nearest`` or ``label_gaussian``), with every lesion kept.
+
+    A lesion smaller than the target voxels can fall between their centres (nearest neighbour) or be
+    smoothed away (label-aware Gaussian): no target voxel containing one of its voxels is NETC or ET. Such
+    a lesion is restored as the one target voxel holding its centroid, with its most common label, so that
+    the network and the intensity features still see every lesion; its volumes come from the native map.
+    A lesion whose centroid is off the grid (a label map outside its image) stays lost.
+    """
+    seg_target = ops.resample_onto(seg, grid, None, interpolator)
+    box = _bounding_box(np.isin(sitk.GetArrayViewFromImage(seg), (1, 3)))
+    if box is None:
+        return seg_target, Lesions(0, [])
+    z, y, x = box
+    native = seg[x, y, z]  # the tumour core's bounding box (its physical place kept): components cannot leave it
+    components = sitk.ConnectedComponent(sitk.Cast((native == 1) | (native == 3), sitk.sitkUInt8), True)
+    shape = sitk.LabelShapeStatisticsImageFilter()
+    shape.Execute(components)
+    labels = list(shape.GetLabels())
+    core_target = sitk.Cast((seg_target == 1) | (seg_target == 3), sitk.sitkUInt8)
+    back = sitk.GetArrayFromImage(ops.resample_onto(core_target, native, None, "nearest")) > 0
+    ids = sitk.GetArrayViewFromImage(components)
+    kept = set(np.unique(ids[back]).tolist())
+    values = sitk.GetArrayViewFromImage(native)
+    vanished = []
+    for label in labels:
+        if label in kept:
+            continue
+        centroid = shape.GetCentroid(label)
+        index = seg_target.TransformPhysicalPointToIndex(centroid)
+        inside = all(0 <= i < n for i, n in zip(index, seg_target.GetSize(), strict=True))
+        if inside:
+            counts = np.bincount(values[ids == label], minlength=4)
+            seg_target[index] = int(np.argmax(counts))  # NETC or ET: the only labels of a tumour-core component
+        vanished.append({"volume_mm3": round(shape.GetPhysicalSize(label), 4),
+                         "centroid_mm": [round(v, 2) for v in centroid], "restored": inside})
+    return seg_target, Lesions(len(labels), vanished)
+
+
+def _check_labels(case: str, seg: sitk.Image, seg_target: sitk.Image, lesions: Lesions,
+                  params: PreprocessParams) -> _LabelCheck:
+    """Region volumes on the native reference grid and on the target grid, the whole tumour's relative
+    change, and the allowance for it (:func:`resampling_allowance`); ``qc_resampling`` when the whole
+    tumour vanished on the target grid or changed by more than the allowance. Lesions that vanished are
+    recorded (features measure them on the native label map)."""
     native = ops.region_volumes_mm3(seg)
     resampled = ops.region_volumes_mm3(seg_target)
     wt_before, wt_after = native["wt"], resampled["wt"]
     change = abs(wt_after - wt_before) / wt_before if wt_before > 0 else 0.0
-    limit = params.qc.max_tumour_volume_change
-    if wt_before > 0 and change > limit:
-        spacing = "x".join(f"{v:g}" for v in params.target_spacing_mm)
+    surface = surface_area_mm2(seg) if wt_before > 0 else 0.0
+    allowance = resampling_allowance(wt_before, surface, params)
+    record = _LabelCheck({"native": native, "resampled": resampled}, change, surface, allowance, lesions)
+    spacing = "x".join(f"{v:g}" for v in params.target_spacing_mm)
+    geometry = "check that the label map was drawn on its reference image (same origin, spacing and direction)"
+    if wt_before > 0 and wt_after == 0:
         raise PatientDataError(
             "qc_resampling",
-            f"{case}: resampling the label map to {spacing} mm changed the whole-tumour volume by "
-            f"{change:.0%} ({wt_before:.0f} -> {wt_after:.0f} mm3), more than the allowed {limit:.0%} "
-            "(preprocess.qc.max_tumour_volume_change); use a finer preprocess.target_spacing_mm or "
-            "label_interpolator: label_gaussian, or check the tumour mask (tiny lesions vanish on coarse grids)",
+            f"{case}: the whole tumour ({wt_before:.0f} mm3, {lesions.count} lesion(s)) vanished when the label map "
+            f"was resampled to {spacing} mm (it lies outside the reference image's extent): the network and "
+            f"intensity features would see no tumour; {geometry}",
         )
-    return {"native": native, "resampled": resampled}, change
+    if wt_before > 0 and abs(wt_after - wt_before) > allowance:
+        raise PatientDataError(
+            "qc_resampling",
+            f"{case}: resampling the label map to {spacing} mm changed the whole-tumour volume by {change:.0%} "
+            f"({wt_before:.0f} -> {wt_after:.0f} mm3), more than the allowed {allowance:.0f} mm3 (the largest of "
+            f"{params.qc.max_tumour_volume_change:.0%} of the volume, preprocess.qc.tumour_volume_band_voxels and "
+            f"tumour_surface_band x its {surface:.0f} mm2 surface x the spacing); {geometry}, or use a finer "
+            "preprocess.target_spacing_mm",
+        )
+    if lesions.vanished:
+        log.info("%s: %d of %d lesion(s) (%s mm3) had no voxel on the %s mm grid (restored as one voxel where on "
+                 "the grid); volumetric and shape features measure them on the native label map", case,
+                 len(lesions.vanished), lesions.count, ", ".join(f"{v['volume_mm3']:.0f}" for v in lesions.vanished),
+                 spacing)
+    return record
 
 
 def _check_registration(case: str, sequence: str, reference: str, result: ops.RegistrationResult,

@@ -5,7 +5,9 @@
 output folder
 ``<work_dir>/preprocess/<site>/<case id>/<key>/`` is named by a key made of the ingested images' key
 (itself content-derived), the ``preprocess`` params section, the site's acquisition facts and the
-version of this package's code. A finished folder holds ``qc.json`` and the images, or
+version of this package's code. A finished folder holds ``qc.json`` and the images (with the label map
+on the target grid, ``seg``, and at its native resolution, ``seg_native``: the loaded :class:`Patient`'s
+``mask`` and ``native_mask``), or
 ``quarantine.json`` when the patient failed a QC threshold; either way it is reused, not recomputed.
 """
 
@@ -132,6 +134,7 @@ class Preprocess(Stage[PatientOutcome]):
                 brain_mask=folder / files["brain_mask"],
                 key=key,
                 qc=qc,
+                native_mask=folder / files["mask_native"] if files.get("mask_native") else None,
             )
             return PatientOutcome(site, case_id, key, patient)
         if (folder / QUARANTINE_FILE).is_file():

@@ -22,6 +22,7 @@ from survival_model.features.volumetric import (
     volumetric_features,
 )
 from survival_model.imageio import write_parquet
+from survival_model.preprocess import ops
 from survival_model.synthetic.phantom import Grid, brain_mask, render_case, sample_head, sample_lesions
 
 
@@ -81,6 +82,35 @@ def test_radiomics_can_be_switched_off(patient: dict[str, Path]) -> None:
     row = feature_row("case-1", "site_a", images(patient), patient["seg"], params)
     assert not any(k.startswith("rad_") for k in row)
     assert not any(k.startswith("int_") and "_t1c_" not in k for k in row)
+
+
+def test_volumes_and_shape_come_from_the_native_label_map_intensities_and_texture_from_the_resampled(
+    patient: dict[str, Path], tmp_path: Path
+) -> None:
+    seg = sitk.ReadImage(str(patient["seg"]))
+    native = ops.resample_onto(seg, ops.target_grid(seg, (1.5, 1.5, 1.5), "LPS"), None, "nearest")
+    array = sitk.GetArrayFromImage(native)
+    array[2:5, 2:5, 2:5] = 3  # a 91 mm3 lesion only the native map has (lost by the coarse grid, say)
+    drawn = sitk.GetImageFromArray(array)
+    drawn.CopyInformation(native)
+    native_path = tmp_path / "seg_native.nii.gz"
+    sitk.WriteImage(drawn, str(native_path))
+    params = FeaturesParams(radiomics=RadiomicsParams(regions=["wt"], sequences=["t1c"]), intensity_sequences=["t1c"])
+
+    row = feature_row("case-1", "site_a", images(patient), patient["seg"], params, native_path)
+    plain = feature_row("case-1", "site_a", images(patient), patient["seg"], params)
+
+    assert {k: row[k] for k in VOLUMETRIC_COLUMNS} == volumetric_features(native_path, params)
+    assert row["vol_lesion_count"] == plain["vol_lesion_count"] + 1
+    assert row["vol_et_mm3"] == pytest.approx(np.count_nonzero(array == 3) * 1.5 ** 3)
+    shape = {k: v for k, v in row.items() if k.startswith("rad_wt_shape_")}
+    assert shape and shape == pytest.approx(
+        {k: v for k, v in radiomics_features(images(patient), patient["seg"], params.radiomics, native_path).items()
+         if k.startswith("rad_wt_shape_")})
+    assert shape["rad_wt_shape_voxelvolume"] == pytest.approx(row["vol_wt_mm3"])
+    assert shape["rad_wt_shape_voxelvolume"] != pytest.approx(plain["rad_wt_shape_voxelvolume"])
+    same = [k for k in row if k.startswith(("int_", "rad_wt_t1c_"))]
+    assert same and {k: row[k] for k in same} == pytest.approx({k: plain[k] for k in same}, nan_ok=True)
 
 
 def rows() -> list[dict[str, Any]]:

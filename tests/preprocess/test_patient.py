@@ -116,7 +116,7 @@ def test_written_files_are_on_one_grid_in_the_declared_orientation(
     case, qc, out = request.getfixturevalue(fixture)
     assert json.loads(json.dumps(qc)) == qc  # JSON-serialisable as it is
     names = [*qc["files"]["sequences"].values(), qc["files"]["mask"], qc["files"]["brain_mask"]]
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, qc["files"]["mask_native"]])
     assert sorted(qc["files"]["sequences"]) == sorted(case.patient.images)
     images = {name: read(out, name) for name in names}
     first = images[names[0]]
@@ -128,6 +128,12 @@ def test_written_files_are_on_one_grid_in_the_declared_orientation(
     assert images["seg.nii.gz"].GetPixelID() == sitk.sitkUInt8
     assert images["brain_mask.nii.gz"].GetPixelID() == sitk.sitkUInt8
     assert all(images[f].GetPixelID() == sitk.sitkFloat32 for f in qc["files"]["sequences"].values())
+    # the label map at native resolution: the ingested one on the reference's own grid, reoriented, as drawn
+    native = read(out, qc["files"]["mask_native"])
+    ingested = ops.reorient(sitk.ReadImage(str(case.patient.mask)), "LPS")
+    assert qc["files"]["mask_native"] == "seg_native.nii.gz" and native.GetPixelID() == sitk.sitkUInt8
+    assert ops.same_grid(native, ingested, tolerance=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(native), sitk.GetArrayViewFromImage(ingested))
 
 
 def test_declared_orientation_other_than_lps(tmp_path: Path) -> None:
@@ -154,6 +160,11 @@ def test_output_labels_keep_their_values_and_sit_on_the_true_tumour(
         assert volumes["resampled"]["wt"] == pytest.approx(volumes["native"]["wt"], rel=tolerance)
         assert qc["tumour_volume_change"] == pytest.approx(
             abs(volumes["resampled"]["wt"] - volumes["native"]["wt"]) / volumes["native"]["wt"])
+        resampling = qc["resampling"]
+        assert resampling["wt_native_mm3"] == volumes["native"]["wt"]
+        assert resampling["wt_change_mm3"] == pytest.approx(volumes["resampled"]["wt"] - volumes["native"]["wt"])
+        assert abs(resampling["wt_change_mm3"]) <= resampling["allowance_mm3"]
+        assert resampling["lesions_native"] == len(case.lesions) and resampling["lesions_vanished"] == []
         brain = sitk.GetArrayFromImage(read(out, "brain_mask.nii.gz"))
         assert np.all(brain[values > 0] == 1)  # the tumour is always inside the brain mask
 
@@ -295,7 +306,7 @@ def test_two_runs_give_identical_arrays(tmp_path: Path) -> None:
     p = fast(target_spacing_mm=(4.0, 4.0, 4.0), n4={"shrink_factor": 1, "iterations": [20, 20]})
     first, second = run(case, tmp_path / "a", p), run(case, tmp_path / "b", p)
     assert {k: v for k, v in first.items() if k != "timings_s"} == {k: v for k, v in second.items() if k != "timings_s"}
-    for name in [*first["files"]["sequences"].values(), "seg.nii.gz", "brain_mask.nii.gz"]:
+    for name in [*first["files"]["sequences"].values(), "seg.nii.gz", "seg_native.nii.gz", "brain_mask.nii.gz"]:
         a, b = read(tmp_path / "a", name), read(tmp_path / "b", name)
         assert ops.same_grid(a, b, tolerance=0.0)
         np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
@@ -351,16 +362,30 @@ def test_qc_registration_for_a_sequence_that_does_not_show_the_patient(tmp_path:
     assert info.value.reason == "qc_registration"
 
 
-def test_qc_resampling_for_a_tumour_too_small_for_the_target_grid(tmp_path: Path) -> None:
+def test_a_tumour_smaller_than_one_target_voxel_is_kept_as_one_voxel(tmp_path: Path) -> None:
+    # Once quarantined (qc_resampling): the volumes are measured on the native label map now.
     case = write_case(tmp_path / "in", "site_a", 9, SMALL_GRID, sequences=("t1c", "t2w"))
     seg = sitk.ReadImage(str(case.patient.mask))
     tiny = np.zeros(sitk.GetArrayViewFromImage(seg).shape, dtype=np.uint8)
     tiny[15, 24, 24] = 3  # one 5 mm voxel of enhancing tumour, resampled to 12 mm voxels
     write_image(to_image(tiny, grid_of(seg)), case.patient.mask)
+    qc = run(case, tmp_path / "out", fast(target_spacing_mm=(12.0, 12.0, 12.0)))
+    assert qc["region_volumes_mm3"]["native"]["wt"] == 125.0
+    assert qc["region_volumes_mm3"]["resampled"]["wt"] == 12.0 ** 3  # one target voxel, found or restored
+    assert qc["resampling"]["allowance_mm3"] >= 12.0 ** 3 - 125.0
+    native = sitk.GetArrayFromImage(read(tmp_path / "out", qc["files"]["mask_native"]))
+    assert np.count_nonzero(native) == 1 and native.max() == 3
+
+
+def test_qc_resampling_for_a_label_map_off_its_images(tmp_path: Path) -> None:
+    case = write_case(tmp_path / "in", "site_a", 12, SMALL_GRID, sequences=("t1c", "t2w"))
+    seg = sitk.ReadImage(str(case.patient.mask))
+    seg.SetOrigin([v - 400.0 for v in seg.GetOrigin()])  # drawn on another series: outside the reference
+    write_image(seg, case.patient.mask)
     (tmp_path / "out").mkdir()
-    with pytest.raises(PatientDataError, match=r"site_a-9: resampling the label map to 12x12x12 mm changed the "
-                                               r"whole-tumour volume by \d+% \(125 -> \d+ mm3\)") as info:
-        preprocess_patient(case.patient, case.site, fast(target_spacing_mm=(12.0, 12.0, 12.0)), tmp_path / "out")
+    with pytest.raises(PatientDataError, match=r"site_a-12: the whole tumour \(\d+ mm3, 2 lesion\(s\)\) vanished "
+                                               r"when the label map was resampled to 5x5x5 mm") as info:
+        preprocess_patient(case.patient, case.site, fast(), tmp_path / "out")
     assert info.value.reason == "qc_resampling"
 
 
