@@ -148,7 +148,7 @@ def test_each_patients_sequences_are_recorded_and_counted_per_site(tmp_path: Pat
     two.patient.images["t2w"] = Path("/w/b-1/t2w.nii.gz")  # type: ignore[union-attr]
     outcomes = [outcome("a-1"), outcome("a-2"), two]
     results = [clinical(tmp_path, "a", [row("a-1"), row("a-2")]), clinical(tmp_path, "b", [row("b-1")])]
-    cohort, records = assemble(outcomes, results, IngestParams())
+    cohort, _ = assemble(outcomes, results, IngestParams())
     assert cohort["qc_sequences"].tolist() == ["t1c", "t1c", "t1c+t2w"]
     summary = {**summarise(cohort, pd.DataFrame(columns=["site", "case_id", "reason"]), ["a", "b"]),
                "fingerprint": "f"}

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from survival_model.config import ImageInputParams
 from survival_model.errors import ConfigError, PatientDataError
+from survival_model.imageio import read_json
 from survival_model.models.inputs import (
     ImageInput,
     build_image_input,
@@ -20,7 +21,6 @@ from survival_model.models.inputs import (
     slice_positions,
 )
 from survival_model.patient import Patient
-from survival_model.imageio import read_json
 from survival_model.stage import run, short
 
 SHAPE = (30, 40, 40)  # z, y, x
