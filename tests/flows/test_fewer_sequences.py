@@ -3,7 +3,7 @@ T1c (its other files stay on disk, undeclared), site C only T1c and T2w (its T1 
 site B all four. Ingestion, imaging, training, evaluation, registry and prediction run; the patients of A and C
 are not quarantined for the sequences their site does not declare, their feature columns of those sequences
 are NaN (finite for the ones they have), their network input has zero channels for them, and the registered
-model predicts them.
+model predicts them. With T1n declared nowhere, training refuses the network's T1n channel.
 
 Site A is the one-sequence site because it is skull-stripped: on the synthetic heads with skull the
 morphological brain mask from T1 alone (``preprocess.ops.compute_brain_mask``) misses the brain volume QC; a
@@ -19,10 +19,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows.imaging import imaging
 from flows.ingest import ingest
 from flows.pipeline import pipeline
 from flows.predict import predict
+from flows.training import training
 from survival_model.config import SEQUENCES, load_params
+from survival_model.errors import ConfigError
 from survival_model.imageio import read_json
 from survival_model.training.splits import in_test_set
 from tests.conftest import PIPELINE_SETTINGS, REPO, overrides_for
@@ -100,3 +103,14 @@ def test_sites_with_one_and_two_sequences_run_end_to_end(tiny_cohort: Path, tmp_
     assert set(DECLARED) <= set(predictions["site"])
     assert set(table["case_id"]) <= set(predictions["case_id"])
     assert np.isfinite(predictions["risk"]).all()
+
+    # site B without T1n too: no patient has it, and the network's T1n channel is refused, naming the fix
+    no_t1n = {**overrides, "institutions.site_b.images.sequences": {
+        "t1c": "{case}_T1GD.nrrd", "t2w": "{case}_T2.nrrd", "t2f": "{case}_FLAIR.nrrd"}}
+    cohort_result = ingest(load_params(REPO / "params.yaml", no_t1n))
+    no_t1n["training.splits.seed"] = seed_for(cohort_result.cohort(), settings["training.splits.test_fraction"])
+    params = load_params(REPO / "params.yaml", no_t1n)
+    table_result = imaging(params, cohort_result)
+    assert table_result.table().filter(like="_t1n_").isna().all().all()
+    with pytest.raises(ConfigError, match=r"training.inputs.sequences lists t1n, which none of the \d+ patient"):
+        training(params, cohort_result, table_result)
