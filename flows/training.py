@@ -17,7 +17,7 @@ from survival_model.evaluation.oracle import oracle_risk
 from survival_model.features.stage import FeatureTable
 from survival_model.imageio import write_text
 from survival_model.ingest.cohort import CohortResult
-from survival_model.models.inputs import ImageInput
+from survival_model.models.inputs import ImageInput, check_sequences_present
 from survival_model.preprocess.stage import preprocessed_patients
 from survival_model.training import devices
 from survival_model.training.folds import STAGE, TrainFold, uses_images
@@ -75,6 +75,10 @@ def training(params: Params, cohort: CohortResult, table: FeatureTable) -> Train
     logger.info("splits %s (%s): %d test patients (%.1f%%, %d deaths), %d development patients in %d folds (%s)",
                 splits.fingerprint[:12], splits.rule, len(splits.test), 100 * splits.strata["test"]["fraction"],
                 splits.strata["test"]["events"], len(splits.development), len(splits.folds), splits_path)
+    if uses_images(tp.network):  # a sequence channel no development patient has cannot be learned: refused
+        present = check_sequences_present(tp.inputs, {c: patients[c].images for c in splits.development})
+        logger.info("image channels: development patients with each sequence (zeros where absent): %s",
+                    ", ".join(f"{s} {n}/{len(splits.development)}" for s, n in present.items()))
     inputs = {c: ImageInput(p, tp.inputs, params.work_dir) for c, p in patients.items()}
     folds = tuple(TrainFold(f, table, inputs, tp, params.work_dir) for f in splits.folds)
     score = ScoreEnsemble(folds, table, inputs, splits, splits_path, tp, params.evaluation, oracle_scores(params),

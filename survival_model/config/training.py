@@ -57,7 +57,9 @@ class ImageInputParams(StrictModel):
     roi: Literal["lesion", "tumour"] = "lesion"
     window_mm: float = Field(80.0, gt=0, le=400)
     roi_margin_mm: float = Field(15.0, ge=0)
-    #: Image channels, in this order; a sequence a patient lacks is a channel of zeros (z-score 0).
+    #: Image channels, in this order; a sequence a patient lacks (its site does not declare it) is a channel of
+    #: zeros (z-score 0: the brain's mean), listed in its input's manifest; a sequence no development patient has
+    #: is an error at training (a channel of zeros for everyone cannot be learned): leave it out here.
     sequences: list[SequenceName] = Field(default_factory=lambda: list(SEQUENCES))
     #: Region masks appended as extra 0/1 channels (optional).
     mask_channels: list[MaskChannel] = Field(default_factory=lambda: _mask_channels("et", "netc", "snfh"))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from survival_model.config import EvaluationParams
+from survival_model.config import SEQUENCES, EvaluationParams
 from survival_model.evaluation import plots
 from survival_model.evaluation.oof import groups_for, horizons_inside
 from survival_model.evaluation.scores import (
@@ -54,6 +54,36 @@ class Finding:
 
     level: str
     text: str
+
+
+def absent_sequences(table: pd.DataFrame) -> dict[str, list[str]]:
+    """Per site, the sequences none of its patients has: every ``int_*_<seq>_*`` / ``rad_*_<seq>_*`` feature of
+    the sequence NaN for the whole site (a site that does not declare it). Sites missing none are left out."""
+    out: dict[str, list[str]] = {}
+    for site, rows_of_site in table.groupby(table["site"].astype(str), sort=True):
+        lacking: list[str] = []
+        for seq in SEQUENCES:
+            columns = [c for c in table.columns if c.startswith(("int_", "rad_")) and f"_{seq}_" in c]
+            if columns and rows_of_site[columns].isna().all().all():
+                lacking.append(seq)
+        if lacking:
+            out[str(site)] = lacking
+    return out
+
+
+def sequence_findings(table: pd.DataFrame) -> list[Finding]:
+    """A note naming the sites without some sequence, and what the pipeline did with it."""
+    lacking = absent_sequences(table)
+    if not lacking:
+        return []
+    sites = "; ".join(f"{site}: {', '.join(seqs)}" for site, seqs in lacking.items())
+    everywhere = [s for s in SEQUENCES if all(s in lacking.get(str(site), []) for site in table["site"].unique())]
+    text = (f"sequences absent for a whole site ({sites}): their intensity and radiomics features are NaN there "
+            "(imputed inside each fold, with a missing-value indicator that is a site indicator; ComBat estimates "
+            "their site effects among the sites that have them) and their image channels are zeros")
+    if everywhere:
+        text += f"; {', '.join(everywhere)} absent for every patient: no model can use them"
+    return [Finding("note", text)]
 
 
 def split_integrity(splits: Splits, table: pd.DataFrame) -> tuple[list[str], list[Finding]]:
@@ -444,6 +474,7 @@ def write_report(folder: Path, *, table: pd.DataFrame, splits: Splits, compariso
     selected, selection = selection_findings(splits, fold_summaries, key_fingerprint)
     checks += selected
     found += selection + oof_warnings(oof, evaluation) + result_warnings(comparison, evaluation, test)
+    found += sequence_findings(table)
     if test_set_decisions:
         found.append(Finding("note", f"the locked test set has served {test_set_decisions} promotion-gate "
                                      "decision(s) before this evaluation: its scores of a model the gate chose there "

@@ -23,8 +23,14 @@ Missing values (ComBat itself accepts none), decided on the training rows:
 * columns without NaN are harmonised together (their empirical-Bayes priors pooled);
 * columns with NaN are grouped by their missingness pattern (e.g. all ``netc`` features are missing
   for the patients without necrosis) and each group is harmonised on the rows where it is observed.
-  A group with fewer than 2 observed rows in some training site cannot be estimated for that site:
+  A group with exactly 1 observed row in some training site cannot be estimated for that site:
   it passes through unchanged, with a warning;
+* a group not observed at all in a training site (e.g. ``int_*_t2f`` at a site that does not acquire FLAIR:
+  all NaN there) is harmonised among the sites where it is observed, when there are at least two of them
+  (``absent_sites_`` records, per column, the sites left out); observed in one site only, it has no site
+  effect to estimate and passes through unchanged, with a warning. A column NaN for the whole cohort is
+  constant (above). At transform time a value of such a column in a site its fit left out (the site
+  acquired the sequence for new patients only) passes through unchanged: its effect was never estimated;
 * at transform time NaN stays NaN; the other values of a row are harmonised as usual (Johnson's and
   Fortin's ComBat adjust each feature separately, so a missing value does not affect the others; this
   is why the PCA-based CovBat (``chen``) is not offered).
@@ -70,6 +76,7 @@ class _Group:
     columns: list[str]
     model: Any  # combatlearn.ComBat
     fill: pd.Series  # training means, used for NaN while transforming (see the module docstring)
+    sites: list[str]  # the sites the model was fitted on (where the group is observed)
 
 
 class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -185,6 +192,7 @@ class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         covariates = self._covariate_frame(frame, fitting=True)
         features = frame[self.feature_columns_].astype("float64").reset_index(drop=True)
         self.passthrough_: dict[str, str] = {}
+        self.absent_sites_: dict[str, list[str]] = {}
         self.groups_: list[_Group] = []
         if len(self.sites_) < 2:
             warnings.warn(f"only one site ({self.sites_[0]!r}) in the fitting data: nothing to harmonise, "
@@ -205,13 +213,24 @@ class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             rows = ~np.frombuffer(key, dtype=bool)
             group_sites = sites[rows]
             per_site = group_sites.value_counts().reindex(self.sites_, fill_value=0)
-            if (per_site < 2).any():
-                thin = sorted(str(s) for s in per_site[per_site < 2].index)
+            seen_sites = [str(s) for s in self.sites_ if per_site[s] > 0]
+            if (per_site == 1).any():
+                thin = sorted(str(s) for s in per_site[per_site == 1].index)
                 warnings.warn(
                     f"{len(columns)} feature column(s) (e.g. {columns[0]!r}) have fewer than 2 observed values in "
                     f"site(s) {thin}: left unharmonised", UserWarning, stacklevel=2)
                 self.passthrough_.update(dict.fromkeys(columns, f"fewer than 2 observed rows in site(s) {thin}"))
                 continue
+            if len(seen_sites) < 2:
+                warnings.warn(
+                    f"{len(columns)} feature column(s) (e.g. {columns[0]!r}) are observed in site {seen_sites[0]!r} "
+                    "only (the other sites lack them, e.g. a sequence they do not acquire): no site effect to "
+                    "estimate, left unharmonised", UserWarning, stacklevel=2)
+                self.passthrough_.update(dict.fromkeys(columns, f"observed in site {seen_sites[0]!r} only"))
+                continue
+            absent = [str(s) for s in self.sites_ if per_site[s] == 0]
+            if absent:
+                self.absent_sites_.update({c: absent for c in columns})
             index = pd.RangeIndex(int(rows.sum()))
             data = features.loc[rows, columns].set_axis(index)
             batch = group_sites.set_axis(index)
@@ -221,7 +240,7 @@ class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 # One column: empirical Bayes has nothing to pool, ComBat is per-site standardisation (fine).
                 warnings.filterwarnings("ignore", message="Only one feature")
                 model.fit(data)
-            self.groups_.append(_Group(columns, model, data.mean(axis=0)))
+            self.groups_.append(_Group(columns, model, data.mean(axis=0), seen_sites))
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803 - scikit-learn's name
@@ -242,6 +261,13 @@ class SiteHarmoniser(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             values = frame[group.columns].astype("float64").reset_index(drop=True)
             nan = values.isna()
             rows = ~nan.all(axis=1).to_numpy()
+            fitted_site = sites.isin(group.sites).to_numpy()
+            if (rows & ~fitted_site).any():
+                others = sorted(set(sites[rows & ~fitted_site]))
+                warnings.warn(f"{len(group.columns)} feature column(s) (e.g. {group.columns[0]!r}) have values in "
+                              f"site(s) {others}, where the harmoniser's training rows had none: left "
+                              "unharmonised there", UserWarning, stacklevel=2)
+            rows &= fitted_site
             if not rows.any():
                 continue
             index = pd.RangeIndex(int(rows.sum()))

@@ -48,6 +48,8 @@ from survival_model.stage import Stage, WholeStage, relative_to, run
 STAGE = "ingest_cohort"
 REPORT_FILES = ("summary.json", "summary.md", "quarantine.csv", "cohort_summary.png")
 PATH_COLUMNS = [*(f"path_{s}" for s in SEQUENCES), "path_mask", "path_brain_mask"]
+#: The patient's ingested sequences, in canonical order, joined by ``+`` (e.g. ``t1c+t2w``): what its site declares.
+SEQUENCES_COLUMN = "qc_sequences"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class CohortResult:
         return [self.folder / name for name in REPORT_FILES]
 
 
+def sequences_label(images: Mapping[str, Any]) -> str:
+    """The sequences among ``images``' keys in canonical order, joined by ``+`` (``t1c+t2w``)."""
+    return "+".join(s for s in SEQUENCES if s in images)
+
+
 def _image_row(outcome: PatientOutcome) -> dict[str, Any]:
     patient = outcome.patient
     if patient is None:  # pragma: no cover - only called for ok outcomes
@@ -88,6 +95,7 @@ def _image_row(outcome: PatientOutcome) -> dict[str, Any]:
         row[f"path_{seq}"] = str(path) if path is not None else None
     row["path_mask"] = str(patient.mask)
     row["path_brain_mask"] = str(patient.brain_mask) if patient.brain_mask is not None else None
+    row[SEQUENCES_COLUMN] = sequences_label(patient.images)
     row["qc_tumour_components"] = int(patient.qc["tumour_components"])
     row["qc_mask_geometry_fixed"] = bool(patient.qc["mask_geometry_fixed"])
     return row
@@ -150,7 +158,7 @@ def assemble(
     image_frame = pd.DataFrame([_image_row(o) for o in ok.values()])
     if image_frame.empty:
         image_frame = pd.DataFrame(columns=["case_id", "images_key", "source_digest", *PATH_COLUMNS,
-                                            "qc_tumour_components", "qc_mask_geometry_fixed"])
+                                            SEQUENCES_COLUMN, "qc_tumour_components", "qc_mask_geometry_fixed"])
     cohort = clinical_rows.merge(image_frame, on="case_id", how="inner")
     if params.check_lesion_count and not cohort.empty:
         declared = cohort["n_brain_mets"]
@@ -227,7 +235,20 @@ def summarise(cohort: pd.DataFrame, quarantine: pd.DataFrame, sites: Sequence[st
         "quarantine_by_reason": {str(k): int(v) for k, v in sorted(reasons.items())},
         "sites": per_site,
         "missing_per_field": {f: int(cohort[f].isna().sum()) for f in CLINICAL_FIELDS if f in cohort},
+        "sequences": sequence_counts(cohort, sites),
     }
+
+
+def sequence_counts(cohort: pd.DataFrame, sites: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per site, how many of its cohort patients have each sequence (the sequences it declares; a sequence
+    it does not declare is absent for all its patients: NaN features, a channel of zeros in the network)."""
+    counts: dict[str, dict[str, int]] = {}
+    for site in sites:
+        labels: list[Any] = (list(cohort.loc[cohort["site"] == site, SEQUENCES_COLUMN])
+                             if SEQUENCES_COLUMN in cohort else [])
+        present = Counter(s for label in labels if isinstance(label, str) for s in label.split("+") if s)
+        counts[site] = {s: int(present.get(s, 0)) for s in SEQUENCES}
+    return counts
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,8 @@ def _validate_and_write(
     if missing:
         patterns = ", ".join(f"{s}: '{case.expected.get(s, '?')}'" for s in missing)
         raise PatientDataError("missing_sequence",
-                               f"{case_id}: sequence(s) {', '.join(missing)} not found ({patterns})")
+                               f"{case_id}: sequence(s) {', '.join(missing)} not found ({patterns}); a sequence the "
+                               "site does not acquire is left out of institutions.<site>.images.sequences")
     if case.mask is None:
         raise PatientDataError("missing_segmentation", f"{case_id}: no segmentation found "
                                                        f"(pattern '{case.expected.get('mask', '?')}')")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from survival_model.config import SEQUENCES
 from survival_model.imageio import write_bytes
 from survival_model.ingest.clinical import has_outcome
 from survival_model.quarantine import REASONS
@@ -78,6 +79,7 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
         for reason, n in summary["quarantine_by_reason"].items():
             lines.append(f"| `{reason}` | {n} | {REASONS.get(reason, '')} |")
     lines += _fallback_lines(summary)
+    lines += _sequence_lines(summary)
     errors = {**summary.get("clinical_errors", {}), **summary.get("image_source_errors", {})}
     if errors:
         lines += ["", "**Site-level errors** (every patient of the site is quarantined):", ""]
@@ -85,6 +87,22 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
     if run_link:
         lines += ["", f"MLflow run: {run_link}"]
     return "\n".join(lines) + "\n"
+
+
+def _sequence_lines(summary: dict[str, Any]) -> list[str]:
+    """Patients per sequence and site, shown where some site's patients lack a sequence (a site that declares
+    fewer sequences): those sequences' features are NaN and their network channels zeros for those patients."""
+    counts: dict[str, dict[str, int]] = summary.get("sequences") or {}
+    patients = {site: s["patients"] for site, s in summary["sites"].items()}
+    if all(n == patients.get(site, 0) for site, per in counts.items() for n in per.values()):
+        return []
+    names = [s for s in SEQUENCES if any(s in per for per in counts.values())]
+    lines = ["", "**Sequences per site** (patients with each; a sequence a patient lacks gives NaN features and "
+             "a channel of zeros in the network's image input):", "",
+             "| site | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for site, per in counts.items():
+        lines.append(f"| {site} | " + " | ".join(f"{per.get(s, 0)}/{patients.get(site, 0)}" for s in names) + " |")
+    return lines
 
 
 def _fallback_lines(summary: dict[str, Any]) -> list[str]:

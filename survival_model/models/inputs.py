@@ -15,8 +15,12 @@ default, so numpy axis 0 is the axial direction; intensities z-scored inside the
   The square is taken from the image with zero padding where it leaves the grid (0 = the brain's mean,
   and outside the brain) and resized to S x S: images bilinearly (``torch.nn.functional.interpolate``,
   antialiased when shrinking), masks by nearest neighbour so they stay 0/1.
-- **Channels.** ``ImageInputParams.sequences`` in order (a sequence the patient lacks is zeros), then
-  ``mask_channels`` (region masks, 0/1).
+- **Channels.** ``ImageInputParams.sequences`` in order, then ``mask_channels`` (region masks, 0/1). A sequence
+  the patient lacks (its site does not declare it) is a channel of zeros: the value of the brain's mean after
+  normalisation, which augmentation leaves at zero (it jitters non-zero voxels only); the manifest lists those
+  channels (``absent_sequences``). A sequence that none of the patients a model trains on has is refused
+  (:func:`check_sequences_present`): a channel of zeros in training cannot be learned, and a patient that has
+  the sequence would later meet untrained weights.
 
 The array is float32. :class:`ImageInput` (a :class:`survival_model.stage.Stage`) writes it once per patient
 under a content key (the patient's preprocessing key, these params and this module's code version):
@@ -36,7 +40,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from survival_model.config import ImageInputParams
-from survival_model.errors import PatientDataError
+from survival_model.errors import ConfigError, PatientDataError
 from survival_model.features.volumetric import region_mask
 from survival_model.fingerprint import code_version, stable_hash
 from survival_model.imageio import ImageReadError, read_image, read_json, write_json
@@ -184,6 +188,27 @@ def region_planes(seg: Path, params: ImageInputParams, regions: Sequence[str]) -
     return _region_planes(labels, positions, roi, params, regions)
 
 
+def absent_sequences(images: Mapping[str, Path], params: ImageInputParams) -> list[str]:
+    """The input's sequence channels that a patient with these ``images`` lacks (zeros in its input)."""
+    return [s for s in params.sequences if s not in images]
+
+
+def check_sequences_present(params: ImageInputParams, images: Mapping[str, Mapping[str, Path]]) -> dict[str, int]:
+    """How many of the patients (case id -> its preprocessed images) have each sequence channel of ``params``;
+    :class:`~survival_model.errors.ConfigError` when one of them is absent for every patient (no site of theirs
+    declares it): a channel that is zeros for every training patient teaches the network nothing, and a
+    patient that has the sequence would meet untrained weights. Remove it from ``training.inputs.sequences``."""
+    counts: dict[str, int] = {s: sum(1 for patient in images.values() if s in patient) for s in params.sequences}
+    unused = [s for s, n in counts.items() if n == 0]
+    if images and unused:
+        raise ConfigError(
+            f"training.inputs.sequences lists {', '.join(unused)}, which none of the {len(images)} patient(s) the "
+            "network trains on has (their sites do not declare it): a channel of zeros for every patient cannot be "
+            f"learned; remove {', '.join(unused)} from training.inputs.sequences (patients per sequence: "
+            f"{', '.join(f'{s} {n}' for s, n in counts.items())})")
+    return counts
+
+
 @dataclass(frozen=True)
 class ImageInput(Stage[Path]):
     """One preprocessed patient's ``(K, C, S, S)`` input in ``<work_dir>/inputs/<site>/<case id>/<key[:16]>/``
@@ -213,7 +238,8 @@ class ImageInput(Stage[Path]):
         array = build_image_input(p.images, p.mask, self.params)
         np.save(tmp / INPUT_FILE, array, allow_pickle=False)
         write_json({"case_id": p.case_id, "site": p.site, "key": self.key(), "shape": list(array.shape),
-                    "channels": [*self.params.sequences, *self.params.mask_channels]}, tmp / MANIFEST_FILE)
+                    "channels": [*self.params.sequences, *self.params.mask_channels],
+                    "absent_sequences": absent_sequences(p.images, self.params)}, tmp / MANIFEST_FILE)
 
     def load(self, folder: Path) -> Path | None:
         return folder / INPUT_FILE if all(p.is_file() for p in self.outputs(folder)) else None

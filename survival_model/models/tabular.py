@@ -17,6 +17,14 @@ rad_*``). Steps, each fitted on the training rows and then applied unchanged to 
    fold has the same width) and standardised; categories imputed as ``missing`` and one-hot
    encoded (a category unseen in training is all zeros).
 
+Sequences a site does not acquire: their ``int_*`` / ``rad_*`` columns are NaN for the site's patients, so they
+are imputed with the median of the training patients who have the sequence, and their missing-value
+indicator is then the indicator of the sites without it (a site effect, not biology: ComBat (``harmonise``)
+estimates site effects only among the sites that have the column). A column no training patient has
+(a sequence no training site acquires) stays missing for every row the pipeline transforms later, even a
+patient that has it (``FeatureColumns`` sets it to NaN): the model never learned a weight for it, so it is
+a constant 0 for every patient.
+
 ``fit`` takes the survival outcome as ``y`` (scikit-survival's structured array, ``Surv.from_arrays``)
 because the radiomics ranking needs it; no other step sees it.
 """
@@ -72,6 +80,9 @@ class FeatureColumns(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         if absent:
             raise ValueError(f"the clinical score(s) {list(self.scores)} need column(s) {absent}, absent from the "
                              "feature table")
+        # columns without a single training value (a sequence no training patient has: NaN in every row) are
+        # missing for every row they meet later too: a value there would enter at a weight never trained
+        self.empty_ = [c for c in outputs if c in X.columns and X[c].isna().all()]
         self.columns_ = list(dict.fromkeys([*outputs, *score_inputs]))  # every feature-table column read
         self.logged_ = [c for c in outputs if any(fnmatch.fnmatchcase(str(c), p) for p in self.log_columns)]
         self.outputs_ = [*outputs, *(f"score_{s}" for s in self.scores)]
@@ -91,6 +102,9 @@ class FeatureColumns(TransformerMixin, BaseEstimator):  # type: ignore[misc]
                 out[column] = values.astype(object).where(values.notna(), np.nan)
         for column in self.logged_:
             out[column] = np.log1p(np.clip(np.asarray(out[column], dtype=float), 0.0, None))
+        for column in getattr(self, "empty_", ()):  # (a pipeline packaged before empty_ existed has none)
+            values = pd.Series(out[column], index=X.index)
+            out[column] = values.where(pd.Series(False, index=X.index))  # every value missing, its dtype kept
         for name in self.scores:
             out[f"score_{name}"] = SCORES[name](X)[0]
         return pd.DataFrame(out, index=X.index)

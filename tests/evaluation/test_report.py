@@ -225,3 +225,20 @@ def test_a_calibration_plot_is_drawn_only_at_a_horizon_with_a_table(cohort: tupl
     assert ("dev", 6) in drawn["calibration"] and ("dev", 60) not in drawn["calibration"]
     assert (tmp_path / "again" / "calibration_dev_6m.png").is_file()
     assert not (tmp_path / "again" / "calibration_dev_60m.png").exists()
+
+
+def test_sequences_a_whole_site_lacks_are_noted() -> None:
+    from survival_model.evaluation.report import absent_sequences, sequence_findings
+
+    table = pd.DataFrame({"site": ["a", "a", "b", "b"],
+                          "int_wt_t1c_mean": [1.0, 2.0, 3.0, 4.0],
+                          "int_wt_t2f_mean": [np.nan, np.nan, 3.0, np.nan],  # b: one patient has FLAIR
+                          "rad_wt_t2f_firstorder_mean": [np.nan, np.nan, 1.0, np.nan],
+                          "int_wt_t2w_mean": [np.nan] * 4, "int_wt_t1n_mean": [np.nan] * 4})
+    assert absent_sequences(table) == {"a": ["t1n", "t2w", "t2f"], "b": ["t1n", "t2w"]}
+    (note,) = sequence_findings(table)
+    assert note.level == "note" and note.text.startswith("sequences absent for a whole site (a: t1n, t2w, t2f; "
+                                                         "b: t1n, t2w)")
+    assert note.text.endswith("; t1n, t2w absent for every patient: no model can use them")
+    assert sequence_findings(table.drop(columns=["int_wt_t2w_mean", "int_wt_t1n_mean"]).assign(
+        int_wt_t2f_mean=1.0, rad_wt_t2f_firstorder_mean=1.0)) == []

@@ -187,3 +187,32 @@ def test_single_site_passes_through_with_a_warning() -> None:
     pd.testing.assert_frame_equal(fitted.transform(one), one.astype({c: "float64" for c in features(one)}))
     with pytest.raises(ValueError, match="not seen"):
         fitted.transform(frame)
+
+
+def test_a_column_a_whole_site_lacks_is_harmonised_among_the_sites_that_have_it() -> None:
+    """A sequence one site does not acquire: its columns are NaN for the whole site, harmonised among the others;
+    one only a single site acquires is left alone; a column NaN for everyone stays NaN."""
+    frame = cohort()
+    site_a = (frame["site"] == "site_a").to_numpy()
+    frame["int_wt_t2f_mean"] = frame["rad_f2"].where(~site_a)          # site A has no FLAIR
+    frame["int_wt_t1n_mean"] = frame["rad_f3"].where(site_a)           # only site A has T1
+    frame["int_wt_t2w_mean"] = np.nan                                   # nobody has T2
+    with pytest.warns(UserWarning, match=r"observed in site 'site_a' only .* left unharmonised"):
+        fitted = SiteHarmoniser().fit(frame)
+    out = fitted.transform(frame)
+    assert fitted.absent_sites_["int_wt_t2f_mean"] == ["site_a"] and "int_wt_t2f_mean" not in fitted.passthrough_
+    assert out["int_wt_t2f_mean"].isna().equals(frame["int_wt_t2f_mean"].isna())
+    assert site_mean_spread(out, "int_wt_t2f_mean") < 0.1 * site_mean_spread(frame, "int_wt_t2f_mean")
+    assert fitted.passthrough_["int_wt_t1n_mean"] == "observed in site 'site_a' only"
+    pd.testing.assert_series_equal(out["int_wt_t1n_mean"], frame["int_wt_t1n_mean"])
+    assert out["int_wt_t2w_mean"].isna().all() and fitted.passthrough_["int_wt_t2w_mean"].startswith("constant")
+    pd.testing.assert_frame_equal(out[["rad_f0", "rad_f1"]], SiteHarmoniser().fit(
+        frame.drop(columns=["int_wt_t2f_mean", "int_wt_t1n_mean", "int_wt_t2w_mean"])).transform(frame)[
+        ["rad_f0", "rad_f1"]])  # the other columns as without those
+    # a held-out site A patient that has FLAIR after all: its value passes through, the rest is harmonised
+    row = frame[site_a].iloc[[0]].copy()
+    row.loc[:, "int_wt_t2f_mean"] = 12.5
+    with pytest.warns(UserWarning, match=r"values in site\(s\) \['site_a'\], where the harmoniser's training rows"):
+        held_out = fitted.transform(row)
+    assert held_out["int_wt_t2f_mean"].iloc[0] == 12.5
+    assert held_out["rad_f0"].iloc[0] == pytest.approx(out.loc[row.index[0], "rad_f0"])

@@ -138,3 +138,23 @@ def test_the_cohorts_image_paths_follow_a_moved_work_directory(tmp_path: Path) -
     assert frame.loc[0, "path_t1c"] == str(tmp_path / "copy" / "ingest/images/a/a-1/t1c.nii")
     assert frame.loc[0, "path_mask"] == str(tmp_path / "copy" / "ingest/images/a/a-1/seg.nii")
     assert frame.loc[0, "path_brain_mask"] == "/site/brain.nii.gz"
+
+
+def test_each_patients_sequences_are_recorded_and_counted_per_site(tmp_path: Path) -> None:
+    from survival_model.ingest.cohort import summarise
+    from survival_model.ingest.report import summary_markdown
+
+    two = outcome("b-1", site="b")
+    two.patient.images["t2w"] = Path("/w/b-1/t2w.nii.gz")  # type: ignore[union-attr]
+    outcomes = [outcome("a-1"), outcome("a-2"), two]
+    results = [clinical(tmp_path, "a", [row("a-1"), row("a-2")]), clinical(tmp_path, "b", [row("b-1")])]
+    cohort, _ = assemble(outcomes, results, IngestParams())
+    assert cohort["qc_sequences"].tolist() == ["t1c", "t1c", "t1c+t2w"]
+    summary = {**summarise(cohort, pd.DataFrame(columns=["site", "case_id", "reason"]), ["a", "b"]),
+               "fingerprint": "f"}
+    assert summary["sequences"] == {"a": {"t1n": 0, "t1c": 2, "t2w": 0, "t2f": 0},
+                                    "b": {"t1n": 0, "t1c": 1, "t2w": 1, "t2f": 0}}
+    text = summary_markdown(summary)
+    assert "| site | t1n | t1c | t2w | t2f |" in text and "| a | 0/2 | 2/2 | 0/2 | 0/2 |" in text
+    everyone = {**summary, "sequences": {"a": {"t1c": 2}, "b": {"t1c": 1}}}
+    assert "Sequences per site" not in summary_markdown(everyone)  # shown only where some patient lacks one

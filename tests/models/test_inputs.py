@@ -9,10 +9,12 @@ import pytest
 import SimpleITK as sitk
 
 from survival_model.config import ImageInputParams
-from survival_model.errors import PatientDataError
+from survival_model.errors import ConfigError, PatientDataError
+from survival_model.imageio import read_json
 from survival_model.models.inputs import (
     ImageInput,
     build_image_input,
+    check_sequences_present,
     lesion_window,
     load_image_input,
     roi_square,
@@ -144,3 +146,35 @@ def test_the_input_is_stored_once_per_content_key(tmp_path: Path, patient: tuple
     assert other != path and load_image_input(other).shape == (3, channels, 24, 24)
     changed = Patient(**{**preprocessed.__dict__, "key": "j" * 64})
     assert run(ImageInput(changed, params, work)) != path  # new preprocessing, new input
+
+
+def test_a_sequence_the_patient_lacks_stays_a_zero_channel_through_augmentation_and_is_recorded(
+    tmp_path: Path, patient: tuple[dict[str, Path], Path]
+) -> None:
+    import torch
+
+    from survival_model.config import AugmentParams
+    from survival_model.training.data import augment_sample
+
+    images, seg = patient  # t1c and t2f: no t1n, no t2w
+    preprocessed = Patient(site="site_a", case_id="site_a-0002", folder=seg.parent, images=images,
+                           mask=seg, brain_mask=seg, key="k" * 64)
+    params = ImageInputParams(slices=3, size=16)  # the four sequences, then the region masks
+    path = run(ImageInput(preprocessed, params, tmp_path / "work"))
+    manifest = read_json(path.parent / "manifest.json")
+    assert manifest["absent_sequences"] == ["t1n", "t2w"]
+    x = torch.from_numpy(load_image_input(path))
+    strong = AugmentParams(flip_probability=1.0, rotation_degrees=30.0, intensity_scale=0.5, intensity_shift=0.5)
+    out = augment_sample(x, strong, sequence_channels=4, generator=torch.Generator().manual_seed(3))
+    assert not out[:, [0, 2]].any()  # t1n and t2w: zeros, whatever the jitter
+    assert out[:, 1].any() and out[:, 3].any() and not torch.equal(out[:, 1], x[:, 1])
+
+
+def test_a_sequence_no_training_patient_has_is_refused(patient: tuple[dict[str, Path], Path]) -> None:
+    images, _ = patient
+    one = {"t1c": images["t1c"]}
+    counts = check_sequences_present(ImageInputParams(sequences=["t1c", "t2f"]), {"a": images, "b": one})
+    assert counts == {"t1c": 2, "t2f": 1}
+    with pytest.raises(ConfigError, match=r"lists t1n, t2w, which none of the 2 patient\(s\) .* remove t1n, t2w "
+                                          r"from training.inputs.sequences \(patients per sequence: t1n 0, t1c 2"):
+        check_sequences_present(ImageInputParams(), {"a": images, "b": one})

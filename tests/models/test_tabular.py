@@ -95,3 +95,24 @@ def test_site_harmonisation_runs_inside_the_fold_and_outcomes_are_refused_as_inp
         build_tabular_pipeline(leaky).fit(frame, survival_target(frame))
     with pytest.raises(ValueError, match=r"clinical field\(s\) \['gpa'\] are not in the feature table"):
         build_tabular_pipeline(TabularParams(clinical=["gpa"], scores=[])).fit(frame, survival_target(frame))
+
+
+def test_a_column_some_site_or_every_training_patient_lacks() -> None:
+    """A sequence site A does not acquire (NaN for its patients) is imputed, with its missing-value indicator;
+    one no training patient has stays missing (a constant 0) even for a patient that has it."""
+    frame = table()
+    site_a = (frame["site"] == "site_a").to_numpy()
+    frame["int_wt_t2f_mean"] = np.where(site_a, np.nan, np.random.default_rng(1).normal(size=len(frame)))
+    frame["int_wt_t2w_mean"] = np.nan
+    train, validation = frame.iloc[:60].copy(), frame.iloc[60:].copy()
+    params = TabularParams(clinical=CLINICAL, scores=[], intensity=True)
+    pipeline, (x_train, x_val) = fit_transform_fold(params, train, [validation])
+    names = feature_names(pipeline)
+    assert np.isfinite(x_train).all() and np.isfinite(x_val).all() and x_val.shape[1] == x_train.shape[1]
+    indicator = x_train[:, names.index("numbers__missingindicator_int_wt_t2f_mean")]
+    assert len(set(indicator[site_a[:60]])) == 1 and len(set(indicator[~site_a[:60]])) == 1
+    assert indicator[site_a[:60]][0] != indicator[~site_a[:60]][0]  # the indicator is the site without FLAIR
+    empty = [i for i, n in enumerate(names) if "int_wt_t2w_mean" in n]
+    assert empty and not x_train[:, empty].any() and not x_val[:, empty].any()
+    validation["int_wt_t2w_mean"] = 5.0  # a new patient that has T2: the model learned nothing for it
+    np.testing.assert_array_equal(np.asarray(pipeline.transform(validation), dtype=np.float32), x_val)
