@@ -150,9 +150,13 @@ def qc_record(outcome: PatientOutcome) -> dict[str, Any]:
     worst (highest) final Mattes MI over the registered sequences (empty where co-registered). The
     tumour volume change through resampling comes with the allowance it was held to, and the number of
     lesions that had no voxel on the target grid (restored as one voxel; measured on the native map).
+    ``sequences`` names the sequences the patient's images had (``t1c+t2f``): the ones its features and
+    network channels came from; ``brain_mask`` where its brain mask came from (``deepbet(t1n)``, ``given``, ...)
+    and ``tumour_in_brain`` the share of the tumour that mask held.
     """
     row: dict[str, Any] = {"site": outcome.site, "case_id": outcome.case_id,
                            "status": "ok" if outcome.patient is not None else outcome.quarantine[0].reason,
+                           "sequences": None, "brain_mask": None, "tumour_in_brain": None,
                            "brain_volume_ml": None, "wt_volume_before_mm3": None, "wt_volume_after_mm3": None,
                            "tumour_volume_change": None, "tumour_volume_allowance_mm3": None,
                            "lesions_vanished": None, "nonuniformity_before": None, "nonuniformity_after": None,
@@ -165,6 +169,9 @@ def qc_record(outcome: PatientOutcome) -> dict[str, Any]:
     corrected = [b for b in qc["bias"].values() if b.get("status") == "corrected"]
     registered = [r for r in qc["registration"].values() if r.get("status") == "registered"]
     row.update({
+        "sequences": "+".join(qc["sequences"]),
+        "brain_mask": qc["brain_mask"]["source"],
+        "tumour_in_brain": qc["brain_mask"].get("tumour_inside"),  # absent in the records of older versions
         "brain_volume_ml": qc["brain_volume_ml"],
         "wt_volume_before_mm3": volumes["native"]["wt"],
         "wt_volume_after_mm3": volumes["resampled"]["wt"],
