@@ -49,6 +49,15 @@ def real() -> Path:
     return found
 
 
+@pytest.fixture(scope="module")
+def extractor_weights() -> str:
+    """The trained extractor's version and model hashes; the tests that need it skip where it is not installed."""
+    try:
+        return extractor.deepbet_fingerprint()
+    except extractor.BrainExtractionError:
+        pytest.skip("deepbet (the trained brain extractor and its weights) is not installed")
+
+
 def brats2013(real: Path) -> Institution:
     return Institution.model_validate({
         "images": {"layout": "pattern", "root": str(real / "brats2013_expert"),
@@ -171,7 +180,7 @@ def align_registered_t1c(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transfor
 
 
 @pytest.fixture(scope="module")
-def tcga(real: Path, tmp_path_factory: pytest.TempPathFactory) -> Tcga:
+def tcga(real: Path, extractor_weights: str, tmp_path_factory: pytest.TempPathFactory) -> Tcga:
     raw, registered = real / "tcga_fg_6692" / "raw", real / "tcga_fg_6692" / "registered"
     if not (raw.is_dir() and registered.is_dir()):
         pytest.skip("TCGA-FG-6692 is not in ../shared/realdata")
@@ -280,7 +289,7 @@ def test_tcga_declared_with_t1c_alone_gets_an_anatomical_brain(tcga: Tcga, tmp_p
 
 
 @pytest.mark.parametrize("sequence", ["t1c", "t1n", "t2w", "t2f"])
-def test_met_00110_each_sequence_alone_gives_the_brain(real: Path, sequence: str) -> None:
+def test_met_00110_each_sequence_alone_gives_the_brain(real: Path, extractor_weights: str, sequence: str) -> None:
     """The real metastasis case is skull-stripped: each sequence's non-zero support is its brain. The trained
     extractor from that sequence alone (measured Dice 0.96-0.98) and the QC volume."""
     path = real / "brats_met_00110" / f"BraTS-MET-00110-000-{sequence}.nii.gz"
@@ -294,7 +303,7 @@ def test_met_00110_each_sequence_alone_gives_the_brain(real: Path, sequence: str
     assert 1200 < ops.binary_volume_ml(mask) < 1800
 
 
-def test_brats2013_trained_extraction_agrees_with_the_given_brain_masks(real: Path) -> None:
+def test_brats2013_trained_extraction_agrees_with_the_given_brain_masks(real: Path, extractor_weights: str) -> None:
     """Six real glioma cases, z-scored (negative background): the extractor on T1c alone against each case's own
     brain mask (measured Dice 0.85-0.97, median 0.94; benchmarks/RESULTS.md "Brain extraction")."""
     scores = []
