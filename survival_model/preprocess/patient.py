@@ -653,19 +653,22 @@ def _made_brain_mask(state: _State) -> tuple[sitk.Image, str]:
 
 def _extracted_brain_mask(state: _State) -> tuple[sitk.Image, str]:
     """deepbet on the first sequence of ``brain_mask.sequences`` the patient has (the reference when none is),
-    on an isotropic ``extractor_spacing_mm`` grid of that sequence's extent, mapped onto the reference's grid
-    through its registration transform."""
+    on an isotropic ``extractor_spacing_mm`` grid of that sequence's extent; the mask stays on that fine grid
+    (a thick-slice reference grid would coarsen it), through the registration transform onto the same grid
+    of the reference's extent for a registered sequence."""
     settings = state.params.brain_mask
     name = next((s for s in settings.sequences if s in state.images), state.site.reference)
+    spacing = (settings.extractor_spacing_mm,) * 3
     image = state.images[name]
-    grid = ops.target_grid(image, (settings.extractor_spacing_mm,) * 3, state.params.orientation)
+    grid = ops.target_grid(image, spacing, state.params.orientation)
     try:
-        native = extractor.deepbet_mask(ops.resample_onto(image, grid), threshold=settings.threshold,
-                                        device=settings.device)
+        mask = extractor.deepbet_mask(ops.resample_onto(image, grid), threshold=settings.threshold,
+                                      device=settings.device)
     except extractor.BrainExtractionError as exc:
         raise PatientDataError("qc_brain_volume", f"{state.patient.case_id}: the brain extractor failed on "
                                f"{name}: {exc}; check the image, or try preprocess.brain_mask.method: "
                                "morphological") from None
     transform = state.transforms[name]
-    mask = native if transform is None else ops.resample_mask(native, state.reference, transform)
+    if transform is not None:
+        mask = ops.resample_mask(mask, ops.target_grid(state.reference, spacing, state.params.orientation), transform)
     return mask, f"deepbet({name})"
