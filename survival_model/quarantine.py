@@ -45,7 +45,8 @@ REASONS: dict[str, str] = {
     "qc_brain_mask_tumour": "preprocessing: the brain mask misses part of the tumour (a failed mask, or a "
                             "label map not on these images)",
     "qc_registration": "preprocessing: a sequence could not be registered to the reference well enough",
-    "qc_resampling": "preprocessing: resampling changed the tumour volume more than allowed",
+    "qc_resampling": "preprocessing: resampling changed the tumour volume beyond its partial-volume allowance, "
+                     "or the tumour vanished (a label map off its images)",
     "preprocess_failed": "preprocessing failed numerically (e.g. registration or N4 raised an error)",
     "features_failed": "feature extraction failed for the patient",
 }
