@@ -86,17 +86,14 @@ def timed(make: Callable[[], sitk.Image]) -> tuple[np.ndarray, float]:
 
 def morphological(t1: sitk.Image, t2: sitk.Image | None = None) -> sitk.Image:
     """The pipeline's morphological strip: on an isotropic working grid of at least 2 mm, back on ``t1``'s grid."""
-    work_mm = max(2.0, float(np.prod(t1.GetSpacing())) ** (1 / 3))
-    work = ops.target_grid(t1, (work_mm,) * 3, "LPS")
+    work = ops.working_grid(t1, PreprocessParams().brain_mask_spacing_mm, "LPS")
     mask = ops.compute_brain_mask(ops.resample_onto(t1, work), ops.resample_onto(t2, work) if t2 is not None else None)
     return ops.resample_mask(mask, t1)
 
 
 def deepbet(image: sitk.Image) -> sitk.Image:
     """deepbet as the pipeline runs it: on an isotropic ``extractor_spacing_mm`` grid, back on ``image``'s grid."""
-    spacing = BrainMaskParams().extractor_spacing_mm
-    grid = ops.target_grid(image, (spacing,) * 3, "LPS")
-    return ops.resample_mask(extractor.deepbet_mask(ops.resample_onto(image, grid)), image)
+    return ops.resample_mask(extractor.extract_brain(image, BrainMaskParams(), "LPS"), image)
 
 
 def hd_bet(image: sitk.Image) -> sitk.Image:

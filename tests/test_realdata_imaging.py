@@ -14,6 +14,7 @@ import yaml
 from survival_model.config import (
     REALISTIC_OVERLAY,
     Acquisition,
+    BrainMaskParams,
     FeaturesParams,
     IngestParams,
     Institution,
@@ -301,8 +302,7 @@ def test_met_00110_each_sequence_alone_gives_the_brain(real: Path, extractor_wei
     if not path.is_file():
         pytest.skip("BraTS-MET-00110 is not in ../shared/realdata")
     image = ops.reorient(sitk.ReadImage(str(path), sitk.sitkFloat32), "LPS")
-    grid = ops.target_grid(image, (1.0, 1.0, 1.0), "LPS")
-    mask = ops.resample_mask(extractor.deepbet_mask(ops.resample_onto(image, grid)), image)
+    mask = ops.resample_mask(extractor.extract_brain(image, BrainMaskParams(), "LPS"), image)
     support = sitk.GetArrayFromImage(image) != 0
     assert dice(sitk.GetArrayViewFromImage(mask) > 0, support) > 0.94
     assert 1200 < ops.binary_volume_ml(mask) < 1800

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 from survival_model.config import FeaturesParams
 from survival_model.errors import PatientDataError
 from survival_model.imageio import ImageReadError, read_image
+from survival_model.preprocess import ops
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def lesion_statistics(labels: sitk.Image, connectivity: int, min_lesion_mm3: flo
             "vol_largest_lesion_max_diameter_mm": 0.0, "vol_largest_lesion_fraction": math.nan}
     array = sitk.GetArrayViewFromImage(labels)
     core = (array == 1) | (array == 3)
-    box = _bounding_slices(core)
+    box = ops.bounding_slices(core)
     if box is None:
         return none
     # Work on the tumour core's bounding box: components cannot cross its (all-background) outside,
@@ -222,17 +223,6 @@ def lesion_statistics(labels: sitk.Image, connectivity: int, min_lesion_mm3: flo
         "vol_largest_lesion_max_diameter_mm": float(shape.GetFeretDiameter(1)),
         "vol_largest_lesion_fraction": float(volumes[largest] / volumes[kept].sum()),
     }
-
-
-def _bounding_slices(mask: BoolArray) -> tuple[slice, slice, slice] | None:
-    """The numpy slices of a mask's bounding box, or ``None`` for an empty mask."""
-    bounds = []
-    for axis in range(3):
-        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if present.size == 0:
-            return None
-        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
-    return bounds[0], bounds[1], bounds[2]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,9 @@ from typing import Any, Literal
 import numpy as np
 import SimpleITK as sitk
 
+from survival_model.config import BrainMaskParams
+from survival_model.preprocess import ops
+
 log = logging.getLogger(__name__)
 
 #: The orientation code of deepbet's canonical array (ITK's letters: the direction each index increases).
@@ -38,17 +41,27 @@ class BrainExtractionError(RuntimeError):
     """The trained extractor could not run on an image (no foreground, no model, no device)."""
 
 
+_NOT_INSTALLED = ("preprocess.brain_mask.method is deepbet but deepbet is not installed (pip install deepbet, or "
+                  "bash scripts/bootstrap.sh); or choose method: morphological")
+
+
 def deepbet_fingerprint() -> str:
     """``deepbet==<version>`` and the RECORD hashes of its model files: what makes its masks what they are
     (cheap: read from the installed distribution's metadata, not by hashing 17 MB)."""
     try:
         dist = metadata.distribution("deepbet")
     except metadata.PackageNotFoundError:
-        raise BrainExtractionError(
-            "preprocess.brain_mask.method is deepbet but deepbet is not installed (pip install deepbet, or "
-            "bash scripts/bootstrap.sh); or choose method: morphological") from None
+        raise BrainExtractionError(_NOT_INSTALLED) from None
     models = sorted(f"{f.name}:{f.hash.value if f.hash else ''}" for f in dist.files or () if f.suffix == ".pt")
     return ";".join([f"deepbet=={dist.version}", *models])
+
+
+def extract_brain(image: sitk.Image, settings: BrainMaskParams, orientation: str) -> sitk.Image:
+    """deepbet as the pipeline runs it: on a copy of ``image`` interpolated onto an isotropic
+    ``settings.extractor_spacing_mm`` grid of its extent (thick slices read better interpolated than through
+    the network's own nearest-neighbour resize); the mask (uint8) is on that grid."""
+    grid = ops.target_grid(image, (settings.extractor_spacing_mm,) * 3, orientation)
+    return deepbet_mask(ops.resample_onto(image, grid), threshold=settings.threshold, device=settings.device)
 
 
 def deepbet_mask(image: sitk.Image, *, threshold: float = 0.5, device: Literal["cpu", "cuda"] = "cpu") -> sitk.Image:
@@ -86,8 +99,7 @@ def _load(device: str, torch: Any) -> Any:
     try:
         from deepbet import BrainExtraction
     except ImportError:
-        deepbet_fingerprint()  # raises the clear error when it is not installed
-        raise
+        raise BrainExtractionError(_NOT_INSTALLED) from None
     import warnings
 
     with warnings.catch_warnings():  # torch.jit.load's deprecation notice, once per patient otherwise

@@ -63,6 +63,7 @@ __all__ = [
     "Normalisation",
     "RegistrationResult",
     "binary_volume_ml",
+    "bounding_slices",
     "coarsened",
     "compute_brain_mask",
     "crop_to_mask",
@@ -85,6 +86,7 @@ __all__ = [
     "same_grid",
     "shrink_factors",
     "target_grid",
+    "working_grid",
 ]
 
 Interpolator = Literal["linear", "bspline", "nearest", "label_gaussian"]
@@ -600,6 +602,25 @@ def field_ratio(log_field: sitk.Image, mask: sitk.Image, low: float = 5.0, high:
 # --------------------------------------------------------------------------------------------------
 # Cropping, normalisation, volumes
 # --------------------------------------------------------------------------------------------------
+
+
+def bounding_slices(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
+    """The numpy slices (z, y, x) of a 3-D mask's bounding box, or ``None`` for an empty mask."""
+    bounds = []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return None
+        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
+    return bounds[0], bounds[1], bounds[2]
+
+
+def working_grid(reference: sitk.Image, spacing_mm: float, orientation: str) -> sitk.Image:
+    """An isotropic grid of ``reference``'s extent at ``spacing_mm``, never finer than the reference's own voxel
+    volume (its geometric-mean spacing): upsampling a coarse or thick-slice image only adds voxels to process,
+    not information (the morphological skull strip's and the registration head mask's grid)."""
+    mm = max(spacing_mm, float(np.prod(reference.GetSpacing())) ** (1 / 3))
+    return target_grid(reference, (mm,) * 3, orientation)
 
 
 def mask_bounding_box(mask: sitk.Image, margin_mm: float) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

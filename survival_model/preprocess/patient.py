@@ -65,7 +65,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import SimpleITK as sitk
 
 from survival_model.config import Acquisition, PreprocessParams
@@ -330,10 +329,7 @@ def _labels(state: _State) -> _State:
 def _head_mask(state: _State) -> _State:
     """The brain mask's working grid, the reference on it, and (for registration) its head mask."""
     reference, params = state.reference, state.params
-    # Never finer than the reference's own voxel volume (its geometric-mean spacing): upsampling a
-    # coarse or thick-slice image only adds voxels to process, not information.
-    work_mm = max(params.brain_mask_spacing_mm, float(np.prod(reference.GetSpacing())) ** (1 / 3))
-    work = ops.target_grid(reference, (work_mm,) * 3, params.orientation)
+    work = ops.working_grid(reference, params.brain_mask_spacing_mm, params.orientation)
     reference_work = ops.resample_onto(reference, work)
     head = ops.head_mask(reference_work) if not state.site.acquisition.co_registered else None
     return replace(state, work=work, reference_work=reference_work, head=head)
@@ -465,7 +461,7 @@ def surface_area_mm2(labels: sitk.Image) -> float:
     """Surface area (mm2) of the whole tumour (every non-zero label) of a label map: ITK's estimate from
     the label's boundary (``LabelShapeStatisticsImageFilter`` perimeter, Crofton-style), 0 without tumour."""
     array = sitk.GetArrayViewFromImage(labels) > 0
-    box = _bounding_box(array)
+    box = ops.bounding_slices(array)
     if box is None:
         return 0.0
     sub = sitk.GetImageFromArray(np.pad(array[box], 1).astype(np.uint8))
@@ -484,15 +480,6 @@ def resampling_allowance(native_mm3: float, surface_mm2: float, params: Preproce
     return max(qc.max_tumour_volume_change * native_mm3,
                qc.tumour_volume_band_voxels * float(np.prod(spacing)),
                qc.tumour_surface_band * surface_mm2 * max(spacing))
-
-
-def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
-    """The numpy slices of a mask's bounding box, or ``None`` for an empty mask."""
-    present = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-    if any(p.size == 0 for p in present):
-        return None
-    z, y, x = (slice(int(p[0]), int(p[-1]) + 1) for p in present)
-    return z, y, x
 
 
 @dataclass(frozen=True)
@@ -515,7 +502,7 @@ def resample_labels(seg: sitk.Image, grid: sitk.Image, interpolator: ops.Interpo
     A lesion whose centroid is off the grid (a label map outside its image) stays lost.
     """
     seg_target = ops.resample_onto(seg, grid, None, interpolator)
-    box = _bounding_box(np.isin(sitk.GetArrayViewFromImage(seg), (1, 3)))
+    box = ops.bounding_slices(np.isin(sitk.GetArrayViewFromImage(seg), (1, 3)))
     if box is None:
         return seg_target, Lesions(0, [])
     z, y, x = box
@@ -656,19 +643,16 @@ def _extracted_brain_mask(state: _State) -> tuple[sitk.Image, str]:
     on an isotropic ``extractor_spacing_mm`` grid of that sequence's extent; the mask stays on that fine grid
     (a thick-slice reference grid would coarsen it), through the registration transform onto the same grid
     of the reference's extent for a registered sequence."""
-    settings = state.params.brain_mask
+    settings, orientation = state.params.brain_mask, state.params.orientation
     name = next((s for s in settings.sequences if s in state.images), state.site.reference)
-    spacing = (settings.extractor_spacing_mm,) * 3
-    image = state.images[name]
-    grid = ops.target_grid(image, spacing, state.params.orientation)
     try:
-        mask = extractor.deepbet_mask(ops.resample_onto(image, grid), threshold=settings.threshold,
-                                      device=settings.device)
+        mask = extractor.extract_brain(state.images[name], settings, orientation)
     except extractor.BrainExtractionError as exc:
         raise PatientDataError("qc_brain_volume", f"{state.patient.case_id}: the brain extractor failed on "
                                f"{name}: {exc}; check the image, or try preprocess.brain_mask.method: "
                                "morphological") from None
     transform = state.transforms[name]
     if transform is not None:
-        mask = ops.resample_mask(mask, ops.target_grid(state.reference, spacing, state.params.orientation), transform)
+        spacing = (settings.extractor_spacing_mm,) * 3
+        mask = ops.resample_mask(mask, ops.target_grid(state.reference, spacing, orientation), transform)
     return mask, f"deepbet({name})"
